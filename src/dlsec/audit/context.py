@@ -1,0 +1,42 @@
+"""What every audit section reads: the model, its card, the data, settings, earlier results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dlsec.audit.config import AuditConfig
+from dlsec.audit.result import SectionResult
+from dlsec.data import Dataset
+from dlsec.models import ModelCard
+from dlsec.threat import LocalOracle, ThreatModel
+
+
+@dataclass
+class AuditContext:
+    """Shared, read-only inputs of the sections. Sections must not modify the model."""
+
+    config: AuditConfig
+    dataset: Dataset
+    model: nn.Module
+    card: ModelCard
+    device: torch.device
+    run_dir: Path
+    history: list[dict[str, float]] | None = None
+    results: dict[str, SectionResult] = field(default_factory=dict)
+    progress: bool = True
+
+    def generator(self, salt: int = 0) -> torch.Generator:
+        """A CPU generator seeded from the audit seed (plus ``salt`` to separate uses)."""
+        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + salt)
+
+    def oracle(self, **kwargs: Any) -> LocalOracle:
+        """A fresh black-box view of the audited model (see :class:`dlsec.threat.BaseOracle`)."""
+        return LocalOracle(self.model, card=self.card, **kwargs)
+
+    def threat_model(self, **kwargs: Any) -> ThreatModel:
+        return ThreatModel.from_card(self.card, **kwargs)

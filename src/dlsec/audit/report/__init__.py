@@ -1,0 +1,24 @@
+"""The audit report: plots, the self-contained HTML page and the terminal summary."""
+
+from dlsec.audit.report.html import format_value, render_html
+from dlsec.audit.report.plots import (
+    bar_chart,
+    figure_to_png_base64,
+    heatmap,
+    image_grid,
+    line_chart,
+    roc_curve,
+)
+from dlsec.audit.report.terminal import print_summary
+
+__all__ = [
+    "bar_chart",
+    "figure_to_png_base64",
+    "format_value",
+    "heatmap",
+    "image_grid",
+    "line_chart",
+    "print_summary",
+    "render_html",
+    "roc_curve",
+]

@@ -1,0 +1,185 @@
+"""Render a report dict (what ``report.json`` holds) as one self-contained HTML page.
+
+The page inlines its stylesheet and carries every figure as a ``data:`` URI, so it opens
+offline, can be mailed or archived as one file, and references no external URL. Jinja2
+autoescaping is on: titles, summaries and table cells from a section are text, never markup.
+Rendering is deterministic: the same dict gives the same string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import re
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import jinja2
+
+__all__ = ["format_value", "main_metrics", "render_html"]
+
+_TEMPLATE = "report.html.j2"
+_STYLESHEET = "report.css"
+_MAIN_METRICS = 4
+
+
+def format_value(value: Any) -> str:
+    """Format a metric or table cell for display: floats to 4 significant digits.
+
+    Booleans print as ``yes``/``no``, ``None`` as an em dash, integers in full, and
+    anything else with ``str``.
+    """
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "∞" if value > 0 else "-∞"
+        return f"{value:.4g}"
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy / torch scalar
+        return format_value(value.item())
+    return str(value)
+
+
+def main_metrics(section: Mapping[str, Any], n: int = _MAIN_METRICS) -> list[tuple[str, str]]:
+    """The first ``n`` metrics of a section dict as ``(key, formatted value)`` pairs."""
+    metrics = section.get("metrics") or {}
+    return [(str(k), format_value(v)) for k, v in list(metrics.items())[:n]]
+
+
+def _read_resource(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(_read_resource),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["fmt"] = format_value
+    return env
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return dict(obj)
+
+
+def _pretty_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False, default=str)
+
+
+def _section_view(index: int, raw: Any) -> dict[str, Any]:
+    s = _as_dict(raw)
+    name = str(s.get("name", f"section{index}"))
+    metrics = s.get("metrics") or {}
+    tables = []
+    for t in s.get("tables") or []:
+        t = _as_dict(t)
+        tables.append({
+            "title": str(t.get("title", "")),
+            "columns": [str(c) for c in t.get("columns") or []],
+            "rows": [[format_value(c) for c in row] for row in t.get("rows") or []],
+            "caption": str(t.get("caption", "")),
+        })
+    figures = []
+    for f in s.get("figures") or []:
+        f = _as_dict(f)
+        figures.append({
+            "title": str(f.get("title", "")),
+            "src": "data:image/png;base64," + str(f.get("png_base64", "")),
+            "caption": str(f.get("caption", "")),
+        })
+    details = s.get("details") or {}
+    return {
+        "anchor": f"s{index}-{_slug(name)}",
+        "name": name,
+        "title": str(s.get("title") or name),
+        "summary": str(s.get("summary", "")),
+        "metrics": [
+            {"key": str(k), "gate_key": f"{name}.{k}", "value": format_value(v)}
+            for k, v in metrics.items()
+        ],
+        "main_metrics": main_metrics(s),
+        "tables": tables,
+        "figures": figures,
+        "warnings": [str(w) for w in s.get("warnings") or []],
+        "details_json": _pretty_json(details) if details else "",
+    }
+
+
+def _gate_view(raw: Mapping[str, Any]) -> dict[str, Any]:
+    passed = raw.get("passed")
+    return {
+        "key": str(raw.get("key", "")),
+        "threshold": format_value(raw.get("threshold")),
+        "value": format_value(raw.get("value")),
+        "passed": bool(passed),
+    }
+
+
+def _verdict(passed: Any) -> dict[str, str]:
+    if passed is None:
+        return {"text": "NO GATES", "cls": "neutral"}
+    return {"text": "PASS", "cls": "pass"} if passed else {"text": "FAIL", "cls": "fail"}
+
+
+def render_html(report: Mapping[str, Any]) -> str:
+    """Render a report dict as a self-contained HTML page.
+
+    Args:
+        report: the report dict (the content of ``report.json``): ``title``,
+            ``dlsec_version``, ``config``, ``dataset``, ``model``, ``sections`` (each a
+            :meth:`SectionResult.to_dict` or a :class:`SectionResult`), ``gates`` and
+            ``passed``. Missing keys render as empty.
+
+    Returns:
+        The HTML page. It inlines its stylesheet and images and references no URL.
+
+    Example:
+        >>> page = render_html({"title": "audit", "sections": [], "passed": True})
+        >>> "PASS" in page
+        True
+    """
+    sections = [_section_view(i, s) for i, s in enumerate(report.get("sections") or [], 1)]
+    gates = [_gate_view(g) for g in report.get("gates") or []]
+    n_warnings = sum(len(s["warnings"]) for s in sections)
+    appendix = [
+        (label, _pretty_json(report.get(key)), anchor)
+        for label, key, anchor in (
+            ("Audit configuration", "config", "config"),
+            ("Dataset", "dataset", "dataset"),
+            ("Model card", "model", "model-card"),
+        )
+        if report.get(key)
+    ]
+    context = {
+        "title": str(report.get("title") or "dlsec audit"),
+        "version": str(report.get("dlsec_version", "")),
+        "schema": f"{report.get('schema', 'dlsec.report')} v{report.get('schema_version', '?')}",
+        "verdict": _verdict(report.get("passed")),
+        "gates": gates,
+        "sections": sections,
+        "n_warnings": n_warnings,
+        "appendix": appendix,
+        "css": _read_resource(_STYLESHEET),
+    }
+    return _environment().get_template(_TEMPLATE).render(context)

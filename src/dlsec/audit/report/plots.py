@@ -1,0 +1,453 @@
+"""Static plots for the audit report, each returned as a :class:`~dlsec.audit.result.Figure`.
+
+Every helper draws on a fresh :class:`matplotlib.figure.Figure` (no pyplot, so no global
+figure state leaks between calls or into the user's session) under a fixed style, and
+encodes it as a PNG with a fixed dpi and no software/date metadata: the same data gives
+byte-identical base64, which keeps ``report.json`` and ``report.html`` reproducible.
+
+Example:
+    >>> fig = bar_chart(["clean", "pgd"], [0.97, 0.12], title="Accuracy", ylim=(0, 1))
+    >>> fig.png_base64[:8]
+    'iVBORw0K'
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
+
+from dlsec.audit.result import Figure
+
+__all__ = [
+    "DPI",
+    "bar_chart",
+    "figure_to_png_base64",
+    "heatmap",
+    "image_grid",
+    "line_chart",
+    "roc_curve",
+]
+
+DPI = 100
+"""Resolution of every report PNG (dots per inch)."""
+
+_DEFAULT_SIZE = (6.0, 3.5)
+
+# A fixed style, applied while drawing, so a user's matplotlibrc cannot change the bytes.
+_STYLE: dict[Any, Any] = {  # keys are rcParams names
+    "font.family": "DejaVu Sans",
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "axes.grid": False,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 8,
+    "legend.frameon": False,
+    "lines.linewidth": 1.6,
+    "lines.markersize": 4,
+    "image.interpolation": "nearest",
+    "figure.facecolor": "white",
+    "savefig.facecolor": "white",
+    "path.simplify": True,
+}
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    with matplotlib.rc_context(_STYLE):
+        yield
+
+
+def _new_figure(figsize: tuple[float, float] = _DEFAULT_SIZE) -> MplFigure:
+    fig = MplFigure(figsize=figsize, dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def figure_to_png_base64(fig: MplFigure) -> str:
+    """Encode a matplotlib figure as a base64 PNG, deterministically.
+
+    The PNG carries no ``Software`` (matplotlib version) metadata and is rendered at
+    :data:`DPI`, so the same figure gives byte-identical output.
+
+    Args:
+        fig: a :class:`matplotlib.figure.Figure`.
+
+    Returns:
+        The PNG bytes, base64-encoded as ASCII text (no ``data:`` prefix).
+    """
+    buf = io.BytesIO()
+    fig.savefig(
+        buf,
+        format="png",
+        dpi=DPI,
+        metadata={"Software": None},
+        bbox_inches="tight",
+        pad_inches=0.08,
+    )
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _make(
+    draw: Callable[[MplFigure], None],
+    *,
+    title: str,
+    caption: str,
+    figsize: tuple[float, float] = _DEFAULT_SIZE,
+) -> Figure:
+    with _style():
+        fig = _new_figure(figsize)
+        draw(fig)
+        png = figure_to_png_base64(fig)
+    return Figure(title=title, png_base64=png, caption=caption)
+
+
+def _as_float_array(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def image_grid(
+    images: torch.Tensor | np.ndarray,
+    labels: Sequence[str],
+    *,
+    title: str,
+    caption: str = "",
+    ncols: int = 10,
+    bounds: tuple[float, float] = (0.0, 1.0),
+    cmap: str = "gray",
+) -> Figure:
+    """A grid of images, each with its label printed above it.
+
+    Args:
+        images: ``N×C×H×W`` (``C`` is 1 or 3) or ``N×H×W``, in the model's input space.
+        labels: one label per image (e.g. ``"7→1"`` for an adversarial example).
+        title: figure title (shown in the report, not drawn on the image).
+        caption: text shown under the figure in the report.
+        ncols: tiles per row (fewer when there are fewer images).
+        bounds: the input bounds ``(low, high)``; pixels are mapped to ``[0, 1]`` from
+            these and clipped, so take them from the model card.
+        cmap: colormap for single-channel images.
+
+    Returns:
+        The encoded figure.
+
+    Raises:
+        ValueError: on an empty batch, a bad shape, a label count that does not match, or
+            empty bounds.
+    """
+    x = _as_float_array(images)
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(
+            f"images must be N×H×W or N×C×H×W with C in (1, 3), got shape {tuple(x.shape)}"
+        )
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("image_grid needs at least one image")
+    if len(labels) != n:
+        raise ValueError(f"got {len(labels)} labels for {n} images")
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}")
+    lo, hi = float(bounds[0]), float(bounds[1])
+    if not hi > lo:
+        raise ValueError(f"bounds must satisfy low < high, got {bounds}")
+    x = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    if x.shape[1] == 1:
+        rgb = matplotlib.colormaps[cmap](x[:, 0])[..., :3]  # N×H×W×3
+    else:
+        rgb = np.transpose(x, (0, 2, 3, 1))
+    # One mosaic image on one axes (much faster than one axes per tile), white gutters,
+    # with room above each tile for its label.
+    h, w = rgb.shape[1:3]
+    cols = min(ncols, n)
+    rows = math.ceil(n / cols)
+    gap_x = max(1, round(w * 0.12))
+    gap_y = max(2, round(h * 0.32))
+    pitch_x, pitch_y = w + gap_x, h + gap_y
+    mosaic = np.ones((rows * pitch_y, cols * pitch_x - gap_x, 3))
+    for i in range(n):
+        r, c = divmod(i, cols)
+        top, left = r * pitch_y + gap_y, c * pitch_x
+        mosaic[top : top + h, left : left + w] = rgb[i]
+    tile_in = 0.85
+    scale = tile_in / w
+    figsize = (max(mosaic.shape[1] * scale, 1.5), mosaic.shape[0] * scale)
+
+    def draw(fig: MplFigure) -> None:
+        ax = fig.add_axes((0.0, 0.0, 1.0, 1.0))
+        ax.set_axis_off()
+        ax.imshow(mosaic, interpolation="nearest", aspect="equal")
+        for i in range(n):
+            r, c = divmod(i, cols)
+            ax.text(c * pitch_x + (w - 1) / 2, r * pitch_y + gap_y - 1.0, str(labels[i]),
+                    ha="center", va="bottom", fontsize=7)
+
+    return _make(draw, title=title, caption=caption, figsize=figsize)
+
+
+def _rotate_if_crowded(ax: Axes, labels: Sequence[str]) -> None:
+    lengths = [len(str(s)) for s in labels]
+    if sum(lengths) > 60 or max(lengths, default=0) > 10:
+        for tick in ax.get_xticklabels():
+            tick.set_rotation(30)
+            tick.set_horizontalalignment("right")
+
+
+def bar_chart(
+    labels: Sequence[str],
+    values: Sequence[float] | Mapping[str, Sequence[float]],
+    *,
+    title: str,
+    xlabel: str = "",
+    ylabel: str = "",
+    caption: str = "",
+    ylim: tuple[float, float] | None = None,
+) -> Figure:
+    """A bar chart; a mapping of series draws them side by side with a legend.
+
+    Args:
+        labels: one label per bar (per group, with several series).
+        values: the bar heights, or ``{series name: heights}``.
+        title: figure title (also drawn on the plot).
+        xlabel, ylabel: axis labels.
+        caption: text shown under the figure in the report.
+        ylim: fixed y range, e.g. ``(0, 1)`` for accuracies.
+
+    Raises:
+        ValueError: when a series length does not match ``labels``.
+    """
+    series = dict(values) if isinstance(values, Mapping) else {"": values}
+    data = {name: _as_float_array(v).reshape(-1) for name, v in series.items()}
+    for name, v in data.items():
+        if v.shape[0] != len(labels):
+            raise ValueError(
+                f"series {name!r} has {v.shape[0]} values for {len(labels)} labels"
+            )
+    k = max(len(data), 1)
+    width = 0.8 / k
+    pos = np.arange(len(labels), dtype=np.float64)
+
+    def draw(fig: MplFigure) -> None:
+        ax = fig.add_subplot()
+        for j, (name, v) in enumerate(data.items()):
+            offset = (j - (k - 1) / 2) * width
+            ax.bar(pos + offset, v, width=width, label=name or None, color=f"C{j}")
+        ax.set_xticks(pos, [str(s) for s in labels])
+        _rotate_if_crowded(ax, labels)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        if isinstance(values, Mapping):
+            ax.legend()
+
+    return _make(draw, title=title, caption=caption)
+
+
+def line_chart(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    caption: str = "",
+    logx: bool = False,
+    logy: bool = False,
+    markers: bool = True,
+) -> Figure:
+    """One line per series, e.g. robust accuracy against epsilon for several attacks.
+
+    Args:
+        series: ``{name: (x values, y values)}``.
+        title: figure title (also drawn on the plot).
+        xlabel, ylabel: axis labels.
+        caption: text shown under the figure in the report.
+        logx, logy: logarithmic axes.
+        markers: draw a marker at every point.
+
+    Raises:
+        ValueError: when the x and y of a series differ in length.
+    """
+    data = {}
+    for name, (xs, ys) in series.items():
+        xa, ya = _as_float_array(xs).reshape(-1), _as_float_array(ys).reshape(-1)
+        if xa.shape != ya.shape:
+            raise ValueError(f"series {name!r}: {xa.shape[0]} x values, {ya.shape[0]} y values")
+        data[name] = (xa, ya)
+
+    def draw(fig: MplFigure) -> None:
+        ax = fig.add_subplot()
+        for j, (name, (xa, ya)) in enumerate(data.items()):
+            ax.plot(xa, ya, marker="o" if markers else None, label=name, color=f"C{j}")
+        if logx:
+            ax.set_xscale("log")
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if len(data) > 1:
+            ax.legend()
+
+    return _make(draw, title=title, caption=caption)
+
+
+def heatmap(
+    matrix: Any,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    *,
+    title: str,
+    xlabel: str = "",
+    ylabel: str = "",
+    caption: str = "",
+    annotate: bool = True,
+    fmt: str | None = None,
+) -> Figure:
+    """A 2-D heatmap with optional cell values, e.g. a confusion matrix.
+
+    Args:
+        matrix: 2-D array-like (rows × columns).
+        row_labels, col_labels: tick labels.
+        title: figure title (also drawn on the plot).
+        xlabel, ylabel: axis labels (for a confusion matrix: "predicted", "true").
+        caption: text shown under the figure in the report.
+        annotate: print each cell's value in it.
+        fmt: format of the cell values; default ``"d"`` for integer data and ``".2f"``
+            otherwise.
+
+    Raises:
+        ValueError: when the matrix is not 2-D or the labels do not match its shape.
+    """
+    if isinstance(matrix, torch.Tensor):
+        m = matrix.detach().cpu().numpy()
+    else:
+        m = np.asarray(matrix)
+    if m.ndim != 2:
+        raise ValueError(f"heatmap needs a 2-D matrix, got shape {m.shape}")
+    if m.shape != (len(row_labels), len(col_labels)):
+        raise ValueError(
+            f"matrix shape {m.shape} does not match {len(row_labels)} row and "
+            f"{len(col_labels)} column labels"
+        )
+    integer = np.issubdtype(m.dtype, np.integer) or np.issubdtype(m.dtype, np.bool_)
+    cell_fmt = fmt if fmt is not None else ("d" if integer else ".2f")
+    values = m.astype(np.int64) if cell_fmt == "d" else m.astype(np.float64)
+    shown = m.astype(np.float64)
+    nr, nc = m.shape
+    side = min(max(2.5, 0.42 * max(nr, nc) + 1.2), 7.0)
+    figsize = (side + 0.8, side)
+    cell_font = 8 if max(nr, nc) <= 12 else 6
+
+    def draw(fig: MplFigure) -> None:
+        ax = fig.add_subplot()
+        finite = shown[np.isfinite(shown)]
+        vmin = float(finite.min()) if finite.size else 0.0
+        vmax = float(finite.max()) if finite.size else 1.0
+        im = ax.imshow(shown, cmap="Blues", vmin=vmin, vmax=vmax, aspect="auto")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_xticks(np.arange(nc), [str(s) for s in col_labels])
+        ax.set_yticks(np.arange(nr), [str(s) for s in row_labels])
+        _rotate_if_crowded(ax, col_labels)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if annotate:
+            mid = vmin + (vmax - vmin) / 2
+            for i in range(nr):
+                for j in range(nc):
+                    color = "white" if shown[i, j] > mid else "black"
+                    ax.text(j, i, format(values[i, j], cell_fmt), ha="center", va="center",
+                            fontsize=cell_font, color=color)
+
+    return _make(draw, title=title, caption=caption, figsize=figsize)
+
+
+def _auc(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    order = np.argsort(fpr, kind="stable")
+    x, y = fpr[order], tpr[order]
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2.0))
+
+
+def roc_curve(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    *,
+    title: str,
+    caption: str = "",
+    log: bool = True,
+) -> Figure:
+    """ROC curves of one or more detectors or attacks, with the chance line.
+
+    With ``log=True`` (the default) both axes are logarithmic, as in Carlini et al.,
+    "Membership Inference Attacks From First Principles" (S&P 2022): it shows the
+    true-positive rate at the low false-positive rates that matter to an attacker. Each
+    legend entry carries the curve's AUC.
+
+    Args:
+        curves: ``{name: (fpr, tpr)}``, each as returned by ``sklearn.metrics.roc_curve``.
+        title: figure title (also drawn on the plot).
+        caption: text shown under the figure in the report.
+        log: logarithmic axes.
+
+    Raises:
+        ValueError: when a curve's fpr and tpr differ in length.
+    """
+    data = {}
+    for name, (fpr, tpr) in curves.items():
+        f, t = _as_float_array(fpr).reshape(-1), _as_float_array(tpr).reshape(-1)
+        if f.shape != t.shape:
+            raise ValueError(f"curve {name!r}: {f.shape[0]} fpr values, {t.shape[0]} tpr values")
+        data[name] = (f, t)
+    positive = [f[f > 0].min() for f, _ in data.values() if np.any(f > 0)]
+    low = float(np.clip(min(positive), 1e-5, 1e-2)) if positive else 1e-3
+
+    def draw(fig: MplFigure) -> None:
+        ax = fig.add_subplot()
+        if log:
+            chance = np.logspace(np.log10(low), 0.0, 50)
+            ax.plot(chance, chance, linestyle="--", color="0.6", linewidth=1.0, label="chance")
+        else:
+            ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1.0, label="chance")
+        for j, (name, (f, t)) in enumerate(data.items()):
+            ax.plot(f, t, label=f"{name} (AUC {_auc(f, t):.3f})", color=f"C{j}")
+        if log:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlim(low, 1.0)
+            ax.set_ylim(low, 1.0)
+        else:
+            ax.set_xlim(0.0, 1.0)
+            ax.set_ylim(0.0, 1.0)
+        ax.set_title(title)
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.grid(alpha=0.3, which="both" if log else "major")
+        ax.legend(loc="lower right")
+
+    return _make(draw, title=title, caption=caption, figsize=(4.5, 4.0))

@@ -1,0 +1,187 @@
+"""A user's own data as a NumPy ``.npz`` archive (loaded without ever unpickling).
+
+Arrays in the archive:
+
+=========== ========= ==========================================================
+name        required  meaning
+=========== ========= ==========================================================
+``x``       yes       inputs: ``N x H x W`` (a channel axis is added),
+                      ``N x C x H x W``, or ``N x D`` flat features; uint8
+                      (scaled by 1/255 into [0, 1]) or float (used as is)
+``y``       yes       integer class labels ``0..K-1``, shape ``N``
+``x_test``  no        a held-out test set; without it the data is split
+``y_test``  no        stratified by ``seed`` and ``test_size``
+``classes`` no        class names, strings, length ``K``
+``bounds``  no        ``[lo, hi]``: the valid input range of float ``x``
+                      (default ``[0, 1]``)
+=========== ========= ==========================================================
+"""
+
+from __future__ import annotations
+
+import zipfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dlsec.data.core import Dataset, DatasetError, stratified_split, validate_arrays
+
+_KNOWN = ("x", "y", "x_test", "y_test", "classes", "bounds")
+
+
+def _open(path: Path) -> dict[str, np.ndarray]:
+    """Read every known array of the archive into memory; never unpickle."""
+    if not path.exists():
+        raise DatasetError(f"{path}: file not found")
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, expected a .npz file")
+    if not zipfile.is_zipfile(path):
+        raise DatasetError(f"{path}: not a valid .npz archive (not a zip file)")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = list(archive.files)
+            for key in _KNOWN:
+                if key in names:
+                    try:
+                        arrays[key] = archive[key]
+                    except ValueError as exc:  # object arrays need pickle: refused
+                        raise DatasetError(
+                            f"{path}: array {key!r} cannot be loaded without unpickling "
+                            f"({exc}); store plain numeric/string arrays"
+                        ) from None
+    except DatasetError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DatasetError(f"{path}: not a valid .npz archive ({exc})") from None
+    for key in ("x", "y"):
+        if key not in arrays:
+            found = ", ".join(repr(n) for n in names) or "none"
+            raise DatasetError(f"{path}: missing array {key!r} (arrays found: {found})")
+    if ("x_test" in arrays) != ("y_test" in arrays):
+        have, lack = ("x_test", "y_test") if "x_test" in arrays else ("y_test", "x_test")
+        raise DatasetError(f"{path}: has {have!r} but no {lack!r}; give both or neither")
+    return arrays
+
+
+def _bounds(arrays: dict[str, np.ndarray], path: Path) -> tuple[float, float] | None:
+    """The ``bounds`` array as (lo, hi), or None when absent."""
+    if "bounds" not in arrays:
+        return None
+    b = arrays["bounds"]
+    if b.shape != (2,) or not np.issubdtype(b.dtype, np.number):
+        raise DatasetError(
+            f"{path}: 'bounds' must be 2 numbers [lo, hi], got shape {b.shape} dtype {b.dtype}"
+        )
+    lo, hi = float(b[0]), float(b[1])
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+        raise DatasetError(f"{path}: 'bounds' must be finite with lo < hi, got [{lo}, {hi}]")
+    return lo, hi
+
+
+def _classes(arrays: dict[str, np.ndarray], path: Path) -> tuple[str, ...] | None:
+    """The ``classes`` array as a tuple of str, or None when absent."""
+    if "classes" not in arrays:
+        return None
+    c = arrays["classes"]
+    if c.ndim != 1 or c.dtype.kind not in "US" or c.size == 0:
+        raise DatasetError(
+            f"{path}: 'classes' must be a non-empty 1-D array of strings, "
+            f"got shape {c.shape} dtype {c.dtype}"
+        )
+    names = tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in c)
+    if len(set(names)) != len(names):
+        raise DatasetError(f"{path}: 'classes' has duplicate names")
+    return names
+
+
+def _inputs(x: np.ndarray, key: str, path: Path, bounds: tuple[float, float] | None) -> np.ndarray:
+    """Check dtype, shape and range of one input array; return float32 in bounds."""
+    if x.ndim not in (2, 3, 4):
+        raise DatasetError(
+            f"{path}: {key!r} must be N x D, N x H x W or N x C x H x W, got shape {x.shape}"
+        )
+    if x.dtype == np.uint8:
+        if bounds is not None and bounds != (0.0, 1.0):
+            raise DatasetError(
+                f"{path}: {key!r} is uint8, which is scaled into [0, 1], but 'bounds' says "
+                f"{list(bounds)}; drop the 'bounds' array or store float inputs"
+            )
+        return x.astype(np.float32) / np.float32(255.0)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DatasetError(f"{path}: {key!r} must be uint8 (0..255) or float, got dtype {x.dtype}")
+    xf = x.astype(np.float32)
+    if not np.isfinite(xf).all():
+        bad = int((~np.isfinite(xf)).reshape(xf.shape[0], -1).any(axis=1).sum())
+        raise DatasetError(f"{path}: {key!r}: {bad} input(s) contain NaN or inf")
+    lo, hi = bounds if bounds is not None else (0.0, 1.0)
+    if xf.size and (xf.min() < lo or xf.max() > hi):
+        raise DatasetError(
+            f"{path}: {key!r} values lie in [{xf.min():g}, {xf.max():g}], outside the bounds "
+            f"[{lo:g}, {hi:g}]; pass a `bounds` array [lo, hi] in the .npz with the valid "
+            "input range"
+        )
+    return xf
+
+
+def load_npz(path: Path, *, seed: int, test_size: float) -> Dataset:
+    """Load ``x``/``y`` (and optional test set, classes, bounds) from an .npz file.
+
+    Without ``x_test``/``y_test`` the data is split stratified by ``seed`` into
+    ``1 - test_size`` train and ``test_size`` test. Every problem raises
+    :class:`DatasetError` whose message starts with the file path.
+    """
+    path = Path(path)
+    arrays = _open(path)
+    bounds = _bounds(arrays, path)
+    class_names = _classes(arrays, path)
+
+    pairs = [("x", "y")] + ([("x_test", "y_test")] if "x_test" in arrays else [])
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    for xk, yk in pairs:
+        x, y = arrays[xk], arrays[yk]
+        if x.ndim == 0 or y.ndim == 0:
+            raise DatasetError(f"{path}: {xk!r} and {yk!r} must be arrays, not scalars")
+        source = f"{path}: {xk!r}/{yk!r}" if xk != "x" else str(path)
+        validate_arrays(x, y, source=source, num_classes=len(class_names) if class_names else None)
+        xs.append(_inputs(x, xk, path, bounds))
+        ys.append(y.astype(np.int64))
+    if len(xs) == 2 and xs[0].shape[1:] != xs[1].shape[1:]:
+        raise DatasetError(
+            f"{path}: 'x_test' sample shape {xs[1].shape[1:]} differs from 'x' {xs[0].shape[1:]}"
+        )
+    if class_names is None:
+        top = max(int(y.max()) for y in ys)
+        class_names = tuple(str(i) for i in range(top + 1))
+
+    tensors_x = [torch.from_numpy(x) for x in xs]
+    tensors_x = [t.unsqueeze(1) if t.ndim == 3 else t for t in tensors_x]
+    tensors_y = [torch.from_numpy(y) for y in ys]
+    if len(tensors_x) == 2:
+        x_train, x_test = tensors_x
+        y_train, y_test = tensors_y
+        split = "file"
+    else:
+        train_idx, test_idx = stratified_split(tensors_y[0], test_size=test_size, seed=seed)
+        if test_idx.numel() == 0 or train_idx.numel() == 0:
+            raise DatasetError(
+                f"{path}: too few samples per class ({tensors_y[0].numel()} in all) to split "
+                "into train and test; add x_test/y_test or more data"
+            )
+        x_train, x_test = tensors_x[0][train_idx], tensors_x[0][test_idx]
+        y_train, y_test = tensors_y[0][train_idx], tensors_y[0][test_idx]
+        split = f"stratified(seed={seed}, test_size={test_size})"
+    return Dataset(
+        name=f"npz:{path}",
+        x_train=x_train.contiguous(),
+        y_train=y_train.contiguous(),
+        x_test=x_test.contiguous(),
+        y_test=y_test.contiguous(),
+        classes=class_names,
+        bounds=bounds if bounds is not None else (0.0, 1.0),
+        source=str(path),
+        extra={"split": split},
+    )

@@ -1,0 +1,39 @@
+"""Models: SimpleNet (the seed's MLP), SmallCNN, a registry, and safe model files.
+
+Example:
+    >>> from dlsec.models import ModelCard, build_model
+    >>> card = ModelCard("simplenet", input_shape=[1, 8, 8], classes=[str(i) for i in range(10)])
+    >>> build_model(card)(torch.zeros(2, 1, 8, 8)).shape  # doctest: +SKIP
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+from dlsec.models.card import ModelCard
+from dlsec.models.io import build_model, inner_network, load, read_card, read_state_dict, save
+from dlsec.models.nets import Normalized, SimpleNet, SmallCNN
+from dlsec.models.registry import (
+    ModelError,
+    build_network,
+    model_names,
+    register_model,
+    resolve_factory,
+)
+
+__all__ = [
+    "ModelCard",
+    "ModelError",
+    "Normalized",
+    "SimpleNet",
+    "SmallCNN",
+    "build_model",
+    "build_network",
+    "inner_network",
+    "load",
+    "model_names",
+    "read_card",
+    "read_state_dict",
+    "register_model",
+    "resolve_factory",
+    "save",
+]

@@ -1,0 +1,83 @@
+"""The built-in architectures. Each returns logits and takes inputs in the card's bounds."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class SimpleNet(nn.Module):
+    """The seed article's MLP: Linear(in, hidden) -> ReLU -> Linear(hidden, classes).
+
+    The input is flattened first, so the same module takes ``N x D`` or image batches.
+    Parameter names (``fc1``, ``fc2``) match the seed, so its state dicts load as they are.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int = 128, output_size: int = 10) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(input_size, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+class SmallCNN(nn.Module):
+    """Two 3x3 conv layers (each ReLU + 2x2 max-pool), then two linear layers."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        height: int,
+        width: int,
+        num_classes: int = 10,
+        *,
+        channels: tuple[int, int] = (32, 64),
+        hidden: int = 128,
+    ) -> None:
+        super().__init__()
+        c1, c2 = channels
+        self.conv1 = nn.Conv2d(in_channels, c1, 3, padding=1)
+        self.conv2 = nn.Conv2d(c1, c2, 3, padding=1)
+        h, w = height // 2 // 2, width // 2 // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"SmallCNN needs inputs of at least 4x4, got {height}x{width}")
+        self.fc1 = nn.Linear(c2 * h * w, hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = F.relu(self.fc1(x.flatten(1)))
+        return self.fc2(x)
+
+
+class Normalized(nn.Module):
+    """Wraps a network so it takes raw inputs (in the card's bounds) and normalizes inside.
+
+    Attacks then work in input space, where the threat model's epsilon and bounds live.
+    The mean/std buffers are not persistent: they come from the model card, and the
+    weights file holds only the wrapped network's state dict.
+    """
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.net = net
+        shape = (1, len(mean), 1, 1)
+        self.register_buffer("mean", torch.tensor(list(mean)).view(shape), persistent=False)
+        self.register_buffer("std", torch.tensor(list(std)).view(shape), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mean, std = self.mean, self.std
+        if x.dim() == 2:
+            mean, std = mean.flatten(), std.flatten()
+        return self.net((x - mean) / std)
+
+
+def flat_size(input_shape: Sequence[int]) -> int:
+    return math.prod(input_shape)

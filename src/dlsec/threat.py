@@ -1,0 +1,284 @@
+"""The threat model and the Oracle: the black-box view of a model.
+
+Every black-box, extraction and inversion attack talks to a model only through an
+:class:`Oracle`. ``LocalOracle`` wraps an ``nn.Module``; an HTTP oracle for a served
+model subclasses :class:`BaseOracle` the same way, so attacks cannot tell them apart.
+
+Example:
+    >>> oracle = LocalOracle(model, output="label", budget=10_000)   # doctest: +SKIP
+    >>> labels = oracle.query(x, ids=torch.arange(len(x)))             # doctest: +SKIP
+    >>> oracle.queries_total, oracle.remaining                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from dlsec.errors import DlsecError
+
+Knowledge = Literal["white-box", "gray-box", "black-box"]
+Norm = Literal["linf", "l2", "l1", "l0"]
+OutputKind = Literal["scores", "topk", "rounded", "label"]
+
+KNOWLEDGE: tuple[str, ...] = ("white-box", "gray-box", "black-box")
+NORMS: tuple[str, ...] = ("linf", "l2", "l1", "l0")
+OUTPUTS: tuple[str, ...] = ("scores", "topk", "rounded", "label")
+
+
+class ThreatModelError(DlsecError):
+    """An inconsistent threat model."""
+
+
+class OracleError(DlsecError):
+    """A query the oracle refuses (wrong shape, outside the input bounds)."""
+
+
+class BudgetExhausted(OracleError):
+    """The query budget is spent; the oracle answers nothing more."""
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What the attacker knows and may do.
+
+    ``eps`` is one or more perturbation budgets measured in ``norm`` in input space;
+    ``bounds`` is the valid input range, taken from the model card (never assumed).
+    """
+
+    knowledge: Knowledge = "white-box"
+    norm: Norm = "linf"
+    eps: tuple[float, ...] = (0.1,)
+    targeted: bool = False
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.knowledge not in KNOWLEDGE:
+            raise ThreatModelError(f"knowledge must be one of {', '.join(KNOWLEDGE)}, got {self.knowledge!r}")
+        if self.norm not in NORMS:
+            raise ThreatModelError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        eps = tuple(float(e) for e in (self.eps if isinstance(self.eps, Sequence) else [self.eps]))
+        if not eps or any(not math.isfinite(e) or e < 0 for e in eps):
+            raise ThreatModelError(f"eps must be finite and >= 0, got {list(eps)}")
+        object.__setattr__(self, "eps", eps)
+        lo, hi = (float(b) for b in self.bounds)
+        if not lo < hi:
+            raise ThreatModelError(f"bounds must satisfy low < high, got {[lo, hi]}")
+        object.__setattr__(self, "bounds", (lo, hi))
+
+    @classmethod
+    def from_card(cls, card: Any, **kwargs: Any) -> ThreatModel:
+        """A threat model whose bounds are the model card's."""
+        return cls(bounds=tuple(card.bounds), **kwargs)
+
+
+@runtime_checkable
+class Oracle(Protocol):
+    """The black-box view of a model: inputs in, (possibly degraded) outputs out, counted."""
+
+    output: OutputKind
+    num_classes: int
+    input_shape: tuple[int, ...]
+    bounds: tuple[float, float]
+
+    @property
+    def queries_total(self) -> int: ...
+
+    @property
+    def remaining(self) -> int | None: ...
+
+    def query(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor: ...
+
+    def query_labels(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor: ...
+
+    def queries_for(self, ids: Tensor) -> Tensor: ...
+
+
+@dataclass
+class _Counter:
+    total: int = 0
+    per_sample: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+
+
+class BaseOracle(abc.ABC):
+    """Counting, budgets, input checks and output degradation; subclasses only score inputs.
+
+    Output kinds (``output``):
+      * ``scores``: class probabilities, ``N x K``;
+      * ``topk``: probabilities of the ``top_k`` most likely classes, the rest zero;
+      * ``rounded``: probabilities rounded to ``decimals`` places;
+      * ``label``: the predicted class only, an ``N`` int64 tensor.
+
+    Every row sent counts as one query, whether or not ``ids`` are given; ``ids``
+    (one int per row) attribute queries to samples for per-sample counts and
+    per-sample budgets. A query that would exceed a budget raises
+    :class:`BudgetExhausted` before anything is evaluated, so budgets are exact.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        input_shape: Sequence[int],
+        bounds: tuple[float, float],
+        output: OutputKind = "scores",
+        top_k: int = 1,
+        decimals: int = 2,
+        budget: int | None = None,
+        per_sample_budget: int | None = None,
+    ) -> None:
+        if output not in OUTPUTS:
+            raise OracleError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        if top_k < 1 or top_k > num_classes:
+            raise OracleError(f"top_k must be in 1..{num_classes}, got {top_k}")
+        if budget is not None and budget < 0:
+            raise OracleError(f"budget must be >= 0, got {budget}")
+        self.output: OutputKind = output
+        self.num_classes = int(num_classes)
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.bounds = (float(bounds[0]), float(bounds[1]))
+        self.top_k = top_k
+        self.decimals = decimals
+        self.budget = budget
+        self.per_sample_budget = per_sample_budget
+        self._count = _Counter()
+
+    # -- counting ---------------------------------------------------------------------------
+    @property
+    def queries_total(self) -> int:
+        return self._count.total
+
+    @property
+    def remaining(self) -> int | None:
+        return None if self.budget is None else self.budget - self._count.total
+
+    def queries_for(self, ids: Tensor) -> Tensor:
+        """Queries spent so far on each sample id (0 for ids never seen)."""
+        ids = torch.as_tensor(ids, dtype=torch.int64).cpu()
+        per = self._count.per_sample
+        out = torch.zeros_like(ids)
+        known = ids < per.numel()
+        out[known] = per[ids[known]]
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": self._count.total, "per_sample": self._count.per_sample.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._count = _Counter(int(state["total"]), state["per_sample"].clone())
+
+    def _charge(self, n: int, ids: Tensor | None) -> None:
+        if self.budget is not None and self._count.total + n > self.budget:
+            raise BudgetExhausted(
+                f"query budget exhausted: {self._count.total} of {self.budget} spent, "
+                f"{n} more asked"
+            )
+        if ids is not None:
+            ids = torch.as_tensor(ids, dtype=torch.int64).flatten().cpu()
+            if ids.numel() != n:
+                raise OracleError(f"got {ids.numel()} ids for {n} inputs")
+            if ids.numel() and int(ids.min()) < 0:
+                raise OracleError("sample ids must be >= 0")
+            size = int(ids.max()) + 1 if ids.numel() else 0
+            per = self._count.per_sample
+            if size > per.numel():
+                per = torch.cat([per, torch.zeros(size - per.numel(), dtype=torch.int64)])
+            add = torch.bincount(ids, minlength=per.numel())
+            if self.per_sample_budget is not None and bool(
+                ((per + add) > self.per_sample_budget).any()
+            ):
+                raise BudgetExhausted(f"per-sample query budget of {self.per_sample_budget} exhausted")
+            self._count.per_sample = per + add
+        self._count.total += n
+
+    # -- answering --------------------------------------------------------------------------
+    def _check(self, x: Tensor) -> None:
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise OracleError(
+                f"query shape {tuple(x.shape[1:])} does not match the model input {self.input_shape}"
+            )
+        if x.numel() and not bool(torch.isfinite(x).all()):
+            raise OracleError("query contains NaN or inf")
+        lo, hi = self.bounds
+        tol = 1e-5 * (hi - lo)
+        if x.numel() and (float(x.min()) < lo - tol or float(x.max()) > hi + tol):
+            raise OracleError(f"query values outside the input bounds [{lo}, {hi}]")
+
+    @abc.abstractmethod
+    def _probabilities(self, x: Tensor) -> Tensor:
+        """Class probabilities ``N x K`` for valid inputs (not yet degraded)."""
+
+    def _degrade(self, probs: Tensor) -> Tensor:
+        if self.output == "label":
+            return probs.argmax(1)
+        if self.output == "topk":
+            top = probs.topk(self.top_k, dim=1)
+            return torch.zeros_like(probs).scatter_(1, top.indices, top.values)
+        if self.output == "rounded":
+            scale = 10.0**self.decimals
+            return torch.round(probs * scale) / scale
+        return probs
+
+    def query(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor:
+        """Answer a batch of queries; each row costs one query."""
+        if x.dim() == len(self.input_shape):
+            raise OracleError("query expects a batch: add a leading batch dimension")
+        self._check(x)
+        self._charge(int(x.shape[0]), ids)
+        if x.shape[0] == 0:
+            shape = (0,) if self.output == "label" else (0, self.num_classes)
+            return torch.zeros(shape, dtype=torch.int64 if self.output == "label" else x.dtype)
+        return self._degrade(self._probabilities(x))
+
+    def query_labels(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor:
+        """Predicted labels whatever the output kind (costs the same queries as :meth:`query`)."""
+        out = self.query(x, ids=ids)
+        return out if self.output == "label" else out.argmax(1)
+
+
+class LocalOracle(BaseOracle):
+    """An oracle over a local ``nn.Module`` returning logits."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        num_classes: int | None = None,
+        input_shape: Sequence[int] | None = None,
+        bounds: tuple[float, float] | None = None,
+        card: Any = None,
+        batch_size: int = 1024,
+        **kwargs: Any,
+    ) -> None:
+        if card is not None:
+            num_classes = num_classes or card.num_classes
+            input_shape = input_shape or card.input_shape
+            bounds = bounds or tuple(card.bounds)
+        if num_classes is None or input_shape is None:
+            raise OracleError("LocalOracle needs a card, or num_classes and input_shape")
+        super().__init__(
+            num_classes=num_classes,
+            input_shape=input_shape,
+            bounds=bounds or (0.0, 1.0),
+            **kwargs,
+        )
+        self.model = model
+        self.batch_size = batch_size
+
+    @torch.inference_mode()
+    def _probabilities(self, x: Tensor) -> Tensor:
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        parts = [
+            torch.softmax(self.model(x[i : i + self.batch_size].to(device)).float(), dim=1)
+            for i in range(0, x.shape[0], self.batch_size)
+        ]
+        self.model.train(was_training)
+        return torch.cat(parts).to(x.device)

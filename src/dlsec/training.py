@@ -1,0 +1,291 @@
+"""The one fit/evaluate loop every trainer in dlsec builds on.
+
+Adversarial training, DP-SGD, shadow models, surrogates and federated clients all call
+:func:`fit`; they change what one batch's loss is (``batch_loss``), how the optimizer is
+made (``make_optimizer``) or what happens after an epoch (``on_epoch_end``), never the loop.
+
+Example:
+    >>> from dlsec.data import load_dataset
+    >>> from dlsec.training import TrainConfig, train_model
+    >>> ds = load_dataset("digits")
+    >>> model, card, result = train_model(ds, "simplenet", TrainConfig(epochs=5), progress=False)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dlsec.errors import DlsecError
+
+BatchLoss = Callable[[nn.Module, Tensor, Tensor], Tensor]
+OptimizerFactory = Callable[[nn.Module, "TrainConfig"], torch.optim.Optimizer]
+
+
+class TrainingError(DlsecError):
+    """Bad training settings."""
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a user error."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise TrainingError(f"unknown device {device!r} (use auto, cpu or cuda)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("device 'cuda' requested but no CUDA GPU is available")
+    return dev
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run; saved into the model card."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: Literal["none", "cosine", "step"] = "cosine"
+    step_every: int = 10
+    step_gamma: float = 0.1
+    val_fraction: float = 0.1
+    patience: int | None = None
+    restore_best: bool = True
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0 and math.isfinite(self.lr),
+            "optimizer": self.optimizer in ("adam", "sgd"),
+            "schedule": self.schedule in ("none", "cosine", "step"),
+            "val_fraction": 0.0 <= self.val_fraction < 1.0,
+            "patience": self.patience is None or self.patience >= 1,
+            "weight_decay": self.weight_decay >= 0,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise TrainingError(f"bad training setting {key}={getattr(self, key)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class TrainResult:
+    """What happened: one record per epoch, and which epoch's weights were kept."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def default_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, config.step_every, config.step_gamma)
+    return None
+
+
+def cross_entropy_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:
+    """Logits for ``x`` in batches, on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = [model(x[i : i + batch_size].to(device)) for i in range(0, x.shape[0], batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 1024) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` on ``(x, y)``."""
+    logits = predict_logits(model, x, batch_size=batch_size)
+    y = y.to(logits.device)
+    return {
+        "loss": float(F.cross_entropy(logits, y)),
+        "accuracy": float((logits.argmax(1) == y).float().mean()),
+    }
+
+
+def fit(
+    model: nn.Module,
+    x_train: Tensor,
+    y_train: Tensor,
+    *,
+    config: TrainConfig,
+    x_val: Tensor | None = None,
+    y_val: Tensor | None = None,
+    batch_loss: BatchLoss = cross_entropy_loss,
+    make_optimizer: OptimizerFactory = default_optimizer,
+    on_epoch_end: Callable[[int, nn.Module, dict[str, float]], bool | None] | None = None,
+    progress: bool = True,
+    description: str = "training",
+) -> TrainResult:
+    """Train ``model`` in place and return its history.
+
+    Shuffling uses a generator seeded by ``config.seed``: the same seed and the same
+    initial weights give bit-identical weights on CPU. With validation data, the
+    weights of the best validation epoch are restored at the end (``restore_best``)
+    and training stops after ``patience`` epochs without a better validation loss.
+    ``on_epoch_end(epoch, model, record)`` may add keys to ``record`` and returns
+    True to stop training.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    device = resolve_device(config.device)
+    model.to(device)
+    x_train, y_train = x_train.to(device), y_train.to(device)
+    has_val = x_val is not None and y_val is not None and len(y_val) > 0
+    if has_val:
+        assert x_val is not None and y_val is not None
+        x_val, y_val = x_val.to(device), y_val.to(device)
+    n = x_train.shape[0]
+    if n == 0:
+        raise TrainingError("no training data")
+    gen = torch.Generator().manual_seed(config.seed)
+    optimizer = make_optimizer(model, config)
+    scheduler = _scheduler(optimizer, config)
+    result = TrainResult()
+    best_loss, best_state, since_best = math.inf, None, 0
+    steps = math.ceil(n / config.batch_size)
+    t0 = time.perf_counter()
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task = bar.add_task(description, total=config.epochs, status="")
+        for epoch in range(1, config.epochs + 1):
+            t_epoch = time.perf_counter()
+            model.train()
+            perm = torch.randperm(n, generator=gen).to(device)
+            total_loss = torch.zeros((), device=device)
+            for s in range(steps):
+                idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss = batch_loss(model, x_train[idx], y_train[idx])
+                loss.backward()
+                optimizer.step()
+                total_loss += loss.detach() * idx.numel()
+            lr = optimizer.param_groups[0]["lr"]
+            if scheduler is not None:
+                scheduler.step()
+            record: dict[str, float] = {"epoch": epoch, "lr": lr, "train_loss": float(total_loss) / n}
+            record["train_accuracy"] = evaluate(model, x_train, y_train)["accuracy"]
+            if has_val:
+                assert x_val is not None and y_val is not None
+                val = evaluate(model, x_val, y_val)
+                record["val_loss"], record["val_accuracy"] = val["loss"], val["accuracy"]
+            stop = bool(on_epoch_end(epoch, model, record)) if on_epoch_end else False
+            record["seconds"] = time.perf_counter() - t_epoch
+            result.history.append(record)
+            status = f"loss {record['train_loss']:.3f}"
+            if has_val:
+                status += f" val acc {record['val_accuracy']:.3f}"
+                if record["val_loss"] < best_loss:
+                    best_loss, since_best, result.best_epoch = record["val_loss"], 0, epoch
+                    if config.restore_best:
+                        best_state = copy.deepcopy(model.state_dict())
+                else:
+                    since_best += 1
+                    if config.patience is not None and since_best >= config.patience:
+                        result.stopped_early = True
+                        stop = True
+            else:
+                result.best_epoch = epoch
+            bar.update(task, advance=1, status=status)
+            if stop:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def train_model(
+    dataset: Any,
+    architecture: str,
+    config: TrainConfig | None = None,
+    *,
+    normalization: dict[str, list[float]] | None = None,
+    progress: bool = True,
+    **fit_kwargs: Any,
+) -> tuple[nn.Module, Any, TrainResult]:
+    """Build ``architecture`` for ``dataset``, train it with :func:`fit`, return ``(model, card, result)``.
+
+    Initial weights are drawn under ``config.seed`` (without touching the global RNG), and
+    the validation set is a stratified split of the training set by the same seed.
+    """
+    from dlsec.data import stratified_split
+    from dlsec.models import ModelCard, build_model
+
+    config = config or TrainConfig()
+    card = ModelCard(
+        architecture=architecture,
+        input_shape=list(dataset.input_shape),
+        classes=list(dataset.classes),
+        bounds=tuple(dataset.bounds),
+        normalization=normalization,
+        dataset=dataset.name,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = build_model(card)
+    x_tr, y_tr, x_val, y_val = dataset.x_train, dataset.y_train, None, None
+    if config.val_fraction > 0:
+        tr_idx, val_idx = stratified_split(y_tr, test_size=config.val_fraction, seed=config.seed)
+        x_tr, y_tr, x_val, y_val = x_tr[tr_idx], y_tr[tr_idx], x_tr[val_idx], y_tr[val_idx]
+    result = fit(
+        model, x_tr, y_tr, config=config, x_val=x_val, y_val=y_val, progress=progress, **fit_kwargs
+    )
+    test = evaluate(model, dataset.x_test, dataset.y_test)
+    card.training = {**config.to_dict(), "best_epoch": result.best_epoch}
+    card.metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}
+    if result.history:
+        last = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
+        card.metrics["train_accuracy"] = last["train_accuracy"]
+        if "val_accuracy" in last:
+            card.metrics["val_accuracy"] = last["val_accuracy"]
+    return model, card, result
