@@ -153,6 +153,15 @@ def data_info(
     typer.echo(json.dumps(load_dataset(spec, seed=seed).summary(), indent=2))
 
 
+def _register_capabilities() -> None:
+    from dlsec.commands import register_all
+
+    register_all(app)
+
+
+_register_capabilities()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps user errors to one line and exit 2, never a traceback."""
     try:

@@ -1,0 +1,21 @@
+"""CLI commands of each capability, one module per area.
+
+Each module defines ``register(app: typer.Typer) -> None`` that adds its commands (or a
+sub-app) to the ``dlsec`` command; :func:`register_all` discovers every module here, so a
+capability adds its commands without touching ``dlsec.cli``. Commands raise
+:class:`dlsec.errors.DlsecError` for user mistakes; the entry point turns that into one
+line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import typer
+
+
+def register_all(app: typer.Typer) -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__name__}.{info.name}").register(app)
