@@ -1,0 +1,1 @@
+"""Attacks: evasion (white- and black-box), poisoning, and privacy."""

@@ -1,0 +1,390 @@
+"""What every evasion attack shares: norms, projection, losses, targets, the result type,
+and the driver that runs one attack over a list of epsilons.
+
+Attacks work in input space: the model takes raw inputs within the card's ``bounds`` and
+normalizes inside (see :class:`dlsec.models.Normalized`), so epsilon and clipping are
+always in the units the threat model states. Nothing assumes [0, 1].
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dlsec.errors import DlsecError
+
+Norm = Literal["linf", "l2"]
+TargetSpec = Literal["random", "least-likely"] | Tensor | int | None
+
+
+class AttackError(DlsecError):
+    """Bad attack settings."""
+
+
+# -- geometry ----------------------------------------------------------------------------------
+def _view(v: Tensor, like: Tensor) -> Tensor:
+    return v.view(-1, *([1] * (like.dim() - 1)))
+
+
+def lp_norms(delta: Tensor, norm: str) -> Tensor:
+    """Per-sample norm of a batch of perturbations."""
+    flat = delta.flatten(1)
+    if norm == "linf":
+        return flat.abs().amax(1) if flat.shape[1] else flat.new_zeros(flat.shape[0])
+    if norm == "l2":
+        return flat.norm(p=2, dim=1)
+    if norm == "l1":
+        return flat.abs().sum(1)
+    if norm == "l0":
+        return (flat != 0).sum(1).to(delta.dtype)
+    raise AttackError(f"unknown norm {norm!r}")
+
+
+def project(delta: Tensor, norm: str, eps: float | Tensor) -> Tensor:
+    """Project perturbations onto the ``norm`` ball of radius ``eps`` (scalar or per sample)."""
+    if norm == "linf":
+        if isinstance(eps, Tensor):
+            e = _view(eps, delta)
+            return torch.maximum(torch.minimum(delta, e), -e)
+        return delta.clamp(-eps, eps)
+    if norm == "l2":
+        n = _view(lp_norms(delta, "l2"), delta)
+        e = _view(eps, delta) if isinstance(eps, Tensor) else eps
+        factor = torch.clamp(e / n.clamp_min(1e-12), max=1.0)
+        return delta * factor
+    raise AttackError(f"projection onto {norm!r} balls is not supported")
+
+
+def step_direction(grad: Tensor, norm: str) -> Tensor:
+    """The steepest-ascent direction of unit ``norm`` for a gradient (sign for Linf)."""
+    if norm == "linf":
+        return grad.sign()
+    if norm == "l2":
+        return grad / _view(lp_norms(grad, "l2").clamp_min(1e-12), grad)
+    raise AttackError(f"unknown norm {norm!r}")
+
+
+def random_start(
+    x: Tensor, norm: str, eps: float, bounds: tuple[float, float], generator: torch.Generator | None
+) -> Tensor:
+    """A uniformly random point of the eps ball around ``x`` (clipped to bounds)."""
+    shape = x.shape
+    if norm == "linf":
+        u = torch.rand(shape, generator=generator, device="cpu").to(x.device, x.dtype)
+        delta = (2 * u - 1) * eps
+    elif norm == "l2":
+        d = math.prod(shape[1:])
+        g = torch.randn(shape, generator=generator, device="cpu").to(x.device, x.dtype)
+        r = torch.rand(shape[0], generator=generator, device="cpu").to(x.device, x.dtype)
+        delta = step_direction(g, "l2") * _view(r.pow(1.0 / d) * eps, x)
+    else:
+        raise AttackError(f"unknown norm {norm!r}")
+    return (x + delta).clamp(*bounds)
+
+
+# -- losses (per sample; larger is better for the attacker) ---------------------------------------
+def ce_loss(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Difference of Logits Ratio (Croce & Hein 2020), untargeted; shift and scale invariant."""
+    srt = logits.sort(dim=1).values
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    top_is_y = (srt[:, -1] == z_y).to(logits.dtype)
+    z_other = srt[:, -2] * top_is_y + srt[:, -1] * (1 - top_is_y)
+    return -(z_y - z_other) / (srt[:, -1] - srt[:, -3] + 1e-12)
+
+
+def dlr_targeted_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Targeted DLR (Croce & Hein 2020): -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)."""
+    srt = logits.sort(dim=1).values
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    z_t = logits.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (srt[:, -1] - 0.5 * (srt[:, -3] + srt[:, -4]) + 1e-12)
+
+
+def margin_loss(logits: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
+    """Best other logit minus the true logit (untargeted), or target minus best other."""
+    if target is not None:
+        z_t = logits.gather(1, target[:, None]).squeeze(1)
+        other = logits.scatter(1, target[:, None], -math.inf).amax(1)
+        return z_t - other
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], -math.inf).amax(1)
+    return other - z_y
+
+
+def is_adversarial(logits: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
+    """Untargeted: the prediction differs from ``y``; targeted: it equals ``target``."""
+    pred = logits.argmax(1)
+    return pred == target if target is not None else pred != y
+
+
+def choose_targets(
+    logits: Tensor, y: Tensor, spec: TargetSpec, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """Target labels: ``random`` (uniform over classes other than y), ``least-likely``
+    (lowest clean logit), one class for all, or a tensor given per sample."""
+    n, k = logits.shape
+    if isinstance(spec, Tensor):
+        t = spec.to(y.device, torch.int64).flatten()
+        if t.numel() == 1:
+            t = t.expand(n).clone()
+        if t.numel() != n:
+            raise AttackError(f"got {t.numel()} targets for {n} inputs")
+    elif isinstance(spec, int) and not isinstance(spec, bool):
+        t = torch.full_like(y, spec)
+    elif spec == "least-likely":
+        t = logits.argmin(1)
+    elif spec == "random" or spec is None:
+        shift = torch.randint(1, k, (n,), generator=generator, device="cpu").to(y.device)
+        t = (y + shift) % k
+    else:
+        raise AttackError(f"unknown target {spec!r} (random, least-likely, a class or a tensor)")
+    if int(t.min()) < 0 or int(t.max()) >= k:
+        raise AttackError(f"target classes must be in 0..{k - 1}")
+    return t
+
+
+def input_gradient(
+    model: nn.Module, x: Tensor, loss: Tensor | Any
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One forward and one backward: ``(per-sample loss, d loss / d x, logits)``.
+
+    ``loss`` is a callable ``logits -> per-sample loss``. Only the input gradient is
+    computed (parameter gradients are not accumulated).
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        values = loss(logits)
+        (grad,) = torch.autograd.grad(values.sum(), x)
+    return values.detach(), grad.detach(), logits.detach()
+
+
+# -- results -------------------------------------------------------------------------------------
+@dataclass
+class EvasionResult:
+    """One attack over K epsilons and N samples.
+
+    ``x_adv`` holds the adversarials clipped to each epsilon ball and to the bounds
+    (``K x N x ...``); ``x_adv_raw`` what the attack produced before that clipping (for
+    bounded attacks the two are equal; for minimum-norm attacks the raw one may lie
+    outside the ball). ``success[k, n]`` says whether ``x_adv[k, n]`` fools the model
+    (a point the model already misclassifies counts as fooled, with zero perturbation).
+    ``gradients[k, n]`` counts the forward+backward passes spent on sample n at eps k
+    (0 where a smaller epsilon's adversarial was reused).
+    """
+
+    attack: str
+    norm: str
+    targeted: bool
+    eps: list[float]
+    x_adv: Tensor
+    x_adv_raw: Tensor
+    success: Tensor
+    norms: Tensor
+    gradients: Tensor
+    clean_correct: Tensor
+    targets: Tensor | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def robust_accuracy(self) -> list[float]:
+        """Per epsilon, the share of samples still classified correctly (untargeted view)."""
+        if self.targeted:
+            return [float((self.clean_correct & ~s).double().mean()) for s in self.success]
+        return [float((~s).double().mean()) for s in self.success]
+
+    @property
+    def success_rate(self) -> list[float]:
+        return [float(s.double().mean()) for s in self.success]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "attack": self.attack,
+            "norm": self.norm,
+            "targeted": self.targeted,
+            "eps": self.eps,
+            "clean_accuracy": float(self.clean_correct.double().mean()),
+            "robust_accuracy": self.robust_accuracy,
+            "success_rate": self.success_rate,
+            "median_norm": [
+                float(n[s].median()) if bool(s.any()) else None
+                for n, s in zip(self.norms, self.success, strict=True)
+            ],
+            "gradients": [int(g.sum()) for g in self.gradients],
+        }
+
+
+@dataclass
+class _BatchOutput:
+    x_adv_raw: Tensor
+    x_adv: Tensor
+    gradients: Tensor
+
+
+class EvasionAttack(abc.ABC):
+    """Base of the white-box evasion attacks.
+
+    Subclasses implement :meth:`_attack` for one epsilon on a batch of points that are
+    still robust. :meth:`__call__` handles the rest: bounds from the card, targets, a
+    list of epsilons in one call (in increasing order, attacking at a larger epsilon only
+    the points a smaller one did not fool, since its adversarial stays valid), batching,
+    and the final success check.
+
+    Minimum-norm attacks (``minimal = True``, e.g. C&W, DeepFool) run once without an
+    epsilon; their raw adversarial is then projected onto each epsilon ball.
+    """
+
+    name: str = "attack"
+    norm: Norm = "linf"
+    minimal: bool = False
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        eps: float | Sequence[float] = (),
+        targeted: bool = False,
+        target: TargetSpec = "random",
+        bounds: tuple[float, float] | None = None,
+        card: Any = None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 1024,
+        reuse: bool = True,
+    ) -> EvasionResult:
+        if bounds is None:
+            if card is None:
+                raise AttackError("pass bounds=(low, high) or card= (the model card's bounds)")
+            bounds = tuple(card.bounds)
+        lo, hi = float(bounds[0]), float(bounds[1])
+        eps_list = [float(e) for e in ([eps] if isinstance(eps, int | float) else eps)]
+        if self.minimal and not eps_list:
+            eps_list = [math.inf]
+        if not eps_list or any(e < 0 or math.isnan(e) for e in eps_list):
+            raise AttackError(f"eps must be one or more numbers >= 0, got {eps!r}")
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            return self._sweep(
+                model, x.to(device), y.to(device), eps_list, targeted, target,
+                (lo, hi), generator, batch_size, reuse,
+            )  # fmt: skip
+        finally:
+            model.train(was_training)
+
+    # the sweep -------------------------------------------------------------------------------
+    def _sweep(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps_list: list[float],
+        targeted: bool,
+        target: TargetSpec,
+        bounds: tuple[float, float],
+        generator: torch.Generator | None,
+        batch_size: int,
+        reuse: bool,
+    ) -> EvasionResult:
+        n, k = x.shape[0], len(eps_list)
+        with torch.inference_mode():
+            clean_logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, n, batch_size)])
+        clean_correct = clean_logits.argmax(1) == y
+        targets = choose_targets(clean_logits, y, target, generator=generator) if targeted else None
+        x_adv = x.unsqueeze(0).repeat(k, *([1] * x.dim()))
+        x_raw = x_adv.clone()
+        success = torch.zeros(k, n, dtype=torch.bool, device=x.device)
+        grads = torch.zeros(k, n, dtype=torch.int64, device=x.device)
+        already = is_adversarial(clean_logits, y, targets)  # fooled with no perturbation
+        order = sorted(range(k), key=lambda i: eps_list[i])
+
+        raw_min: Tensor | None = None
+        if self.minimal:
+            raw_min, g_min = self._run_batches(model, x, y, math.inf, targets, bounds, generator,
+                                               batch_size, ~already)  # fmt: skip
+        prev: int | None = None
+        for ki in order:
+            e = eps_list[ki]
+            todo = ~already
+            if reuse and prev is not None:
+                carry = success[prev] & ~already
+                x_adv[ki][carry], x_raw[ki][carry] = x_adv[prev][carry], x_raw[prev][carry]
+                todo = todo & ~carry
+            if self.minimal:
+                assert raw_min is not None
+                x_raw[ki][todo] = raw_min[todo]
+                delta = raw_min[todo] - x[todo]
+                if math.isfinite(e):
+                    delta = project(delta, self.norm, e)
+                x_adv[ki][todo] = (x[todo] + delta).clamp(*bounds)
+                if prev is None:
+                    grads[ki] = g_min
+            elif e > 0 and bool(todo.any()):
+                adv, g = self._run_batches(model, x, y, e, targets, bounds, generator, batch_size, todo)
+                x_adv[ki][todo] = adv[todo]
+                x_raw[ki][todo] = adv[todo]
+                grads[ki] = g
+            with torch.inference_mode():
+                logits = torch.cat(
+                    [model(x_adv[ki][i : i + batch_size]) for i in range(0, n, batch_size)]
+                )
+            success[ki] = is_adversarial(logits, y, targets)
+            prev = ki
+        norms = torch.stack([lp_norms(x_adv[i] - x, self.norm) for i in range(k)])
+        return EvasionResult(
+            attack=self.name, norm=self.norm, targeted=targeted, eps=eps_list, x_adv=x_adv,
+            x_adv_raw=x_raw, success=success, norms=norms, gradients=grads,
+            clean_correct=clean_correct, targets=targets,
+        )  # fmt: skip
+
+    def _run_batches(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps: float,
+        targets: Tensor | None,
+        bounds: tuple[float, float],
+        generator: torch.Generator | None,
+        batch_size: int,
+        mask: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        out = x.clone()
+        grads = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        idx = torch.nonzero(mask).flatten()
+        for i in range(0, idx.numel(), batch_size):
+            b = idx[i : i + batch_size]
+            res = self._attack(
+                model, x[b], y[b], eps=eps, target=None if targets is None else targets[b],
+                bounds=bounds, generator=generator,
+            )  # fmt: skip
+            out[b] = res.x_adv
+            grads[b] = res.gradients
+        return out, grads
+
+    @abc.abstractmethod
+    def _attack(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        eps: float,
+        target: Tensor | None,
+        bounds: tuple[float, float],
+        generator: torch.Generator | None,
+    ) -> _BatchOutput:
+        """Attack one batch at one epsilon; return adversarials inside the ball and bounds."""

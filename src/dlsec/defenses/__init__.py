@@ -1,0 +1,1 @@
+"""Defenses: adversarial training, data sanitization, differential privacy, serving policies."""
