@@ -134,7 +134,7 @@ class PGD(EvasionAttack):
                 t_act = None if ta is None else ta[active]
                 if step < self.steps:
                     loss, grad, logits = input_gradient(
-                        model, xs, lambda z, a=active, t=t_act: loss_fn(z, ya[a], t)
+                        model, xs, lambda z, a=active, t=t_act, yy=ya: loss_fn(z, yy[a], t)
                     )
                     grads[idx[active]] += 1
                 else:  # the final iterate only needs a forward pass
