@@ -1,0 +1,58 @@
+"""Random label flipping: a share of the training labels replaced by a random wrong class.
+
+Threat model: the attacker controls the labels of a random ``rate`` share of the training
+set (a careless or malicious annotator, a crowd-sourced labelling pool); inputs are left
+untouched. The goal is lower test accuracy. Reference: Biggio, Nelson and Laskov,
+"Support Vector Machines Under Adversarial Label Noise" (ACML 2011), the uniform-noise
+baseline against which optimized flips are compared.
+
+Example:
+    >>> g = torch.Generator().manual_seed(0)
+    >>> res = random_flip(x, y, rate=0.2, generator=g)          # doctest: +SKIP
+    >>> (res.y != y).float().mean()                              # doctest: +SKIP
+    tensor(0.2000)
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from dlsec.attacks.poisoning._base import (
+    PoisonResult,
+    check_labels,
+    check_rate,
+    random_other_label,
+)
+
+
+def random_flip(
+    x: Tensor,
+    y: Tensor,
+    *,
+    rate: float,
+    num_classes: int | None = None,
+    generator: torch.Generator | None = None,
+) -> PoisonResult:
+    """Flip ``round(rate * N)`` labels, chosen uniformly, to a uniformly random other class.
+
+    Args:
+        x, y: the training set (``x`` is returned unchanged).
+        rate: share of the samples to flip, in ``[0, 1)``.
+        num_classes: number of classes (default ``y.max() + 1``).
+        generator: CPU generator for the choice of samples and labels (default seed 0).
+    """
+    check_rate(rate)
+    k = check_labels(y, num_classes)
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    n = y.numel()
+    n_flip = round(rate * n)
+    idx = torch.randperm(n, generator=g)[:n_flip].to(y.device)
+    y_new = y.clone()
+    y_new[idx] = random_other_label(y[idx], k, g)
+    mask = torch.zeros(n, dtype=torch.bool, device=y.device)
+    mask[idx] = True
+    return PoisonResult(
+        x=x, y=y_new, mask=mask, y_clean=y.clone(), attack="random-flip",
+        metadata={"rate": rate, "n_flipped": n_flip, "num_classes": k},
+    )  # fmt: skip

@@ -1,0 +1,241 @@
+"""What the membership attacks share: the result type, per-sample signals, balanced
+evaluation sets, and shadow models trained on random halves of a data pool.
+
+Signals are computed from the probability vectors an :class:`~dlsec.threat.Oracle`
+returns, so the same code scores a local model or a remote API. Convention: every
+attack's score is higher for "more likely a member".
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dlsec.attacks.privacy._common import (
+    PrivacyAttackError,
+    check_shifts,
+    fresh_model,
+    require_scores,
+    shift_images,
+)
+from dlsec.attacks.privacy.metrics import MembershipMetrics, membership_metrics
+from dlsec.threat import Oracle
+from dlsec.training import TrainConfig, fit, resolve_device
+
+_TINY = 1e-300
+
+
+@dataclass
+class MembershipResult:
+    """Per-sample membership scores (higher = member) and, with ground truth, the metrics.
+
+    ``queries`` is the number of oracle queries the attack spent (rows sent), equal to
+    the oracle's ``queries_total`` increase during the call.
+    """
+
+    attack: str
+    scores: Tensor
+    is_member: Tensor | None = None
+    metrics: MembershipMetrics | None = None
+    queries: int = 0
+    seconds: float = 0.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"attack": self.attack, "queries": self.queries,
+                               "seconds": round(self.seconds, 3)}
+        if self.metrics is not None:
+            out.update(self.metrics.to_dict())
+        return out
+
+
+def finish(
+    attack: str,
+    scores: Tensor,
+    is_member: Tensor | None,
+    *,
+    queries: int,
+    t0: float,
+    **details: Any,
+) -> MembershipResult:
+    metrics = None
+    if is_member is not None:
+        is_member = torch.as_tensor(is_member).bool().cpu()
+        metrics = membership_metrics(scores.cpu(), is_member)
+    return MembershipResult(
+        attack=attack,
+        scores=scores.detach().cpu(),
+        is_member=is_member,
+        metrics=metrics,
+        queries=queries,
+        seconds=time.perf_counter() - t0,
+        details=dict(details),
+    )
+
+
+# -- signals -----------------------------------------------------------------------------------
+def true_class_probability(probs: Tensor, y: Tensor) -> Tensor:
+    return probs.gather(1, y.view(-1, 1).to(probs.device)).squeeze(1)
+
+
+def cross_entropy_from_probs(probs: Tensor, y: Tensor) -> Tensor:
+    """``-log p_y`` in float64 (probabilities may be exactly zero)."""
+    return -torch.log(true_class_probability(probs.double(), y).clamp_min(_TINY))
+
+
+def prediction_entropy(probs: Tensor) -> Tensor:
+    """Shannon entropy of each probability vector (nats)."""
+    p = probs.double()
+    return -(p * torch.log(p.clamp_min(_TINY))).sum(1)
+
+
+def logit_confidence(probs: Tensor, y: Tensor) -> Tensor:
+    """LiRA's logit-scaled confidence ``phi = log p_y - log sum_{k != y} p_k`` (float64).
+
+    Carlini et al. (2022) use this scaling because it makes the distribution of a
+    model's confidence on one example over training runs approximately Gaussian. The
+    other classes are summed instead of taking ``1 - p_y``, which loses all precision
+    once ``p_y`` rounds to one.
+    """
+    p = probs.double()
+    py = true_class_probability(p, y)
+    mask = torch.ones_like(p, dtype=torch.bool).scatter_(1, y.view(-1, 1).to(p.device), False)
+    others = (p * mask).sum(1)
+    return torch.log(py.clamp_min(_TINY)) - torch.log(others.clamp_min(_TINY))
+
+
+def query_probabilities(
+    oracle: Oracle, x: Tensor, *, attack: str, batch_size: int = 4096
+) -> Tensor:
+    """Probability vectors for ``x``, one oracle query per row, in batches."""
+    require_scores(oracle, attack)
+    parts = [oracle.query(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(parts) if parts else torch.empty(0, oracle.num_classes)
+
+
+# -- evaluation sets ---------------------------------------------------------------------------
+def balanced_membership_set(
+    x_members: Tensor,
+    y_members: Tensor,
+    x_nonmembers: Tensor,
+    y_nonmembers: Tensor,
+    *,
+    n: int | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(x, y, is_member)`` with as many members as non-members (so chance is 50 %).
+
+    ``n`` members and ``n`` non-members are drawn without replacement (default: as many
+    as the smaller side has), members first.
+    """
+    k = min(len(y_members), len(y_nonmembers))
+    n = k if n is None else min(int(n), k)
+    if n < 1:
+        raise PrivacyAttackError("a membership evaluation needs at least one member and one non-member")
+    g = generator or torch.Generator().manual_seed(0)
+    pick_in = torch.randperm(len(y_members), generator=g)[:n].sort().values
+    pick_out = torch.randperm(len(y_nonmembers), generator=g)[:n].sort().values
+    x = torch.cat([x_members[pick_in], x_nonmembers[pick_out]])
+    y = torch.cat([y_members[pick_in], y_nonmembers[pick_out]])
+    is_member = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)])
+    return x, y, is_member
+
+
+# -- shadow models -----------------------------------------------------------------------------
+def random_halves(n_models: int, n_samples: int, *, generator: torch.Generator) -> Tensor:
+    """``keep[m, i]``: whether model ``m`` trains on sample ``i``.
+
+    As in Carlini et al.'s code, every sample is kept by exactly ``n_models // 2`` models
+    (a random subset per sample), so each sample has as many IN as OUT models, and each
+    model sees about half of the pool.
+    """
+    if n_models < 2:
+        raise PrivacyAttackError(f"need at least 2 shadow models, got {n_models}")
+    order = torch.rand(n_models, n_samples, generator=generator).argsort(0).argsort(0)
+    return order < n_models // 2
+
+
+@dataclass
+class ShadowModels:
+    """Models trained like the target on random halves of the attacker's pool.
+
+    ``keep[m, i]`` says whether model ``m`` trained on pool sample ``i``; ``x``, ``y``
+    are the pool. The attacker owns these models, so it may evaluate them directly.
+    """
+
+    models: list[nn.Module]
+    keep: Tensor
+    x: Tensor
+    y: Tensor
+    seconds: float = 0.0
+
+    @property
+    def n_models(self) -> int:
+        return len(self.models)
+
+    @torch.inference_mode()
+    def probabilities(self, x: Tensor, *, shifts: Sequence[tuple[int, int]] = ((0, 0),),
+                      fill: float = 0.0, batch_size: int = 4096) -> Tensor:
+        """Softmax outputs ``[models, N, views, K]`` (float32, as an oracle would return)."""
+        shifts = check_shifts(shifts, x)
+        outs = []
+        for model in self.models:
+            model.eval()
+            dev = next(model.parameters()).device
+            views = []
+            for dx, dy in shifts:
+                xs = shift_images(x, dx, dy, fill=fill)
+                parts = [
+                    torch.softmax(model(xs[i : i + batch_size].to(dev)).float(), 1)
+                    for i in range(0, xs.shape[0], batch_size)
+                ]
+                views.append(torch.cat(parts))
+            outs.append(torch.stack(views, 1))
+        return torch.stack(outs)
+
+
+def train_shadow_models(
+    x: Tensor,
+    y: Tensor,
+    *,
+    card: Any,
+    n_models: int,
+    config: TrainConfig,
+    generator: torch.Generator,
+    keep: Tensor | None = None,
+    progress: bool = False,
+) -> ShadowModels:
+    """Train ``n_models`` networks of ``card``'s architecture on random halves of ``(x, y)``.
+
+    Each model is trained with :func:`dlsec.training.fit` under ``config`` (seed
+    ``config.seed + m`` for model ``m``'s initial weights and shuffling), so it follows
+    the target's recipe exactly when ``config`` is the target's.
+    """
+    import dataclasses
+
+    from rich.progress import Progress
+
+    t0 = time.perf_counter()
+    n = int(y.numel())
+    if n < 2:
+        raise PrivacyAttackError("the shadow pool needs at least two samples")
+    keep = random_halves(n_models, n, generator=generator) if keep is None else keep.bool()
+    device = resolve_device(config.device)
+    x, y = x.to(device), y.to(device)
+    models = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("shadow models", total=n_models)
+        for m in range(n_models):
+            cfg = dataclasses.replace(config, seed=config.seed + m, val_fraction=0.0)
+            model = fresh_model(card, cfg.seed)
+            idx = torch.nonzero(keep[m]).flatten().to(device)
+            fit(model, x[idx], y[idx], config=cfg, progress=False, description=f"shadow {m}")
+            models.append(model)
+            bar.update(task, advance=1)
+    return ShadowModels(models=models, keep=keep.cpu(), x=x, y=y,
+                        seconds=time.perf_counter() - t0)
