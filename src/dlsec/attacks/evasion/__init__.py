@@ -21,6 +21,7 @@ from dlsec.attacks.evasion.bim import BIM
 from dlsec.attacks.evasion.fgsm import FGSM
 from dlsec.attacks.evasion.mifgsm import MIFGSM
 from dlsec.attacks.evasion.pgd import PGD
+from dlsec.attacks.evasion.registry import attack_names, make_attack, register_attack
 
 __all__ = [
     "BIM",
@@ -30,9 +31,12 @@ __all__ = [
     "AttackError",
     "EvasionAttack",
     "EvasionResult",
+    "attack_names",
     "choose_targets",
     "dlr_loss",
     "dlr_targeted_loss",
     "lp_norms",
+    "make_attack",
     "project",
+    "register_attack",
 ]

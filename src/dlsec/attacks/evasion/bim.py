@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from dlsec.attacks.evasion._base import Norm
 from dlsec.attacks.evasion.pgd import PGD
+from dlsec.attacks.evasion.registry import register_attack
 
 
+@register_attack("bim")
 class BIM(PGD):
     """PGD without a random start (the iterative FGSM of Kurakin et al.)."""
 

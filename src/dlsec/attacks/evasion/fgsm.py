@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from dlsec.attacks.evasion._base import Norm
 from dlsec.attacks.evasion.pgd import PGD
+from dlsec.attacks.evasion.registry import register_attack
 
 
+@register_attack("fgsm")
 class FGSM(PGD):
     """One PGD step of size eps from the clean point (no random start, no restarts)."""
 

@@ -16,8 +16,10 @@ from torch import Tensor
 
 from dlsec.attacks.evasion._base import Norm, step_direction
 from dlsec.attacks.evasion.pgd import PGD
+from dlsec.attacks.evasion.registry import register_attack
 
 
+@register_attack("mifgsm")
 class MIFGSM(PGD):
     """PGD whose direction is the sign (Linf) or L2-normalized momentum of L1-normalized gradients."""
 

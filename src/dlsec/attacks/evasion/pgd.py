@@ -37,6 +37,7 @@ from dlsec.attacks.evasion._base import (
     random_start,
     step_direction,
 )
+from dlsec.attacks.evasion.registry import register_attack
 
 LossFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
@@ -53,6 +54,7 @@ def _margin(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
 LOSSES: dict[str, LossFn] = {"ce": _ce, "margin": _margin}
 
 
+@register_attack("pgd")
 class PGD(EvasionAttack):
     """Projected gradient descent on the cross-entropy (or margin) loss.
 

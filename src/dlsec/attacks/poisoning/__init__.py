@@ -1,0 +1,77 @@
+"""Poisoning attacks: each transforms a training set and returns a :class:`PoisonResult`
+(poisoned inputs and labels, a mask of the rows it touched, and the attack's own success
+measure where it has one).
+
+=========================== ================================================ ==============
+function                    attack                                           touches
+=========================== ================================================ ==============
+:func:`random_flip`         uniform label noise at a rate                    labels
+:func:`targeted_flip`       one class relabelled as another (7 -> 1)         labels
+:func:`optimized_flip`      surrogate-chosen flips that move the boundary    labels
+:func:`inject_mislabeled`   mislabeled samples appended                      new rows
+:func:`backdoor`            BadNets trigger patch, dirty label               inputs+labels
+:func:`feature_collision`   Poison Frogs clean-label collisions              new rows
+=========================== ================================================ ==============
+
+:func:`run_poisoning_experiment` poisons, trains, measures, sanitizes, retrains and
+measures again; :func:`run_collision_trials` runs feature collision over many targets.
+
+Example:
+    >>> from dlsec.data import load_dataset
+    >>> from dlsec.attacks.poisoning import random_flip
+    >>> ds = load_dataset("digits")
+    >>> res = random_flip(ds.x_train, ds.y_train, rate=0.2, generator=torch.Generator().manual_seed(0))
+    ...                                                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dlsec.attacks.poisoning._base import (
+    PoisonError,
+    PoisonResult,
+    last_linear,
+    penultimate,
+    penultimate_features,
+)
+from dlsec.attacks.poisoning.backdoor import Trigger, apply_trigger, attack_success_rate, backdoor
+from dlsec.attacks.poisoning.experiment import (
+    CollisionTrials,
+    PoisoningExperiment,
+    SanitizedRun,
+    run_collision_trials,
+    run_poisoning_experiment,
+)
+from dlsec.attacks.poisoning.feature_collision import (
+    craft_collisions,
+    feature_collision,
+    nearest_bases,
+)
+from dlsec.attacks.poisoning.injection import inject_mislabeled
+from dlsec.attacks.poisoning.optimized_flip import flip_scores, optimized_flip
+from dlsec.attacks.poisoning.random_flip import random_flip
+from dlsec.attacks.poisoning.targeted_flip import targeted_flip
+
+__all__ = [
+    "CollisionTrials",
+    "PoisonError",
+    "PoisonResult",
+    "PoisoningExperiment",
+    "SanitizedRun",
+    "Trigger",
+    "apply_trigger",
+    "attack_success_rate",
+    "backdoor",
+    "craft_collisions",
+    "feature_collision",
+    "flip_scores",
+    "inject_mislabeled",
+    "last_linear",
+    "nearest_bases",
+    "optimized_flip",
+    "penultimate",
+    "penultimate_features",
+    "random_flip",
+    "run_collision_trials",
+    "run_poisoning_experiment",
+    "targeted_flip",
+]

@@ -1,0 +1,169 @@
+"""Section "Evasion (white-box)": robust accuracy vs epsilon per gradient attack, example
+adversarials, and the warnings that say when the evaluation cannot be trusted."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from dlsec.audit.context import AuditContext
+from dlsec.audit.result import SectionResult, Table
+from dlsec.audit.sections import register_section
+
+LINF_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
+L2_EPS = (0.25, 0.5, 1.0, 2.0, 3.0)
+
+
+@dataclass
+class EvasionOptions:
+    """``[evasion]`` table of audit.toml.
+
+    ``eps`` is in input units (empty: a default grid scaled to the card's bounds);
+    ``attacks`` are registered evasion attacks, weakest first; ``samples`` test points
+    are attacked (stratified by taking the first ones of the seeded test split).
+    """
+
+    norm: str = "linf"
+    eps: list[float] = field(default_factory=list)
+    attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
+    samples: int = 500
+    steps: int = 40
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"norm: must be linf or l2, got {self.norm!r}")
+        if self.samples < 1 or self.steps < 1:
+            raise ValueError("samples and steps must be >= 1")
+        if any(e < 0 for e in self.eps):
+            raise ValueError("eps: values must be >= 0")
+
+
+def _eps_grid(options: EvasionOptions, bounds: tuple[float, float]) -> list[float]:
+    if options.eps:
+        return sorted(float(e) for e in options.eps)
+    span = bounds[1] - bounds[0]
+    base = LINF_EPS if options.norm == "linf" else L2_EPS
+    return [round(e * span, 6) for e in base]
+
+
+def _attack(name: str, options: EvasionOptions):
+    from dlsec.attacks.evasion import make_attack
+
+    kwargs: dict[str, object] = {"norm": options.norm}
+    if name in ("pgd", "bim", "mifgsm"):
+        kwargs["steps"] = options.steps
+    return make_attack(name, **kwargs)
+
+
+@register_section("evasion", title="Evasion (white-box)", order=50, options=EvasionOptions)
+def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
+    from dlsec.audit.report.plots import image_grid, line_chart
+
+    ds, card = ctx.dataset, ctx.card
+    n = min(options.samples, len(ds.y_test))
+    x, y = ds.x_test[:n].to(ctx.device), ds.y_test[:n].to(ctx.device)
+    eps = _eps_grid(options, card.bounds)
+    results = {}
+    for i, name in enumerate(options.attacks):
+        attack = _attack(name, options)
+        results[name] = attack(ctx.model, x, y, eps=eps, card=card, generator=ctx.generator(50 + i))
+    # a point is robust at eps only if no attack fooled it
+    fooled_any = torch.stack([r.success for r in results.values()]).any(0)
+    robust_all = [float((~f).double().mean()) for f in fooled_any]
+    clean = float(next(iter(results.values())).clean_correct.double().mean())
+
+    metrics: dict[str, float] = {"clean_accuracy": clean}
+    for e, ra in zip(eps, robust_all, strict=True):
+        metrics[f"robust_accuracy@{e:g}"] = ra
+    rows = []
+    for name, res in results.items():
+        for e, ra, sr, g in zip(eps, res.robust_accuracy, res.success_rate, res.gradients, strict=True):
+            rows.append([name, e, ra, sr, int(g.sum())])
+    warnings = _warnings(results, robust_all, eps, clean)
+
+    series = {name: (eps, res.robust_accuracy) for name, res in results.items()}
+    series["all attacks"] = (eps, robust_all)
+    figures = [
+        line_chart(
+            series, title=f"Robust accuracy vs epsilon ({options.norm})", xlabel="epsilon",
+            ylabel="accuracy under attack",
+            caption="Share of test points still classified correctly under each attack; "
+            "'all attacks' counts a point robust only if every attack failed on it.",
+        )  # fmt: skip
+    ]
+    grid = _example_grid(ctx, results[options.attacks[-1]], x, y, eps)
+    if grid is not None:
+        figures.append(image_grid(**grid))
+    mid = eps[len(eps) // 2]
+    return SectionResult(
+        name="evasion",
+        title="Evasion (white-box)",
+        summary=f"{options.norm} robust accuracy {robust_all[len(eps) // 2]:.1%} at eps {mid:g} "
+        f"(clean {clean:.1%}); {robust_all[-1]:.1%} at eps {eps[-1]:g}",
+        metrics=metrics,
+        tables=[
+            Table(
+                "Robust accuracy per attack",
+                ["attack", "epsilon", "robust accuracy", "success rate", "gradients"],
+                rows,
+                caption=f"{n} test points; gradients = forward+backward passes spent.",
+            )
+        ],
+        figures=figures,
+        warnings=warnings,
+        details={name: r.summary() for name, r in results.items()} | {"eps": eps},
+    )
+
+
+def _warnings(results: dict, robust_all: list[float], eps: list[float], clean: float) -> list[str]:
+    """Signs that the evaluation may be unreliable (gradient masking and friends)."""
+    out = []
+    for name, res in results.items():
+        ra = res.robust_accuracy
+        if any(b > a + 1e-9 for a, b in zip(ra, ra[1:], strict=False)):
+            out.append(f"{name}: robust accuracy rises with epsilon, a sign of gradient masking")
+    if robust_all[-1] > 0.05 and clean > 0.5:
+        out.append(
+            f"robust accuracy is still {robust_all[-1]:.1%} at the largest epsilon {eps[-1]:g}; "
+            "a strong attack should reach about 0% (possible gradient masking)"
+        )
+    names = list(results)
+    for weak, strong in zip(names, names[1:], strict=False):
+        beats = results[weak].success[-1] & ~results[strong].success[-1]
+        if bool(beats.any()):
+            out.append(
+                f"the weaker {weak} fooled {int(beats.sum())} point(s) that {strong} did not at "
+                f"eps {eps[-1]:g}: the stronger attack may be hampered by masked gradients"
+            )
+    return out
+
+
+def _example_grid(ctx: AuditContext, res, x, y, eps) -> dict | None:
+    """Clean / amplified perturbation / adversarial rows for up to 8 fooled points."""
+    if len(ctx.card.input_shape) != 3:
+        return None
+    k = min(range(len(eps)), key=lambda i: abs(res.robust_accuracy[i] - 0.5))
+    fooled = torch.nonzero(res.success[k] & res.clean_correct).flatten()[:8]
+    if fooled.numel() == 0:
+        return None
+    classes = ctx.card.classes
+    lo, hi = ctx.card.bounds
+    clean_x, adv_x = x[fooled], res.x_adv[k][fooled]
+    delta = adv_x - clean_x
+    scale = delta.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    amplified = lo + (hi - lo) * (0.5 + 0.5 * delta / scale)
+    with torch.inference_mode():
+        pred = ctx.model(adv_x).argmax(1)
+    images = torch.cat([clean_x, amplified, adv_x]).cpu()
+    labels = (
+        [f"clean: {classes[int(c)]}" for c in y[fooled]]
+        + ["perturbation" for _ in fooled]
+        + [f"adv: {classes[int(p)]}" for p in pred]
+    )
+    return {
+        "images": images, "labels": labels, "ncols": fooled.numel(), "bounds": (lo, hi),
+        "title": f"Adversarial examples ({res.attack}, eps {eps[k]:g})",
+        "caption": "Top: clean inputs with their true labels. Middle: the perturbation, "
+        "amplified to the full range. Bottom: the adversarial inputs with the model's prediction.",
+    }  # fmt: skip
