@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from dlsec.data import Dataset, load_dataset
-from dlsec.training import TrainConfig, train_model
+# tiny models gain nothing from threads, and the CI machine has 2 cores: one thread per
+# process (subprocesses started by tests inherit this) keeps the suite fast and steady
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from dlsec.data import Dataset, load_dataset  # noqa: E402
+from dlsec.training import TrainConfig, train_model  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,6 +102,72 @@ class TrainResult:
         return dataclasses.asdict(self)
 
 
+# -- distributed data parallel (torchrun) -----------------------------------------------------
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place in a ``torch.distributed`` job (DDP under ``torchrun``)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+def distributed_context(device: torch.device | None = None) -> DistributedContext | None:
+    """The DDP context of this process, or None for a plain single-process run.
+
+    Under ``torchrun`` (environment ``RANK`` and ``WORLD_SIZE``, world size above 1) the
+    process group is initialised here if nobody did it yet: gloo on CPU, nccl on CUDA.
+    On CUDA each rank takes the GPU of its ``LOCAL_RANK``.
+    """
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return None
+    if not dist.is_initialized() and (
+        "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1
+    ):
+        return None
+    device = device or torch.device("cpu")
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    world = dist.get_world_size()
+    if world <= 1:
+        return None
+    return DistributedContext(dist.get_rank(), world, device)
+
+
+def is_main_process() -> bool:
+    """True except on the non-zero ranks of a DDP job (only rank 0 writes files)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (or ``model`` itself).
+
+    A ``batch_loss`` gets the DDP wrapper under ``torchrun``; extra forward/backward
+    passes that must not synchronise gradients (e.g. crafting adversarial inputs) go
+    through the unwrapped module.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _rank_slice(idx: Tensor, ddp: DistributedContext) -> Tensor:
+    """This rank's share of one global batch; a batch smaller than the world is padded by
+    repeating its indices, so every rank takes part in every gradient all-reduce."""
+    if idx.numel() < ddp.world_size:
+        idx = idx.repeat(math.ceil(ddp.world_size / idx.numel()))[: ddp.world_size]
+    return idx[ddp.rank :: ddp.world_size]
+
+
 def default_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
@@ -167,10 +234,21 @@ def fit(
     and training stops after ``patience`` epochs without a better validation loss.
     ``on_epoch_end(epoch, model, record)`` may add keys to ``record`` and returns
     True to stop training.
+
+    Under ``torchrun`` (or in an initialised process group) the model is wrapped in
+    ``DistributedDataParallel``: every rank draws the same seeded permutation, and each
+    global batch of ``batch_size`` is split across the ranks, so the number of optimizer
+    steps and the learning-rate schedule match the single-process run. ``batch_loss``
+    then gets the DDP wrapper (see :func:`unwrap_model`). Evaluation runs on the full
+    data on every rank and the recorded train loss is all-reduced, so every rank returns
+    the same history; only rank 0 shows progress.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     device = resolve_device(config.device)
+    ddp = distributed_context(device)
+    if ddp is not None:
+        device = ddp.device
     model.to(device)
     x_train, y_train = x_train.to(device), y_train.to(device)
     has_val = x_val is not None and y_val is not None and len(y_val) > 0
@@ -182,6 +260,13 @@ def fit(
         raise TrainingError("no training data")
     gen = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(model, config)
+    train_module = model
+    if ddp is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        train_module = DistributedDataParallel(model, device_ids=ids)
+        progress = progress and ddp.rank == 0
     scheduler = _scheduler(optimizer, config)
     result = TrainResult()
     best_loss, best_state, since_best = math.inf, None, 0
@@ -203,12 +288,16 @@ def fit(
             total_loss = torch.zeros((), device=device)
             for s in range(steps):
                 idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
+                if ddp is not None:
+                    idx = _rank_slice(idx, ddp)
                 optimizer.zero_grad(set_to_none=True)
-                loss = batch_loss(model, x_train[idx], y_train[idx])
+                loss = batch_loss(train_module, x_train[idx], y_train[idx])
                 loss.backward()
                 optimizer.step()
                 total_loss += loss.detach() * idx.numel()
             lr = optimizer.param_groups[0]["lr"]
+            if ddp is not None:  # the ranks' sums together cover the n samples
+                torch.distributed.all_reduce(total_loss)
             if scheduler is not None:
                 scheduler.step()
             record: dict[str, float] = {"epoch": epoch, "lr": lr, "train_loss": float(total_loss) / n}
@@ -218,6 +307,10 @@ def fit(
                 val = evaluate(model, x_val, y_val)
                 record["val_loss"], record["val_accuracy"] = val["loss"], val["accuracy"]
             stop = bool(on_epoch_end(epoch, model, record)) if on_epoch_end else False
+            if ddp is not None:  # every rank must stop together
+                flag = torch.tensor(float(stop), device=device)
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                stop = bool(flag)
             record["seconds"] = time.perf_counter() - t_epoch
             result.history.append(record)
             status = f"loss {record['train_loss']:.3f}"

@@ -127,9 +127,10 @@ def feature_collision(
             ``base_label`` closest to the target in feature space.
         n_poisons, beta, steps, lr, opacity: see :func:`craft_collisions` (deterministic).
     """
+    base_idx: list[int] | None = None
     if base_x is None:
-        base_x = x[nearest_bases(model, x, y, target_x=target_x, base_label=base_label,
-                                 n=n_poisons)]  # fmt: skip
+        idx = nearest_bases(model, x, y, target_x=target_x, base_label=base_label, n=n_poisons)
+        base_x, base_idx = x[idx], idx.tolist()
     poisons = craft_collisions(
         model, target_x, base_x, bounds=bounds, beta=beta, steps=steps, lr=lr, opacity=opacity
     ).to(x.device)
@@ -146,6 +147,6 @@ def feature_collision(
         x=torch.cat([x, poisons]), y=torch.cat([y, labels]), mask=mask,
         y_clean=torch.cat([y, labels]), attack="feature-collision",
         metadata={"base_label": base_label, "n_poisons": n_new, "beta": beta, "steps": steps,
-                  "opacity": opacity, "target_x": target_cpu},
+                  "opacity": opacity, "base_indices": base_idx, "target_x": target_cpu},
         success=success,
     )  # fmt: skip

@@ -1,0 +1,100 @@
+"""``dlsec attack NAME`` (white-box evasion attacks on a saved model)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from dlsec.errors import DlsecError
+
+
+class EvasionCommandError(DlsecError):
+    """Bad flags for an evasion command."""
+
+
+def parse_eps(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EvasionCommandError(f"--eps: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise EvasionCommandError(f"--eps: expected numbers >= 0, got {text!r}")
+    return values
+
+
+def load_target(model_dir: Path, dataset: str | None, device: str, samples: int | None) -> tuple:
+    """The saved model, its card and the test points it is attacked on."""
+    from dlsec.data import load_dataset
+    from dlsec.models import load
+    from dlsec.training import resolve_device
+
+    model, card = load(model_dir, device=resolve_device(device))
+    spec = dataset or card.dataset
+    if not spec:
+        raise EvasionCommandError("--dataset: the model card names no dataset; pass one")
+    seed = int(card.training.get("seed", 0)) if isinstance(card.training, dict) else 0
+    ds = load_dataset(spec, seed=seed)
+    if tuple(ds.input_shape) != tuple(card.input_shape):
+        raise EvasionCommandError(
+            f"--dataset: {spec} inputs {tuple(ds.input_shape)} do not fit the model "
+            f"{tuple(card.input_shape)}"
+        )
+    n = len(ds.y_test) if samples is None else min(samples, len(ds.y_test))
+    return model, card, ds.x_test[:n], ds.y_test[:n]
+
+
+def save_npz(path: Path, arrays: dict[str, Any]) -> None:
+    import numpy as np
+
+    from dlsec.files import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("attack")
+    def attack(
+        name: Annotated[str, typer.Argument(help="fgsm | bim | pgd | mifgsm | ... (see --help of dlsec)")],
+        model_dir: Annotated[Path, typer.Option("--model-dir", help="A saved model (card.json + weights)")],
+        eps: Annotated[str, typer.Option(help="Comma-separated epsilons, e.g. 0.05,0.1,0.2")],
+        out: Annotated[Path | None, typer.Option(help="Write adversarials to this .npz")] = None,
+        dataset: Annotated[str | None, typer.Option(help="Default: the dataset named in the card")] = None,
+        norm: Annotated[str, typer.Option(help="linf | l2")] = "linf",
+        steps: Annotated[int | None, typer.Option(help="Iterations (iterative attacks)")] = None,
+        samples: Annotated[int | None, typer.Option(help="Attack the first N test points")] = None,
+        targeted: Annotated[bool, typer.Option(help="Targeted attack")] = False,
+        target: Annotated[str, typer.Option(help="random | least-likely | a class index")] = "random",
+        seed: Annotated[int, typer.Option()] = 0,
+        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    ) -> None:
+        """Run a white-box evasion attack over a list of epsilons; print robust accuracy."""
+        import numpy as np
+        import torch
+
+        from dlsec.attacks.evasion import make_attack
+
+        eps_list = parse_eps(eps)
+        kwargs: dict[str, Any] = {"norm": norm}
+        if steps is not None:
+            kwargs["steps"] = steps
+        atk = make_attack(name, **kwargs)
+        model, card, x, y = load_target(model_dir, dataset, device, samples)
+        tgt: Any = int(target) if target.lstrip("-").isdigit() else target
+        res = atk(model, x, y, eps=eps_list, targeted=targeted, target=tgt, card=card,
+                  generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        typer.echo(f"{name} ({norm}) on {len(y)} points, clean accuracy "
+                   f"{float(res.clean_correct.double().mean()):.4f}")  # fmt: skip
+        for e, ra, sr in zip(res.eps, res.robust_accuracy, res.success_rate, strict=True):
+            typer.echo(f"  eps {e:g}: robust accuracy {ra:.4f}, success rate {sr:.4f}")
+        if out is not None:
+            save_npz(out, {
+                "x": x.cpu().numpy(), "y": y.cpu().numpy(), "eps": np.array(res.eps),
+                "x_adv": res.x_adv.cpu().numpy(), "x_adv_raw": res.x_adv_raw.cpu().numpy(),
+                "success": res.success.cpu().numpy(), "norms": res.norms.cpu().numpy(),
+            })  # fmt: skip
+            typer.echo(f"adversarials: {out}")

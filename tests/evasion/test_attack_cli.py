@@ -1,0 +1,53 @@
+"""``dlsec attack``: runs on a saved model, writes the npz atomically, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlsec.cli import main
+from dlsec.models import save
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, digits_net) -> Path:
+    d = tmp_path_factory.mktemp("m")
+    model, card = digits_net
+    save(model, card, d)
+    return d
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dlsec.cli", *args], capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+
+
+def test_attack_writes_adversarials(model_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "adv.npz"
+    proc = _run("attack", "pgd", "--model-dir", str(model_dir), "--eps", "0.1,0.2",
+                "--samples", "100", "--out", str(out))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "eps 0.2: robust accuracy" in proc.stdout
+    data = np.load(out, allow_pickle=False)
+    assert data["x_adv"].shape == (2, 100, 1, 8, 8) and data["success"].shape == (2, 100)
+    assert data["success"][1].mean() > 0.9  # eps 0.2 fools nearly everything
+    assert np.abs(data["x_adv"][0] - data["x"]).max() <= 0.1 + 1e-6
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["attack", "nope", "--eps", "0.1"], "unknown attack 'nope'"),
+        (["attack", "pgd", "--eps", "x"], "--eps: expected comma-separated numbers"),
+        (["attack", "pgd", "--eps", "0.1", "--norm", "l7"], "norm must be linf or l2"),
+        (["attack", "pgd", "--eps", "0.1", "--dataset", "fashion-mnist"], "do not fit the model"),
+    ],
+)
+def test_attack_errors(model_dir: Path, args: list[str], words: str, capsys) -> None:
+    assert main([*args, "--model-dir", str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
