@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
-import shutil
 import statistics
 import subprocess
 import sys

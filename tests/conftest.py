@@ -8,11 +8,11 @@ import os
 # process (subprocesses started by tests inherit this) keeps the suite fast and steady
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from dlsec.data import Dataset, load_dataset  # noqa: E402
-from dlsec.training import TrainConfig, train_model  # noqa: E402
+from dlsec.data import Dataset, load_dataset
+from dlsec.training import TrainConfig, train_model
 
 torch.set_num_threads(1)
 

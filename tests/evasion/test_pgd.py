@@ -122,7 +122,9 @@ def test_epsilon_sweep_reuses_and_saves_work(digits, digits_net) -> None:
 def test_early_stop_spends_fewer_gradients_same_strength(digits, digits_net) -> None:
     model, card = digits_net
     x, y = digits.x_test[:200], digits.y_test[:200]
-    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    def g() -> torch.Generator:
+        return torch.Generator().manual_seed(0)
+
     fast = PGD(steps=40)(model, x, y, eps=0.1, card=card, generator=g())
     full = PGD(steps=40, early_stop=False)(model, x, y, eps=0.1, card=card, generator=g())
     assert abs(fast.robust_accuracy[0] - full.robust_accuracy[0]) <= 0.02
@@ -149,7 +151,7 @@ def test_same_seed_same_result(digits, digits_net) -> None:
     x, y = digits.x_test[:64], digits.y_test[:64]
     runs = [
         PGD(steps=10, restarts=2)(model, x, y, eps=0.1, card=card,
-                                  generator=torch.Generator().manual_seed(5))  # fmt: skip
+                                  generator=torch.Generator().manual_seed(5))
         for _ in range(2)
     ]
     assert torch.equal(runs[0].x_adv, runs[1].x_adv)

@@ -3,6 +3,7 @@ adversarials, and the warnings that say when the evaluation cannot be trusted.""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -90,7 +91,7 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
             ylabel="accuracy under attack",
             caption="Share of test points still classified correctly under each attack; "
             "'all attacks' counts a point robust only if every attack failed on it.",
-        )  # fmt: skip
+        )
     ]
     grid = _example_grid(ctx, results[options.attacks[-1]], x, y, eps)
     if grid is not None:
@@ -121,7 +122,7 @@ def _warnings(results: dict, robust_all: list[float], eps: list[float], clean: f
     out = []
     for name, res in results.items():
         ra = res.robust_accuracy
-        if any(b > a + 1e-9 for a, b in zip(ra, ra[1:], strict=False)):
+        if any(b > a + 1e-9 for a, b in itertools.pairwise(ra)):
             out.append(f"{name}: robust accuracy rises with epsilon, a sign of gradient masking")
     if robust_all[-1] > 0.05 and clean > 0.5:
         out.append(
@@ -129,7 +130,7 @@ def _warnings(results: dict, robust_all: list[float], eps: list[float], clean: f
             "a strong attack should reach about 0% (possible gradient masking)"
         )
     names = list(results)
-    for weak, strong in zip(names, names[1:], strict=False):
+    for weak, strong in itertools.pairwise(names):
         beats = results[weak].success[-1] & ~results[strong].success[-1]
         if bool(beats.any()):
             out.append(
