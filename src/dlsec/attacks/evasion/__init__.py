@@ -17,24 +17,42 @@ from dlsec.attacks.evasion._base import (
     lp_norms,
     project,
 )
+from dlsec.attacks.evasion.apgd import APGD, APGDT
 from dlsec.attacks.evasion.bim import BIM
+from dlsec.attacks.evasion.cw import CW
+from dlsec.attacks.evasion.deepfool import DeepFool
+from dlsec.attacks.evasion.ensemble import (
+    RobustnessReport,
+    available_stages,
+    default_attacks,
+    evaluate_robustness,
+    register_stage,
+)
 from dlsec.attacks.evasion.fgsm import FGSM
 from dlsec.attacks.evasion.mifgsm import MIFGSM
 from dlsec.attacks.evasion.pgd import PGD
 from dlsec.attacks.evasion.registry import attack_names, make_attack, register_attack
 
 __all__ = [
+    "APGD",
+    "APGDT",
     "BIM",
+    "CW",
     "FGSM",
     "MIFGSM",
     "PGD",
     "AttackError",
+    "DeepFool",
     "EvasionAttack",
     "EvasionResult",
+    "RobustnessReport",
+    "available_stages",
     "attack_names",
     "choose_targets",
+    "default_attacks",
     "dlr_loss",
     "dlr_targeted_loss",
+    "evaluate_robustness",
     "lp_norms",
     "make_attack",
     "project",

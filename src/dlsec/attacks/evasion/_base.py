@@ -72,18 +72,26 @@ def step_direction(grad: Tensor, norm: str) -> Tensor:
 
 
 def random_start(
-    x: Tensor, norm: str, eps: float, bounds: tuple[float, float], generator: torch.Generator | None
+    x: Tensor,
+    norm: str,
+    eps: float | Tensor,
+    bounds: tuple[float, float],
+    generator: torch.Generator | None,
 ) -> Tensor:
-    """A uniformly random point of the eps ball around ``x`` (clipped to bounds)."""
+    """A uniformly random point of the eps ball around ``x`` (clipped to bounds).
+
+    ``eps`` is a number or one radius per sample.
+    """
     shape = x.shape
+    e = _view(eps, x) if isinstance(eps, Tensor) else eps
     if norm == "linf":
         u = torch.rand(shape, generator=generator, device="cpu").to(x.device, x.dtype)
-        delta = (2 * u - 1) * eps
+        delta = (2 * u - 1) * e
     elif norm == "l2":
         d = math.prod(shape[1:])
         g = torch.randn(shape, generator=generator, device="cpu").to(x.device, x.dtype)
         r = torch.rand(shape[0], generator=generator, device="cpu").to(x.device, x.dtype)
-        delta = step_direction(g, "l2") * _view(r.pow(1.0 / d) * eps, x)
+        delta = step_direction(g, "l2") * _view(r.pow(1.0 / d), x) * e
     else:
         raise AttackError(f"unknown norm {norm!r}")
     return (x + delta).clamp(*bounds)
@@ -227,9 +235,13 @@ class EvasionResult:
 
 @dataclass
 class _BatchOutput:
+    """What ``_attack`` returns for a batch. ``fooled`` (optional) is whether ``x_adv``
+    fools the model, when the attack already knows it; the driver then skips re-checking."""
+
     x_adv_raw: Tensor
     x_adv: Tensor
     gradients: Tensor
+    fooled: Tensor | None = None
 
 
 class EvasionAttack(abc.ABC):
@@ -309,46 +321,134 @@ class EvasionAttack(abc.ABC):
         success = torch.zeros(k, n, dtype=torch.bool, device=x.device)
         grads = torch.zeros(k, n, dtype=torch.int64, device=x.device)
         already = is_adversarial(clean_logits, y, targets)  # fooled with no perturbation
-        order = sorted(range(k), key=lambda i: eps_list[i])
 
-        raw_min: Tensor | None = None
         if self.minimal:
-            raw_min, g_min = self._run_batches(model, x, y, math.inf, targets, bounds, generator,
-                                               batch_size, ~already)  # fmt: skip
-        prev: int | None = None
-        for ki in order:
-            e = eps_list[ki]
-            todo = ~already
-            if reuse and prev is not None:
-                carry = success[prev] & ~already
-                x_adv[ki][carry], x_raw[ki][carry] = x_adv[prev][carry], x_raw[prev][carry]
-                todo = todo & ~carry
-            if self.minimal:
-                assert raw_min is not None
-                x_raw[ki][todo] = raw_min[todo]
-                delta = raw_min[todo] - x[todo]
-                if math.isfinite(e):
-                    delta = project(delta, self.norm, e)
-                x_adv[ki][todo] = (x[todo] + delta).clamp(*bounds)
-                if prev is None:
-                    grads[ki] = g_min
-            elif e > 0 and bool(todo.any()):
-                adv, g = self._run_batches(model, x, y, e, targets, bounds, generator, batch_size, todo)
-                x_adv[ki][todo] = adv[todo]
-                x_raw[ki][todo] = adv[todo]
-                grads[ki] = g
-            with torch.inference_mode():
-                logits = torch.cat(
-                    [model(x_adv[ki][i : i + batch_size]) for i in range(0, n, batch_size)]
-                )
-            success[ki] = is_adversarial(logits, y, targets)
-            prev = ki
+            self._sweep_minimal(model, x, y, eps_list, targets, bounds, generator, batch_size,
+                                already, x_adv, x_raw, success, grads)  # fmt: skip
+        elif reuse:
+            self._sweep_descending(model, x, y, eps_list, targets, bounds, generator, batch_size,
+                                   already, x_adv, success, grads)  # fmt: skip
+            x_raw = x_adv.clone()
+        else:
+            for ki, e in enumerate(eps_list):
+                success[ki] = already
+                todo = ~already
+                if e > 0 and bool(todo.any()):
+                    adv, g, fooled = self._run_batches(
+                        model, x, y, e, targets, bounds, generator, batch_size, todo
+                    )
+                    x_adv[ki][todo] = adv[todo]
+                    grads[ki] = g
+                    self._mark(model, x_adv[ki], y, targets, todo, fooled, success[ki], batch_size)
+            x_raw = x_adv.clone()
         norms = torch.stack([lp_norms(x_adv[i] - x, self.norm) for i in range(k)])
         return EvasionResult(
             attack=self.name, norm=self.norm, targeted=targeted, eps=eps_list, x_adv=x_adv,
             x_adv_raw=x_raw, success=success, norms=norms, gradients=grads,
             clean_correct=clean_correct, targets=targets,
         )  # fmt: skip
+
+    def _sweep_descending(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps_list: list[float],
+        targets: Tensor | None,
+        bounds: tuple[float, float],
+        generator: torch.Generator | None,
+        batch_size: int,
+        already: Tensor,
+        x_adv: Tensor,
+        success: Tensor,
+        grads: Tensor,
+    ) -> None:
+        """An epsilon sweep that spends at most one full attack per point on a robust verdict.
+
+        Epsilons are taken from the largest down. A point the attack cannot fool at some
+        epsilon is not attacked at the smaller ones (a smaller ball holds no adversarial a
+        larger one lacks, so the verdict carries over). A point fooled at a larger epsilon
+        is first tried, for free, with its adversarial projected onto the smaller ball; only
+        if that fails is it attacked there. Fooling takes few steps and an unfooled point
+        takes them all, so the sweep costs about one fixed-step attack plus cheap verdicts,
+        instead of one fixed-step attack per epsilon.
+        """
+        order = sorted(range(len(eps_list)), key=lambda i: -eps_list[i])
+        robust = torch.zeros_like(already)  # not fooled at a larger epsilon
+        prev: int | None = None
+        for ki in order:
+            e = eps_list[ki]
+            success[ki] = already
+            todo = ~already & ~robust
+            if prev is not None and bool(todo.any()):
+                delta = project(x_adv[prev][todo] - x[todo], self.norm, e)
+                x_adv[ki][todo] = (x[todo] + delta).clamp(*bounds)
+                self._mark(model, x_adv[ki], y, targets, todo, None, success[ki], batch_size)
+                todo = todo & ~success[ki]
+            if e > 0 and bool(todo.any()):
+                adv, g, fooled = self._run_batches(
+                    model, x, y, e, targets, bounds, generator, batch_size, todo
+                )
+                x_adv[ki][todo] = adv[todo]
+                grads[ki] = g
+                self._mark(model, x_adv[ki], y, targets, todo, fooled, success[ki], batch_size)
+            robust |= todo & ~success[ki]
+            x_adv[ki][robust & ~todo] = x[robust & ~todo]
+            prev = ki
+
+    def _sweep_minimal(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        eps_list: list[float],
+        targets: Tensor | None,
+        bounds: tuple[float, float],
+        generator: torch.Generator | None,
+        batch_size: int,
+        already: Tensor,
+        x_adv: Tensor,
+        x_raw: Tensor,
+        success: Tensor,
+        grads: Tensor,
+    ) -> None:
+        """Minimum-norm attacks run once; their adversarial is projected onto each ball."""
+        todo = ~already
+        raw, g, _ = self._run_batches(
+            model, x, y, math.inf, targets, bounds, generator, batch_size, todo
+        )
+        grads[0] = g
+        for ki, e in enumerate(eps_list):
+            success[ki] = already
+            x_raw[ki][todo] = raw[todo]
+            delta = raw[todo] - x[todo]
+            if math.isfinite(e):
+                delta = project(delta, self.norm, e)
+            x_adv[ki][todo] = (x[todo] + delta).clamp(*bounds)
+            self._mark(model, x_adv[ki], y, targets, todo, None, success[ki], batch_size)
+
+    @staticmethod
+    def _mark(
+        model: nn.Module,
+        x_adv: Tensor,
+        y: Tensor,
+        targets: Tensor | None,
+        todo: Tensor,
+        fooled: Tensor | None,
+        success: Tensor,
+        batch_size: int,
+    ) -> None:
+        """Set ``success`` for the ``todo`` points: from the attack's own verdict when it gave
+        one, else with one forward pass."""
+        if fooled is not None:
+            success |= fooled & todo
+            return
+        idx = torch.nonzero(todo).flatten()
+        with torch.inference_mode():
+            for i in range(0, idx.numel(), batch_size):
+                b = idx[i : i + batch_size]
+                t = None if targets is None else targets[b]
+                success[b] = is_adversarial(model(x_adv[b]), y[b], t)
 
     def _run_batches(
         self,
@@ -361,9 +461,11 @@ class EvasionAttack(abc.ABC):
         generator: torch.Generator | None,
         batch_size: int,
         mask: Tensor,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Attack the points in ``mask`` batch by batch: (adversarials, gradients, fooled)."""
         out = x.clone()
         grads = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        fooled: Tensor | None = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         idx = torch.nonzero(mask).flatten()
         for i in range(0, idx.numel(), batch_size):
             b = idx[i : i + batch_size]
@@ -373,7 +475,11 @@ class EvasionAttack(abc.ABC):
             )  # fmt: skip
             out[b] = res.x_adv
             grads[b] = res.gradients
-        return out, grads
+            if res.fooled is None or fooled is None:
+                fooled = None
+            else:
+                fooled[b] = res.fooled
+        return out, grads, fooled
 
     @abc.abstractmethod
     def _attack(

@@ -42,10 +42,9 @@ class MIFGSM(PGD):
         )  # fmt: skip
         self.decay = decay
 
-    def _direction(self, grad: Tensor, state: dict[str, Tensor], active: Tensor) -> Tensor:
+    def _direction(self, grad: Tensor, state: dict[str, Tensor]) -> Tensor:
         l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
-        if "momentum" not in state:
-            state["momentum"] = grad.new_zeros((int(active.max()) + 1, *grad.shape[1:]))
-        mom = state["momentum"]
-        mom[active] = self.decay * mom[active] + grad / l1
-        return step_direction(mom[active], self.norm)
+        momentum = state.get("momentum")
+        momentum = grad / l1 if momentum is None else self.decay * momentum + grad / l1
+        state["momentum"] = momentum
+        return step_direction(momentum, self.norm)

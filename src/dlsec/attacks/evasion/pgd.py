@@ -8,9 +8,10 @@ Defaults: 40 steps of size ``alpha = 2.5 * eps / steps`` (Madry et al.'s rule of
 enough to cross the ball from any start), a uniform random start, one restart.
 
 Unlike a fixed-step PGD that returns its last iterate, this one returns for every point
-the first iterate that fools the model and stops computing on that point (``early_stop``);
-points never fooled return their highest-loss iterate. With ``early_stop=False`` all
-points take every step (the textbook cost) and the best iterate is still kept.
+the first iterate that fools the model (a later step could undo it) and, with
+``early_stop``, stops computing on that point; points never fooled return the final
+iterate. With ``early_stop=False`` all points take every step (the textbook cost) and the
+first fooling iterate is still the one kept.
 
 Example:
     >>> res = PGD(steps=40)(model, x, y, eps=[0.05, 0.1], card=card)   # doctest: +SKIP
@@ -97,11 +98,15 @@ class PGD(EvasionAttack):
         self.loss = loss
         self.early_stop = early_stop
 
-    def step_size(self, eps: float) -> float:
+    def step_size(self, eps: float | Tensor) -> float | Tensor:
         return self.alpha if self.alpha is not None else self.alpha_ratio * eps / self.steps
 
-    def _direction(self, grad: Tensor, state: dict[str, Tensor], active: Tensor) -> Tensor:
-        """The ascent direction for this step (MI-FGSM overrides it to add momentum)."""
+    def _direction(self, grad: Tensor, state: dict[str, Tensor]) -> Tensor:
+        """The ascent direction for this step (MI-FGSM overrides it to add momentum).
+
+        ``state`` holds per-point tensors aligned with ``grad``; the loop keeps them aligned
+        when it drops fooled points.
+        """
         return step_direction(grad, self.norm)
 
     def _attack(
@@ -110,56 +115,102 @@ class PGD(EvasionAttack):
         x: Tensor,
         y: Tensor,
         *,
-        eps: float,
+        eps: float | Tensor,
         target: Tensor | None,
         bounds: tuple[float, float],
         generator: torch.Generator | None,
     ) -> _BatchOutput:
-        loss_fn = LOSSES[self.loss]
-        alpha = self.step_size(eps)
         n = x.shape[0]
         best = x.clone()
-        best_loss = torch.full((n,), -torch.inf, device=x.device, dtype=x.dtype)
-        done = torch.zeros(n, dtype=torch.bool, device=x.device)
+        fooled_out = torch.zeros(n, dtype=torch.bool, device=x.device)
         grads = torch.zeros(n, dtype=torch.int64, device=x.device)
         for _ in range(self.restarts):
-            idx = torch.nonzero(~done).flatten()
-            if idx.numel() == 0:
+            pos = torch.nonzero(~fooled_out).flatten()
+            if pos.numel() == 0:
                 break
-            xa, ya = x[idx], y[idx]
-            ta = None if target is None else target[idx]
-            cur = random_start(xa, self.norm, eps, bounds, generator) if self.random_start else xa.clone()
-            state: dict[str, Tensor] = {}
-            active = torch.arange(idx.numel(), device=x.device)  # positions still attacked
-            for step in range(self.steps + 1):
-                xs = cur[active]
-                t_act = None if ta is None else ta[active]
-                if step < self.steps:
-                    loss, grad, logits = input_gradient(
-                        model, xs, lambda z, a=active, t=t_act, yy=ya: loss_fn(z, yy[a], t)
-                    )
-                    grads[idx[active]] += 1
-                else:  # the final iterate only needs a forward pass
-                    with torch.inference_mode():
-                        logits = model(xs)
-                        loss = loss_fn(logits, ya[active], t_act)
-                fooled = is_adversarial(logits, ya[active], t_act)
-                better = fooled | (loss > best_loss[idx[active]])
-                upd = idx[active][better]
-                best[upd] = xs[better]
-                best_loss[upd] = torch.where(
-                    fooled[better], torch.full_like(loss[better], torch.inf), loss[better]
-                )
-                done[idx[active][fooled]] = True
-                if step == self.steps:
+            t = None if target is None else target[pos]
+            e = eps[pos] if isinstance(eps, Tensor) else eps
+            self._run(model, x[pos], y[pos], t, pos, e, bounds, generator,
+                      best, fooled_out, grads)  # fmt: skip
+        return _BatchOutput(best, best, grads, fooled_out)
+
+    def _run(
+        self,
+        model: nn.Module,
+        x0: Tensor,
+        y: Tensor,
+        t: Tensor | None,
+        pos: Tensor,
+        eps: float | Tensor,
+        bounds: tuple[float, float],
+        generator: torch.Generator | None,
+        best: Tensor,
+        fooled_out: Tensor,
+        grads: Tensor,
+    ) -> None:
+        """One restart on the working set; writes results into ``best``/``fooled_out``/``grads``.
+
+        The working tensors hold only points still attacked. A point that is fooled is
+        frozen at once (its iterate recorded, never overwritten); frozen points are dropped
+        from the working set once they are a tenth of it, so compaction costs little.
+        """
+        loss_fn = LOSSES[self.loss]
+        view = (-1,) + (1,) * (x0.dim() - 1)
+        lo, hi = bounds
+        linf = self.norm == "linf"
+        e_b = eps.view(view) if isinstance(eps, Tensor) else eps  # broadcastable radius
+        alpha = self.step_size(e_b)
+        lower = (x0 - e_b).clamp_(min=lo) if linf else x0
+        upper = (x0 + e_b).clamp_(max=hi) if linf else x0
+        cur = random_start(x0, self.norm, eps, bounds, generator) if self.random_start else x0.clone()
+        done = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)  # stopped
+        won = torch.zeros_like(done)  # stopped because fooled (not merely outranked)
+        moving: Tensor | None = None  # 1 for points still moving, 0 for frozen ones
+        spent = 0  # every point of the working set has taken the same number of steps
+        state: dict[str, Tensor] = {}
+
+        def flush(mask: Tensor | None) -> None:
+            p = pos if mask is None else pos[mask]
+            sel = slice(None) if mask is None else mask
+            best[p] = cur[sel]
+            fooled_out[p] |= won[sel]
+            grads[p] += spent
+
+        for step in range(self.steps + 1):
+            if step < self.steps:
+                _, grad, logits = input_gradient(model, cur, lambda z, y=y, t=t: loss_fn(z, y, t))
+                spent += 1
+            else:  # the final iterate only needs a forward pass
+                with torch.inference_mode():
+                    logits = model(cur)
+            fooled = is_adversarial(logits, y, t) & ~done
+            if step == self.steps:
+                won |= fooled
+                break
+            if bool(fooled.any()):
+                done |= fooled
+                won |= fooled
+                moving = (~done).to(cur.dtype).view(view)
+                n_done = int(done.sum())
+                if self.early_stop and n_done == done.numel():
                     break
-                if self.early_stop:
-                    keep = ~fooled
-                    active, xs, grad = active[keep], xs[keep], grad[keep]
-                    if active.numel() == 0:
-                        break
-                direction = self._direction(grad, state, active)
-                moved = xs + alpha * direction
-                delta = project(moved - xa[active], self.norm, eps)
-                cur[active] = (xa[active] + delta).clamp(*bounds)
-        return _BatchOutput(best, best, grads)
+                if self.early_stop and n_done * 10 >= done.numel():  # drop the frozen points
+                    flush(done)
+                    keep = ~done
+                    pos, x0, y, cur, grad = pos[keep], x0[keep], y[keep], cur[keep], grad[keep]
+                    lower, upper = lower[keep], upper[keep]
+                    if isinstance(eps, Tensor):
+                        eps, e_b = eps[keep], e_b[keep]
+                        alpha = alpha[keep] if isinstance(alpha, Tensor) else alpha
+                    t = None if t is None else t[keep]
+                    state = {k: v[keep] for k, v in state.items()}
+                    done, won, moving = done[keep], won[keep], None
+            direction = self._direction(grad, state)
+            if moving is not None:  # a fooled point keeps its first fooling iterate
+                direction = direction * moving
+            moved = cur + alpha * direction
+            if linf:
+                cur = torch.minimum(torch.maximum(moved, lower), upper)
+            else:
+                cur = (x0 + project(moved - x0, self.norm, eps)).clamp_(lo, hi)
+        flush(None)

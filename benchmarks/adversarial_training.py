@@ -1,0 +1,242 @@
+"""Adversarial training: dlsec PGD-AT against ART's AdversarialTrainerMadryPGD.
+
+Usage: python benchmarks/adversarial_training.py [--quick] [--threads N] [--repeat R]
+Writes benchmarks/results/adversarial_training.md.
+
+Both trainers get the same data (the whole training split), the same initial weights, the
+same optimizer (Adam, constant learning rate), batch size, epochs and PGD settings (Linf,
+eps, 10 steps of 2.5 * eps / 10, one uniform random start, every sample adversarial).
+ART crafts each batch's adversarials in one call (its attack batch size is set to the
+training batch size). Every model is then evaluated with the same dlsec PGD-40 (one
+random start, fixed seed) on the test split.
+
+Each run is a fresh subprocess (so its peak RSS is its own); runs are interleaved over
+repeats and the median time is reported. dlsec runs twice: plain (no monitor), and with
+its default per-epoch robustness monitor (PGD-10 + FGSM on held-out points after every
+epoch, keeps the best-PGD epoch), whose cost is included in its time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "results" / "adversarial_training.md"
+TRAINERS = ("dlsec", "dlsec+monitor", "art")
+
+warnings.filterwarnings("ignore")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str
+    dataset: str
+    arch: str
+    eps: float
+    epochs: int
+    batch_size: int
+    lr: float
+    n_train: int | None = None  # stratified subsample of the training split
+    n_test: int | None = None
+    steps: int = 10
+
+    @property
+    def alpha(self) -> float:
+        return 2.5 * self.eps / self.steps
+
+
+SETTINGS = {
+    "digits-simplenet": Setting("digits-simplenet", "digits", "simplenet", 0.2, 20, 128, 1e-2),
+    "fmnist-smallcnn": Setting(
+        "fmnist-smallcnn", "fashion-mnist", "smallcnn", 0.1, 5, 128, 1e-3, n_train=5000,
+        n_test=1000,
+    ),  # fmt: skip
+}
+QUICK = {
+    "digits-simplenet": dataclasses.replace(SETTINGS["digits-simplenet"], epochs=10),
+    "fmnist-smallcnn": dataclasses.replace(
+        SETTINGS["fmnist-smallcnn"], epochs=2, n_train=1000, n_test=500
+    ),
+}
+
+
+def dataset(s: Setting):
+    from dlsec.data import load_dataset, stratified_split
+
+    ds = load_dataset(s.dataset, seed=0)
+    if s.n_train is not None and s.n_train < len(ds.y_train):
+        frac = 1 - s.n_train / len(ds.y_train)
+        keep, _ = stratified_split(ds.y_train, test_size=frac, seed=0)
+        ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
+    if s.n_test is not None:
+        ds = dataclasses.replace(ds, x_test=ds.x_test[: s.n_test], y_test=ds.y_test[: s.n_test])
+    return ds
+
+
+def config(s: Setting):
+    from dlsec.training import TrainConfig
+
+    return TrainConfig(
+        epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, schedule="none", val_fraction=0.0,
+        seed=0, device="cpu",
+    )  # fmt: skip
+
+
+def train_dlsec(s: Setting, ds, *, monitor: bool):
+    from dlsec.defenses.adversarial import adversarial_train
+
+    model, _card, result = adversarial_train(
+        ds, s.arch, method="pgd", eps=s.eps, config=config(s), steps=s.steps, monitor=monitor,
+        eval_steps=1, progress=False,
+    )  # fmt: skip
+    return model, result.seconds  # fit's own time: the training loop and its monitor
+
+
+def train_art(s: Setting, ds):
+    import numpy as np
+    from art.defences.trainer import AdversarialTrainerMadryPGD
+    from art.estimators.classification import PyTorchClassifier
+
+    from dlsec.models import ModelCard, build_model
+
+    card = ModelCard(s.arch, input_shape=list(ds.input_shape), classes=list(ds.classes))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the same initial weights as dlsec's train_model(seed=0)
+        model = build_model(card)
+    np.random.seed(0)
+    clf = PyTorchClassifier(
+        model, loss=torch.nn.CrossEntropyLoss(), optimizer=torch.optim.Adam(model.parameters(), lr=s.lr),
+        input_shape=tuple(ds.input_shape), nb_classes=ds.num_classes, clip_values=ds.bounds,
+        device_type="cpu",
+    )  # fmt: skip
+    trainer = AdversarialTrainerMadryPGD(
+        clf, nb_epochs=s.epochs, batch_size=s.batch_size, eps=s.eps, eps_step=s.alpha,
+        max_iter=s.steps, num_random_init=1,
+    )  # fmt: skip
+    trainer.attack.set_params(batch_size=s.batch_size, verbose=False)
+    x, y = ds.x_train.numpy(), ds.y_train.numpy()
+    t0 = time.perf_counter()
+    trainer.fit(x, y)
+    return model.eval(), time.perf_counter() - t0
+
+
+def one(setting: str, trainer: str, quick: bool, threads: int) -> None:
+    """One run in this (fresh) process; prints a JSON line."""
+    from dlsec.attacks.evasion import PGD
+    from dlsec.training import evaluate
+
+    torch.set_num_threads(threads)
+    s = (QUICK if quick else SETTINGS)[setting]
+    ds = dataset(s)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if trainer == "art":
+        model, seconds = train_art(s, ds)
+    else:
+        model, seconds = train_dlsec(s, ds, monitor=trainer == "dlsec+monitor")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    gen = torch.Generator().manual_seed(0)
+    res = PGD(steps=40)(model, ds.x_test, ds.y_test, eps=s.eps, bounds=ds.bounds, generator=gen)
+    row = {
+        "seconds": seconds,
+        "clean": evaluate(model, ds.x_test, ds.y_test)["accuracy"],
+        "robust": res.robust_accuracy[0],
+        "rss_growth_mib": (peak - base) / 1024,
+        "rss_peak_mib": peak / 1024,
+    }
+    print("ROW " + json.dumps(row), flush=True)
+
+
+def bench(setting: str, quick: bool, threads: int, repeat: int) -> dict[str, list[dict]]:
+    rows: dict[str, list[dict]] = {t: [] for t in TRAINERS}
+    for r in range(repeat):
+        order = TRAINERS if r % 2 == 0 else TRAINERS[::-1]
+        for trainer in order:
+            cmd = [sys.executable, __file__, "--one", setting, trainer, "--threads", str(threads)]
+            proc = subprocess.run(cmd + (["--quick"] if quick else []), capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{setting}/{trainer} failed:\n{proc.stderr[-3000:]}")
+            line = next(x for x in proc.stdout.splitlines() if x.startswith("ROW "))
+            rows[trainer].append(json.loads(line[4:]))
+            print(setting, trainer, rows[trainer][-1], flush=True)
+    return rows
+
+
+def table(s: Setting, ds_sizes: tuple[int, int], rows: dict[str, list[dict]]) -> list[str]:
+    art_time = statistics.median(r["seconds"] for r in rows["art"])
+    lines = [
+        f"### {s.name}: {ds_sizes[0]} training / {ds_sizes[1]} test points, Linf eps {s.eps:g}, "
+        f"{s.epochs} epochs, batch {s.batch_size}, Adam lr {s.lr:g}, PGD-{s.steps} "
+        f"(step {s.alpha:g}, random start)",
+        "",
+        "| trainer | train time (s, median) | × ART time | clean accuracy | PGD-40 accuracy "
+        "| peak RSS (MiB) | RSS growth in training (MiB) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {"dlsec": "dlsec PGD-AT", "dlsec+monitor": "dlsec PGD-AT + monitor",
+             "art": "ART AdversarialTrainerMadryPGD"}  # fmt: skip
+    for t in TRAINERS:
+        rs = rows[t]
+        sec = statistics.median(r["seconds"] for r in rs)
+        clean = ", ".join(f"{r['clean']:.4f}" for r in rs)
+        robust = ", ".join(f"{r['robust']:.4f}" for r in rs)
+        peak = max(r["rss_peak_mib"] for r in rs)
+        growth = max(r["rss_growth_mib"] for r in rs)
+        lines.append(
+            f"| {names[t]} | {sec:.2f} | {sec / art_time:.2f} | {clean} | {robust} "
+            f"| {peak:.0f} | {growth:.0f} |"
+        )
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--only", nargs="*", default=None)
+    parser.add_argument("--one", nargs=2, metavar=("SETTING", "TRAINER"))
+    args = parser.parse_args()
+    if args.one:
+        one(args.one[0], args.one[1], args.quick, args.threads)
+        return 0
+    import art
+
+    settings = [k for k in SETTINGS if not args.only or k in args.only]
+    cmd = "python benchmarks/adversarial_training.py" + (" --quick" if args.quick else "")
+    cmd += f" --threads {args.threads} --repeat {args.repeat}"
+    out = [
+        "## Adversarial training: dlsec PGD-AT against ART",
+        "",
+        f"Command: `{cmd}` ({args.threads} torch thread(s) per run, 2-core "
+        f"{platform.machine()} machine shared with other jobs, torch {torch.__version__}, "
+        f"ART {art.__version__}, {time.strftime('%Y-%m-%d')}). Same data, initial weights, "
+        "optimizer, batches, epochs and PGD settings; every model evaluated with the same dlsec "
+        "PGD-40. Clean and PGD-40 accuracy are listed per repeat (ART's shuffling and random "
+        "starts come from numpy's seeded global RNG, dlsec's from its seeded generators).",
+        "",
+    ]
+    for name in settings:
+        s = (QUICK if args.quick else SETTINGS)[name]
+        ds = dataset(s)
+        rows = bench(name, args.quick, args.threads, args.repeat)
+        out += table(s, (len(ds.y_train), len(ds.y_test)), rows) + [""]
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text("\n".join(out).rstrip() + "\n", encoding="utf-8")
+    print(OUT.read_text(encoding="utf-8"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,438 @@
+"""A robustness evaluation in the manner of AutoAttack (Croce & Hein 2020, "Reliable
+evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks").
+
+Threat model: white-box (plus black-box stages where registered), Linf or L2 ball of each
+epsilon, inside the card's input bounds; untargeted.
+
+Stages run one after another, each only on the points still robust: by default APGD-CE
+(100 iterations), then APGD-T (targeted DLR, 9 target classes, 100 iterations each), then
+the black-box Square attack once a module registers it (see :func:`register_stage`).
+Epsilons run in increasing order and an adversarial found at a smaller epsilon is kept
+for the larger ones (the balls are nested), so each stage attacks only what is left.
+
+The result is robust accuracy per epsilon, overall and after each stage, the
+adversarials, and the evaluation's sanity warnings (:mod:`.sanity`). With ``state_path``
+the evaluation is resumable: after each (epsilon, stage) the per-point state is written
+atomically (safetensors: tensors only, never a pickle) and a rerun with the same model,
+points and settings continues where it stopped, with the same result.
+
+Example:
+    >>> rep = evaluate_robustness(model, x, y, eps=[0.05, 0.1], card=card)   # doctest: +SKIP
+    >>> rep.robust_accuracy, rep.stage_accuracy["apgd-ce"], rep.warnings     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from dlsec.attacks.evasion import sanity
+from dlsec.attacks.evasion._base import AttackError, project
+from dlsec.attacks.evasion.apgd import APGD, APGDT
+from dlsec.attacks.evasion.pgd import PGD
+from dlsec.files import atomic_write_bytes
+
+STATE_VERSION = "1"
+
+
+class StageFn(Protocol):
+    """One ensemble stage: returns candidate adversarials for ``x`` (same shape); the
+    ensemble projects them onto the ball and the bounds and checks them itself."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        norm: str,
+        eps: float,
+        bounds: tuple[float, float],
+        generator: torch.Generator,
+    ) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: StageFn
+    white_box: bool = True
+
+
+_STAGES: dict[str, Stage] = {}
+# Modules that may register stages when imported (e.g. the black-box Square attack).
+STAGE_MODULES: tuple[str, ...] = (
+    "dlsec.attacks.blackbox",
+    "dlsec.attacks.blackbox.square",
+    "dlsec.attacks.evasion.square",
+)
+
+
+def register_stage(name: str, *, white_box: bool = True) -> Callable[[StageFn], StageFn]:
+    """Register an ensemble stage under ``name``.
+
+    A black-box attack joins the ensemble by registering itself with
+    ``white_box=False`` in a module listed in :data:`STAGE_MODULES` (imported on demand);
+    the default ensemble then includes ``"square"`` as soon as it is registered.
+    """
+
+    def deco(fn: StageFn) -> StageFn:
+        if name in _STAGES:
+            raise ValueError(f"ensemble stage {name!r} is already registered")
+        _STAGES[name] = Stage(name, fn, white_box)
+        return fn
+
+    return deco
+
+
+def _load_plugins() -> None:
+    for mod in STAGE_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:  # only a missing plug-in module is tolerated
+            if exc.name is None or not mod.startswith(exc.name):
+                raise
+
+
+def available_stages() -> list[str]:
+    _load_plugins()
+    return sorted(_STAGES)
+
+
+def get_stage(name: str) -> Stage:
+    if name not in _STAGES:
+        _load_plugins()
+    if name not in _STAGES:
+        raise AttackError(f"unknown ensemble attack {name!r} (known: {', '.join(sorted(_STAGES))})")
+    return _STAGES[name]
+
+
+def default_attacks() -> tuple[str, ...]:
+    """AutoAttack's order: APGD-CE, APGD-T, then Square when a module provides it."""
+    _load_plugins()
+    return ("apgd-ce", "apgd-t", "square") if "square" in _STAGES else ("apgd-ce", "apgd-t")
+
+
+@register_stage("apgd-ce")
+def _apgd_ce(model, x, y, *, norm, eps, bounds, generator):  # type: ignore[no-untyped-def]
+    return APGD(norm=norm, loss="ce")(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[0]
+
+
+@register_stage("apgd-dlr")
+def _apgd_dlr(model, x, y, *, norm, eps, bounds, generator):  # type: ignore[no-untyped-def]
+    return APGD(norm=norm, loss="dlr")(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[0]
+
+
+@register_stage("apgd-t")
+def _apgd_t(model, x, y, *, norm, eps, bounds, generator):  # type: ignore[no-untyped-def]
+    return APGDT(norm=norm)(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[0]
+
+
+@register_stage("pgd")
+def _pgd(model, x, y, *, norm, eps, bounds, generator):  # type: ignore[no-untyped-def]
+    return PGD(norm=norm, steps=40)(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[0]
+
+
+# -- the report ---------------------------------------------------------------------------------
+@dataclass
+class RobustnessReport:
+    """The result of :func:`evaluate_robustness`.
+
+    ``robust[k, n]``: point n is classified correctly under every stage's attack at
+    ``eps[k]``. ``fooled_by[k, n]``: the index in ``attacks`` of the stage that fooled it
+    (-1 still robust, -2 misclassified without perturbation). ``x_adv[k]`` holds the
+    adversarials (the clean input where none was found). ``stage_accuracy[name][k]`` is
+    the robust accuracy after that stage and those before it.
+    """
+
+    norm: str
+    eps: list[float]
+    attacks: list[str]
+    clean_accuracy: float
+    robust_accuracy: list[float]
+    stage_accuracy: dict[str, list[float]]
+    robust: Tensor
+    fooled_by: Tensor
+    x_adv: Tensor
+    clean_correct: Tensor
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    resumed: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "norm": self.norm,
+            "eps": self.eps,
+            "attacks": self.attacks,
+            "clean_accuracy": self.clean_accuracy,
+            "robust_accuracy": self.robust_accuracy,
+            "stage_accuracy": self.stage_accuracy,
+            "warnings": self.warnings,
+            "seconds": self.seconds,
+        }
+
+
+# -- the evaluation -----------------------------------------------------------------------------
+def evaluate_robustness(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: str = "linf",
+    eps: float | Sequence[float] = (0.1,),
+    card: Any = None,
+    bounds: tuple[float, float] | None = None,
+    attacks: Sequence[str] | None = None,
+    generator: torch.Generator | None = None,
+    state_path: str | Path | None = None,
+    checks: bool = True,
+    check_points: int = 100,
+    batch_size: int = 1024,
+    progress: bool = True,
+) -> RobustnessReport:
+    """Robust accuracy of ``model`` on ``(x, y)`` per epsilon under an attack ensemble.
+
+    Args:
+        norm: ``"linf"`` or ``"l2"``.
+        eps: one or more radii, in input units.
+        card / bounds: the input bounds (from the model card, or given).
+        attacks: stage names in order (default :func:`default_attacks`).
+        generator: seeds every stage (each (eps, stage) draws its own seed from it once,
+            so a resumed run reproduces a fresh one).
+        state_path: a file to save progress to and resume from.
+        checks: run the sanity checks (on up to ``check_points`` points).
+        progress: show a progress bar.
+    """
+    start = time.perf_counter()
+    if bounds is None:
+        if card is None:
+            raise AttackError("pass bounds=(low, high) or card= (the model card's bounds)")
+        bounds = tuple(card.bounds)  # type: ignore[assignment]
+    assert bounds is not None
+    bnd = (float(bounds[0]), float(bounds[1]))
+    if norm not in ("linf", "l2"):
+        raise AttackError(f"norm must be linf or l2, got {norm!r}")
+    eps_list = [float(e) for e in ([eps] if isinstance(eps, int | float) else eps)]
+    if not eps_list or any(not math.isfinite(e) or e < 0 for e in eps_list):
+        raise AttackError(f"eps must be one or more finite numbers >= 0, got {eps!r}")
+    names = list(default_attacks() if attacks is None else attacks)
+    if not names:
+        raise AttackError("attacks must name at least one stage")
+    stages = [get_stage(n) for n in names]
+    if x.shape[0] != y.shape[0]:
+        raise AttackError(f"got {x.shape[0]} inputs and {y.shape[0]} labels")
+
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
+    n, k_eps, n_st = x.shape[0], len(eps_list), len(stages)
+    order = sorted(range(k_eps), key=lambda i: eps_list[i])
+    seeds = _stage_seeds(generator, k_eps, n_st)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            clean_logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, n, batch_size)])
+        clean_correct = clean_logits.argmax(1) == y
+        warnings: list[str] = []
+        if checks:
+            m = min(check_points, n)
+            warnings += sanity.model_checks(model, x[:m], y[:m])
+            if clean_logits.shape[1] < 4 and "apgd-t" in names:
+                warnings.append("[classes] APGD-T needs at least 4 classes; it was skipped.")
+
+        fingerprint = _fingerprint(model, x, y, norm, eps_list, names, bnd, seeds)
+        state = _State.fresh(x, clean_correct, k_eps, n_st)
+        resumed = False
+        if state_path is not None:
+            loaded = _State.load(Path(state_path), fingerprint)
+            if loaded is not None:
+                state, resumed = loaded.to(device), True
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        columns = (TextColumn("evaluate {task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, disable=not progress, transient=True) as bar:
+            task = bar.add_task("", total=k_eps * n_st)
+            prev: int | None = None
+            for ki in order:
+                e = eps_list[ki]
+                if prev is not None and not bool(state.done[ki].any()):
+                    carry = state.fooled_by[prev] >= 0
+                    state.fooled_by[ki][carry] = state.fooled_by[prev][carry]
+                    state.x_adv[ki][carry] = state.x_adv[prev][carry]
+                for si, stage in enumerate(stages):
+                    bar.update(task, description=f"{stage.name} eps={e:g}")
+                    if not bool(state.done[ki, si]):
+                        skip = stage.name == "apgd-t" and clean_logits.shape[1] < 4
+                        if not skip:
+                            _run_stage(model, x, y, state, ki, si, stage, norm, e, bnd, seeds)
+                        state.done[ki, si] = True
+                        if state_path is not None:
+                            state.save(Path(state_path), fingerprint)
+                    bar.advance(task)
+                prev = ki
+
+        robust = state.fooled_by == -1
+        robust_acc = [float(r.double().mean()) for r in robust]
+        stage_acc = {
+            s.name: [
+                float(((f == -1) | (f > si)).double().mean()) if n else 0.0
+                for f in state.fooled_by
+            ]
+            for si, s in enumerate(stages)
+        }
+        if checks:
+            warnings += _after_checks(
+                model, x, y, state, stages, eps_list, robust_acc, norm, bnd, seeds, check_points
+            )
+    finally:
+        model.train(was_training)
+    return RobustnessReport(
+        norm=norm, eps=eps_list, attacks=names,
+        clean_accuracy=float(clean_correct.double().mean()) if n else 0.0,
+        robust_accuracy=robust_acc, stage_accuracy=stage_acc, robust=robust,
+        fooled_by=state.fooled_by, x_adv=state.x_adv, clean_correct=clean_correct,
+        warnings=warnings, seconds=time.perf_counter() - start, resumed=resumed,
+    )  # fmt: skip
+
+
+def _run_stage(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    state: _State,
+    ki: int,
+    si: int,
+    stage: Stage,
+    norm: str,
+    eps: float,
+    bounds: tuple[float, float],
+    seeds: Tensor,
+) -> None:
+    idx = torch.nonzero(state.fooled_by[ki] == -1).flatten()
+    if idx.numel() == 0 or eps <= 0:
+        return
+    gen = torch.Generator().manual_seed(int(seeds[ki, si]))
+    xs, ys = x[idx], y[idx]
+    cand = stage.run(model, xs, ys, norm=norm, eps=eps, bounds=bounds, generator=gen)
+    cand = (xs + project(cand.to(xs.device, xs.dtype) - xs, norm, eps)).clamp(*bounds)
+    with torch.inference_mode():
+        fooled = model(cand).argmax(1) != ys
+    hit = idx[fooled]
+    state.fooled_by[ki][hit] = si
+    state.x_adv[ki][hit] = cand[fooled]
+
+
+def _after_checks(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    state: _State,
+    stages: list[Stage],
+    eps_list: list[float],
+    robust_acc: list[float],
+    norm: str,
+    bounds: tuple[float, float],
+    seeds: Tensor,
+    check_points: int,
+) -> list[str]:
+    out = sanity.check_curve(eps_list, robust_acc)
+    m = min(check_points, x.shape[0])
+    out += sanity.large_eps_check(model, x[:m], y[:m], norm=norm, bounds=bounds)
+    white = [i for i, s in enumerate(stages) if s.white_box]
+    white_names = ", ".join(stages[i].name for i in white) or "the ensemble"
+    for ki, e in enumerate(eps_list):
+        still = torch.nonzero(state.fooled_by[ki] == -1).flatten()[:check_points]
+        gen = torch.Generator().manual_seed(int(seeds[ki, 0]) + 1)
+        out += sanity.weaker_attack_check(
+            model, x[still], y[still], eps=e, norm=norm, bounds=bounds, generator=gen,
+            stronger=white_names,
+        )  # fmt: skip
+        for si, s in enumerate(stages):
+            won = int((state.fooled_by[ki] == si).sum())
+            if not s.white_box and won and white:
+                out.append(
+                    f"[black-box] at eps {e:g}, the black-box {s.name} attack fooled {won} "
+                    f"points that the white-box stages ({white_names}) did not: a sign of "
+                    "gradient masking."
+                )
+    return out
+
+
+def _stage_seeds(generator: torch.Generator | None, k: int, s: int) -> Tensor:
+    base = torch.randint(0, 2**62, (1,), generator=generator, device="cpu")
+    return (base + torch.arange(k * s).view(k, s) * 1_000_003) % (2**62)
+
+
+def _fingerprint(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    norm: str,
+    eps: list[float],
+    names: list[str],
+    bounds: tuple[float, float],
+    seeds: Tensor,
+) -> str:
+    h = hashlib.sha256()
+    meta = {"norm": norm, "eps": eps, "attacks": names, "bounds": bounds, "v": STATE_VERSION}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    for t in (x, y, seeds, *(p for _, p in sorted(model.state_dict().items()))):
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@dataclasses.dataclass
+class _State:
+    fooled_by: Tensor  # [K, N] int64
+    x_adv: Tensor  # [K, N, ...]
+    done: Tensor  # [K, S] bool
+
+    @classmethod
+    def fresh(cls, x: Tensor, clean_correct: Tensor, k: int, s: int) -> _State:
+        fooled = torch.full((k, x.shape[0]), -1, dtype=torch.int64, device=x.device)
+        fooled[:, ~clean_correct] = -2
+        x_adv = x.unsqueeze(0).repeat(k, *([1] * x.dim()))
+        return cls(fooled, x_adv, torch.zeros(k, s, dtype=torch.bool))
+
+    def save(self, path: Path, fingerprint: str) -> None:
+        from safetensors.torch import save
+
+        tensors = {
+            "fooled_by": self.fooled_by.detach().cpu().contiguous(),
+            "x_adv": self.x_adv.detach().cpu().contiguous(),
+            "done": self.done.to(torch.uint8).cpu().contiguous(),
+        }
+        data = save(tensors, metadata={"fingerprint": fingerprint, "version": STATE_VERSION})
+        atomic_write_bytes(path, data)
+
+    @classmethod
+    def load(cls, path: Path, fingerprint: str) -> _State | None:
+        """The saved state, or ``None`` when there is none or it is for another evaluation."""
+        if not path.is_file():
+            return None
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                if meta.get("fingerprint") != fingerprint:
+                    return None
+                t = {name: fh.get_tensor(name) for name in ("fooled_by", "x_adv", "done")}
+        except (SafetensorError, OSError, KeyError):
+            return None
+        return cls(t["fooled_by"], t["x_adv"], t["done"].bool())
+
+    def to(self, device: torch.device) -> _State:
+        return _State(self.fooled_by.to(device), self.x_adv.to(device), self.done)
