@@ -17,6 +17,7 @@ from dlsec.audit.runner import run_audit
 from dlsec.audit.sections import registry, selected
 
 FAST = {"epochs": 3}
+FOUNDATION = ["dataset", "model", "training", "accuracy"]
 
 
 def _audit(out: Path, **kw) -> object:
@@ -68,6 +69,18 @@ def test_rerun_uses_cache_and_gives_identical_report(audited, tmp_path: Path) ->
     assert (tmp_path / "fresh" / "report.html").read_bytes() == (out / "report.html").read_bytes()
 
 
+@pytest.mark.browser
+def test_real_report_renders_in_chromium(audited) -> None:
+    from browser import check_report_renders
+
+    outcome, out = audited
+    seen = check_report_renders(out / "report.html")
+    n_figures = sum(len(s["figures"]) for s in outcome.report["sections"])
+    assert seen["title"] == outcome.report["title"]
+    assert seen["n_images"] == n_figures and not seen["broken_images"]
+    assert not seen["console_errors"]
+
+
 def test_fail_under_gates(audited, tmp_path: Path) -> None:
     _, out = audited
     ok = _audit(out, fail_under=["accuracy.clean_accuracy=0.5"])
@@ -82,7 +95,8 @@ def test_fail_under_gates(audited, tmp_path: Path) -> None:
 def test_audit_a_saved_model(audited, tmp_path: Path) -> None:
     _, out = audited
     outcome = run_audit(
-        AuditConfig(model_dir=str(out / "model"), out=str(tmp_path / "r")), progress=False
+        AuditConfig(model_dir=str(out / "model"), out=str(tmp_path / "r"), sections=FOUNDATION),
+        progress=False,
     )
     assert outcome.report["metrics"]["accuracy.clean_accuracy"] == pytest.approx(
         json.loads((out / "report.json").read_text())["metrics"]["accuracy.clean_accuracy"]
@@ -108,7 +122,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_killed_audit_resumes(tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "run"
-    args = ["audit", "--out", str(out), "--epochs", "40", "--quiet"]
+    args = ["audit", "--out", str(out), "--epochs", "40", "--quiet",
+            "--sections", ",".join(FOUNDATION)]  # fmt: skip
     proc = _cli(*args)
     _wait_for(out / "model" / "train-key.json", proc)  # training finished, sections running
     proc.send_signal(sig)
@@ -125,5 +140,7 @@ def test_killed_audit_resumes(tmp_path: Path, sig: signal.Signals) -> None:
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns == model_mtime
     after = {p.name: p.stat().st_mtime_ns for p in (out / "sections").glob("*.json")}
     assert all(after[name] == mtime for name, mtime in done.items())
-    reference = run_audit(AuditConfig(out=str(tmp_path / "ref"), epochs=40), progress=False)
+    reference = run_audit(
+        AuditConfig(out=str(tmp_path / "ref"), epochs=40, sections=FOUNDATION), progress=False
+    )
     assert json.loads((out / "report.json").read_text()) == reference.report

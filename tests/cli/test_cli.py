@@ -42,8 +42,20 @@ def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:
         (["data", "fetch", "cifar"], ["unknown dataset to fetch"]),
     ],
 )
-def test_user_errors_are_one_line(args: list[str], words: list[str], tmp_path: Path) -> None:
-    _one_line_error(run(*args, cwd=tmp_path), *words)
+def test_user_errors_are_one_line(
+    args: list[str], words: list[str], tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0]
+
+
+def test_user_error_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
+    _one_line_error(run("audit", "--dataset", "nosuch", cwd=tmp_path), "unknown dataset")
 
 
 def test_usage_error_exit_2(tmp_path: Path) -> None:
@@ -57,7 +69,7 @@ def test_train_then_audit_with_gate(tmp_path: Path) -> None:
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["architecture"] == "simplenet" and len(card["weights_sha256"]) == 64
     assert len(json.loads((tmp_path / "m" / "history.json").read_text())) == 3
-    args = ["audit", "--model-dir", "m", "--out", "r", "-q"]
+    args = ["audit", "--model-dir", "m", "--out", "r", "-q", "--sections", "dataset,accuracy"]
     passing = run(*args, "--fail-under", "accuracy.clean_accuracy=0.5", cwd=tmp_path)
     assert passing.returncode == 0, passing.stderr
     assert "report.html" in passing.stdout

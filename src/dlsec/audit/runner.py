@@ -180,8 +180,15 @@ def run_audit(
         t0 = time.perf_counter()
         result = spec.fn(ctx, options)
         result.name, result.title = spec.name, spec.title
+        # what is cached is what a resumed run reads back: normalize through JSON now, so a
+        # fresh run and a resumed one produce the same report (tuples become lists, etc.)
+        try:
+            plain = json.loads(json.dumps(result.to_dict()))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"section {spec.name!r} returned a value JSON cannot hold: {exc}") from exc
+        result = SectionResult.from_dict(plain)
         ctx.results[spec.name] = result
-        _write_json(cache_path, {"key": key, "result": result.to_dict()})
+        _write_json(cache_path, {"key": key, "result": plain})
         console.print(f"{spec.title}: done in {time.perf_counter() - t0:.1f} s")
     report = build_report(config, dataset, card, list(ctx.results.values()))
     json_path, html_path = run_dir / "report.json", run_dir / "report.html"
