@@ -29,7 +29,6 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
 
 bench: $(STAMP)
-	$(PIP) install --quiet -c constraints.txt -e '.[dev,peers]'
 	$(PY) benchmarks/run_all.py
 
 lint: $(STAMP)
