@@ -51,3 +51,18 @@ def test_attack_errors(model_dir: Path, args: list[str], words: str, capsys) -> 
     assert main([*args, "--model-dir", str(model_dir)]) == 2
     err = capsys.readouterr().err
     assert words in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_command(model_dir: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    out = tmp_path / "robust.json"
+    args = ["evaluate", "--model-dir", str(model_dir), "--eps", "0.05,0.2", "--samples", "60",
+            "--out", str(out), "-q"]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "eps 0.2: robust accuracy" in printed
+    summary = json.loads(out.read_text())
+    assert summary["eps"] == [0.05, 0.2]
+    assert summary["robust_accuracy"][1] < 0.05 < summary["clean_accuracy"]
+    assert summary["robust_accuracy"][0] < summary["clean_accuracy"]

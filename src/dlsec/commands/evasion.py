@@ -98,3 +98,46 @@ def register(app: typer.Typer) -> None:
                 "success": res.success.cpu().numpy(), "norms": res.norms.cpu().numpy(),
             })  # fmt: skip
             typer.echo(f"adversarials: {out}")
+
+    @app.command("evaluate")
+    def evaluate(
+        model_dir: Annotated[Path, typer.Option("--model-dir", help="A saved model (card.json + weights)")],
+        eps: Annotated[str, typer.Option(help="Comma-separated epsilons, e.g. 0.05,0.1")],
+        norm: Annotated[str, typer.Option(help="linf | l2")] = "linf",
+        attacks: Annotated[str | None, typer.Option(help="Comma-separated stages (default: the standard ensemble)")] = None,
+        dataset: Annotated[str | None, typer.Option(help="Default: the dataset named in the card")] = None,
+        samples: Annotated[int | None, typer.Option(help="Evaluate on the first N test points")] = None,
+        state: Annotated[Path | None, typer.Option(help="Resume file: an interrupted run continues from it")] = None,
+        out: Annotated[Path | None, typer.Option(help="Write the summary as JSON")] = None,
+        seed: Annotated[int, typer.Option()] = 0,
+        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+        quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    ) -> None:
+        """Robust accuracy under the AutoAttack-style ensemble, with the sanity checks."""
+        import json
+
+        import torch
+
+        from dlsec.attacks.evasion.ensemble import evaluate_robustness
+        from dlsec.files import atomic_write_text
+
+        eps_list = parse_eps(eps)
+        model, card, x, y = load_target(model_dir, dataset, device, samples)
+        stages = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
+        try:
+            report = evaluate_robustness(
+                model, x, y, norm=norm, eps=eps_list, card=card, attacks=stages,
+                generator=torch.Generator().manual_seed(seed), state_path=state,
+                progress=not quiet,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            typer.echo("interrupted: rerun the same command to resume", err=True)
+            raise typer.Exit(130) from None
+        typer.echo(f"{len(y)} points, clean accuracy {report.clean_accuracy:.4f} ({norm})")
+        for k, e in enumerate(report.eps):
+            stages_txt = ", ".join(f"{n} {acc[k]:.4f}" for n, acc in report.stage_accuracy.items())
+            typer.echo(f"  eps {e:g}: robust accuracy {report.robust_accuracy[k]:.4f}  ({stages_txt})")
+        for w in report.warnings:
+            typer.echo(f"warning: {w}", err=True)
+        if out is not None:
+            atomic_write_text(out, json.dumps(report.summary(), indent=2) + "\n")
