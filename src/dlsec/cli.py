@@ -94,6 +94,10 @@ def train(
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     test_size: Annotated[float, typer.Option("--test-size")] = 0.2,
+    adversarial: Annotated[str | None, typer.Option(help="Adversarial training: pgd | fgsm-rs | trades")] = None,
+    eps: Annotated[float | None, typer.Option(help="With --adversarial: the radius, in input units")] = None,
+    norm: Annotated[str, typer.Option(help="With --adversarial: linf | l2")] = "linf",
+    attack_steps: Annotated[int | None, typer.Option("--attack-steps", help="With --adversarial: attack steps per batch")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a model and save it (safetensors weights + JSON card + training curves)."""
@@ -102,7 +106,7 @@ def train(
     from dlsec.data import load_dataset
     from dlsec.files import atomic_write_text
     from dlsec.models import save
-    from dlsec.training import TrainConfig, train_model
+    from dlsec.training import TrainConfig, is_main_process, train_model
 
     tconf = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,  # type: ignore[arg-type]
@@ -110,7 +114,17 @@ def train(
         patience=patience, seed=seed, device=device,
     )  # fmt: skip
     ds = load_dataset(dataset, seed=seed, test_size=test_size)
-    net, card, result = train_model(ds, model, tconf, progress=not quiet)
+    if adversarial is not None:
+        from dlsec.commands.adversarial import run_adversarial
+
+        net, card, result = run_adversarial(
+            ds, model, tconf, method=adversarial, eps=eps, norm=norm, steps=attack_steps,
+            progress=not quiet,
+        )  # fmt: skip
+    else:
+        net, card, result = train_model(ds, model, tconf, progress=not quiet)
+    if not is_main_process():  # under torchrun only rank 0 writes
+        return
     save(net, card, out)
     atomic_write_text(out / "history.json", json.dumps(result.history, indent=2) + "\n")
     typer.echo(

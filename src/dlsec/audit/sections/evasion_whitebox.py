@@ -22,7 +22,10 @@ class EvasionOptions:
 
     ``eps`` is in input units (empty: a default grid scaled to the card's bounds);
     ``attacks`` are registered evasion attacks, weakest first; ``samples`` test points
-    are attacked (stratified by taking the first ones of the seeded test split).
+    are attacked (the first ones of the seeded test split). ``adversarial-training``
+    (``pgd``, ``fgsm-rs`` or ``trades``) also trains a hardened copy of the model at
+    ``at-eps`` (default: the middle of the grid) for ``at-epochs`` and shows the same
+    curves after it.
     """
 
     norm: str = "linf"
@@ -30,10 +33,20 @@ class EvasionOptions:
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
     samples: int = 500
     steps: int = 40
+    adversarial_training: str = ""
+    at_eps: float = 0.0
+    at_epochs: int = 20
 
     def __post_init__(self) -> None:
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"norm: must be linf or l2, got {self.norm!r}")
+        if self.adversarial_training not in ("", "pgd", "fgsm-rs", "trades"):
+            raise ValueError(
+                "adversarial-training: must be pgd, fgsm-rs or trades, got "
+                f"{self.adversarial_training!r}"
+            )
+        if self.at_eps < 0 or self.at_epochs < 1:
+            raise ValueError("at-eps must be >= 0 and at-epochs >= 1")
         if self.samples < 1 or self.steps < 1:
             raise ValueError("samples and steps must be >= 1")
         if any(e < 0 for e in self.eps):
@@ -65,14 +78,7 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
     n = min(options.samples, len(ds.y_test))
     x, y = ds.x_test[:n].to(ctx.device), ds.y_test[:n].to(ctx.device)
     eps = _eps_grid(options, card.bounds)
-    results = {}
-    for i, name in enumerate(options.attacks):
-        attack = _attack(name, options)
-        results[name] = attack(ctx.model, x, y, eps=eps, card=card, generator=ctx.generator(50 + i))
-    # a point is robust at eps only if no attack fooled it
-    fooled_any = torch.stack([r.success for r in results.values()]).any(0)
-    robust_all = [float((~f).double().mean()) for f in fooled_any]
-    clean = float(next(iter(results.values())).clean_correct.double().mean())
+    results, robust_all, clean = _evaluate(ctx, ctx.model, x, y, eps, options)
 
     metrics: dict[str, float] = {"clean_accuracy": clean}
     for e, ra in zip(eps, robust_all, strict=True):
@@ -85,6 +91,22 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
 
     series = {name: (eps, res.robust_accuracy) for name, res in results.items()}
     series["all attacks"] = (eps, robust_all)
+    summary_after = ""
+    if options.adversarial_training:
+        hardened = _harden(ctx, options, eps)
+        after, robust_after, clean_after = _evaluate(ctx, hardened, x, y, eps, options)
+        method = options.adversarial_training
+        series[f"all attacks, after {method} training"] = (eps, robust_after)
+        metrics["clean_accuracy_after_at"] = clean_after
+        for e, ra in zip(eps, robust_after, strict=True):
+            metrics[f"robust_accuracy_after_at@{e:g}"] = ra
+        for name, res in after.items():
+            for e, ra, sr, g in zip(eps, res.robust_accuracy, res.success_rate, res.gradients, strict=True):
+                rows.append([f"{name} (after {method})", e, ra, sr, int(g.sum())])
+        summary_after = (
+            f"; after {method} adversarial training {robust_after[len(eps) // 2]:.1%} "
+            f"(clean {clean_after:.1%})"
+        )
     figures = [
         line_chart(
             series, title=f"Robust accuracy vs epsilon ({options.norm})", xlabel="epsilon",
@@ -101,7 +123,7 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
         name="evasion",
         title="Evasion (white-box)",
         summary=f"{options.norm} robust accuracy {robust_all[len(eps) // 2]:.1%} at eps {mid:g} "
-        f"(clean {clean:.1%}); {robust_all[-1]:.1%} at eps {eps[-1]:g}",
+        f"(clean {clean:.1%}); {robust_all[-1]:.1%} at eps {eps[-1]:g}{summary_after}",
         metrics=metrics,
         tables=[
             Table(
@@ -115,6 +137,35 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
         warnings=warnings,
         details={name: r.summary() for name, r in results.items()} | {"eps": eps},
     )
+
+
+def _evaluate(ctx: AuditContext, model, x, y, eps: list[float], options: EvasionOptions):
+    """Run every configured attack; a point is robust at eps only if no attack fooled it."""
+    results = {}
+    for i, name in enumerate(options.attacks):
+        attack = _attack(name, options)
+        results[name] = attack(model, x, y, eps=eps, card=ctx.card, generator=ctx.generator(50 + i))
+    fooled_any = torch.stack([r.success for r in results.values()]).any(0)
+    robust_all = [float((~f).double().mean()) for f in fooled_any]
+    clean = float(next(iter(results.values())).clean_correct.double().mean())
+    return results, robust_all, clean
+
+
+def _harden(ctx: AuditContext, options: EvasionOptions, eps: list[float]):
+    """A copy of the audited architecture trained adversarially on the same data."""
+    from dlsec.audit.runner import train_config
+    from dlsec.defenses.adversarial_training import adversarial_train
+
+    at_eps = options.at_eps or eps[len(eps) // 2]
+    config = train_config(ctx.config)
+    config.epochs = options.at_epochs
+    config.device = str(ctx.device)
+    model, _, _ = adversarial_train(
+        ctx.dataset, ctx.card.architecture, method=options.adversarial_training, eps=at_eps,
+        norm=options.norm, config=config, normalization=ctx.card.normalization,
+        progress=ctx.progress,
+    )  # fmt: skip
+    return model.eval()
 
 
 def _warnings(results: dict, robust_all: list[float], eps: list[float], clean: float) -> list[str]:

@@ -5,7 +5,9 @@ random start (Wong et al. 2020) with catastrophic-overfitting detection, and TRA
 
 Example:
     >>> from dlsec.defenses.adversarial import adversarial_train
-    >>> model, card, result = adversarial_train(ds, "simplenet", method="pgd", eps=0.2)  # doctest: +SKIP
+    >>> model, card, result = adversarial_train(
+    ...     ds, "simplenet", method="pgd", eps=0.2
+    ... )  # doctest: +SKIP
 """
 
 from dlsec.defenses.adversarial._base import AdversarialLoss

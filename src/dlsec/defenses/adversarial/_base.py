@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dlsec.attacks.evasion._base import Norm
 from dlsec.training import TrainingError
 
 
@@ -29,7 +30,7 @@ class AdversarialLoss:
 
     eps: float
     bounds: tuple[float, float]
-    norm: str = "linf"
+    norm: Norm = "linf"
     steps: int = 10
     alpha: float | None = None
     alpha_ratio: float = 2.5

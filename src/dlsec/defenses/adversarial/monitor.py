@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from dlsec.attacks.evasion import FGSM, PGD
+from dlsec.attacks.evasion._base import Norm
 from dlsec.training import unwrap_model
 
 
@@ -43,7 +44,7 @@ class RobustnessMonitor:
     y: Tensor
     eps: float
     bounds: tuple[float, float]
-    norm: str = "linf"
+    norm: Norm = "linf"
     steps: int = 10
     drop: float = 0.2
     floor: float = 0.05

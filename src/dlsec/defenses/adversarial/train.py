@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from dlsec.attacks.evasion import PGD
+from dlsec.attacks.evasion._base import Norm
 from dlsec.defenses.adversarial._base import AdversarialLoss
 from dlsec.defenses.adversarial.fgsm_rs import FastFGSMLoss
 from dlsec.defenses.adversarial.monitor import RobustnessMonitor
@@ -67,7 +68,7 @@ def make_adversarial_loss(
     *,
     eps: float,
     bounds: tuple[float, float],
-    norm: str = "linf",
+    norm: Norm = "linf",
     steps: int | None = None,
     generator: torch.Generator | None = None,
     **kwargs: Any,
@@ -91,7 +92,7 @@ def adversarial_train(
     *,
     method: str = "pgd",
     eps: float,
-    norm: str = "linf",
+    norm: Norm = "linf",
     config: TrainConfig | None = None,
     steps: int | None = None,
     alpha: float | None = None,
@@ -185,7 +186,7 @@ def adversarial_train(
     model.eval()
 
     test = evaluate(model, dataset.x_test, dataset.y_test)
-    robust = PGD(norm=norm, steps=eval_steps)(  # type: ignore[arg-type]
+    robust = PGD(norm=norm, steps=eval_steps)(
         model, dataset.x_test, dataset.y_test, eps=eps, bounds=bounds,
         generator=torch.Generator().manual_seed(seed),
     )  # fmt: skip
