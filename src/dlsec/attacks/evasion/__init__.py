@@ -46,8 +46,8 @@ __all__ = [
     "EvasionAttack",
     "EvasionResult",
     "RobustnessReport",
-    "available_stages",
     "attack_names",
+    "available_stages",
     "choose_targets",
     "default_attacks",
     "dlr_loss",
@@ -57,4 +57,5 @@ __all__ = [
     "make_attack",
     "project",
     "register_attack",
+    "register_stage",
 ]

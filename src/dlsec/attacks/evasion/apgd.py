@@ -51,8 +51,28 @@ from dlsec.attacks.evasion._base import (
     random_start,
     step_direction,
 )
+from dlsec.attacks.evasion.registry import register_attack
 
 LOSSES = ("ce", "dlr")
+LossFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
+
+
+def _ce(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    return ce_loss(logits, y)
+
+
+def _dlr(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    return dlr_loss(logits, y)
+
+
+def _ce_targeted(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    assert target is not None
+    return -ce_loss(logits, target)  # ascend towards the target
+
+
+def _dlr_targeted(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
+    assert target is not None
+    return dlr_targeted_loss(logits, y, target)
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -75,6 +95,26 @@ def checkpoints(steps: int) -> list[int]:
     return out
 
 
+def halving_rule(
+    increases: Tensor,
+    window: int,
+    rho: float,
+    halved_last: Tensor,
+    best: Tensor,
+    best_last: Tensor,
+) -> Tensor:
+    """Which points halve their step at a checkpoint (Croce & Hein 2020, section 3.1).
+
+    Condition 1: the loss rose in fewer than ``rho * window`` of the ``window`` steps since
+    the last checkpoint. Condition 2: the step was not halved at the last checkpoint and
+    the best loss ``best`` has not grown since it (``best_last``).
+    """
+    cond1 = increases.to(best.dtype) < rho * window
+    cond2 = ~halved_last & (best <= best_last)
+    return cond1 | cond2
+
+
+@register_attack("apgd")
 class APGD(EvasionAttack):
     """Auto-PGD on the cross-entropy (``loss="ce"``) or DLR (``loss="dlr"``) loss.
 
@@ -123,14 +163,10 @@ class APGD(EvasionAttack):
         self.name = f"apgd-{loss}"
 
     # the loss ascended for one run ------------------------------------------------------------
-    def _loss_fn(self, target: Tensor | None) -> Callable[[Tensor, Tensor, Tensor | None], Tensor]:
-        if self.loss == "ce":
-            if target is None:
-                return lambda z, y, t: ce_loss(z, y)
-            return lambda z, y, t: -ce_loss(z, t)
+    def _loss_fn(self, target: Tensor | None) -> LossFn:
         if target is None:
-            return lambda z, y, t: dlr_loss(z, y)
-        return lambda z, y, t: dlr_targeted_loss(z, y, t)
+            return _ce if self.loss == "ce" else _dlr
+        return _ce_targeted if self.loss == "ce" else _dlr_targeted
 
     def _check_classes(self, num_classes: int, targeted_loss: bool) -> None:
         need = 4 if targeted_loss else 3
@@ -159,7 +195,7 @@ class APGD(EvasionAttack):
             self._run_restart(model, x, y, target, target, eps, bounds, generator, out, done, grads)
             if bool(done.all()):
                 break
-        return _BatchOutput(out, out, grads)
+        return _BatchOutput(out, out, grads, fooled=done)
 
     def _run_restart(
         self,
@@ -201,27 +237,28 @@ class APGD(EvasionAttack):
         generator: torch.Generator | None = None,
         loss_target: Tensor | None = None,
         success_target: Tensor | None = None,
+        trace: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Run APGD once on a batch.
 
         Returns ``(first fooling iterate, fooled mask, highest-loss iterate, gradients)``;
         the first entry equals ``x`` where the point was not fooled. ``loss_target``
         selects the targeted loss; ``success_target`` the targeted success criterion
-        (``None``: any misclassification).
+        (``None``: any misclassification). ``trace``, if given, receives after every
+        iteration the step sizes of the points still attacked (for inspection and tests).
         """
         n = x.shape[0]
         dev, dt = x.device, x.dtype
         loss_fn = self._loss_fn(loss_target)
-        with torch.inference_mode():
-            num_classes = model(x[:1]).shape[1]
-        self._check_classes(num_classes, loss_target is not None)
-
         adv_out = x.clone()
         best_out = x.clone()
         fooled_out = torch.zeros(n, dtype=torch.bool, device=dev)
         grads_out = torch.zeros(n, dtype=torch.int64, device=dev)
         if n == 0 or eps <= 0:
             return adv_out, fooled_out, best_out, grads_out
+        with torch.inference_mode():
+            num_classes = model(x[:1]).shape[1]
+        self._check_classes(num_classes, loss_target is not None)
 
         ckpts = set(checkpoints(self.steps)[1:])
         # per-point state, compacted as points are fooled
@@ -241,9 +278,7 @@ class APGD(EvasionAttack):
 
         for k in range(self.steps + 1):
             if k < self.steps:
-                loss, g, logits = input_gradient(
-                    model, cur, lambda z, a=yy, b=tl: loss_fn(z, a, b)
-                )
+                loss, g, logits = input_gradient(model, cur, lambda z, a=yy, b=tl: loss_fn(z, a, b))
                 grads_out[pos] += 1
             else:  # the last iterate needs only a forward pass
                 with torch.inference_mode():
@@ -268,10 +303,9 @@ class APGD(EvasionAttack):
             loss_cur, grad = loss, g
 
             if k in ckpts:
-                window = k - last_ckpt
-                cond1 = n_up.to(dt) < self.rho * window
-                cond2 = ~halved_at_ckpt & (loss_best <= best_at_ckpt)
-                halve = cond1 | cond2
+                halve = halving_rule(
+                    n_up, k - last_ckpt, self.rho, halved_at_ckpt, loss_best, best_at_ckpt
+                )
                 eta = torch.where(halve, eta / 2, eta)
                 hv = _view(halve, cur)
                 cur = torch.where(hv, x_best, cur)
@@ -280,6 +314,8 @@ class APGD(EvasionAttack):
                 halved_at_ckpt, best_at_ckpt = halve, loss_best.clone()
                 n_up = torch.zeros_like(n_up)
                 last_ckpt = k
+            if trace is not None:
+                trace.append(eta.clone())
             if k == self.steps:
                 break
 
@@ -310,6 +346,7 @@ class APGD(EvasionAttack):
         return (x0 + project(xa - x0, self.norm, eps)).clamp(*bounds)
 
 
+@register_attack("apgd-t")
 class APGDT(APGD):
     """Targeted APGD (APGD-T): the targeted DLR loss against each of the ``n_targets``
     classes with the highest clean logits other than the true one, one after another,
@@ -374,4 +411,4 @@ class APGDT(APGD):
                 self._run_restart(model, x, y, tgt, None, eps, bounds, generator, out, done, grads)
             if bool(done.all()):
                 break
-        return _BatchOutput(out, out, grads)
+        return _BatchOutput(out, out, grads, fooled=done)

@@ -19,8 +19,8 @@ The abort is per point here, so a stalled point stops costing gradients.
 
 Example:
     >>> res = CW(steps=1000)(model, x, y, card=card)          # doctest: +SKIP
-    >>> res.norms[0][res.success[0]].median()                   # the median L2 needed
-    >>> res = CW()(model, x, y, eps=[0.5, 1.0], card=card)    # success within each L2 ball
+    >>> res.norms[0][res.success[0]].median()                   # doctest: +SKIP
+    >>> res = CW()(model, x, y, eps=[0.5, 1.0], card=card)    # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from dlsec.attacks.evasion._base import (
     input_gradient,
     is_adversarial,
 )
+from dlsec.attacks.evasion.registry import register_attack
 
 
 def _margin(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
@@ -47,6 +48,7 @@ def _margin(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
     return own - other if target is None else other - own
 
 
+@register_attack("cw")
 class CW(EvasionAttack):
     """Carlini-Wagner L2 with a per-point binary search over the constant ``c``.
 
@@ -127,7 +129,11 @@ class CW(EvasionAttack):
                 grads[act] += 1
                 d = xa - xa0
                 l2 = d.flatten(1).pow(2).sum(1)
-                ok = _margin(logits, ya, ta) < -kappa if kappa > 0 else is_adversarial(logits, ya, ta)
+                ok = (
+                    _margin(logits, ya, ta) < -kappa
+                    if kappa > 0
+                    else is_adversarial(logits, ya, ta)
+                )
                 found[act] |= ok
                 better = ok & (l2 < best_l2[act])
                 if bool(better.any()):

@@ -30,8 +30,10 @@ import torch
 from torch import Tensor, nn
 
 from dlsec.attacks.evasion._base import AttackError, EvasionAttack, Norm, _BatchOutput, _view
+from dlsec.attacks.evasion.registry import register_attack
 
 
+@register_attack("deepfool")
 class DeepFool(EvasionAttack):
     """DeepFool, L2 (default) or Linf, untargeted.
 

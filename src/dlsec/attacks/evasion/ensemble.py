@@ -32,13 +32,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
 
 from dlsec.attacks.evasion import sanity
-from dlsec.attacks.evasion._base import AttackError, project
+from dlsec.attacks.evasion._base import AttackError, Norm, project
 from dlsec.attacks.evasion.apgd import APGD, APGDT
 from dlsec.attacks.evasion.pgd import PGD
 from dlsec.files import atomic_write_bytes
@@ -56,7 +56,7 @@ class StageFn(Protocol):
         x: Tensor,
         y: Tensor,
         *,
-        norm: str,
+        norm: Norm,
         eps: float,
         bounds: tuple[float, float],
         generator: torch.Generator,
@@ -125,23 +125,65 @@ def default_attacks() -> tuple[str, ...]:
 
 
 @register_stage("apgd-ce")
-def _apgd_ce(model, x, y, *, norm, eps, bounds, generator):  # type: ignore[no-untyped-def]
-    return APGD(norm=norm, loss="ce")(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[0]
+def _apgd_ce(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: Norm,
+    eps: float,
+    bounds: tuple[float, float],
+    generator: torch.Generator,
+) -> Tensor:
+    return APGD(norm=norm, loss="ce")(
+        model, x, y, eps=eps, bounds=bounds, generator=generator
+    ).x_adv[0]
 
 
 @register_stage("apgd-dlr")
-def _apgd_dlr(model, x, y, *, norm, eps, bounds, generator):  # type: ignore[no-untyped-def]
-    return APGD(norm=norm, loss="dlr")(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[0]
+def _apgd_dlr(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: Norm,
+    eps: float,
+    bounds: tuple[float, float],
+    generator: torch.Generator,
+) -> Tensor:
+    return APGD(norm=norm, loss="dlr")(
+        model, x, y, eps=eps, bounds=bounds, generator=generator
+    ).x_adv[0]
 
 
 @register_stage("apgd-t")
-def _apgd_t(model, x, y, *, norm, eps, bounds, generator):  # type: ignore[no-untyped-def]
+def _apgd_t(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: Norm,
+    eps: float,
+    bounds: tuple[float, float],
+    generator: torch.Generator,
+) -> Tensor:
     return APGDT(norm=norm)(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[0]
 
 
 @register_stage("pgd")
-def _pgd(model, x, y, *, norm, eps, bounds, generator):  # type: ignore[no-untyped-def]
-    return PGD(norm=norm, steps=40)(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[0]
+def _pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: Norm,
+    eps: float,
+    bounds: tuple[float, float],
+    generator: torch.Generator,
+) -> Tensor:
+    return PGD(norm=norm, steps=40)(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[
+        0
+    ]
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -218,7 +260,7 @@ def evaluate_robustness(
     if bounds is None:
         if card is None:
             raise AttackError("pass bounds=(low, high) or card= (the model card's bounds)")
-        bounds = tuple(card.bounds)  # type: ignore[assignment]
+        bounds = tuple(card.bounds)
     assert bounds is not None
     bnd = (float(bounds[0]), float(bounds[1]))
     if norm not in ("linf", "l2"):
@@ -242,7 +284,9 @@ def evaluate_robustness(
     model.eval()
     try:
         with torch.inference_mode():
-            clean_logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, n, batch_size)])
+            clean_logits = torch.cat(
+                [model(x[i : i + batch_size]) for i in range(0, n, batch_size)]
+            )
         clean_correct = clean_logits.argmax(1) == y
         warnings: list[str] = []
         if checks:
@@ -287,8 +331,7 @@ def evaluate_robustness(
         robust_acc = [float(r.double().mean()) for r in robust]
         stage_acc = {
             s.name: [
-                float(((f == -1) | (f > si)).double().mean()) if n else 0.0
-                for f in state.fooled_by
+                float(((f == -1) | (f > si)).double().mean()) if n else 0.0 for f in state.fooled_by
             ]
             for si, s in enumerate(stages)
         }
@@ -325,7 +368,7 @@ def _run_stage(
         return
     gen = torch.Generator().manual_seed(int(seeds[ki, si]))
     xs, ys = x[idx], y[idx]
-    cand = stage.run(model, xs, ys, norm=norm, eps=eps, bounds=bounds, generator=gen)
+    cand = stage.run(model, xs, ys, norm=cast(Norm, norm), eps=eps, bounds=bounds, generator=gen)
     cand = (xs + project(cand.to(xs.device, xs.dtype) - xs, norm, eps)).clamp(*bounds)
     with torch.inference_mode():
         fooled = model(cand).argmax(1) != ys

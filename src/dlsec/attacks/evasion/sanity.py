@@ -25,13 +25,15 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.evasion._base import input_gradient, margin_loss
+from dlsec.attacks.evasion._base import Norm, input_gradient, margin_loss
 from dlsec.attacks.evasion.fgsm import FGSM
 from dlsec.attacks.evasion.pgd import PGD
 
@@ -114,7 +116,7 @@ def check_curve(
     if len(pairs) < 2:
         return []
     out = []
-    rises = [(e0, a0, e1, a1) for (e0, a0), (e1, a1) in zip(pairs, pairs[1:]) if a1 > a0 + tol]
+    rises = [(*p, *q) for p, q in itertools.pairwise(pairs) if q[1] > p[1] + tol]
     if rises:
         e0, a0, e1, a1 = rises[0]
         out.append(
@@ -152,7 +154,7 @@ def large_eps_check(
     if x.shape[0] == 0:
         return []
     eps = large_eps(norm, bounds, x.shape[1:])
-    attack = PGD(norm=norm, steps=steps, random_start=False, loss="margin")  # type: ignore[arg-type]
+    attack = PGD(norm=cast(Norm, norm), steps=steps, random_start=False, loss="margin")
     acc = attack(model, x, y, eps=eps, bounds=bounds).robust_accuracy[0]
     if acc > max_accuracy:
         return [
@@ -180,8 +182,8 @@ def weaker_attack_check(
         return []
     out = []
     weak = {
-        "FGSM": FGSM(norm=norm),  # type: ignore[arg-type]
-        "PGD-10": PGD(norm=norm, steps=10),  # type: ignore[arg-type]
+        "FGSM": FGSM(norm=cast(Norm, norm)),
+        "PGD-10": PGD(norm=cast(Norm, norm), steps=10),
     }
     for label, attack in weak.items():
         res = attack(model, x, y, eps=eps, bounds=bounds, generator=generator)
