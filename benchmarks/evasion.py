@@ -70,7 +70,7 @@ def raw_cost(model, x, y, eps):
         for _ in range(STEPS):
             xx.requires_grad_(True)
             loss = torch.nn.functional.cross_entropy(model(xx), y)
-            (g,) = torch.autograd.grad(loss, xx)
+            (_g,) = torch.autograd.grad(loss, xx)
             xx = xx.detach()
         return None
 
@@ -147,7 +147,7 @@ def methods(model, x, y, eps, sweep) -> dict[str, Callable[[], object]]:
 def one(target_name: str, method: str) -> None:
     """Subprocess mode: run one method once and print its peak RSS growth (MiB)."""
     torch.set_num_threads(THREADS)
-    model, card, x, y, eps = target(target_name)
+    model, _card, x, y, eps = target(target_name)
     sweep = [eps * f for f in (0.25, 0.5, 1.0, 1.5, 2.0)]
     fn = methods(model, x, y, eps, sweep)[method]
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -159,7 +159,7 @@ def one(target_name: str, method: str) -> None:
 def bench(target_name: str, repeat: int) -> list[dict]:
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
-    model, card, x, y, eps = target(target_name)
+    model, _card, x, y, eps = target(target_name)
     sweep = [eps * f for f in (0.25, 0.5, 1.0, 1.5, 2.0)]
     ms = methods(model, x, y, eps, sweep)
     for fn in ms.values():  # warm-up

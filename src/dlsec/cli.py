@@ -47,6 +47,7 @@ def audit(
     lr: Annotated[float | None, typer.Option(help="Learning rate")] = None,
     optimizer: Annotated[str | None, typer.Option(help="adam | sgd")] = None,
     test_size: Annotated[float | None, typer.Option("--test-size", help="Test fraction for datasets without a test split")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (0: one for small models, else torch's default)")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output")] = False,
 ) -> None:
     """Audit a model and write report.json and report.html (exit 1 if a gate fails)."""
@@ -58,7 +59,7 @@ def audit(
         "dataset": dataset, "model": model, "model-dir": model_dir, "out": out,
         "fail-under": fail_under or [], "sections": _split_csv(sections), "seed": seed,
         "device": device, "epochs": epochs, "batch-size": batch_size, "lr": lr,
-        "optimizer": optimizer, "test-size": test_size,
+        "optimizer": optimizer, "test-size": test_size, "threads": threads,
     }  # fmt: skip
     cfg = load_config(config, overrides)
     try:

@@ -65,6 +65,7 @@ class AuditConfig:
     batch_size: int = 64
     lr: float = 3e-3
     optimizer: str = "adam"
+    threads: int = 0
     section_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -74,6 +75,8 @@ class AuditConfig:
             raise ConfigError(f"batch-size: must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr: must be a positive number, got {self.lr}")
+        if self.threads < 0:
+            raise ConfigError(f"threads: must be >= 0 (0 = automatic), got {self.threads}")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer: must be adam or sgd, got {self.optimizer!r}")
         if not 0.0 < self.test_size < 1.0:

@@ -21,7 +21,10 @@ class EvasionOptions:
     """``[evasion]`` table of audit.toml.
 
     ``eps`` is in input units (empty: a default grid scaled to the card's bounds);
-    ``attacks`` are registered evasion attacks, weakest first; ``samples`` test points
+    ``attacks`` are registered evasion attacks, weakest first, each run on every point;
+    ``ensemble`` adds the AutoAttack-style ensemble (APGD-CE, then APGD-T on the points
+    still robust, plus any registered black-box stage) at ``ensemble-eps`` (default: the
+    middle of the grid, as the ensemble is the costly part); ``samples`` test points
     are attacked (the first ones of the seeded test split). ``adversarial-training``
     (``pgd``, ``fgsm-rs`` or ``trades``) also trains a hardened copy of the model at
     ``at-eps`` (default: the middle of the grid) for ``at-epochs`` and shows the same
@@ -31,7 +34,9 @@ class EvasionOptions:
     norm: str = "linf"
     eps: list[float] = field(default_factory=list)
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
-    samples: int = 500
+    ensemble: bool = True
+    ensemble_eps: list[float] = field(default_factory=list)
+    samples: int = 200
     steps: int = 40
     adversarial_training: str = ""
     at_eps: float = 0.0
@@ -67,6 +72,8 @@ def _attack(name: str, options: EvasionOptions):
     kwargs: dict[str, object] = {"norm": options.norm}
     if name in ("pgd", "bim", "mifgsm"):
         kwargs["steps"] = options.steps
+    if name in ("cw", "deepfool") and options.norm != "l2":
+        raise ValueError(f"attacks: {name} is an L2 attack; set norm = \"l2\" to use it")
     return make_attack(name, **kwargs)
 
 
@@ -83,13 +90,12 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
     metrics: dict[str, float] = {"clean_accuracy": clean}
     for e, ra in zip(eps, robust_all, strict=True):
         metrics[f"robust_accuracy@{e:g}"] = ra
-    rows = []
-    for name, res in results.items():
-        for e, ra, sr, g in zip(eps, res.robust_accuracy, res.success_rate, res.gradients, strict=True):
-            rows.append([name, e, ra, sr, int(g.sum())])
-    warnings = _warnings(results, robust_all, eps, clean)
+    rows = _rows(results, "")
+    from dlsec.attacks.evasion.sanity import model_checks
 
-    series = {name: (eps, res.robust_accuracy) for name, res in results.items()}
+    warnings = model_checks(ctx.model, x[:100], y[:100]) + _warnings(results, robust_all, eps, clean)
+
+    series = {name: (res.eps, res.robust_accuracy) for name, res in results.items()}
     series["all attacks"] = (eps, robust_all)
     summary_after = ""
     if options.adversarial_training:
@@ -100,9 +106,7 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
         metrics["clean_accuracy_after_at"] = clean_after
         for e, ra in zip(eps, robust_after, strict=True):
             metrics[f"robust_accuracy_after_at@{e:g}"] = ra
-        for name, res in after.items():
-            for e, ra, sr, g in zip(eps, res.robust_accuracy, res.success_rate, res.gradients, strict=True):
-                rows.append([f"{name} (after {method})", e, ra, sr, int(g.sum())])
+        rows += _rows(after, f" (after {method})")
         summary_after = (
             f"; after {method} adversarial training {robust_after[len(eps) // 2]:.1%} "
             f"(clean {clean_after:.1%})"
@@ -115,7 +119,7 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
             "'all attacks' counts a point robust only if every attack failed on it.",
         )
     ]
-    grid = _example_grid(ctx, results[options.attacks[-1]], x, y, eps)
+    grid = _example_grid(ctx, results[options.attacks[-1]], x, y, eps) if options.attacks else None
     if grid is not None:
         figures.append(image_grid(**grid))
     mid = eps[len(eps) // 2]
@@ -146,9 +150,54 @@ def _evaluate(ctx: AuditContext, model, x, y, eps: list[float], options: Evasion
         attack = _attack(name, options)
         results[name] = attack(model, x, y, eps=eps, card=ctx.card, generator=ctx.generator(50 + i))
     fooled_any = torch.stack([r.success for r in results.values()]).any(0)
-    robust_all = [float((~f).double().mean()) for f in fooled_any]
     clean = float(next(iter(results.values())).clean_correct.double().mean())
+    if options.ensemble:
+        from dlsec.attacks.evasion.ensemble import evaluate_robustness
+
+        mid = eps[len(eps) // 2]
+        ens_eps = sorted(options.ensemble_eps) if options.ensemble_eps else [mid]
+        report = evaluate_robustness(
+            model, x, y, norm=options.norm, eps=ens_eps, card=ctx.card,
+            generator=ctx.generator(49), checks=False, progress=False,
+        )  # fmt: skip
+        full = torch.zeros_like(fooled_any)
+        for j, e in enumerate(ens_eps):
+            for k, ek in enumerate(eps):
+                if ek >= e:  # an adversarial inside a ball is inside every larger one
+                    full[k] |= ~report.robust[j].to(full.device)
+        fooled_any = fooled_any | full
+        results["ensemble"] = _EnsembleView(report)
+    robust_all = [float((~f).double().mean()) for f in fooled_any]
     return results, robust_all, clean
+
+
+class _EnsembleView:
+    """The ensemble's report seen through the fields the section reads of an EvasionResult."""
+
+    def __init__(self, report) -> None:
+        self.attack = "ensemble"
+        self.eps = list(report.eps)
+        self.success = ~report.robust
+        self.clean_correct = report.clean_correct
+        self.robust_accuracy = list(report.robust_accuracy)
+        self.success_rate = [1.0 - a for a in report.robust_accuracy]
+        self.stages = " -> ".join(report.attacks)
+        self.stage_accuracy = report.stage_accuracy
+
+    def summary(self) -> dict:
+        return {"attack": "ensemble", "stages": self.stages, "eps": self.eps,
+                "robust_accuracy": self.robust_accuracy,
+                "stage_accuracy": self.stage_accuracy}  # fmt: skip
+
+
+def _rows(results: dict, suffix: str) -> list[list]:
+    rows = []
+    for name, res in results.items():
+        grads = getattr(res, "gradients", None)
+        for k, e in enumerate(res.eps):
+            spent = "—" if grads is None else int(grads[k].sum())
+            rows.append([name + suffix, e, res.robust_accuracy[k], res.success_rate[k], spent])
+    return rows
 
 
 def _harden(ctx: AuditContext, options: EvasionOptions, eps: list[float]):
@@ -171,6 +220,7 @@ def _harden(ctx: AuditContext, options: EvasionOptions, eps: list[float]):
 def _warnings(results: dict, robust_all: list[float], eps: list[float], clean: float) -> list[str]:
     """Signs that the evaluation may be unreliable (gradient masking and friends)."""
     out = []
+    results = {k: v for k, v in results.items() if k != "ensemble"}
     for name, res in results.items():
         ra = res.robust_accuracy
         if any(b > a + 1e-9 for a, b in itertools.pairwise(ra)):

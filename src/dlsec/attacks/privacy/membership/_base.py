@@ -199,6 +199,66 @@ class ShadowModels:
         return torch.stack(outs)
 
 
+class _StackedModels(nn.Module):
+    """``M`` networks of one architecture run as one batched module (``torch.func``).
+
+    It exists so :func:`dlsec.training.fit` can train all shadow models in one loop: its
+    "inputs" are pool indices, and :func:`_stacked_loss` gives every model the mean
+    cross-entropy over the records of the batch it keeps. The stacked parameters are
+    independent, so Adam/SGD (element-wise) update each model exactly as if it were
+    trained alone on batches of its own records.
+    """
+
+    x_pool: Tensor
+    weights: Tensor
+
+    def __init__(self, models: list[nn.Module], x_pool: Tensor, keep: Tensor) -> None:
+        super().__init__()
+        import copy
+
+        self._base = [copy.deepcopy(models[0]).to("meta")]  # a list: not a submodule
+        params, buffers = torch.func.stack_module_state(models)
+        self._names = list(params)
+        self.stacked = nn.ParameterList([nn.Parameter(params[k].detach()) for k in self._names])
+        self._buffers_stacked = {k: v.detach() for k, v in buffers.items()}
+        self.register_buffer("x_pool", x_pool, persistent=False)
+        self.register_buffer("weights", keep.to(x_pool.dtype), persistent=False)
+
+    def all_logits(self, x: Tensor) -> Tensor:
+        base = self._base[0]
+        params = dict(zip(self._names, self.stacked, strict=True))
+
+        def one(p: dict[str, Tensor], b: dict[str, Tensor]) -> Tensor:
+            return torch.func.functional_call(base, (p, b), (x,))
+
+        return torch.vmap(one, randomness="different")(params, self._buffers_stacked)
+
+    def forward(self, idx: Tensor) -> Tensor:
+        # the ensemble's mean logits: only what fit logs as "train accuracy"
+        return self.all_logits(self.x_pool[idx]).mean(0)
+
+    def unstack(self, models: list[nn.Module]) -> None:
+        with torch.no_grad():
+            for m, model in enumerate(models):
+                state = {k: p[m] for k, p in zip(self._names, self.stacked, strict=True)}
+                model.load_state_dict(state, strict=False)
+
+
+def _stacked_loss(model: nn.Module, idx: Tensor, y: Tensor) -> Tensor:
+    assert isinstance(model, _StackedModels)
+    logits = model.all_logits(model.x_pool[idx])  # [M, B, K]
+    m, b, k = logits.shape
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(m * b, k), y.repeat(m), reduction="none"
+    ).view(m, b)
+    w = model.weights[:, idx]
+    return ((ce * w).sum(1) / w.sum(1).clamp_min(1.0)).sum()
+
+
+def _stackable(model: nn.Module) -> bool:
+    return not any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in model.modules())
+
+
 def train_shadow_models(
     x: Tensor,
     y: Tensor,
@@ -208,13 +268,18 @@ def train_shadow_models(
     config: TrainConfig,
     generator: torch.Generator,
     keep: Tensor | None = None,
+    stacked: bool | None = None,
     progress: bool = False,
 ) -> ShadowModels:
     """Train ``n_models`` networks of ``card``'s architecture on random halves of ``(x, y)``.
 
-    Each model is trained with :func:`dlsec.training.fit` under ``config`` (seed
-    ``config.seed + m`` for model ``m``'s initial weights and shuffling), so it follows
-    the target's recipe exactly when ``config`` is the target's.
+    Training uses :func:`dlsec.training.fit` under ``config``; model ``m``'s initial
+    weights are drawn under seed ``config.seed + m``. With ``stacked`` (the default for
+    networks without batch norm) all models train at once as one batched module
+    (:class:`_StackedModels`): every batch of ``2 * config.batch_size`` pool records
+    gives each model about ``config.batch_size`` of its own, so steps per epoch and the
+    batch size match training each model alone on its half. Otherwise the models are
+    trained one after another, each with seed ``config.seed + m``.
     """
     import dataclasses
 
@@ -225,17 +290,28 @@ def train_shadow_models(
     if n < 2:
         raise PrivacyAttackError("the shadow pool needs at least two samples")
     keep = random_halves(n_models, n, generator=generator) if keep is None else keep.bool()
+    if keep.shape != (n_models, n):
+        raise PrivacyAttackError(f"keep must be {n_models} x {n}, got {tuple(keep.shape)}")
     device = resolve_device(config.device)
     x, y = x.to(device), y.to(device)
-    models = []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("shadow models", total=n_models)
-        for m in range(n_models):
-            cfg = dataclasses.replace(config, seed=config.seed + m, val_fraction=0.0)
-            model = fresh_model(card, cfg.seed)
-            idx = torch.nonzero(keep[m]).flatten().to(device)
-            fit(model, x[idx], y[idx], config=cfg, progress=False, description=f"shadow {m}")
-            models.append(model)
-            bar.update(task, advance=1)
+    models = [fresh_model(card, config.seed + m).to(device) for m in range(n_models)]
+    if stacked is None:
+        stacked = _stackable(models[0])
+    if stacked:
+        ens = _StackedModels(models, x, keep.to(device))
+        cfg = dataclasses.replace(config, val_fraction=0.0, batch_size=2 * config.batch_size)
+        fit(ens, torch.arange(n, device=device), y, config=cfg, batch_loss=_stacked_loss,
+            progress=progress, description="shadow models")
+        ens.unstack(models)
+    else:
+        with Progress(disable=not progress, transient=True) as bar:
+            task = bar.add_task("shadow models", total=n_models)
+            for m, model in enumerate(models):
+                cfg = dataclasses.replace(config, seed=config.seed + m, val_fraction=0.0)
+                idx = torch.nonzero(keep[m].to(device)).flatten()
+                fit(model, x[idx], y[idx], config=cfg, progress=False)
+                bar.update(task, advance=1)
+    for model in models:
+        model.eval()
     return ShadowModels(models=models, keep=keep.cpu(), x=x, y=y,
                         seconds=time.perf_counter() - t0)

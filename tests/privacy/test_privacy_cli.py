@@ -1,0 +1,38 @@
+"""The privacy commands end to end on a tiny saved model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dlsec.cli import main
+from dlsec.models import save
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, trained_simplenet):
+    model, card, _ = trained_simplenet
+    path = tmp_path_factory.mktemp("m")
+    save(model, card, path)
+    return path
+
+
+def test_membership_and_extract(model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "mem.json"
+    rc = main(["privacy", "membership", "--model-dir", str(model_dir), "--attack", "loss",
+               "--members", "50", "--out", str(out)])
+    assert rc == 0
+    summary = json.loads(out.read_text())
+    assert summary["queries"] == 100 and 0.0 <= summary["auc"] <= 1.0
+    rc = main(["extract", "--model-dir", str(model_dir), "--budget", "100", "--strategy",
+               "natural", "--quiet", "--out", str(tmp_path / "ext.json")])
+    assert rc == 0
+    assert json.loads((tmp_path / "ext.json").read_text())["queries"] == 100
+
+
+def test_invert_and_bad_attack(model_dir, tmp_path, capsys) -> None:
+    rc = main(["privacy", "invert", "--model-dir", str(model_dir), "--out", str(tmp_path)])
+    assert rc == 0
+    assert (tmp_path / "inversion.png").stat().st_size > 0
+    assert main(["privacy", "membership", "--model-dir", str(model_dir), "--attack", "nope"]) == 2
