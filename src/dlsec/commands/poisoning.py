@@ -1,0 +1,250 @@
+"""``dlsec poison ...`` (write a poisoned dataset) and ``dlsec sanitize`` (clean one).
+
+The poisoned dataset is an ``.npz`` that ``--dataset npz:PATH`` loads as it is (``x``,
+``y``, ``x_test``, ``y_test``, ``classes``, ``bounds``) plus ``poison_mask`` (the rows the
+attack touched), ``y_clean`` and ``poison_info`` (the attack's settings as JSON), so
+``dlsec sanitize`` can score its detection against the truth.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import typer
+
+from dlsec.errors import DlsecError
+
+poison_app = typer.Typer(
+    help="Poison a dataset's training split and write it as .npz (with the poison mask).",
+    no_args_is_help=True,
+)
+
+DatasetOpt = Annotated[str, typer.Option(help="digits | fashion-mnist | mnist | idx:DIR | npz:PATH")]
+OutOpt = Annotated[Path, typer.Option(help="Output .npz (loadable with --dataset npz:PATH)")]
+SeedOpt = Annotated[int, typer.Option(help="Seed for the choice of samples and the split")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output")]
+ModelDirOpt = Annotated[str | None, typer.Option("--model-dir", help="Surrogate: a saved model (default: train one)")]
+ModelOpt = Annotated[str, typer.Option(help="Architecture of the surrogate or of the sanitizer's models")]
+EpochsOpt = Annotated[int, typer.Option(help="Training epochs of the surrogate / sanitizer models")]
+
+
+def _load(dataset: str, seed: int) -> Any:
+    from dlsec.data import load_dataset
+
+    return load_dataset(dataset, seed=seed)
+
+
+def _json_ready(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in meta.items() if not isinstance(v, torch.Tensor)}
+
+
+def _write(out: Path, ds: Any, result: Any) -> None:
+    from dlsec.files import atomic_write_bytes
+
+    info = {"attack": result.attack, "source_dataset": ds.name, **_json_ready(result.metadata)}
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        x=result.x.detach().cpu().numpy(), y=result.y.cpu().numpy(),
+        x_test=ds.x_test.cpu().numpy(), y_test=ds.y_test.cpu().numpy(),
+        classes=np.array(ds.classes), bounds=np.array(ds.bounds, dtype=np.float64),
+        poison_mask=result.mask.cpu().numpy(), y_clean=result.y_clean.cpu().numpy(),
+        poison_info=np.array(json.dumps(info)),
+    )  # fmt: skip
+    atomic_write_bytes(out, buf.getvalue())
+    typer.echo(f"{result.attack}: {result.n_poisoned} of {result.mask.numel()} training samples "
+               f"poisoned ({result.rate:.1%}); wrote {out}")  # fmt: skip
+
+
+def _surrogate(ds: Any, model_dir: str | None, model: str, epochs: int, seed: int, quiet: bool):
+    from dlsec.models import load
+    from dlsec.training import TrainConfig, train_model
+
+    if model_dir:
+        net, _card = load(model_dir)
+        return net
+    net, _card, _ = train_model(ds, model, TrainConfig(epochs=epochs, lr=3e-3, seed=seed),
+                                progress=not quiet)  # fmt: skip
+    return net
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@poison_app.command("random-flip")
+def random_flip_cmd(
+    out: OutOpt, rate: Annotated[float, typer.Option(help="Share of labels to flip")] = 0.2,
+    dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
+) -> None:
+    """Flip a random share of the labels to random other classes."""
+    from dlsec.attacks.poisoning import random_flip
+
+    ds = _load(dataset, seed)
+    _write(out, ds, random_flip(ds.x_train, ds.y_train, rate=rate, num_classes=ds.num_classes,
+                                generator=_gen(seed)))  # fmt: skip
+
+
+@poison_app.command("label-flip")
+def label_flip_cmd(
+    out: OutOpt, rate: Annotated[float, typer.Option(help="Share of labels to flip")] = 0.2,
+    dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
+) -> None:
+    """Label flipping (random; the same as random-flip)."""
+    random_flip_cmd(out=out, rate=rate, dataset=dataset, seed=seed)
+
+
+@poison_app.command("targeted-flip")
+def targeted_flip_cmd(
+    out: OutOpt,
+    source: Annotated[int, typer.Option(help="Class whose labels are flipped")],
+    target: Annotated[int, typer.Option(help="The label they get")],
+    rate: Annotated[float, typer.Option(help="Share of the source class to flip")] = 1.0,
+    dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
+) -> None:
+    """Relabel (a share of) one class as another, e.g. every 7 becomes 1."""
+    from dlsec.attacks.poisoning import targeted_flip
+
+    ds = _load(dataset, seed)
+    _write(out, ds, targeted_flip(ds.x_train, ds.y_train, source=source, target=target,
+                                  rate=rate, num_classes=ds.num_classes,
+                                  generator=_gen(seed)))  # fmt: skip
+
+
+@poison_app.command("optimized-flip")
+def optimized_flip_cmd(
+    out: OutOpt, rate: Annotated[float, typer.Option(help="Share of labels to flip")] = 0.2,
+    dataset: DatasetOpt = "digits", model_dir: ModelDirOpt = None,
+    model: ModelOpt = "simplenet", epochs: EpochsOpt = 30, seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Flip the labels a surrogate says hurt most (pushes class boundaries)."""
+    from dlsec.attacks.poisoning import optimized_flip
+
+    ds = _load(dataset, seed)
+    net = _surrogate(ds, model_dir, model, epochs, seed, quiet)
+    _write(out, ds, optimized_flip(ds.x_train, ds.y_train, rate=rate, surrogate=net,
+                                   num_classes=ds.num_classes))  # fmt: skip
+
+
+@poison_app.command("inject")
+def inject_cmd(
+    out: OutOpt,
+    rate: Annotated[float, typer.Option(help="Share of the resulting set that is injected")] = 0.2,
+    label: Annotated[int | None, typer.Option(help="Give every injected row this label")] = None,
+    dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
+) -> None:
+    """Append mislabeled copies of training samples."""
+    from dlsec.attacks.poisoning import inject_mislabeled
+
+    ds = _load(dataset, seed)
+    _write(out, ds, inject_mislabeled(ds.x_train, ds.y_train, rate=rate, label=label,
+                                      num_classes=ds.num_classes, generator=_gen(seed)))  # fmt: skip
+
+
+@poison_app.command("backdoor")
+def backdoor_cmd(
+    out: OutOpt,
+    target: Annotated[int, typer.Option(help="Class the trigger sends inputs to")] = 0,
+    rate: Annotated[float, typer.Option(help="Share of the training set poisoned")] = 0.05,
+    trigger_size: Annotated[int | None, typer.Option("--trigger-size", help="Patch side in pixels")] = None,
+    pattern: Annotated[str, typer.Option(help="checker | square")] = "checker",
+    mode: Annotated[str, typer.Option(help="replace | inject")] = "replace",
+    dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
+) -> None:
+    """BadNets: stamp a trigger patch on samples and relabel them as the target."""
+    from dlsec.attacks.poisoning import Trigger, backdoor
+
+    ds = _load(dataset, seed)
+    trig = Trigger(size=trigger_size, pattern=pattern)  # type: ignore[arg-type]
+    _write(out, ds, backdoor(ds.x_train, ds.y_train, target=target, rate=rate, trigger=trig,
+                             bounds=ds.bounds, mode=mode,  # type: ignore[arg-type]
+                             num_classes=ds.num_classes, generator=_gen(seed)))  # fmt: skip
+
+
+@poison_app.command("feature-collision")
+def feature_collision_cmd(
+    out: OutOpt,
+    target_index: Annotated[int, typer.Option("--target-index", help="Test sample to attack")] = 0,
+    base_label: Annotated[int | None, typer.Option("--base-label", help="Class to send it to (default: next class)")] = None,
+    n_poisons: Annotated[int, typer.Option("--n-poisons")] = 20,
+    steps: Annotated[int, typer.Option()] = 200,
+    opacity: Annotated[float, typer.Option(help="Blend of the target into the bases")] = 0.0,
+    dataset: DatasetOpt = "digits", model_dir: ModelDirOpt = None,
+    model: ModelOpt = "simplenet", epochs: EpochsOpt = 30, seed: SeedOpt = 0,
+    quiet: QuietOpt = False,
+) -> None:
+    """Clean-label Poison Frogs: poisons that collide with a test sample in feature space."""
+    from dlsec.attacks.poisoning import feature_collision
+
+    ds = _load(dataset, seed)
+    if not 0 <= target_index < ds.y_test.numel():
+        raise DlsecError(f"--target-index must be in 0..{ds.y_test.numel() - 1}")
+    net = _surrogate(ds, model_dir, model, epochs, seed, quiet)
+    base = (int(ds.y_test[target_index]) + 1) % ds.num_classes if base_label is None else base_label
+    _write(out, ds, feature_collision(ds.x_train, ds.y_train, model=net,
+                                      target_x=ds.x_test[target_index], base_label=base,
+                                      bounds=ds.bounds, n_poisons=n_poisons, steps=steps,
+                                      opacity=opacity))  # fmt: skip
+
+
+def sanitize_cmd(
+    dataset: Annotated[str, typer.Option(help="The suspect data, e.g. npz:poisoned.npz")],
+    out: Annotated[Path, typer.Option(help="Output .npz with the kept training samples")],
+    method: Annotated[str, typer.Option(help="cleanlab | knn | loss | spectral | activation")] = "cleanlab",
+    model: ModelOpt = "simplenet", epochs: EpochsOpt = 30,
+    folds: Annotated[int, typer.Option(help="Cross-validation folds (cleanlab, loss)")] = 5,
+    scores_out: Annotated[Path | None, typer.Option("--scores-out", help="Also write the per-sample scores and flags as JSON")] = None,
+    seed: SeedOpt = 0, quiet: QuietOpt = False,
+) -> None:
+    """Flag suspicious training samples, write the rest; score detection when the data
+    carries a ``poison_mask`` (as ``dlsec poison`` writes)."""
+    from dlsec.defenses.sanitization import (
+        SanitizerSettings,
+        detection_metrics,
+        model_factory,
+        sanitize,
+    )
+    from dlsec.files import atomic_write_bytes, atomic_write_text
+    from dlsec.training import TrainConfig
+
+    ds = _load(dataset, seed)
+    make = model_factory(model, input_shape=ds.input_shape, classes=ds.classes, bounds=ds.bounds)
+    res = sanitize(method, ds.x_train, ds.y_train, num_classes=ds.num_classes, make_model=make,
+                   config=TrainConfig(epochs=epochs, lr=3e-3, seed=seed),
+                   settings=SanitizerSettings(folds=folds), seed=seed,
+                   progress=not quiet)  # fmt: skip
+    keep = res.keep()
+    line = f"{method}: flagged {res.n_flagged} of {ds.y_train.numel()} training samples"
+    truth = None
+    if dataset.startswith("npz:") and ds.extra.get("split") == "file":
+        with np.load(Path(dataset[4:]), allow_pickle=False) as arch:
+            if "poison_mask" in arch.files and arch["poison_mask"].shape == (ds.y_train.numel(),):
+                truth = torch.from_numpy(arch["poison_mask"].astype(bool))
+    if truth is not None:
+        d = detection_metrics(res.mask, truth)
+        line += f"; precision {d.precision:.3f}, recall {d.recall:.3f} against poison_mask"
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf, x=ds.x_train[keep].cpu().numpy(), y=ds.y_train[keep].cpu().numpy(),
+        x_test=ds.x_test.cpu().numpy(), y_test=ds.y_test.cpu().numpy(),
+        classes=np.array(ds.classes), bounds=np.array(ds.bounds, dtype=np.float64),
+    )  # fmt: skip
+    atomic_write_bytes(out, buf.getvalue())
+    if scores_out is not None:
+        atomic_write_text(scores_out, json.dumps({
+            "method": method, "scores": [round(float(s), 6) for s in res.scores],
+            "flagged": res.mask.tolist(),
+            "metadata": {k: v for k, v in res.metadata.items() if not isinstance(v, torch.Tensor)},
+        }) + "\n")  # fmt: skip
+    typer.echo(f"{line}; wrote {keep.numel()} kept samples to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(poison_app, name="poison")
+    app.command("sanitize")(sanitize_cmd)
