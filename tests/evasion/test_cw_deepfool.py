@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from torch import nn
@@ -101,7 +103,7 @@ def _l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def test_deepfool_agrees_with_torchattacks(digits, digits_net) -> None:
-    torchattacks = pytest.importorskip("torchattacks")
+    torchattacks = importlib.import_module("torchattacks")
     model, card = digits_net
     x, y = digits.x_test[:30], digits.y_test[:30]
     ours = DeepFool()(model, x, y, card=card)
@@ -119,7 +121,7 @@ def test_cw_agrees_with_torchattacks(digits, digits_net) -> None:
     # torchattacks' CW has no binary search: it runs one constant c. We compare per point
     # against the better of c = 1 and c = 10 at the same number of Adam steps; with a
     # 5-step binary search ours must be at most 10% larger (median) and succeed as often.
-    torchattacks = pytest.importorskip("torchattacks")
+    torchattacks = importlib.import_module("torchattacks")
     model, card = digits_net
     x, y = digits.x_test[:50], digits.y_test[:50]
     ours = CW(steps=100, search_steps=5)(model, x, y, card=card)
@@ -140,7 +142,7 @@ def test_cw_agrees_with_torchattacks(digits, digits_net) -> None:
 
 @pytest.mark.slow
 def test_cw_defaults_against_torchattacks_constant_grid(digits, digits_net) -> None:
-    torchattacks = pytest.importorskip("torchattacks")
+    torchattacks = importlib.import_module("torchattacks")
     model, card = digits_net
     x, y = digits.x_test[:100], digits.y_test[:100]
     ours = CW()(model, x, y, card=card)  # 9 binary-search steps x up to 1000 iterations
