@@ -72,6 +72,9 @@ class Normalized(nn.Module):
         self.register_buffer("mean", torch.tensor(list(mean)).view(shape), persistent=False)
         self.register_buffer("std", torch.tensor(list(std)).view(shape), persistent=False)
 
+    mean: Tensor
+    std: Tensor
+
     def forward(self, x: Tensor) -> Tensor:
         mean, std = self.mean, self.std
         if x.dim() == 2:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,8 +56,8 @@ def project(delta: Tensor, norm: str, eps: float | Tensor) -> Tensor:
         return delta.clamp(-eps, eps)
     if norm == "l2":
         n = _view(lp_norms(delta, "l2"), delta)
-        e = _view(eps, delta) if isinstance(eps, Tensor) else eps
-        factor = torch.clamp(e / n.clamp_min(1e-12), max=1.0)
+        radius: Tensor | float = _view(eps, delta) if isinstance(eps, Tensor) else eps
+        factor = torch.clamp(radius / n.clamp_min(1e-12), max=1.0)
         return delta * factor
     raise AttackError(f"projection onto {norm!r} balls is not supported")
 
@@ -163,7 +163,7 @@ def choose_targets(
 
 
 def input_gradient(
-    model: nn.Module, x: Tensor, loss: Tensor | Any
+    model: nn.Module, x: Tensor, loss: Callable[..., Tensor]
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One forward and one backward: ``(per-sample loss, d loss / d x, logits)``.
 

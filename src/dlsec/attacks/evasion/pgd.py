@@ -199,7 +199,7 @@ class PGD(EvasionAttack):
                     keep = ~done
                     pos, x0, y, cur, grad = pos[keep], x0[keep], y[keep], cur[keep], grad[keep]
                     lower, upper = lower[keep], upper[keep]
-                    if isinstance(eps, Tensor):
+                    if isinstance(eps, Tensor) and isinstance(e_b, Tensor):
                         eps, e_b = eps[keep], e_b[keep]
                         alpha = alpha[keep] if isinstance(alpha, Tensor) else alpha
                     t = None if t is None else t[keep]

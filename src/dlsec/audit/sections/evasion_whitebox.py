@@ -211,7 +211,7 @@ def _harden(ctx: AuditContext, options: EvasionOptions, eps: list[float]):
     config.device = str(ctx.device)
     model, _, _ = adversarial_train(
         ctx.dataset, ctx.card.architecture, method=options.adversarial_training, eps=at_eps,
-        norm=options.norm, config=config, normalization=ctx.card.normalization,
+        norm="l2" if options.norm == "l2" else "linf", config=config, normalization=ctx.card.normalization,
         progress=ctx.progress,
     )  # fmt: skip
     return model.eval()

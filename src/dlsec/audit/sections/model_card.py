@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult, Table
 from dlsec.audit.sections import register_section
@@ -11,7 +13,7 @@ from dlsec.audit.sections import register_section
 def run(ctx: AuditContext, options: None) -> SectionResult:
     card = ctx.card
     n_params = sum(p.numel() for p in ctx.model.parameters())
-    rows = [
+    rows: list[list[Any]] = [
         ["architecture", card.architecture],
         ["parameters", n_params],
         ["input shape", "x".join(map(str, card.input_shape))],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -146,7 +147,7 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
                                        seed=ctx.config.seed)  # fmt: skip
         metrics["backdoor_asr"] = float(exp.poisoned_success or 0.0)
         metrics["backdoor_clean_accuracy_drop"] = exp.accuracy_drop
-        bd_rows = [["none", _pct(exp.poisoned_accuracy), _pct(exp.poisoned_success), "–", "–"]]
+        bd_rows: list[list[Any]] = [["none", _pct(exp.poisoned_accuracy), _pct(exp.poisoned_success), "–", "–"]]
         for r in exp.sanitized:
             metrics[f"backdoor_{r.method}_recall"] = r.detection.recall
             metrics[f"backdoor_{r.method}_asr"] = float(r.success or 0.0)
