@@ -1,10 +1,14 @@
 """Privacy benchmark: dlsec's membership inference, extraction and inversion beside ART's.
 
-Usage: python benchmarks/privacy.py   (writes benchmarks/results/privacy.md)
+Usage: python benchmarks/privacy.py [--only digits|fashion-mnist]
+(writes benchmarks/results/privacy.md; with --only, only that part runs and its section of
+the file is replaced, the other part's section is kept as it is)
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import platform
 import sys
 import time
@@ -20,9 +24,11 @@ from dlsec.attacks.privacy.extraction import extract, mixup_candidates  # noqa: 
 from dlsec.attacks.privacy.inversion import class_means, inversion_quality, mi_face  # noqa: E402
 from dlsec.attacks.privacy.membership import (  # noqa: E402
     ShadowModels,
+    label_only_attack,
     lira,
     loss_attack,
     random_halves,
+    shadow_attack,
     train_shadow_models,
 )
 from dlsec.attacks.privacy.metrics import membership_metrics  # noqa: E402
@@ -73,7 +79,7 @@ def membership(lines: list[str]) -> None:
                      ("offline", lira(o, shadows, online=False))):
             pooled[k][0].append(r.scores)
             pooled[k][1].append(keep[t])
-    lines += ["## Membership inference (digits, overfit SimpleNet)", "",
+    lines += ["### Membership inference (digits, overfit SimpleNet)", "",
               f"Pool: all {len(y)} digits; 17 SimpleNets (200 epochs, Adam lr 0.01, no "
               "schedule) on random halves; each is the target once, the other 16 its "
               f"shadows (leave-one-out, {17 * len(y)} scored records, balanced). Target test "
@@ -130,7 +136,7 @@ def extraction(lines: list[str]) -> None:
     pool, ex, ey = ds.x_test[:n], ds.x_test[n:], ds.y_test[n:]
     vl = predict_logits(victim, ex).argmax(1)
     budget = 10_000
-    lines += ["## Model extraction (digits SimpleNet victim, 10,000 queries)", "",
+    lines += ["### Model extraction (digits SimpleNet victim, 10,000 queries)", "",
               f"Victim test accuracy {float((vl == ey).float().mean()):.3f}. Attacker data: "
               f"{n} unlabeled test digits (mixup of them once used up); fidelity on the other "
               f"{len(ey)}.", "",
@@ -192,7 +198,7 @@ def inversion(lines: list[str]) -> None:
     art_res = type(ours)(images=art_x, classes=torch.arange(10), confidence=ours.confidence,
                          iterations=ours.iterations)
     qa = inversion_quality(art_res, evaluator=evaluator, means=means)
-    lines += ["## Model inversion (MI-Face, digits SimpleNet)", "",
+    lines += ["### Model inversion (MI-Face, digits SimpleNet)", "",
               "Evaluation model: a SmallCNN trained independently (seed 1). Both attacks: "
               "blank start, lr 0.1, window 100, threshold 0.99, at most 1,000 steps.", "",
               "| attack | evaluation-model accuracy | cosine to class mean | seconds |",
@@ -203,16 +209,262 @@ def inversion(lines: list[str]) -> None:
               f"{t_art:.2f} |", ""]
 
 
-def main() -> int:
-    lines = ["# Privacy", "", "Command: `.venv/bin/python benchmarks/privacy.py` "
-             f"(machine: 2 CPU cores, shared; torch {torch.__version__}, Python "
-             f"{platform.python_version()}, 1 torch thread for dlsec and ART alike).", ""]
-    for part in (membership, extraction, inversion):
-        part(lines)
-        print(f"done: {part.__name__}", flush=True)
+# -- Fashion-MNIST part ------------------------------------------------------------------------
+# Sized to run in about 8 minutes on the shared 2-core machine with one torch thread.
+FM_POOL = 4_000  # membership pool: random Fashion-MNIST training images (seed 0)
+FM_MODELS = 17  # target + 16 shadows, each model the target once (leave-one-out)
+FM_OVERFIT = TrainConfig(epochs=60, lr=3e-3, batch_size=128, val_fraction=0.0, schedule="none",
+                         device="cpu")
+FM_VICTIM_TRAIN = 10_000  # extraction victim / inversion target: the first 10,000 train images
+FM_EVAL_TRAIN = (10_000, 14_000)  # the inversion evaluator's own (disjoint) training images
+FM_BUDGET = 10_000
+
+
+def _row(name: str, m, seconds: float) -> str:
+    return (f"| {name} | {m.auc:.4f} | {m.tpr_at_0_1_fpr:.2%} | {m.tpr_at_1_fpr:.2%} | "
+            f"{seconds:.1f} |")
+
+
+def fashion_membership(lines: list[str]) -> None:
+    from art.attacks.inference.membership_inference import MembershipInferenceBlackBox
+
+    ds = load_dataset("fashion-mnist")
+    pick = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))[:FM_POOL]
+    x, y = ds.x_train[pick], ds.y_train[pick]
+    card = ModelCard("simplenet", input_shape=list(ds.input_shape), classes=list(ds.classes))
+    n_models = FM_MODELS
+    keep = random_halves(n_models, len(y), generator=torch.Generator().manual_seed(0))
+    t0 = time.perf_counter()
+    target = fresh_model(card, 0)
+    fit(target, x[keep[0]], y[keep[0]], config=FM_OVERFIT, progress=False)
+    t_target = time.perf_counter() - t0
+    with torch.no_grad():
+        acc_train = float((target(x[keep[0]]).argmax(1) == y[keep[0]]).float().mean())
+        acc_test = float((target(ds.x_test).argmax(1) == ds.y_test).float().mean())
+    t0 = time.perf_counter()
+    sh = train_shadow_models(x, y, card=card, n_models=n_models - 1, config=FM_OVERFIT,
+                             keep=keep[1:], generator=torch.Generator().manual_seed(1))
+    oracle = LocalOracle(target, card=card)
+    res = lira(oracle, sh, is_member=keep[0])
+    t_lira = time.perf_counter() - t0
+    print(f"  fashion membership: target {t_target:.1f} s, LiRA {t_lira:.1f} s", flush=True)
+    models = [target, *sh.models]
+    kinds = ("loss", "online", "offline", "label-only")
+    pooled: dict[str, tuple[list, list]] = {k: ([], []) for k in kinds}
+    for t in range(n_models):
+        others = [i for i in range(n_models) if i != t]
+        shadows = ShadowModels([models[i] for i in others], keep[others], sh.x, sh.y)
+        o = LocalOracle(models[t], card=card)
+        ol = LocalOracle(models[t], card=card, output="label")
+        for k, r in (("loss", loss_attack(o, x, y)), ("online", lira(o, shadows)),
+                     ("offline", lira(o, shadows, online=False)),
+                     ("label-only", label_only_attack(
+                         ol, x, y, generator=torch.Generator().manual_seed(t)))):
+            pooled[k][0].append(r.scores)
+            pooled[k][1].append(keep[t])
+    names = {"loss": "loss threshold", "online": "LiRA online", "offline": "LiRA offline",
+             "label-only": "label-only (5 shifts + 20 noise views, labels only)"}
+    lines += ["### Membership inference (Fashion-MNIST, overfit SimpleNet)", "",
+              f"Pool: {FM_POOL} random Fashion-MNIST training images (seed 0); {n_models} "
+              f"SimpleNets ({FM_OVERFIT.epochs} epochs, Adam lr {FM_OVERFIT.lr:g}, batch "
+              f"{FM_OVERFIT.batch_size}, no schedule) on random halves ({FM_POOL // 2} images "
+              f"each); each is the target once, the other {n_models - 1} its shadows "
+              f"(leave-one-out, {n_models * FM_POOL} scored records, balanced). Target: train "
+              f"accuracy {acc_train:.3f}, accuracy on the 10,000 test images {acc_test:.3f}.",
+              "", "| attack | AUC | TPR @ 0.1% FPR | TPR @ 1% FPR | advantage |",
+              "|---|---|---|---|---|"]
+    mets = {}
+    for k, (s, m) in pooled.items():
+        mm = membership_metrics(torch.cat(s), torch.cat(m))
+        mets[k] = mm
+        lines.append(f"| {names[k]} | {mm.auc:.4f} | {mm.tpr_at_0_1_fpr:.4%} | "
+                     f"{mm.tpr_at_1_fpr:.4%} | {mm.advantage:.4f} |")
+    lo_tpr, on_tpr = mets["loss"].tpr_at_0_1_fpr, mets["online"].tpr_at_0_1_fpr
+    ratio = on_tpr / lo_tpr if lo_tpr > 0 else float("inf")
+    verdict = "met" if ratio >= 10 else "missed"
+    shown = f"{ratio:.1f}x" if lo_tpr > 0 else "unbounded (the loss attack finds no member)"
+    lines += ["", f"LiRA online / loss TPR at 0.1% FPR ({n_models * FM_POOL // 2} non-members, "
+              f"so 0.1% FPR allows {n_models * FM_POOL // 2000} false positives): {on_tpr:.2%} "
+              f"vs {lo_tpr:.2%}, ratio {shown} (target: >= 10x, {verdict}). "
+              f"LiRA with {n_models - 1} shadow models (training + attack, one target): "
+              f"{t_lira:.1f} s (the target itself trained in {t_target:.1f} s).", ""]
+    # side by side on one evaluation half of the pool; ART's attack model and the Shokri
+    # attack classifier learn on the other half
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(2))
+    tr, te = perm[: len(y) // 2], perm[len(y) // 2 :]
+    mem = keep[0]
+    clf = art_classifier(target, card)
+    t0 = time.perf_counter()
+    art = MembershipInferenceBlackBox(clf, attack_model_type="nn")
+    art.fit(x[tr][mem[tr]].numpy(), y[tr][mem[tr]].numpy(), x[tr][~mem[tr]].numpy(),
+            y[tr][~mem[tr]].numpy())
+    art_scores = art.infer(x[te].numpy(), y[te].numpy(), probabilities=True)
+    t_art = time.perf_counter() - t0
+    art_scores = torch.as_tensor(np.asarray(art_scores)).reshape(len(te), -1)[:, -1]
+    art_m = membership_metrics(art_scores.double(), mem[te])
+    ours = membership_metrics(res.scores[te], mem[te])
+    sh_tr = ShadowModels(sh.models, sh.keep[:, tr], x[tr], y[tr])
+    shokri = shadow_attack(LocalOracle(target, card=card), x[te], y[te], shadows=sh_tr,
+                           is_member=mem[te])
+    loss_te = loss_attack(LocalOracle(target, card=card), x[te], y[te], is_member=mem[te])
+    lab_te = label_only_attack(LocalOracle(target, card=card, output="label"), x[te], y[te],
+                               is_member=mem[te], generator=torch.Generator().manual_seed(0))
+    lines += ["Side by side on the same target and the same evaluation half "
+              f"({len(te)} records, so TPR at 0.1% FPR rests on about one false positive); "
+              "ART's attack model is trained on the other half with known membership of the "
+              "target (a stronger attacker than LiRA's); the Shokri attack classifier learns "
+              f"from the {n_models - 1} shadows' outputs on that other half:", "",
+              "| attack | AUC | TPR @ 0.1% FPR | TPR @ 1% FPR | seconds |",
+              "|---|---|---|---|---|",
+              _row(f"dlsec LiRA online ({n_models - 1} shadows)", ours, t_lira),
+              _row("ART MembershipInferenceBlackBox (nn)", art_m, t_art),
+              _row(f"dlsec Shokri shadow attack ({n_models - 1} shadows, training not "
+                   "counted)", shokri.metrics, shokri.seconds),
+              _row("dlsec loss threshold (no training)", loss_te.metrics, loss_te.seconds),
+              _row("dlsec label-only (labels only)", lab_te.metrics, lab_te.seconds), ""]
+
+
+def fashion_extraction_inversion(lines: list[str]) -> None:
+    from art.attacks.extraction import CopycatCNN
+    from art.attacks.inference.model_inversion import MIFace
+
+    ds = load_dataset("fashion-mnist")
+    lo, hi = FM_EVAL_TRAIN
+    sub = dataclasses.replace(ds, x_train=ds.x_train[:FM_VICTIM_TRAIN],
+                              y_train=ds.y_train[:FM_VICTIM_TRAIN])
+    t0 = time.perf_counter()
+    victim, card, _ = train_model(sub, "simplenet", TrainConfig(epochs=20, lr=3e-3,
+                                                                batch_size=128),
+                                  progress=False)
+    t_victim = time.perf_counter() - t0
+    n = len(ds.y_test) // 2
+    pool, ex, ey = ds.x_test[:n], ds.x_test[n:], ds.y_test[n:]
+    vl = predict_logits(victim, ex).argmax(1)
+    budget = FM_BUDGET
+    lines += ["### Model extraction (Fashion-MNIST SimpleNet victim, 10,000 queries)", "",
+              f"Victim: SimpleNet trained on the first {FM_VICTIM_TRAIN} training images (20 "
+              f"epochs, Adam lr 0.003, batch 128, cosine, 10% validation; {t_victim:.1f} s), "
+              f"accuracy {float((vl == ey).float().mean()):.3f} on the evaluation half. "
+              f"Attacker data: the first {n} test images, unlabeled (mixup of them once used "
+              f"up); fidelity on the other {len(ey)}. Substitute: SimpleNet, 30 epochs per "
+              "checkpoint (warm start), budget 10,000 queries each run.", "",
+              "| strategy | output | queries | fidelity | accuracy | fidelity per checkpoint "
+              "| seconds |", "|---|---|---|---|---|---|---|"]
+    for output in ("scores", "label"):
+        for strategy in ("random", "natural", "jacobian", "active"):
+            o = LocalOracle(victim, card=card, output=output, budget=budget)
+            r = extract(o, card=card, strategy=strategy, budget=budget, x_pool=pool, eval_x=ex,
+                        eval_victim_labels=vl, eval_y=ey,
+                        generator=torch.Generator().manual_seed(0))
+            assert r.queries == o.queries_total <= budget
+            curve = ", ".join(f"{int(c['queries'])}: {c['fidelity']:.3f}" for c in r.curve)
+            lines.append(f"| {strategy} | {output} | {r.queries} | {r.fidelity:.4f} | "
+                         f"{r.accuracy:.4f} | {curve} | {r.seconds:.1f} |")
+            print(f"  fashion extraction {strategy}/{output}: {r.fidelity:.4f} "
+                  f"({r.seconds:.1f} s)", flush=True)
+    g = torch.Generator().manual_seed(0)
+    queries = torch.cat([pool, mixup_candidates(pool, max(budget - len(pool), 0),
+                                                generator=g)])[:budget]
+    t0 = time.perf_counter()
+    thief = art_classifier(fresh_model(card, 0), card)
+    probs_victim = torch.nn.Sequential(victim, torch.nn.Softmax(dim=1))
+    copycat = CopycatCNN(art_classifier(probs_victim, card), batch_size_fit=128,
+                         batch_size_query=1024, nb_epochs=30, nb_stolen=budget,
+                         use_probability=True)
+    stolen = copycat.extract(queries.numpy(), thieved_classifier=thief)
+    t_art = time.perf_counter() - t0
+    pred = torch.as_tensor(stolen.predict(ex.numpy())).argmax(1)
+    o = LocalOracle(victim, card=card, budget=budget)
+    ours = extract(o, card=card, strategy="natural", budget=budget, x_pool=pool, eval_x=ex,
+                   eval_victim_labels=vl, eval_y=ey, schedule=[budget],
+                   generator=torch.Generator().manual_seed(0))
+    lines += ["", "Side by side, same 10,000 natural queries, same substitute architecture, "
+              "30 epochs on the stolen scores:", "", "| attack | fidelity | seconds |",
+              "|---|---|---|",
+              f"| dlsec extract (natural, one checkpoint) | {ours.fidelity:.4f} | "
+              f"{ours.seconds:.1f} |",
+              f"| ART CopycatCNN (use_probability) | {float((pred == vl).float().mean()):.4f} | "
+              f"{t_art:.1f} |", ""]
+    print("  fashion extraction done", flush=True)
+    # inversion: the victim above is the target; the evaluator is a SmallCNN trained on
+    # other training images under another seed
+    ev_ds = dataclasses.replace(ds, x_train=ds.x_train[lo:hi], y_train=ds.y_train[lo:hi])
+    t0 = time.perf_counter()
+    evaluator, ev_card, _ = train_model(ev_ds, "smallcnn",
+                                        TrainConfig(epochs=5, lr=3e-3, seed=1), progress=False)
+    t_eval = time.perf_counter() - t0
+    means = class_means(ds.x_train, ds.y_train, 10)
+    ours_inv = mi_face(victim, card=card)
+    q = inversion_quality(ours_inv, evaluator=evaluator, means=means)
+    t0 = time.perf_counter()
+    art_inv = MIFace(art_classifier(victim, card), max_iter=1000, window_length=100,
+                     threshold=0.99, learning_rate=0.1)
+    art_x = torch.as_tensor(art_inv.infer(np.zeros((10, *ds.input_shape), dtype=np.float32),
+                                          y=np.arange(10)))
+    t_art = time.perf_counter() - t0
+    art_res = type(ours_inv)(images=art_x, classes=torch.arange(10),
+                             confidence=ours_inv.confidence, iterations=ours_inv.iterations)
+    qa = inversion_quality(art_res, evaluator=evaluator, means=means)
+    lines += ["### Model inversion (MI-Face, Fashion-MNIST SimpleNet)", "",
+              "Target: the extraction victim above. Evaluation model: a SmallCNN trained "
+              f"independently on training images {lo}-{hi - 1} (seed 1, 5 epochs, {t_eval:.0f} "
+              f"s), test accuracy {ev_card.metrics['test_accuracy']:.3f}. Class means: all "
+              "60,000 training images. Both attacks: blank start, lr 0.1, window 100, "
+              "threshold 0.99, at most 1,000 steps.", "",
+              "| attack | evaluation-model accuracy | cosine to class mean | nearest class mean "
+              "| target confidence | seconds |", "|---|---|---|---|---|---|",
+              f"| dlsec mi_face (white-box) | {q['eval_accuracy']:.2f} | {q['mean_cosine']:.3f} "
+              f"| {q['nearest_mean_accuracy']:.2f} | {float(ours_inv.confidence.mean()):.3f} "
+              f"| {ours_inv.seconds:.2f} |",
+              f"| ART MIFace | {qa['eval_accuracy']:.2f} | {qa['mean_cosine']:.3f} | "
+              f"{qa['nearest_mean_accuracy']:.2f} | "
+              f"{float(torch.softmax(predict_logits(victim, art_x), 1)[torch.arange(10), torch.arange(10)].mean()):.3f}"
+              f" | {t_art:.2f} |", ""]
+
+
+PARTS = {
+    "digits": ("Digits", (membership, extraction, inversion)),
+    "fashion-mnist": ("Fashion-MNIST", (fashion_membership, fashion_extraction_inversion)),
+}
+
+
+def _block(text: str, part: str) -> str | None:
+    start, end = f"<!-- part: {part} -->", f"<!-- end part: {part} -->"
+    if start not in text or end not in text:
+        return None
+    return text[text.index(start) : text.index(end) + len(end)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=sorted(PARTS), help="run one part, keep the other's "
+                    "section of the results file")
+    args = ap.parse_args(argv)
+    old = OUT.read_text(encoding="utf-8") if OUT.exists() else ""
+    blocks: dict[str, str | None] = {p: _block(old, p) for p in PARTS}
+    for part, (title, funcs) in PARTS.items():
+        if args.only not in (None, part):
+            continue
+        t0 = time.perf_counter()
+        lines = [f"<!-- part: {part} -->", f"## {title}", ""]
+        body: list[str] = []
+        for f in funcs:
+            f(body)
+            print(f"done: {f.__name__}", flush=True)
+        cmd = f".venv/bin/python benchmarks/privacy.py --only {part}"
+        lines += [f"Command: `{cmd}` (or without `--only`, both parts); this part took "
+                  f"{time.perf_counter() - t0:.0f} s.", "", *body, f"<!-- end part: {part} -->"]
+        blocks[part] = "\n".join(lines)
+    head = ["# Privacy", "",
+            f"Machine: 2 CPU cores, shared; torch {torch.__version__}, Python "
+            f"{platform.python_version()}, 1 torch thread for dlsec and ART alike. "
+            "`.venv/bin/python benchmarks/privacy.py` runs both parts and rewrites this file; "
+            "`--only digits` or `--only fashion-mnist` runs one part and replaces only its "
+            "section.", ""]
+    text = "\n".join(head) + "\n" + "\n\n".join(b for b in blocks.values() if b) + "\n"
     OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(OUT.read_text())
+    OUT.write_text(text, encoding="utf-8")
+    print(text)
     return 0
 
 
