@@ -39,7 +39,7 @@ def test_stages_attack_only_what_is_left_and_results_are_consistent(digits, digi
     eps = [0.1, 0.05]  # any order; the sweep runs them increasing
     rep = evaluate_robustness(model, x, y, eps=eps, card=card, generator=_gen(), progress=False,
                               checks=False)  # fmt: skip
-    assert rep.attacks == list(default_attacks())[:2] == ["apgd-ce", "apgd-t"]
+    assert rep.attacks[:2] == list(default_attacks())[:2] == ["apgd-ce", "apgd-t"]
     with torch.no_grad():
         clean_ok = model(x).argmax(1) == y
     assert rep.clean_accuracy == pytest.approx(float(clean_ok.double().mean()))

@@ -1,0 +1,103 @@
+"""Black-box evasion attacks that see the model only through a :class:`dlsec.threat.Oracle`.
+
+Threat model: black-box, score-based (the oracle returns class scores), untargeted. Every
+candidate sent to the oracle costs one query for its point; a point is never queried
+again once it is fooled, and the queries each attack reports equal the oracle's count.
+
+* :class:`SquareAttack` (Andriushchenko et al. 2020), Linf, random square updates.
+* :class:`SimBA` (Guo et al. 2019), pixel or DCT basis.
+
+Example:
+    >>> oracle = LocalOracle(model, card=card, output="scores")        # doctest: +SKIP
+    >>> res = SquareAttack(eps=0.2, max_queries=1000)(oracle, x, y)     # doctest: +SKIP
+    >>> res.success_rate, res.median_queries                            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from dlsec.attacks.evasion._base import AttackError
+from dlsec.threat import Oracle
+
+
+@dataclass
+class BlackBoxResult:
+    """The outcome of a black-box attack on ``N`` points.
+
+    ``x_adv``: the final inputs (the best found where the attack failed); ``success``: the
+    oracle's label differs from ``y``; ``queries``: oracle queries spent on each point;
+    ``linf`` / ``l2``: per-point perturbation norms of ``x_adv - x``.
+    """
+
+    x_adv: Tensor
+    success: Tensor
+    queries: Tensor
+    linf: Tensor
+    l2: Tensor
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.double().mean()) if self.success.numel() else 0.0
+
+    @property
+    def queries_total(self) -> int:
+        return int(self.queries.sum())
+
+    @property
+    def median_queries(self) -> float:
+        """Median queries over the successful points (``nan`` when none succeeded)."""
+        q = self.queries[self.success]
+        return float(q.double().median()) if q.numel() else float("nan")
+
+    @property
+    def mean_queries(self) -> float:
+        """Mean queries over the successful points (``nan`` when none succeeded)."""
+        q = self.queries[self.success]
+        return float(q.double().mean()) if q.numel() else float("nan")
+
+
+def _result(x: Tensor, x_adv: Tensor, success: Tensor, queries: Tensor) -> BlackBoxResult:
+    d = (x_adv - x).flatten(1)
+    linf = d.abs().amax(1) if d.shape[1] else d.new_zeros(d.shape[0])
+    return BlackBoxResult(x_adv, success, queries, linf, d.norm(p=2, dim=1))
+
+
+def _check_oracle(oracle: Oracle, x: Tensor, y: Tensor, ids: Tensor | None) -> Tensor:
+    """Validate the inputs and return the per-row sample ids (default ``0..N-1``)."""
+    if oracle.output == "label":
+        raise AttackError("a score-based attack needs an oracle with score outputs, not labels")
+    if x.shape[0] != y.shape[0]:
+        raise AttackError(f"got {x.shape[0]} inputs and {y.shape[0]} labels")
+    if ids is None:
+        return torch.arange(x.shape[0])
+    ids = torch.as_tensor(ids, dtype=torch.int64).flatten().cpu()
+    if ids.numel() != x.shape[0]:
+        raise AttackError(f"got {ids.numel()} ids for {x.shape[0]} inputs")
+    return ids
+
+
+def _affordable(oracle: Oracle, rows: Tensor) -> Tensor:
+    """The rows (indices) the oracle's global budget still pays for, in order."""
+    left = oracle.remaining
+    return rows if left is None else rows[: max(int(left), 0)]
+
+
+def _margin(scores: Tensor, y: Tensor) -> Tensor:
+    """Margin loss on scores: ``log s_y - max_{k != y} log s_k`` (<= 0 once fooled).
+
+    On probabilities this equals the logit margin of the reference code.
+    """
+    logs = scores.float().clamp_min(torch.finfo(torch.float32).tiny).log()
+    true = logs.gather(1, y.view(-1, 1)).squeeze(1)
+    other = logs.scatter(1, y.view(-1, 1), float("-inf")).amax(1)
+    return true - other
+
+
+from dlsec.attacks.blackbox.simba import SimBA  # noqa: E402
+from dlsec.attacks.blackbox.square import SquareAttack  # noqa: E402
+
+__all__ = ["BlackBoxResult", "SimBA", "SquareAttack"]

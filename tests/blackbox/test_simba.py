@@ -1,0 +1,149 @@
+"""SimBA (pixel and DCT bases) through an oracle: the DCT basis, accuracy drop on digits,
+exact query counting, budgets and determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dlsec.attacks.blackbox import SimBA
+from dlsec.attacks.blackbox.simba import dct_matrix
+from dlsec.threat import BaseOracle, LocalOracle
+from dlsec.training import TrainConfig, train_model
+
+
+class CountingOracle:
+    """Counts rows independently of the oracle and notes queries made after a point's
+    answer was already a wrong label."""
+
+    def __init__(self, inner: BaseOracle, y: torch.Tensor) -> None:
+        self.inner, self.y = inner, y
+        self.output, self.num_classes = inner.output, inner.num_classes
+        self.input_shape, self.bounds = inner.input_shape, inner.bounds
+        self.rows, self.after_fooled = 0, 0
+        self.per_id = torch.zeros(len(y), dtype=torch.int64)
+        self.fooled = torch.zeros(len(y), dtype=torch.bool)
+
+    queries_total = property(lambda self: self.inner.queries_total)
+    remaining = property(lambda self: self.inner.remaining)
+
+    def query(self, x, *, ids=None):
+        out = self.inner.query(x, ids=ids)
+        self.rows += x.shape[0]
+        self.per_id += torch.bincount(ids, minlength=len(self.y))
+        self.after_fooled += int(self.fooled[ids].sum())
+        self.fooled[ids[out.argmax(1).cpu() != self.y[ids]]] = True
+        return out
+
+
+@pytest.fixture(scope="module")
+def net(digits):
+    model, card, _ = train_model(
+        digits, "simplenet", TrainConfig(epochs=30, lr=3e-3), progress=False
+    )
+    return model, card
+
+
+@pytest.fixture(scope="module")
+def points(digits, net):
+    """100 test digits the model classifies correctly."""
+    model, _ = net
+    x, y = digits.x_test[:150], digits.y_test[:150]
+    with torch.inference_mode():
+        ok = model(x).argmax(1) == y
+    return x[ok][:100], y[ok][:100]
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_dct_basis_is_orthonormal_dct_ii() -> None:
+    from scipy.fft import dct
+
+    d = dct_matrix(8)
+    assert torch.allclose(d @ d.t(), torch.eye(8), atol=1e-6)
+    eye = torch.eye(8, dtype=torch.float64).numpy()
+    ref = torch.from_numpy(dct(eye, type=2, norm="ortho", axis=0)).float()
+    assert torch.allclose(d, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("basis", ["pixel", "dct"])
+def test_simba_lowers_accuracy_and_counts_exactly(net, points, basis) -> None:
+    model, card = net
+    x, y = points
+    counter = CountingOracle(LocalOracle(model, card=card), y)
+    res = SimBA(eps=0.2, basis=basis)(counter, x, y, generator=_gen())
+    with torch.inference_mode():
+        acc = float((model(res.x_adv).argmax(1) == y).double().mean())
+    # accuracy on these points falls from 100% to at most 10% (measured: 2% pixel, 4% dct)
+    assert acc <= 0.10
+    assert acc == pytest.approx(1 - res.success_rate)
+    assert res.queries_total == counter.rows == counter.inner.queries_total
+    assert torch.equal(res.queries, counter.per_id)
+    assert counter.after_fooled == 0
+    assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
+    # one query to start, at most two per direction, each direction once (64 pixels)
+    assert bool((res.queries <= 1 + 2 * 64).all())
+    if basis == "pixel":  # each pixel moves at most once, by eps
+        assert float(res.linf.max()) <= 0.2 + 1e-6
+        steps = ((res.x_adv - x).abs() > 1e-6).flatten(1).sum(1)
+        assert bool((steps <= res.queries - 1).all())
+
+
+def test_dct_basis_needs_fewer_queries_than_pixels(net, points) -> None:
+    # the paper's finding: low-frequency directions fool with fewer queries
+    model, card = net
+    x, y = points
+    med = {
+        b: SimBA(eps=0.2, basis=b)(
+            LocalOracle(model, card=card), x, y, generator=_gen()
+        ).median_queries
+        for b in ("pixel", "dct")
+    }
+    assert med["dct"] < 0.8 * med["pixel"], med
+
+
+def test_budget_and_seed(net, points) -> None:
+    model, card = net
+    x, y = points[0][:20], points[1][:20]
+    oracle = LocalOracle(model, card=card)
+    res = SimBA(eps=0.2, max_queries=4)(oracle, x, y, generator=_gen())
+    assert int(res.queries.max()) <= 4 and oracle.queries_total == res.queries_total
+    capped = LocalOracle(model, card=card, budget=33)
+    res = SimBA(eps=0.2)(capped, x, y, generator=_gen())
+    assert capped.queries_total == res.queries_total == 33
+    a, b, c = (
+        SimBA(eps=0.2, basis="dct")(LocalOracle(model, card=card), x, y, generator=_gen(s))
+        for s in (5, 5, 6)
+    )
+    assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.queries, b.queries)
+    assert not torch.equal(a.x_adv, c.x_adv)
+
+
+def test_label_only_oracle_is_refused(net, points) -> None:
+    from dlsec.attacks.evasion._base import AttackError
+
+    model, card = net
+    with pytest.raises(AttackError, match="score"):
+        SimBA()(LocalOracle(model, card=card, output="label"), *points)
+
+
+def test_dct_steps_are_unit_low_frequency_directions(net) -> None:
+    model, card = net
+    x = torch.full((12, 1, 8, 8), 0.5)  # no clipping: each kept step is exactly eps long
+    with torch.inference_mode():
+        y = model(x).argmax(1)
+    res = SimBA(eps=0.2, basis="dct", max_queries=3)(
+        LocalOracle(model, card=card), x, y, generator=_gen()
+    )
+    # 3 queries: the start, then one or two directions; kept steps are orthogonal, eps long
+    steps = (res.l2 / 0.2) ** 2
+    assert torch.allclose(steps, steps.round(), atol=1e-4)
+    kept = steps.round().long()
+    assert bool((kept >= 1).any()) and int(kept.max()) <= 2
+    d = dct_matrix(8)
+    coeff = d @ (res.x_adv - x)[:, 0] @ d.t()  # back to DCT coefficients
+    assert float(coeff[:, 2:, :].abs().max()) < 1e-5 and float(coeff[:, :, 2:].abs().max()) < 1e-5
+    nonzero = (coeff.abs() > 1e-5).flatten(1).sum(1)
+    assert torch.equal(nonzero, kept)  # one basis function per kept step
