@@ -66,3 +66,18 @@ def test_evaluate_command(model_dir: Path, tmp_path: Path, capsys) -> None:
     assert summary["eps"] == [0.05, 0.2]
     assert summary["robust_accuracy"][1] < 0.05 < summary["clean_accuracy"]
     assert summary["robust_accuracy"][0] < summary["clean_accuracy"]
+
+
+@pytest.mark.parametrize("name", ["square", "simba"])
+def test_black_box_attack_command(model_dir: Path, tmp_path: Path, capsys, name: str) -> None:
+    out = tmp_path / f"{name}.npz"
+    args = ["attack", name, "--model-dir", str(model_dir), "--eps", "0.2", "--samples", "60",
+            "--budget", "500", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    spent = int(printed.split("queries spent ")[1].split()[0])
+    data = np.load(out, allow_pickle=False)
+    assert data["queries"].sum() == spent  # the attack's count is the oracle's count
+    assert int(data["queries"].max()) <= 500
+    assert data["success"][0].mean() >= 0.85
+    assert np.abs(data["x_adv"][0] - data["x"]).max() <= 0.2 + 1e-6

@@ -56,10 +56,58 @@ def save_npz(path: Path, arrays: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+BLACK_BOX = ("square", "simba")
+
+
+def _black_box(
+    name: str,
+    model_dir: Path,
+    eps_list: list[float],
+    *,
+    out: Path | None,
+    dataset: str | None,
+    samples: int | None,
+    seed: int,
+    device: str,
+    budget: int,
+    basis: str,
+) -> None:
+    """``dlsec attack square|simba``: score-based attacks through a LocalOracle."""
+    import numpy as np
+    import torch
+
+    from dlsec.attacks.blackbox import SimBA, SquareAttack
+    from dlsec.threat import LocalOracle
+
+    if budget < 1:
+        raise EvasionCommandError(f"--budget: must be >= 1, got {budget}")
+    model, card, x, y = load_target(model_dir, dataset, device, samples)
+    typer.echo(f"{name} through a scores oracle on {len(y)} points, budget {budget} per point")
+    arrays: dict[str, Any] = {"x": x.cpu().numpy(), "y": y.cpu().numpy(), "eps": np.array(eps_list)}
+    advs, successes, queries = [], [], []
+    for e in eps_list:
+        oracle = LocalOracle(model, card=card, output="scores")
+        attack = (SquareAttack(eps=e, max_queries=budget) if name == "square"
+                  else SimBA(eps=e, basis=basis, max_queries=budget))  # type: ignore[arg-type]  # fmt: skip
+        res = attack(oracle, x, y, ids=torch.arange(len(y)), generator=torch.Generator().manual_seed(seed))
+        typer.echo(
+            f"  eps {e:g}: robust accuracy {1 - res.success_rate:.4f}, success rate "
+            f"{res.success_rate:.4f}, median queries per success {res.median_queries:g}, "
+            f"queries spent {oracle.queries_total}"
+        )
+        advs.append(res.x_adv.cpu().numpy())
+        successes.append(res.success.cpu().numpy())
+        queries.append(res.queries.cpu().numpy())
+    if out is not None:
+        arrays |= {"x_adv": np.stack(advs), "success": np.stack(successes), "queries": np.stack(queries)}
+        save_npz(out, arrays)
+        typer.echo(f"adversarials: {out}")
+
+
 def register(app: typer.Typer) -> None:
     @app.command("attack")
     def attack(
-        name: Annotated[str, typer.Argument(help="fgsm | bim | pgd | mifgsm | ... (see --help of dlsec)")],
+        name: Annotated[str, typer.Argument(help="fgsm | bim | pgd | mifgsm | apgd | apgd-t | cw | deepfool | square | simba")],
         model_dir: Annotated[Path, typer.Option("--model-dir", help="A saved model (card.json + weights)")],
         eps: Annotated[str, typer.Option(help="Comma-separated epsilons, e.g. 0.05,0.1,0.2")],
         out: Annotated[Path | None, typer.Option(help="Write adversarials to this .npz")] = None,
@@ -71,14 +119,24 @@ def register(app: typer.Typer) -> None:
         target: Annotated[str, typer.Option(help="random | least-likely | a class index")] = "random",
         seed: Annotated[int, typer.Option()] = 0,
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+        budget: Annotated[int, typer.Option(help="Black-box attacks: oracle queries per point")] = 1000,
+        basis: Annotated[str, typer.Option(help="SimBA: pixel | dct")] = "pixel",
     ) -> None:
-        """Run a white-box evasion attack over a list of epsilons; print robust accuracy."""
+        """Run an evasion attack over a list of epsilons; print robust accuracy.
+
+        White-box attacks use gradients; ``square`` and ``simba`` see the model only through
+        a scores oracle and spend at most ``--budget`` queries per point.
+        """
         import numpy as np
         import torch
 
         from dlsec.attacks.evasion import make_attack
 
         eps_list = parse_eps(eps)
+        if name in BLACK_BOX:
+            _black_box(name, model_dir, eps_list, out=out, dataset=dataset, samples=samples,
+                       seed=seed, device=device, budget=budget, basis=basis)  # fmt: skip
+            return
         kwargs: dict[str, Any] = {"norm": norm}
         if steps is not None:
             kwargs["steps"] = steps
