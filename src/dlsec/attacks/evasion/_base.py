@@ -72,26 +72,18 @@ def step_direction(grad: Tensor, norm: str) -> Tensor:
 
 
 def random_start(
-    x: Tensor,
-    norm: str,
-    eps: float | Tensor,
-    bounds: tuple[float, float],
-    generator: torch.Generator | None,
+    x: Tensor, norm: str, eps: float, bounds: tuple[float, float], generator: torch.Generator | None
 ) -> Tensor:
-    """A uniformly random point of the eps ball around ``x`` (clipped to bounds).
-
-    ``eps`` is a number or one radius per sample.
-    """
+    """A uniformly random point of the eps ball around ``x`` (clipped to bounds)."""
     shape = x.shape
-    e = _view(eps, x) if isinstance(eps, Tensor) else eps
     if norm == "linf":
         u = torch.rand(shape, generator=generator, device="cpu").to(x.device, x.dtype)
-        delta = (2 * u - 1) * e
+        delta = (2 * u - 1) * eps
     elif norm == "l2":
         d = math.prod(shape[1:])
         g = torch.randn(shape, generator=generator, device="cpu").to(x.device, x.dtype)
         r = torch.rand(shape[0], generator=generator, device="cpu").to(x.device, x.dtype)
-        delta = step_direction(g, "l2") * _view(r.pow(1.0 / d), x) * e
+        delta = step_direction(g, "l2") * _view(r.pow(1.0 / d) * eps, x)
     else:
         raise AttackError(f"unknown norm {norm!r}")
     return (x + delta).clamp(*bounds)
@@ -317,29 +309,17 @@ class EvasionAttack(abc.ABC):
         clean_correct = clean_logits.argmax(1) == y
         targets = choose_targets(clean_logits, y, target, generator=generator) if targeted else None
         x_adv = x.unsqueeze(0).repeat(k, *([1] * x.dim()))
-        x_raw = x_adv.clone()
         success = torch.zeros(k, n, dtype=torch.bool, device=x.device)
         grads = torch.zeros(k, n, dtype=torch.int64, device=x.device)
         already = is_adversarial(clean_logits, y, targets)  # fooled with no perturbation
 
         if self.minimal:
+            x_raw = x_adv.clone()
             self._sweep_minimal(model, x, y, eps_list, targets, bounds, generator, batch_size,
                                 already, x_adv, x_raw, success, grads)  # fmt: skip
-        elif reuse:
-            self._sweep_descending(model, x, y, eps_list, targets, bounds, generator, batch_size,
-                                   already, x_adv, success, grads)  # fmt: skip
-            x_raw = x_adv.clone()
-        else:
-            for ki, e in enumerate(eps_list):
-                success[ki] = already
-                todo = ~already
-                if e > 0 and bool(todo.any()):
-                    adv, g, fooled = self._run_batches(
-                        model, x, y, e, targets, bounds, generator, batch_size, todo
-                    )
-                    x_adv[ki][todo] = adv[todo]
-                    grads[ki] = g
-                    self._mark(model, x_adv[ki], y, targets, todo, fooled, success[ki], batch_size)
+        else:  # bounded attacks: raw and clipped adversarials are the same
+            self._sweep_bounded(model, x, y, eps_list, targets, bounds, generator, batch_size,
+                                already, x_adv, success, grads, reuse=reuse)  # fmt: skip
             x_raw = x_adv.clone()
         norms = torch.stack([lp_norms(x_adv[i] - x, self.norm) for i in range(k)])
         return EvasionResult(
@@ -348,7 +328,7 @@ class EvasionAttack(abc.ABC):
             clean_correct=clean_correct, targets=targets,
         )  # fmt: skip
 
-    def _sweep_descending(
+    def _sweep_bounded(
         self,
         model: nn.Module,
         x: Tensor,
@@ -362,8 +342,12 @@ class EvasionAttack(abc.ABC):
         x_adv: Tensor,
         success: Tensor,
         grads: Tensor,
+        *,
+        reuse: bool,
     ) -> None:
         """An epsilon sweep that spends at most one full attack per point on a robust verdict.
+
+        (With ``reuse=False`` every epsilon is attacked independently, on every point.)
 
         Epsilons are taken from the largest down. A point the attack cannot fool at some
         epsilon is not attacked at the smaller ones (a smaller ball holds no adversarial a
@@ -380,7 +364,7 @@ class EvasionAttack(abc.ABC):
             e = eps_list[ki]
             success[ki] = already
             todo = ~already & ~robust
-            if prev is not None and bool(todo.any()):
+            if reuse and prev is not None and bool(todo.any()):
                 delta = project(x_adv[prev][todo] - x[todo], self.norm, e)
                 x_adv[ki][todo] = (x[todo] + delta).clamp(*bounds)
                 self._mark(model, x_adv[ki], y, targets, todo, None, success[ki], batch_size)
@@ -392,8 +376,9 @@ class EvasionAttack(abc.ABC):
                 x_adv[ki][todo] = adv[todo]
                 grads[ki] = g
                 self._mark(model, x_adv[ki], y, targets, todo, fooled, success[ki], batch_size)
-            robust |= todo & ~success[ki]
-            x_adv[ki][robust & ~todo] = x[robust & ~todo]
+            if reuse:
+                robust |= todo & ~success[ki]
+                x_adv[ki][robust & ~todo] = x[robust & ~todo]
             prev = ki
 
     def _sweep_minimal(

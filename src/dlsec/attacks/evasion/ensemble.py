@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from dlsec.attacks.evasion import sanity
-from dlsec.attacks.evasion._base import AttackError, Norm, project
+from dlsec.attacks.evasion._base import AttackError, EvasionAttack, Norm, project
 from dlsec.attacks.evasion.apgd import APGD, APGDT
 from dlsec.attacks.evasion.pgd import PGD
 from dlsec.files import atomic_write_bytes
@@ -124,66 +124,28 @@ def default_attacks() -> tuple[str, ...]:
     return ("apgd-ce", "apgd-t", "square") if "square" in _STAGES else ("apgd-ce", "apgd-t")
 
 
-@register_stage("apgd-ce")
-def _apgd_ce(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    norm: Norm,
-    eps: float,
-    bounds: tuple[float, float],
-    generator: torch.Generator,
-) -> Tensor:
-    return APGD(norm=norm, loss="ce")(
-        model, x, y, eps=eps, bounds=bounds, generator=generator
-    ).x_adv[0]
+def _white_box_stage(name: str, make: Callable[[Norm], EvasionAttack]) -> None:
+    """Register an :class:`EvasionAttack` as a stage: its adversarial at the one epsilon."""
+
+    def run(
+        model: nn.Module,
+        x: Tensor,
+        y: Tensor,
+        *,
+        norm: Norm,
+        eps: float,
+        bounds: tuple[float, float],
+        generator: torch.Generator,
+    ) -> Tensor:
+        return make(norm)(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[0]
+
+    register_stage(name)(run)
 
 
-@register_stage("apgd-dlr")
-def _apgd_dlr(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    norm: Norm,
-    eps: float,
-    bounds: tuple[float, float],
-    generator: torch.Generator,
-) -> Tensor:
-    return APGD(norm=norm, loss="dlr")(
-        model, x, y, eps=eps, bounds=bounds, generator=generator
-    ).x_adv[0]
-
-
-@register_stage("apgd-t")
-def _apgd_t(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    norm: Norm,
-    eps: float,
-    bounds: tuple[float, float],
-    generator: torch.Generator,
-) -> Tensor:
-    return APGDT(norm=norm)(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[0]
-
-
-@register_stage("pgd")
-def _pgd(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    norm: Norm,
-    eps: float,
-    bounds: tuple[float, float],
-    generator: torch.Generator,
-) -> Tensor:
-    return PGD(norm=norm, steps=40)(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[
-        0
-    ]
+_white_box_stage("apgd-ce", lambda norm: APGD(norm=norm, loss="ce"))
+_white_box_stage("apgd-dlr", lambda norm: APGD(norm=norm, loss="dlr"))
+_white_box_stage("apgd-t", lambda norm: APGDT(norm=norm))
+_white_box_stage("pgd", lambda norm: PGD(norm=norm, steps=40))
 
 
 # -- the report ---------------------------------------------------------------------------------

@@ -98,7 +98,7 @@ class PGD(EvasionAttack):
         self.loss = loss
         self.early_stop = early_stop
 
-    def step_size(self, eps: float | Tensor) -> float | Tensor:
+    def step_size(self, eps: float) -> float:
         return self.alpha if self.alpha is not None else self.alpha_ratio * eps / self.steps
 
     def _direction(self, grad: Tensor, state: dict[str, Tensor]) -> Tensor:
@@ -115,7 +115,7 @@ class PGD(EvasionAttack):
         x: Tensor,
         y: Tensor,
         *,
-        eps: float | Tensor,
+        eps: float,
         target: Tensor | None,
         bounds: tuple[float, float],
         generator: torch.Generator | None,
@@ -129,8 +129,7 @@ class PGD(EvasionAttack):
             if pos.numel() == 0:
                 break
             t = None if target is None else target[pos]
-            e = eps[pos] if isinstance(eps, Tensor) else eps
-            self._run(model, x[pos], y[pos], t, pos, e, bounds, generator,
+            self._run(model, x[pos], y[pos], t, pos, eps, bounds, generator,
                       best, fooled_out, grads)  # fmt: skip
         return _BatchOutput(best, best, grads, fooled_out)
 
@@ -141,7 +140,7 @@ class PGD(EvasionAttack):
         y: Tensor,
         t: Tensor | None,
         pos: Tensor,
-        eps: float | Tensor,
+        eps: float,
         bounds: tuple[float, float],
         generator: torch.Generator | None,
         best: Tensor,
@@ -158,13 +157,11 @@ class PGD(EvasionAttack):
         view = (-1,) + (1,) * (x0.dim() - 1)
         lo, hi = bounds
         linf = self.norm == "linf"
-        e_b = eps.view(view) if isinstance(eps, Tensor) else eps  # broadcastable radius
-        alpha = self.step_size(e_b)
-        lower = (x0 - e_b).clamp_(min=lo) if linf else x0
-        upper = (x0 + e_b).clamp_(max=hi) if linf else x0
+        alpha = self.step_size(eps)
+        lower = (x0 - eps).clamp_(min=lo) if linf else x0
+        upper = (x0 + eps).clamp_(max=hi) if linf else x0
         cur = random_start(x0, self.norm, eps, bounds, generator) if self.random_start else x0.clone()
-        done = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)  # stopped
-        won = torch.zeros_like(done)  # stopped because fooled (not merely outranked)
+        done = torch.zeros(x0.shape[0], dtype=torch.bool, device=x0.device)  # fooled, frozen
         moving: Tensor | None = None  # 1 for points still moving, 0 for frozen ones
         spent = 0  # every point of the working set has taken the same number of steps
         state: dict[str, Tensor] = {}
@@ -173,7 +170,7 @@ class PGD(EvasionAttack):
             p = pos if mask is None else pos[mask]
             sel = slice(None) if mask is None else mask
             best[p] = cur[sel]
-            fooled_out[p] |= won[sel]
+            fooled_out[p] |= done[sel]
             grads[p] += spent
 
         for step in range(self.steps + 1):
@@ -185,11 +182,10 @@ class PGD(EvasionAttack):
                     logits = model(cur)
             fooled = is_adversarial(logits, y, t) & ~done
             if step == self.steps:
-                won |= fooled
+                done |= fooled
                 break
             if bool(fooled.any()):
                 done |= fooled
-                won |= fooled
                 moving = (~done).to(cur.dtype).view(view)
                 n_done = int(done.sum())
                 if self.early_stop and n_done == done.numel():
@@ -199,12 +195,9 @@ class PGD(EvasionAttack):
                     keep = ~done
                     pos, x0, y, cur, grad = pos[keep], x0[keep], y[keep], cur[keep], grad[keep]
                     lower, upper = lower[keep], upper[keep]
-                    if isinstance(eps, Tensor) and isinstance(e_b, Tensor):
-                        eps, e_b = eps[keep], e_b[keep]
-                        alpha = alpha[keep] if isinstance(alpha, Tensor) else alpha
                     t = None if t is None else t[keep]
                     state = {k: v[keep] for k, v in state.items()}
-                    done, won, moving = done[keep], won[keep], None
+                    done, moving = done[keep], None
             direction = self._direction(grad, state)
             if moving is not None:  # a fooled point keeps its first fooling iterate
                 direction = direction * moving

@@ -91,9 +91,7 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
     for e, ra in zip(eps, robust_all, strict=True):
         metrics[f"robust_accuracy@{e:g}"] = ra
     rows = _rows(results, "")
-    from dlsec.attacks.evasion.sanity import model_checks
-
-    warnings = model_checks(ctx.model, x[:100], y[:100]) + _warnings(results, robust_all, eps, clean)
+    warnings = _warnings(ctx, results, x, y, eps, options.norm)
 
     series = {name: (res.eps, res.robust_accuracy) for name, res in results.items()}
     series["all attacks"] = (eps, robust_all)
@@ -217,26 +215,22 @@ def _harden(ctx: AuditContext, options: EvasionOptions, eps: list[float]):
     return model.eval()
 
 
-def _warnings(results: dict, robust_all: list[float], eps: list[float], clean: float) -> list[str]:
-    """Signs that the evaluation may be unreliable (gradient masking and friends)."""
-    out = []
-    results = {k: v for k, v in results.items() if k != "ensemble"}
-    for name, res in results.items():
-        ra = res.robust_accuracy
-        if any(b > a + 1e-9 for a, b in itertools.pairwise(ra)):
-            out.append(f"{name}: robust accuracy rises with epsilon, a sign of gradient masking")
-    if robust_all[-1] > 0.05 and clean > 0.5:
-        out.append(
-            f"robust accuracy is still {robust_all[-1]:.1%} at the largest epsilon {eps[-1]:g}; "
-            "a strong attack should reach about 0% (possible gradient masking)"
-        )
-    names = list(results)
-    for weak, strong in itertools.pairwise(names):
-        beats = results[weak].success[-1] & ~results[strong].success[-1]
+def _warnings(ctx: AuditContext, results: dict, x, y, eps: list[float], norm: str) -> list[str]:
+    """Signs that the evaluation may be unreliable (the sanity checks of
+    :mod:`dlsec.attacks.evasion.sanity`, plus weaker-vs-stronger on the results at hand)."""
+    from dlsec.attacks.evasion.sanity import check_curve, large_eps_check, model_checks
+
+    out = model_checks(ctx.model, x[:100], y[:100])
+    out += large_eps_check(ctx.model, x[:100], y[:100], norm=norm, bounds=ctx.card.bounds)
+    per_attack = {k: v for k, v in results.items() if k != "ensemble"}
+    for name, res in per_attack.items():
+        out += [f"{name}: {w}" for w in check_curve(res.eps, res.robust_accuracy)]
+    for weak, strong in itertools.pairwise(per_attack):
+        beats = per_attack[weak].success[-1] & ~per_attack[strong].success[-1]
         if bool(beats.any()):
             out.append(
-                f"the weaker {weak} fooled {int(beats.sum())} point(s) that {strong} did not at "
-                f"eps {eps[-1]:g}: the stronger attack may be hampered by masked gradients"
+                f"[weaker-attack] {weak} fooled {int(beats.sum())} point(s) that {strong} did "
+                f"not at eps {eps[-1]:g}: the stronger attack may be hampered by masked gradients"
             )
     return out
 
