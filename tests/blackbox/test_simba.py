@@ -8,50 +8,17 @@ import torch
 
 from dlsec.attacks.blackbox import SimBA
 from dlsec.attacks.blackbox.simba import dct_matrix
-from dlsec.threat import BaseOracle, LocalOracle
-from dlsec.training import TrainConfig, train_model
-
-
-class CountingOracle:
-    """Counts rows independently of the oracle and notes queries made after a point's
-    answer was already a wrong label."""
-
-    def __init__(self, inner: BaseOracle, y: torch.Tensor) -> None:
-        self.inner, self.y = inner, y
-        self.output, self.num_classes = inner.output, inner.num_classes
-        self.input_shape, self.bounds = inner.input_shape, inner.bounds
-        self.rows, self.after_fooled = 0, 0
-        self.per_id = torch.zeros(len(y), dtype=torch.int64)
-        self.fooled = torch.zeros(len(y), dtype=torch.bool)
-
-    queries_total = property(lambda self: self.inner.queries_total)
-    remaining = property(lambda self: self.inner.remaining)
-
-    def query(self, x, *, ids=None):
-        out = self.inner.query(x, ids=ids)
-        self.rows += x.shape[0]
-        self.per_id += torch.bincount(ids, minlength=len(self.y))
-        self.after_fooled += int(self.fooled[ids].sum())
-        self.fooled[ids[out.argmax(1).cpu() != self.y[ids]]] = True
-        return out
+from dlsec.threat import LocalOracle
 
 
 @pytest.fixture(scope="module")
-def net(digits):
-    model, card, _ = train_model(
-        digits, "simplenet", TrainConfig(epochs=30, lr=3e-3), progress=False
-    )
-    return model, card
+def net(bb_net):
+    return bb_net
 
 
 @pytest.fixture(scope="module")
-def points(digits, net):
-    """100 test digits the model classifies correctly."""
-    model, _ = net
-    x, y = digits.x_test[:150], digits.y_test[:150]
-    with torch.inference_mode():
-        ok = model(x).argmax(1) == y
-    return x[ok][:100], y[ok][:100]
+def points(bb_points):
+    return bb_points
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -69,10 +36,10 @@ def test_dct_basis_is_orthonormal_dct_ii() -> None:
 
 
 @pytest.mark.parametrize("basis", ["pixel", "dct"])
-def test_simba_lowers_accuracy_and_counts_exactly(net, points, basis) -> None:
+def test_simba_lowers_accuracy_and_counts_exactly(net, points, basis, counting) -> None:
     model, card = net
     x, y = points
-    counter = CountingOracle(LocalOracle(model, card=card), y)
+    counter = counting(LocalOracle(model, card=card), y)
     res = SimBA(eps=0.2, basis=basis)(counter, x, y, generator=_gen())
     with torch.inference_mode():
         acc = float((model(res.x_adv).argmax(1) == y).double().mean())

@@ -1,5 +1,5 @@
-"""Square Attack (Linf) through an oracle: schedule, stripes, success on digits, counting,
-budgets and determinism."""
+"""Square Attack (Linf and L2) through an oracle: schedule, initializations, success on
+digits, counting, budgets and determinism."""
 
 from __future__ import annotations
 
@@ -7,65 +7,20 @@ import pytest
 import torch
 
 from dlsec.attacks.blackbox import SquareAttack
-from dlsec.attacks.blackbox.square import p_selection
+from dlsec.attacks.blackbox.square import l2_bump, p_selection
 from dlsec.attacks.evasion import ensemble as ens
-from dlsec.threat import BaseOracle, LocalOracle
-from dlsec.training import TrainConfig, train_model
-
-
-class CountingOracle:
-    """An independent oracle wrapper: counts rows itself and remembers, per id, whether
-    the last answer was already a wrong label and whether it was queried after that."""
-
-    def __init__(self, inner: BaseOracle, y: torch.Tensor) -> None:
-        self.inner, self.y = inner, y
-        self.output, self.num_classes = inner.output, inner.num_classes
-        self.input_shape, self.bounds = inner.input_shape, inner.bounds
-        self.rows = 0
-        self.per_id = torch.zeros(len(y), dtype=torch.int64)
-        self.fooled = torch.zeros(len(y), dtype=torch.bool)
-        self.after_fooled = 0
-
-    @property
-    def queries_total(self) -> int:
-        return self.inner.queries_total
-
-    @property
-    def remaining(self) -> int | None:
-        return self.inner.remaining
-
-    def query(self, x, *, ids=None):
-        out = self.inner.query(x, ids=ids)
-        self.rows += x.shape[0]
-        self.per_id += torch.bincount(ids, minlength=len(self.y))
-        self.after_fooled += int(self.fooled[ids].sum())
-        wrong = out.argmax(1).cpu() != self.y[ids]
-        self.fooled[ids[wrong]] = True
-        return out
-
-    def query_labels(self, x, *, ids=None):
-        return self.query(x, ids=ids).argmax(1)
-
-    def queries_for(self, ids):
-        return self.inner.queries_for(ids)
+from dlsec.attacks.evasion._base import AttackError
+from dlsec.threat import LocalOracle
 
 
 @pytest.fixture(scope="module")
-def net(digits):
-    model, card, _ = train_model(
-        digits, "simplenet", TrainConfig(epochs=30, lr=3e-3), progress=False
-    )
-    return model, card
+def net(bb_net):
+    return bb_net
 
 
 @pytest.fixture(scope="module")
-def points(digits, net):
-    """100 test digits the model classifies correctly."""
-    model, _ = net
-    x, y = digits.x_test[:150], digits.y_test[:150]
-    with torch.inference_mode():
-        ok = model(x).argmax(1) == y
-    return x[ok][:100], y[ok][:100]
+def points(bb_points):
+    return bb_points
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -99,10 +54,10 @@ def test_initialisation_is_vertical_stripes_and_costs_one_query(net) -> None:
     assert res.queries.tolist() == [1] * 6 and oracle.queries_total == 6
 
 
-def test_square_linf_fools_digits_with_few_queries_and_counts_exactly(net, points) -> None:
+def test_square_linf_fools_digits_with_few_queries_and_counts_exactly(net, points, counting) -> None:
     model, card = net
     x, y = points
-    counter = CountingOracle(LocalOracle(model, card=card), y)
+    counter = counting(LocalOracle(model, card=card), y)
     res = SquareAttack(eps=0.2, max_queries=1000)(counter, x, y, generator=_gen())
     # the issue's target: >= 90% success, median queries <= 100 (measured: 92%, 30)
     assert res.success_rate >= 0.9
@@ -162,3 +117,73 @@ def test_square_is_a_black_box_ensemble_stage(net, points) -> None:
     # other norms are not Square's: the stage leaves the points alone
     same = stage.run(model, x, y, norm="l2", eps=1.0, bounds=(0.0, 1.0), generator=_gen())
     assert torch.equal(same, x)
+
+
+def test_l2_bump_is_the_papers_two_lobed_pseudo_gaussian() -> None:
+    # s = 3: a 1 x 3 top lobe [1/4, 1 + 1/4, 1/4] and a 2 x 3 bottom lobe with the centre
+    # ring (1) plus the outer ring (1/4), each normalised, the bottom one negated
+    top = torch.tensor([[0.25, 1.25, 0.25]]) / 1.6875**0.5
+    bottom = -torch.tensor([[0.25, 0.25, 0.25], [0.25, 1.25, 0.25]]) / 1.875**0.5
+    expected = torch.cat([top, bottom]) / 2**0.5
+    assert torch.allclose(l2_bump(3), expected, atol=1e-6)
+    assert abs(float(l2_bump(7).norm()) - 1.0) < 1e-6
+    assert float(l2_bump(7)[:3].min()) > 0 and float(l2_bump(7)[3:].max()) < 0
+
+
+def test_l2_initialisation_has_norm_eps_and_costs_one_query(net) -> None:
+    model, card = net
+    x = torch.full((5, 1, 8, 8), 0.5)
+    y = torch.zeros(5, dtype=torch.int64)
+    oracle = LocalOracle(model, card=card)
+    res = SquareAttack(eps=1.0, norm="l2", max_queries=1)(oracle, x, y, generator=_gen())
+    assert torch.allclose(res.l2, torch.ones(5), atol=1e-5)
+    assert res.queries.tolist() == [1] * 5 and oracle.queries_total == 5
+    # random signs per tile: the points get different perturbations
+    assert not torch.equal(res.x_adv[0], res.x_adv[1])
+
+
+def test_square_l2_fools_digits_and_counts_exactly(net, points, counting) -> None:
+    model, card = net
+    x, y = points
+    counter = counting(LocalOracle(model, card=card), y)
+    res = SquareAttack(eps=1.5, norm="l2", max_queries=1000)(counter, x, y, generator=_gen())
+    # measured: 97% success, median 18 queries (white-box PGD-L2 at 1.5: 100%)
+    assert res.success_rate >= 0.9
+    assert res.median_queries <= 100
+    assert float(res.l2.max()) <= 1.5 + 1e-4
+    assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
+    with torch.inference_mode():
+        pred = model(res.x_adv).argmax(1)
+    assert torch.equal(pred != y, res.success)
+    assert res.queries_total == counter.rows and torch.equal(res.queries, counter.per_id)
+    assert counter.after_fooled == 0
+    # a smaller ball is harder: success grows with eps
+    small = SquareAttack(eps=0.5, norm="l2", max_queries=1000)(
+        LocalOracle(model, card=card), x, y, generator=_gen()
+    )
+    assert small.success_rate < res.success_rate - 0.3
+
+
+def test_success_at_budget_reads_the_curve_off_one_run(net, points) -> None:
+    model, card = net
+    x, y = points[0][:40], points[1][:40]
+    full = SquareAttack(eps=0.2, max_queries=300)(
+        LocalOracle(model, card=card), x, y, generator=_gen()
+    )
+    curve = full.success_at([1, 10, 50, 300])
+    assert curve == sorted(curve) and curve[-1] == full.success_rate
+    # the same seed with a smaller budget makes the same moves: the curve is what a
+    # shorter run would have reached (the schedule is rescaled, so compare at 1 query)
+    one = SquareAttack(eps=0.2, max_queries=1)(
+        LocalOracle(model, card=card), x, y, generator=_gen()
+    )
+    assert curve[0] == one.success_rate
+
+
+def test_bad_square_arguments() -> None:
+    with pytest.raises(AttackError, match="norm"):
+        SquareAttack(eps=0.1, norm="l1")
+    with pytest.raises(AttackError, match="eps"):
+        SquareAttack(eps=-1.0)
+    with pytest.raises(AttackError, match="max_queries"):
+        SquareAttack(eps=0.1, max_queries=0)

@@ -4,8 +4,14 @@ Threat model: black-box, score-based (the oracle returns class scores), untarget
 candidate sent to the oracle costs one query for its point; a point is never queried
 again once it is fooled, and the queries each attack reports equal the oracle's count.
 
-* :class:`SquareAttack` (Andriushchenko et al. 2020), Linf, random square updates.
+* :class:`SquareAttack` (Andriushchenko et al. 2020), Linf and L2, random square updates.
 * :class:`SimBA` (Guo et al. 2019), pixel or DCT basis.
+* :class:`NESAttack` (Ilyas et al. 2018), NES gradient estimates driving PGD.
+
+Decision-based attacks (labels only) start from a misclassified point and shrink the
+perturbation; their results carry a *trace* (the best distance found after each
+iteration and the queries spent by then) so that success at any smaller budget and
+radius can be read off one run (:meth:`BlackBoxResult.success_at`).
 
 Example:
     >>> oracle = LocalOracle(model, card=card, output="scores")        # doctest: +SKIP
@@ -15,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +45,33 @@ class BlackBoxResult:
     queries: Tensor
     linf: Tensor
     l2: Tensor
+    trace_queries: Tensor | None = None
+    trace_dist: Tensor | None = None
+
+    def success_at(self, budgets: Sequence[int], *, eps: float | None = None) -> list[float]:
+        """Success rate had the attack stopped after each of ``budgets`` queries per point.
+
+        Score-based results: a point counts when it was fooled within the budget (a fooled
+        point is never queried again, so its query count is the cost of its success).
+        Decision-based results (with a trace, ``T x N``: queries spent and best distance
+        after each iteration) need ``eps``: a point counts when the best adversarial found
+        within the budget lies within ``eps`` (in the attack's norm).
+        """
+        out = []
+        for b in budgets:
+            if self.trace_queries is None or self.trace_dist is None:
+                if eps is not None:
+                    raise AttackError("eps applies to decision-based results only")
+                ok = self.success & (self.queries <= b)
+            else:
+                if eps is None:
+                    raise AttackError("a decision-based result needs eps for success_at")
+                within = self.trace_queries <= b
+                inf = torch.full_like(self.trace_dist, float("inf"))
+                dist = torch.where(within, self.trace_dist, inf)
+                ok = dist.amin(0) <= eps * (1 + 1e-6)
+            out.append(float(ok.double().mean()) if ok.numel() else 0.0)
+        return out
 
     @property
     def success_rate(self) -> float:
@@ -60,15 +94,29 @@ class BlackBoxResult:
         return float(q.double().mean()) if q.numel() else float("nan")
 
 
-def _result(x: Tensor, x_adv: Tensor, success: Tensor, queries: Tensor) -> BlackBoxResult:
+def _result(
+    x: Tensor,
+    x_adv: Tensor,
+    success: Tensor,
+    queries: Tensor,
+    *,
+    trace_queries: Tensor | None = None,
+    trace_dist: Tensor | None = None,
+) -> BlackBoxResult:
     d = (x_adv - x).flatten(1)
     linf = d.abs().amax(1) if d.shape[1] else d.new_zeros(d.shape[0])
-    return BlackBoxResult(x_adv, success, queries, linf, d.norm(p=2, dim=1))
+    return BlackBoxResult(x_adv, success, queries, linf, d.norm(p=2, dim=1),
+                          trace_queries=trace_queries, trace_dist=trace_dist)
 
 
-def _check_oracle(oracle: Oracle, x: Tensor, y: Tensor, ids: Tensor | None) -> Tensor:
-    """Validate the inputs and return the per-row sample ids (default ``0..N-1``)."""
-    if oracle.output == "label":
+def _check_oracle(
+    oracle: Oracle, x: Tensor, y: Tensor, ids: Tensor | None, *, scores: bool = True
+) -> Tensor:
+    """Validate the inputs and return the per-row sample ids (default ``0..N-1``).
+
+    ``scores=True`` (score-based attacks) refuses an oracle that answers labels only.
+    """
+    if scores and oracle.output == "label":
         raise AttackError("a score-based attack needs an oracle with score outputs, not labels")
     if x.shape[0] != y.shape[0]:
         raise AttackError(f"got {x.shape[0]} inputs and {y.shape[0]} labels")
@@ -97,7 +145,8 @@ def _margin(scores: Tensor, y: Tensor) -> Tensor:
     return true - other
 
 
+from dlsec.attacks.blackbox.nes import NESAttack  # noqa: E402
 from dlsec.attacks.blackbox.simba import SimBA  # noqa: E402
 from dlsec.attacks.blackbox.square import SquareAttack  # noqa: E402
 
-__all__ = ["BlackBoxResult", "SimBA", "SquareAttack"]
+__all__ = ["BlackBoxResult", "NESAttack", "SimBA", "SquareAttack"]

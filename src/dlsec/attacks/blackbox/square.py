@@ -1,19 +1,29 @@
-"""Square Attack, Linf (Andriushchenko, Croce, Flammarion & Hein 2020, "Square Attack: a
-query-efficient black-box adversarial attack via random search").
+"""Square Attack, Linf and L2 (Andriushchenko, Croce, Flammarion & Hein 2020, "Square Attack:
+a query-efficient black-box adversarial attack via random search").
 
-Threat model: black-box, score-based, untargeted, Linf ball of radius ``eps`` inside the
-oracle's input bounds. Only :meth:`Oracle.query` is used.
+Threat model: black-box, score-based, untargeted, an Linf or L2 ball of radius ``eps``
+inside the oracle's input bounds. Only :meth:`Oracle.query` is used.
 
-The attack starts from vertical stripes of ``+-eps`` (one random sign per channel and
-column), then, at each iteration, redraws one random ``s x s`` square (all channels) to
-``+-eps`` (one sign per channel) and keeps the candidate if the margin loss
-``log s_y - max_{k != y} log s_k`` on the oracle's scores went down. The square's side
-follows the paper's piecewise-constant schedule: ``p`` (the fraction of pixels changed)
-starts at ``p_init`` (default 0.05) and halves after 10, 50, 200, 500, 1000, 2000, 4000,
-6000 and 8000 of 10,000 iterations, rescaled to the query budget as the reference code does.
-Defaults: ``max_queries=10_000`` per point (the paper's), ``p_init=0.05``.
+Random search on the margin loss ``log s_y - max_{k != y} log s_k`` of the oracle's
+scores: each iteration changes the perturbation inside one random square window and
+keeps the candidate if the loss went down.
 
-Queries: the initial stripes cost one query per point, each iteration one per point still
+* **Linf** starts from vertical stripes of ``+-eps`` (one random sign per channel and
+  column); an update redraws one ``s x s`` square (all channels) to ``+-eps`` (one sign
+  per channel), ``s = round(sqrt(p * H * W))``.
+* **L2** starts from a grid of ``H // 5``-sized tiles, each holding the paper's
+  two-lobed pseudo-Gaussian bump with a random sign per channel, scaled to norm ``eps``.
+  An update picks two windows of side ``s`` (odd, at least 3): the second window's
+  perturbation is removed and its mass, together with the norm still unused, is spent on
+  a new bump added to the first window's (normalised) perturbation; the whole
+  perturbation is then rescaled to norm ``eps`` and clipped to the bounds.
+
+The fraction ``p`` of pixels changed follows the paper's piecewise-constant schedule: it
+starts at ``p_init`` (default 0.05 for Linf, 0.1 for L2, the paper's values) and halves
+after 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000 iterations, rescaled to
+the query budget as the reference code does. Defaults: ``max_queries=10_000`` per point.
+
+Queries: the initialization costs one query per point, each iteration one per point still
 not fooled; a fooled point or one whose budget is spent is never queried again.
 
 Example:
@@ -50,23 +60,68 @@ def p_selection(p_init: float, it: int, n_iters: int) -> float:
     return p_init
 
 
+def _bump_rect(rows: int, cols: int) -> Tensor:
+    """Nested rectangles around the centre, ring ``k`` adding ``1 / (k + 1)^2``; unit norm."""
+    out = torch.zeros(rows, cols, dtype=torch.float64)
+    if rows == 0 or cols == 0:
+        return out
+    cr, cc = rows // 2, cols // 2
+    for k in range(max(cr + 1, cc + 1)):
+        r0, c0 = max(cr - k, 0), max(cc - k, 0)
+        out[r0 : min(cr - k + 2 * k + 1, rows), c0 : min(cc - k + 2 * k + 1, cols)] += 1.0 / (k + 1) ** 2
+    return out / out.norm()
+
+
+def l2_bump(s: int) -> Tensor:
+    """The L2 Square Attack's ``s x s`` update: a positive and a negative pseudo-Gaussian
+    lobe stacked vertically (top half ``+``, bottom half ``-``), unit L2 norm."""
+    out = torch.cat([_bump_rect(s // 2, s), -_bump_rect(s - s // 2, s)])
+    return (out / out.norm()).float()
+
+
+def _windows(m: int, s: int, h: int, w: int, generator, gen_dev, dev) -> Tensor:
+    """``m x 1 x h x w`` masks of one random ``s x s`` window per row."""
+    top = torch.randint(0, max(h - s, 1), (m,), generator=generator, device=gen_dev)
+    left = torch.randint(0, max(w - s, 1), (m,), generator=generator, device=gen_dev)
+    top, left = top.to(dev).view(m, 1, 1, 1), left.to(dev).view(m, 1, 1, 1)
+    ar_h = torch.arange(h, device=dev).view(1, 1, h, 1)
+    ar_w = torch.arange(w, device=dev).view(1, 1, 1, w)
+    return (ar_h >= top) & (ar_h < top + s) & (ar_w >= left) & (ar_w < left + s)
+
+
+def _place(bump: Tensor, window: Tensor, flip: Tensor) -> Tensor:
+    """Write ``bump`` (``s x s``, transposed where ``flip``) into each row's window."""
+    m, _, h, w = window.shape
+    s = bump.shape[0]
+    out = torch.zeros(m, h, w, device=window.device, dtype=bump.dtype)
+    vals = torch.where(flip.view(m, 1, 1), bump.t(), bump).reshape(m, s * s)
+    out[window[:, 0]] = vals.reshape(-1)  # row-major window order matches the bump's
+    return out.unsqueeze(1)
+
+
+def _norm(t: Tensor, dims: tuple[int, ...]) -> Tensor:
+    return t.pow(2).sum(dims, keepdim=True).sqrt()
+
+
 @dataclass
 class SquareAttack:
-    """Score-based Square Attack, Linf (see the module docstring for the algorithm)."""
+    """Score-based Square Attack, Linf or L2 (see the module docstring for the algorithm)."""
 
     eps: float
     max_queries: int = 10_000
-    p_init: float = 0.05
+    p_init: float | None = None
     norm: Norm = "linf"
     max_resample: int = 10
 
     def __post_init__(self) -> None:
-        if self.norm != "linf":
-            raise AttackError("SquareAttack implements the linf norm only")
+        if self.norm not in ("linf", "l2"):
+            raise AttackError(f"SquareAttack supports the linf and l2 norms, got {self.norm!r}")
         if not math.isfinite(self.eps) or self.eps < 0:
             raise AttackError(f"eps must be finite and >= 0, got {self.eps}")
         if self.max_queries < 1:
             raise AttackError(f"max_queries must be >= 1, got {self.max_queries}")
+        if self.p_init is None:
+            self.p_init = 0.05 if self.norm == "linf" else 0.1
         if not 0 < self.p_init <= 1:
             raise AttackError(f"p_init must be in (0, 1], got {self.p_init}")
 
@@ -88,51 +143,29 @@ class SquareAttack:
         dev = x.device
         y = y.to(dev)
         lo, hi = oracle.bounds
-        n, c, h, w = x.shape
+        n = x.shape[0]
         gen_dev = generator.device if generator is not None else torch.device("cpu")
-
-        def signs(*shape: int) -> Tensor:
-            s = torch.randint(0, 2, shape, generator=generator, device=gen_dev).to(dev, x.dtype)
-            return (2 * s - 1) * self.eps
+        self._gen, self._gen_dev = generator, gen_dev
 
         queries = torch.zeros(n, dtype=torch.int64, device=dev)
-        x_best = (x + signs(n, c, 1, w)).clamp(lo, hi)
+        x_best = (x + self._init(x)).clamp(lo, hi)
         margin = torch.full((n,), float("inf"), device=dev)
         fooled = torch.zeros(n, dtype=torch.bool, device=dev)
         rows = _affordable(oracle, torch.arange(n, device=dev))
         if rows.numel():
-            scores = oracle.query(x_best[rows], ids=ids[rows.cpu()])
-            margin[rows] = _margin(scores.to(dev), y[rows])
-            fooled[rows] = scores.to(dev).argmax(1) != y[rows]
+            scores = oracle.query(x_best[rows], ids=ids[rows.cpu()]).to(dev)
+            margin[rows] = _margin(scores, y[rows])
+            fooled[rows] = scores.argmax(1) != y[rows]
             queries[rows] += 1
-        ar_h = torch.arange(h, device=dev)
-        ar_w = torch.arange(w, device=dev)
         for it in range(self.max_queries - 1 if self.eps > 0 else 0):
             rows = torch.nonzero(~fooled & (queries > 0) & (queries < self.max_queries)).flatten()
             rows = _affordable(oracle, rows)
-            m = rows.numel()
-            if m == 0:
+            if rows.numel() == 0:
                 break
             xr, best = x[rows], x_best[rows]
-            delta = best - xr
-            p = p_selection(self.p_init, it, self.max_queries)
-            s = min(max(round(math.sqrt(p * h * w)), 1), max(min(h, w) - 1, 1))
-            top = torch.randint(0, max(h - s, 1), (m,), generator=generator, device=gen_dev)
-            left = torch.randint(0, max(w - s, 1), (m,), generator=generator, device=gen_dev)
-            top, left = top.to(dev).view(m, 1, 1, 1), left.to(dev).view(m, 1, 1, 1)
-            in_h = (ar_h.view(1, 1, h, 1) >= top) & (ar_h.view(1, 1, h, 1) < top + s)
-            in_w = (ar_w.view(1, 1, 1, w) >= left) & (ar_w.view(1, 1, 1, w) < left + s)
-            window = in_h & in_w  # m x 1 x h x w
-            cand = delta.clone()
-            redo = torch.ones(m, dtype=torch.bool, device=dev)
-            for _ in range(self.max_resample):
-                new = torch.where(window, signs(m, c, 1, 1), delta)
-                cand = torch.where(redo.view(m, 1, 1, 1), new, cand)
-                moved = ((xr + cand).clamp(lo, hi) - best).abs() >= 1e-7
-                redo = ~(moved & window).flatten(1).any(1)
-                if not bool(redo.any()):
-                    break
-            x_new = (xr + cand).clamp(lo, hi)
+            p = p_selection(float(self.p_init), it, self.max_queries)  # type: ignore[arg-type]
+            step = self._linf_step if self.norm == "linf" else self._l2_step
+            x_new = step(xr, best - xr, p, lo, hi)
             scores = oracle.query(x_new, ids=ids[rows.cpu()]).to(dev)
             queries[rows] += 1
             new_margin = _margin(scores, y[rows])
@@ -143,6 +176,63 @@ class SquareAttack:
             fooled[keep] = new_fooled[better]
             x_best[keep] = x_new[better]
         return _result(x, x_best, fooled, queries)
+
+    # -- randomness ---------------------------------------------------------------------------
+    def _signs(self, *shape: int, like: Tensor) -> Tensor:
+        s = torch.randint(0, 2, shape, generator=self._gen, device=self._gen_dev)
+        return (2 * s - 1).to(like.device, like.dtype)
+
+    # -- initialization -----------------------------------------------------------------------
+    def _init(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        if self.norm == "linf":
+            return self._signs(n, c, 1, w, like=x) * self.eps
+        # a grid of two-lobed bumps of side h // 5 with random signs per tile and channel
+        s = max(h // 5, 1)
+        delta = torch.zeros_like(x)
+        start_h, start_w = (h - s * 5) // 2 if h >= 5 else 0, (w - s * 5) // 2 if w >= 5 else 0
+        for top in range(max(start_h, 0), h, s):
+            for left in range(max(start_w, 0), w, s):
+                bump = l2_bump(s)
+                bump = bump[: h - top, : w - left].to(x.device, x.dtype)
+                sign = self._signs(n, c, 1, 1, like=x)
+                delta[:, :, top : top + bump.shape[0], left : left + bump.shape[1]] += bump * sign
+        return delta / _norm(delta, (1, 2, 3)).clamp_min(1e-12) * self.eps
+
+    # -- one candidate per row ---------------------------------------------------------------
+    def _linf_step(self, xr: Tensor, delta: Tensor, p: float, lo: float, hi: float) -> Tensor:
+        m, c, h, w = xr.shape
+        s = min(max(round(math.sqrt(p * h * w)), 1), max(min(h, w) - 1, 1))
+        window = _windows(m, s, h, w, self._gen, self._gen_dev, xr.device)
+        best = (xr + delta).clamp(lo, hi)
+        cand = delta.clone()
+        redo = torch.ones(m, dtype=torch.bool, device=xr.device)
+        for _ in range(self.max_resample):
+            new = torch.where(window, self._signs(m, c, 1, 1, like=xr) * self.eps, delta)
+            cand = torch.where(redo.view(m, 1, 1, 1), new, cand)
+            moved = ((xr + cand).clamp(lo, hi) - best).abs() >= 1e-7
+            redo = ~(moved & window).flatten(1).any(1)
+            if not bool(redo.any()):
+                break
+        return (xr + cand).clamp(lo, hi)
+
+    def _l2_step(self, xr: Tensor, delta: Tensor, p: float, lo: float, hi: float) -> Tensor:
+        m, c, h, w = xr.shape
+        s = max(round(math.sqrt(p * h * w)), 3)
+        s = min(s + 1 if s % 2 == 0 else s, max(min(h, w) - 1, 1))
+        win1 = _windows(m, s, h, w, self._gen, self._gen_dev, xr.device)
+        win2 = _windows(m, s, h, w, self._gen, self._gen_dev, xr.device)
+        flip = torch.rand(m, generator=self._gen, device=self._gen_dev).to(xr.device) > 0.5
+        norm_win1 = _norm(delta * win1, (2, 3))  # m x c x 1 x 1
+        norm_img = _norm(delta, (1, 2, 3))  # m x 1 x 1 x 1
+        norm_both = _norm(delta * (win1 | win2), (2, 3))  # m x c x 1 x 1
+        bump = _place(l2_bump(s).to(xr.device, xr.dtype), win1, flip)
+        new = bump * self._signs(m, c, 1, 1, like=xr) + delta * win1 / (1e-10 + norm_win1)
+        budget = ((self.eps**2 - norm_img**2).clamp_min(0) / c + norm_both**2).sqrt()
+        new = new / _norm(new, (2, 3)).clamp_min(1e-12) * budget
+        cand = torch.where(win1, new, torch.where(win2, torch.zeros_like(delta), delta))
+        cand = cand / _norm(cand, (1, 2, 3)).clamp_min(1e-12) * self.eps
+        return (xr + cand).clamp(lo, hi)
 
 
 ENSEMBLE_TOTAL_QUERIES = 20_000

@@ -1,0 +1,74 @@
+"""Black-box fixtures: the digits SimpleNet every black-box test attacks (trained once per
+session), 100 test points it classifies correctly, and an independent counting oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dlsec.threat import BaseOracle
+from dlsec.training import TrainConfig, train_model
+
+
+class CountingOracle:
+    """An independent oracle wrapper: counts rows itself and remembers, per id, whether
+    the last answer was already a wrong label and whether it was queried after that."""
+
+    def __init__(self, inner: BaseOracle, y: torch.Tensor) -> None:
+        self.inner, self.y = inner, y
+        self.output, self.num_classes = inner.output, inner.num_classes
+        self.input_shape, self.bounds = inner.input_shape, inner.bounds
+        self.rows = 0
+        self.per_id = torch.zeros(len(y), dtype=torch.int64)
+        self.fooled = torch.zeros(len(y), dtype=torch.bool)
+        self.after_fooled = 0
+
+    @property
+    def queries_total(self) -> int:
+        return self.inner.queries_total
+
+    @property
+    def remaining(self) -> int | None:
+        return self.inner.remaining
+
+    def query(self, x, *, ids=None):
+        out = self.inner.query(x, ids=ids)
+        self.rows += x.shape[0]
+        self.per_id += torch.bincount(ids, minlength=len(self.y))
+        self.after_fooled += int(self.fooled[ids].sum())
+        labels = out if out.dim() == 1 else out.argmax(1)
+        wrong = labels.cpu() != self.y[ids]
+        self.fooled[ids[wrong]] = True
+        return out
+
+    def query_labels(self, x, *, ids=None):
+        out = self.query(x, ids=ids)
+        return out if out.dim() == 1 else out.argmax(1)
+
+    def queries_for(self, ids):
+        return self.inner.queries_for(ids)
+
+
+@pytest.fixture(scope="session")
+def counting():
+    """The :class:`CountingOracle` class."""
+    return CountingOracle
+
+
+@pytest.fixture(scope="session")
+def bb_net(digits):
+    """(model, card): the undefended digits SimpleNet, 30 epochs of Adam, seed 0."""
+    model, card, _ = train_model(
+        digits, "simplenet", TrainConfig(epochs=30, lr=3e-3), progress=False
+    )
+    return model, card
+
+
+@pytest.fixture(scope="session")
+def bb_points(digits, bb_net):
+    """100 test digits ``bb_net`` classifies correctly."""
+    model, _ = bb_net
+    x, y = digits.x_test[:150], digits.y_test[:150]
+    with torch.inference_mode():
+        ok = model(x).argmax(1) == y
+    return x[ok][:100], y[ok][:100]
