@@ -7,6 +7,10 @@ again once it is fooled, and the queries each attack reports equal the oracle's 
 * :class:`SquareAttack` (Andriushchenko et al. 2020), Linf and L2, random square updates.
 * :class:`SimBA` (Guo et al. 2019), pixel or DCT basis.
 * :class:`NESAttack` (Ilyas et al. 2018), NES gradient estimates driving PGD.
+* :class:`HopSkipJump` (Chen et al. 2020), labels only, L2 and Linf.
+* :class:`BoundaryAttack` (Brendel et al. 2018), labels only, L2.
+* :mod:`~dlsec.attacks.blackbox.transfer`: surrogates (Jacobian augmentation, knockoff,
+  gray-box) and adversarials crafted on them, sent once to the model.
 
 Decision-based attacks (labels only) start from a misclassified point and shrink the
 perturbation; their results carry a *trace* (the best distance found after each
@@ -145,8 +149,10 @@ def _margin(scores: Tensor, y: Tensor) -> Tensor:
     return true - other
 
 
+from dlsec.attacks.blackbox.boundary import BoundaryAttack  # noqa: E402
+from dlsec.attacks.blackbox.hsja import HopSkipJump  # noqa: E402
 from dlsec.attacks.blackbox.nes import NESAttack  # noqa: E402
 from dlsec.attacks.blackbox.simba import SimBA  # noqa: E402
 from dlsec.attacks.blackbox.square import SquareAttack  # noqa: E402
 
-__all__ = ["BlackBoxResult", "NESAttack", "SimBA", "SquareAttack"]
+__all__ = ["BlackBoxResult", "BoundaryAttack", "HopSkipJump", "NESAttack", "SimBA", "SquareAttack"]
