@@ -107,6 +107,22 @@ def test_fixed_step_pgd_without_random_start_matches_torchattacks_bim(digits, di
     assert theirs - 0.01 <= ours <= theirs
 
 
+def test_last_iterate_is_torchattacks_bim_exactly(digits, digits_net) -> None:
+    # every point, misclassified ones included, takes every step; the last iterate is kept
+    torchattacks = importlib.import_module("torchattacks")
+    model, card = digits_net
+    x, y = digits.x_test[:200], digits.y_test[:200]
+    eps, steps = 0.1, 10
+    res = BIM(steps=steps, last_iterate=True)(model, x, y, eps=eps, card=card)
+    theirs = torchattacks.BIM(model, eps=eps, alpha=1.25 * eps / steps, steps=steps)(x, y)
+    assert torch.allclose(res.x_adv[0], theirs, atol=1e-6)
+    assert bool((res.gradients[0] == steps).all())
+    with torch.no_grad():
+        assert torch.equal(res.success[0], model(theirs).argmax(1) != y)
+    first = BIM(steps=steps)(model, x, y, eps=eps, card=card)  # first fooling iterate
+    assert int(first.gradients[0].sum()) < int(res.gradients[0].sum())
+
+
 def test_epsilon_sweep_reuses_and_saves_work(digits, digits_net) -> None:
     model, card = digits_net
     x, y = digits.x_test[:200], digits.y_test[:200]

@@ -56,60 +56,12 @@ def save_npz(path: Path, arrays: dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-BLACK_BOX = ("square", "simba")
-
-
-def _black_box(
-    name: str,
-    model_dir: Path,
-    eps_list: list[float],
-    *,
-    out: Path | None,
-    dataset: str | None,
-    samples: int | None,
-    seed: int,
-    device: str,
-    budget: int,
-    basis: str,
-) -> None:
-    """``dlsec attack square|simba``: score-based attacks through a LocalOracle."""
-    import numpy as np
-    import torch
-
-    from dlsec.attacks.blackbox import SimBA, SquareAttack
-    from dlsec.threat import LocalOracle
-
-    if budget < 1:
-        raise EvasionCommandError(f"--budget: must be >= 1, got {budget}")
-    model, card, x, y = load_target(model_dir, dataset, device, samples)
-    typer.echo(f"{name} through a scores oracle on {len(y)} points, budget {budget} per point")
-    arrays: dict[str, Any] = {"x": x.cpu().numpy(), "y": y.cpu().numpy(), "eps": np.array(eps_list)}
-    advs, successes, queries = [], [], []
-    for e in eps_list:
-        oracle = LocalOracle(model, card=card, output="scores")
-        attack = (SquareAttack(eps=e, max_queries=budget) if name == "square"
-                  else SimBA(eps=e, basis=basis, max_queries=budget))  # type: ignore[arg-type]  # fmt: skip
-        res = attack(oracle, x, y, ids=torch.arange(len(y)), generator=torch.Generator().manual_seed(seed))
-        typer.echo(
-            f"  eps {e:g}: robust accuracy {1 - res.success_rate:.4f}, success rate "
-            f"{res.success_rate:.4f}, median queries per success {res.median_queries:g}, "
-            f"queries spent {oracle.queries_total}"
-        )
-        advs.append(res.x_adv.cpu().numpy())
-        successes.append(res.success.cpu().numpy())
-        queries.append(res.queries.cpu().numpy())
-    if out is not None:
-        arrays |= {"x_adv": np.stack(advs), "success": np.stack(successes), "queries": np.stack(queries)}
-        save_npz(out, arrays)
-        typer.echo(f"adversarials: {out}")
-
-
 def register(app: typer.Typer) -> None:
     @app.command("attack")
     def attack(
-        name: Annotated[str, typer.Argument(help="fgsm | bim | pgd | mifgsm | apgd | apgd-t | cw | deepfool | square | simba")],
+        name: Annotated[str, typer.Argument(help="White-box: fgsm | bim | pgd | mifgsm | difgsm | apgd | apgd-t | cw | deepfool. Black-box: square | simba | nes (scores), hsja | boundary (labels), transfer")],
         model_dir: Annotated[Path, typer.Option("--model-dir", help="A saved model (card.json + weights)")],
-        eps: Annotated[str, typer.Option(help="Comma-separated epsilons, e.g. 0.05,0.1,0.2")],
+        eps: Annotated[str | None, typer.Option(help="Comma-separated epsilons, e.g. 0.05,0.1,0.2 (optional for hsja and boundary)")] = None,
         out: Annotated[Path | None, typer.Option(help="Write adversarials to this .npz")] = None,
         dataset: Annotated[str | None, typer.Option(help="Default: the dataset named in the card")] = None,
         norm: Annotated[str, typer.Option(help="linf | l2")] = "linf",
@@ -121,22 +73,34 @@ def register(app: typer.Typer) -> None:
         device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
         budget: Annotated[int, typer.Option(help="Black-box attacks: oracle queries per point")] = 1000,
         basis: Annotated[str, typer.Option(help="SimBA: pixel | dct")] = "pixel",
+        surrogate: Annotated[str, typer.Option(help="transfer: jacobian | knockoff | graybox")] = "jacobian",
+        craft: Annotated[str, typer.Option(help="transfer: white-box attacks run on the surrogate")] = "pgd,mifgsm,difgsm",
     ) -> None:
         """Run an evasion attack over a list of epsilons; print robust accuracy.
 
-        White-box attacks use gradients; ``square`` and ``simba`` see the model only through
-        a scores oracle and spend at most ``--budget`` queries per point.
+        White-box attacks use gradients. Black-box attacks see the model only through an
+        oracle: ``square``, ``simba`` and ``nes`` read its scores and spend at most
+        ``--budget`` queries per point; ``hsja`` and ``boundary`` read labels only, spend
+        ``--budget`` queries per point and report the smallest adversarials found;
+        ``transfer`` trains a ``--surrogate`` on at most ``--budget`` oracle labels, crafts
+        adversarials on it with ``--craft`` and sends each once to the model.
         """
         import numpy as np
         import torch
 
         from dlsec.attacks.evasion import make_attack
+        from dlsec.commands._blackbox import BLACK_BOX, DECISION_BASED, run_black_box
 
-        eps_list = parse_eps(eps)
+        eps_list = parse_eps(eps) if eps is not None else None
         if name in BLACK_BOX:
-            _black_box(name, model_dir, eps_list, out=out, dataset=dataset, samples=samples,
-                       seed=seed, device=device, budget=budget, basis=basis)  # fmt: skip
+            run_black_box(name, model_dir, eps_list, out=out, dataset=dataset, samples=samples,
+                          seed=seed, device=device, budget=budget, norm=norm, basis=basis,
+                          surrogate=surrogate, craft=craft)  # fmt: skip
             return
+        if eps_list is None:
+            raise EvasionCommandError(
+                f"--eps: {name} needs epsilons (only {' and '.join(DECISION_BASED)} go without)"
+            )
         kwargs: dict[str, Any] = {"norm": norm}
         if steps is not None:
             kwargs["steps"] = steps

@@ -193,7 +193,7 @@ class HopSkipJump:
                 break
             # -- gradient-direction estimate at the boundary point --------------------------
             evals = min(int(self.init_evals * math.sqrt(t)), self.max_evals)
-            reserve = 1 + n_bisect
+            reserve: int | Tensor = 1 + n_bisect
             if linf:  # the Linf bisection runs on the radius: log2(dist / tol) rounds
                 ratio = (dist[rows].double() / theta).clamp_min(1 / theta)
                 reserve = 1 + torch.ceil(torch.log2(ratio)).to(torch.int64)

@@ -21,6 +21,7 @@ from dlsec.attacks.evasion.apgd import APGD, APGDT
 from dlsec.attacks.evasion.bim import BIM
 from dlsec.attacks.evasion.cw import CW
 from dlsec.attacks.evasion.deepfool import DeepFool
+from dlsec.attacks.evasion.difgsm import DIFGSM
 from dlsec.attacks.evasion.ensemble import (
     RobustnessReport,
     available_stages,
@@ -38,6 +39,7 @@ __all__ = [
     "APGDT",
     "BIM",
     "CW",
+    "DIFGSM",
     "FGSM",
     "MIFGSM",
     "PGD",

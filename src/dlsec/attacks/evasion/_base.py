@@ -252,6 +252,7 @@ class EvasionAttack(abc.ABC):
     name: str = "attack"
     norm: Norm = "linf"
     minimal: bool = False
+    last_iterate: bool = False  # attack every point, even one misclassified to begin with
 
     def __call__(
         self,
@@ -312,6 +313,8 @@ class EvasionAttack(abc.ABC):
         success = torch.zeros(k, n, dtype=torch.bool, device=x.device)
         grads = torch.zeros(k, n, dtype=torch.int64, device=x.device)
         already = is_adversarial(clean_logits, y, targets)  # fooled with no perturbation
+        if self.last_iterate:  # every point takes every step; its final iterate is the answer
+            already = torch.zeros_like(already)
 
         if self.minimal:
             x_raw = x_adv.clone()

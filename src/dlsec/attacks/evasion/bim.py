@@ -30,8 +30,9 @@ class BIM(PGD):
         alpha: float | None = None,
         loss: str = "ce",
         early_stop: bool = True,
+        last_iterate: bool = False,
     ) -> None:
         super().__init__(
             norm=norm, steps=steps, alpha=alpha, alpha_ratio=1.25, random_start=False,
-            loss=loss, early_stop=early_stop,
+            loss=loss, early_stop=early_stop, last_iterate=last_iterate,
         )  # fmt: skip

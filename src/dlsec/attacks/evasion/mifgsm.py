@@ -35,10 +35,11 @@ class MIFGSM(PGD):
         random_start: bool = False,
         loss: str = "ce",
         early_stop: bool = True,
+        last_iterate: bool = False,
     ) -> None:
         super().__init__(
             norm=norm, steps=steps, alpha=alpha, alpha_ratio=1.0, random_start=random_start,
-            loss=loss, early_stop=early_stop,
+            loss=loss, early_stop=early_stop, last_iterate=last_iterate,
         )  # fmt: skip
         self.decay = decay
 

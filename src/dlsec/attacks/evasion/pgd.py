@@ -11,7 +11,10 @@ Unlike a fixed-step PGD that returns its last iterate, this one returns for ever
 the first iterate that fools the model (a later step could undo it) and, with
 ``early_stop``, stops computing on that point; points never fooled return the final
 iterate. With ``early_stop=False`` all points take every step (the textbook cost) and the
-first fooling iterate is still the one kept.
+first fooling iterate is still the one kept. With ``last_iterate=True`` every point takes
+every step and the final iterate is returned, fooling or not: what transfer attacks want,
+since an adversarial just across the boundary of the model it was crafted on rarely
+fools another model.
 
 Example:
     >>> res = PGD(steps=40)(model, x, y, eps=[0.05, 0.1], card=card)   # doctest: +SKIP
@@ -67,6 +70,8 @@ class PGD(EvasionAttack):
         restarts: independent runs; later runs attack only the points still robust.
         loss: ``"ce"`` (default) or ``"margin"`` (C&W-style logit margin).
         early_stop: stop working on a point as soon as it is fooled.
+        last_iterate: take every step on every point and return the final iterate
+            (success is judged on it); for crafting adversarials that transfer.
     """
 
     name = "pgd"
@@ -82,6 +87,7 @@ class PGD(EvasionAttack):
         restarts: int = 1,
         loss: str = "ce",
         early_stop: bool = True,
+        last_iterate: bool = False,
     ) -> None:
         if norm not in ("linf", "l2"):
             raise AttackError(f"{self.name}: norm must be linf or l2, got {norm!r}")
@@ -97,6 +103,7 @@ class PGD(EvasionAttack):
         self.restarts = restarts
         self.loss = loss
         self.early_stop = early_stop
+        self.last_iterate = last_iterate
 
     def step_size(self, eps: float) -> float:
         return self.alpha if self.alpha is not None else self.alpha_ratio * eps / self.steps
@@ -184,7 +191,7 @@ class PGD(EvasionAttack):
             if step == self.steps:
                 done |= fooled
                 break
-            if bool(fooled.any()):
+            if not self.last_iterate and bool(fooled.any()):
                 done |= fooled
                 moving = (~done).to(cur.dtype).view(view)
                 n_done = int(done.sum())
