@@ -142,7 +142,8 @@ def _transfer(model, card, x, y, eps_list: list[float], arrays: dict, *, budget:
         half = len(y) // 2
         x_att, y_att, x, y = x[half:], y[half:], x[:half], y[:half]
         arrays |= {"x": x.cpu().numpy(), "y": y.cpu().numpy()}
-    oracle = LocalOracle(model, card=card, output="label")
+    # Papernot et al.'s substitute learns from labels, Knockoff Nets from probabilities
+    oracle = LocalOracle(model, card=card, output="scores" if surrogate == "knockoff" else "label")
     g = torch.Generator().manual_seed(seed)
     sur = train_surrogate(surrogate, oracle, card=card, x_attacker=x_att,
                           y_attacker=y_att if surrogate == "graybox" else None,
