@@ -19,6 +19,16 @@ DECISION_BASED = ("hsja", "boundary")
 BLACK_BOX = (*SCORE_BASED, *DECISION_BASED, "transfer")
 
 
+def _budgets(budget: int) -> list[int]:
+    """Query budgets a success curve is read at: a 1-3-10 ladder up to ``budget``."""
+    ladder = [b for b in (10, 30, 100, 300, 1000, 3000, 10_000, 30_000) if b < budget]
+    return [*ladder, budget]
+
+
+def _curve(budgets: list[int], rates: list[float]) -> str:
+    return ", ".join(f"{b}: {r:.2f}" for b, r in zip(budgets, rates, strict=True))
+
+
 def _score_attack(name: str, eps: float, *, norm: str, budget: int, basis: str) -> Any:
     from dlsec.attacks.blackbox import NESAttack, SimBA, SquareAttack
 
@@ -80,6 +90,7 @@ def run_black_box(
                 f"{res.success_rate:.4f}, median queries per success {res.median_queries:g}, "
                 f"queries spent {oracle.queries_total}"
             )
+            typer.echo(f"    success by queries per point: {_curve(_budgets(budget), res.success_at(_budgets(budget)))}")
             advs.append(res.x_adv.cpu().numpy())
             successes.append(res.success.cpu().numpy())
             queries.append(res.queries.cpu().numpy())
@@ -116,6 +127,8 @@ def _decision_based(name: str, model, card, x, y, eps_list: list[float], arrays:
     for e in eps_list:
         (rate,) = res.success_at([budget], eps=e)
         typer.echo(f"  eps {e:g}: robust accuracy {1 - rate:.4f}, success rate {rate:.4f}")
+        curve = res.success_at(_budgets(budget), eps=e)
+        typer.echo(f"    success by queries per point: {_curve(_budgets(budget), curve)}")
     arrays |= {"x_adv": res.x_adv.cpu().numpy(), "success": res.success.cpu().numpy(),
                "queries": res.queries.cpu().numpy(), "distance": dist.cpu().numpy(),
                "eps": np.array(eps_list)}  # fmt: skip
