@@ -22,6 +22,8 @@ class CountingOracle:
         self.per_id = torch.zeros(len(y), dtype=torch.int64)
         self.fooled = torch.zeros(len(y), dtype=torch.bool)
         self.after_fooled = 0
+        self.sent: set[tuple[int, bytes]] = set()
+        self.repeats = 0  # rows whose exact input was sent before for the same id
 
     @property
     def queries_total(self) -> int:
@@ -33,6 +35,10 @@ class CountingOracle:
 
     def query(self, x, *, ids=None):
         out = self.inner.query(x, ids=ids)
+        for i, row in zip(ids.tolist(), x.detach().cpu().numpy(), strict=True):
+            key = (i, row.tobytes())
+            self.repeats += key in self.sent
+            self.sent.add(key)
         self.rows += x.shape[0]
         self.per_id += torch.bincount(ids, minlength=len(self.y))
         self.after_fooled += int(self.fooled[ids].sum())

@@ -15,7 +15,8 @@ is used. Each L2 step is ``eps``, so the L2 norm is ``eps * sqrt(steps kept)`` (
 clipping to the bounds).
 
 Queries: one for the starting point, then one per candidate tried; a point is never
-queried once fooled.
+queried once fooled, and a candidate that the input bounds clip back onto the current
+point (a step down from a pixel already at the lower bound) is not sent.
 
 Example:
     >>> res = SimBA(eps=0.2, basis="dct")(oracle, x, y, generator=g)   # doctest: +SKIP
@@ -125,15 +126,22 @@ class SimBA:
             started[rows] = True
 
         def attempt(rows: Tensor, cand: Tensor) -> Tensor:
-            """Query ``cand`` for ``rows``; keep improvements; return which improved."""
+            """Query ``cand`` for ``rows``; keep improvements; return which improved. A
+            candidate the bounds clipped back onto the current point is not sent."""
+            better = torch.zeros(rows.numel(), dtype=torch.bool, device=dev)
+            moved = (cand != x_adv[rows]).flatten(1).any(1)
+            rows, cand = rows[moved], cand[moved]
+            if rows.numel() == 0:
+                return better
             s = oracle.query(cand, ids=ids[rows.cpu()]).to(dev)
             queries[rows] += 1
             p = s.gather(1, y[rows].view(-1, 1)).squeeze(1).float()
-            better = p < prob[rows]
-            keep = rows[better]
-            prob[keep] = p[better]
-            x_adv[keep] = cand[better]
-            fooled[keep] = s.argmax(1)[better] != y[keep]
+            improved = p < prob[rows]
+            keep = rows[improved]
+            prob[keep] = p[improved]
+            x_adv[keep] = cand[improved]
+            fooled[keep] = s.argmax(1)[improved] != y[keep]
+            better[moved] = improved
             return better
 
         while True:

@@ -24,7 +24,12 @@ after 10, 50, 200, 500, 1000, 2000, 4000, 6000 and 8000 of 10,000 iterations, re
 the query budget as the reference code does. Defaults: ``max_queries=10_000`` per point.
 
 Queries: the initialization costs one query per point, each iteration one per point still
-not fooled; a fooled point or one whose budget is spent is never queried again.
+not fooled; a fooled point or one whose budget is spent is never queried again. A
+candidate identical to an input already sent for the point is not sent again: such an
+input never beats the current best (the best margin only decreases), so the outcome is
+the same with fewer queries (on small images, late iterations often redraw a square tried
+before). Each point remembers the last ``memory`` inputs it sent (default: all of them, up
+to 4,096) as 64-bit fingerprints.
 
 Example:
     >>> oracle = LocalOracle(model, card=card)                        # doctest: +SKIP
@@ -112,6 +117,7 @@ class SquareAttack:
     p_init: float | None = None
     norm: Norm = "linf"
     max_resample: int = 10
+    memory: int | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in ("linf", "l2"):
@@ -151,6 +157,13 @@ class SquareAttack:
         x_best = (x + self._init(x)).clamp(lo, hi)
         margin = torch.full((n,), float("inf"), device=dev)
         fooled = torch.zeros(n, dtype=torch.bool, device=dev)
+        # fingerprints of the inputs sent for each point
+        weights = torch.rand(x[0].numel(), generator=torch.Generator().manual_seed(7),
+                             dtype=torch.float64).to(dev) + 1.0  # fmt: skip
+        size = min(self.max_queries, 4096) if self.memory is None else self.memory
+        seen = torch.full((n, max(size, 1)), float("nan"), dtype=torch.float64, device=dev)
+        slot = torch.ones(n, dtype=torch.int64, device=dev)
+        seen[:, 0] = x_best.flatten(1).double() @ weights
         rows = _affordable(oracle, torch.arange(n, device=dev))
         if rows.numel():
             scores = oracle.query(x_best[rows], ids=ids[rows.cpu()]).to(dev)
@@ -166,6 +179,11 @@ class SquareAttack:
             p = p_selection(float(self.p_init), it, self.max_queries)  # type: ignore[arg-type]
             step = self._linf_step if self.norm == "linf" else self._l2_step
             x_new = step(xr, best - xr, p, lo, hi)
+            tag = x_new.flatten(1).double() @ weights
+            new = ~(seen[rows] == tag.unsqueeze(1)).any(1)  # answers not yet known
+            rows, x_new, tag = rows[new], x_new[new], tag[new]
+            if rows.numel() == 0:
+                continue
             scores = oracle.query(x_new, ids=ids[rows.cpu()]).to(dev)
             queries[rows] += 1
             new_margin = _margin(scores, y[rows])
@@ -175,6 +193,8 @@ class SquareAttack:
             margin[keep] = new_margin[better]
             fooled[keep] = new_fooled[better]
             x_best[keep] = x_new[better]
+            seen[rows, slot[rows] % seen.shape[1]] = tag
+            slot[rows] += 1
         return _result(x, x_best, fooled, queries)
 
     # -- randomness ---------------------------------------------------------------------------
