@@ -10,8 +10,10 @@ Bases: ``"pixel"`` (the standard basis, a random order) or ``"dct"`` (2-D DCT-II
 functions per channel, low frequencies first: a random order within the lowest
 ``freq_dims x freq_dims`` block, then each further band of ``stride`` frequencies in a
 random order, as in the reference's block order). Defaults: ``eps=0.2`` (the paper's
-pixel step), ``max_queries=10_000`` per point; the attack also stops when every direction
-is used. Each L2 step is ``eps``, so the L2 norm is ``eps * sqrt(steps kept)`` (before
+pixel step), ``max_queries=10_000`` per point. Once every direction is used the attack
+makes another pass in the same order, from the point reached; it stops a point when a
+whole pass (the last ``d`` directions) gained nothing, as a further pass would try the
+same candidates again. Each L2 step is ``eps``, so the L2 norm is ``eps * sqrt(steps kept)`` (before
 clipping to the bounds).
 
 Queries: one for the starting point, then one per candidate tried; a point is never
@@ -113,6 +115,7 @@ class SimBA:
 
         queries = torch.zeros(n, dtype=torch.int64, device=dev)
         used = torch.zeros(n, dtype=torch.int64, device=dev)  # directions tried
+        gained = torch.zeros(n, dtype=torch.int64, device=dev)  # ``used`` at the last gain
         x_adv = x.clone()
         prob = torch.ones(n, device=dev)
         fooled = torch.zeros(n, dtype=torch.bool, device=dev)
@@ -145,11 +148,12 @@ class SimBA:
             return better
 
         while True:
-            active = started & ~fooled & (queries < self.max_queries) & (used < d)
+            # another pass over the basis while the last d directions still gained something
+            active = started & ~fooled & (queries < self.max_queries) & (used - gained < d)
             rows = _affordable(oracle, torch.nonzero(active).flatten())
             if rows.numel() == 0:
                 break
-            q = step(rows, order[rows, used[rows]])
+            q = step(rows, order[rows, used[rows] % d])
             used[rows] += 1
             better = attempt(rows, (x_adv[rows] - q).clamp(lo, hi))
             second = ~better & (queries[rows] < self.max_queries)
@@ -158,5 +162,7 @@ class SimBA:
             if left is not None:
                 rest, rest_q = rest[: max(int(left), 0)], rest_q[: max(int(left), 0)]
             if rest.numel():
-                attempt(rest, (x_adv[rest] + rest_q).clamp(lo, hi))
+                second_better = attempt(rest, (x_adv[rest] + rest_q).clamp(lo, hi))
+                gained[rest[second_better]] = used[rest[second_better]]
+            gained[rows[better]] = used[rows[better]]
         return _result(x, x_adv, fooled, queries)

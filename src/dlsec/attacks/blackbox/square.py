@@ -10,7 +10,9 @@ keeps the candidate if the loss went down.
 
 * **Linf** starts from vertical stripes of ``+-eps`` (one random sign per channel and
   column); an update redraws one ``s x s`` square (all channels) to ``+-eps`` (one sign
-  per channel), ``s = round(sqrt(p * H * W))``.
+  per channel), ``s = round(sqrt(p * H * W))``; a draw that would leave the square as it
+  is takes the opposite signs instead (the reference code redraws until the square
+  changes: for one channel that is the same distribution, without the redraws).
 * **L2** starts from a grid of ``H // 5``-sized tiles, each holding the paper's
   two-lobed pseudo-Gaussian bump with a random sign per channel, scaled to norm ``eps``.
   An update picks two windows of side ``s`` (odd, at least 3): the second window's
@@ -116,7 +118,6 @@ class SquareAttack:
     max_queries: int = 10_000
     p_init: float | None = None
     norm: Norm = "linf"
-    max_resample: int = 10
     memory: int | None = None
 
     def __post_init__(self) -> None:
@@ -225,15 +226,13 @@ class SquareAttack:
         s = min(max(round(math.sqrt(p * h * w)), 1), max(min(h, w) - 1, 1))
         window = _windows(m, s, h, w, self._gen, self._gen_dev, xr.device)
         best = (xr + delta).clamp(lo, hi)
-        cand = delta.clone()
-        redo = torch.ones(m, dtype=torch.bool, device=xr.device)
-        for _ in range(self.max_resample):
-            new = torch.where(window, self._signs(m, c, 1, 1, like=xr) * self.eps, delta)
-            cand = torch.where(redo.view(m, 1, 1, 1), new, cand)
-            moved = ((xr + cand).clamp(lo, hi) - best).abs() >= 1e-7
-            redo = ~(moved & window).flatten(1).any(1)
-            if not bool(redo.any()):
-                break
+        signs = self._signs(m, c, 1, 1, like=xr)
+        cand = torch.where(window, signs * self.eps, delta)
+        moved = (((xr + cand).clamp(lo, hi) - best).abs() >= 1e-7) & window
+        still = ~moved.flatten(1).any(1)
+        if bool(still.any()):  # the square already holds these signs: the opposite ones move it
+            flip = torch.where(still.view(m, 1, 1, 1), -signs, signs)
+            cand = torch.where(window, flip * self.eps, delta)
         return (xr + cand).clamp(lo, hi)
 
     def _l2_step(self, xr: Tensor, delta: Tensor, p: float, lo: float, hi: float) -> Tensor:
