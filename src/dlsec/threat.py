@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -148,6 +148,8 @@ class BaseOracle(abc.ABC):
         self.budget = budget
         self.per_sample_budget = per_sample_budget
         self._count = _Counter()
+        # called with the number of rows after each charged query (progress bars, logs)
+        self.on_query: Callable[[int], None] | None = None
 
     # -- counting ---------------------------------------------------------------------------
     @property
@@ -231,6 +233,8 @@ class BaseOracle(abc.ABC):
             raise OracleError("query expects a batch: add a leading batch dimension")
         self._check(x)
         self._charge(int(x.shape[0]), ids)
+        if self.on_query is not None:
+            self.on_query(int(x.shape[0]))
         if x.shape[0] == 0:
             shape = (0,) if self.output == "label" else (0, self.num_classes)
             return torch.zeros(shape, dtype=torch.int64 if self.output == "label" else x.dtype)

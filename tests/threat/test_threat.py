@@ -89,6 +89,17 @@ def test_budget_is_exact_and_typed() -> None:
         ps.query(X[:1], ids=torch.tensor([0]))
 
 
+def test_on_query_sees_every_charged_row() -> None:
+    o = _oracle(budget=4)
+    seen: list[int] = []
+    o.on_query = seen.append
+    o.query(X)
+    o.query_labels(X[:1])
+    with pytest.raises(BudgetExhausted):
+        o.query(X[:1])  # refused: not reported
+    assert seen == [3, 1] and sum(seen) == o.queries_total
+
+
 def test_bad_queries() -> None:
     o = _oracle()
     with pytest.raises(OracleError, match="shape"):

@@ -7,6 +7,8 @@ black-box names to :func:`run_black_box`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,28 @@ def _budgets(budget: int) -> list[int]:
 
 def _curve(budgets: list[int], rates: list[float]) -> str:
     return ", ".join(f"{b}: {r:.2f}" for b, r in zip(budgets, rates, strict=True))
+
+
+@contextmanager
+def _query_bar(oracle: Any, label: str, total: int, show: bool) -> Iterator[None]:
+    """A progress bar on stderr advanced by every query the oracle charges; ``total`` is
+    the most the attack may spend (score-based attacks stop early on fooled points)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn(label),
+        BarColumn(),
+        TextColumn("{task.completed:,.0f} queries (at most {task.total:,.0f})"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), disable=not show, transient=True) as bar:
+        task = bar.add_task("", total=max(total, 1))
+        oracle.on_query = lambda n: bar.advance(task, n)
+        try:
+            yield
+        finally:
+            oracle.on_query = None
 
 
 def _score_attack(name: str, eps: float, *, norm: str, budget: int, basis: str) -> Any:
@@ -54,6 +78,7 @@ def run_black_box(
     basis: str,
     surrogate: str,
     craft: str,
+    progress: bool = True,
 ) -> None:
     """Run one black-box attack (see the module docstring) and print what it cost."""
     import numpy as np
@@ -73,10 +98,11 @@ def run_black_box(
 
     if name in DECISION_BASED:
         _decision_based(name, model, card, x, y, eps_list or [], arrays, budget=budget,
-                        norm=norm, seed=seed)  # fmt: skip
+                        norm=norm, seed=seed, progress=progress)  # fmt: skip
     elif name == "transfer":
         _transfer(model, card, x, y, eps_list or [], arrays, budget=budget, norm=norm,
-                  seed=seed, surrogate=surrogate, craft=craft, dataset=dataset)  # fmt: skip
+                  seed=seed, surrogate=surrogate, craft=craft, dataset=dataset,
+                  progress=progress)  # fmt: skip
     else:
         typer.echo(f"{name} ({norm}) through a scores oracle on {len(y)} points, "
                    f"budget {budget} per point")  # fmt: skip
@@ -84,7 +110,8 @@ def run_black_box(
         for e in eps_list or []:
             attack = _score_attack(name, e, norm=norm, budget=budget, basis=basis)
             oracle = LocalOracle(model, card=card, output="scores")
-            res = attack(oracle, x, y, ids=ids, generator=torch.Generator().manual_seed(seed))
+            with _query_bar(oracle, f"{name} eps={e:g}", budget * len(y), progress):
+                res = attack(oracle, x, y, ids=ids, generator=torch.Generator().manual_seed(seed))
             typer.echo(
                 f"  eps {e:g}: robust accuracy {1 - res.success_rate:.4f}, success rate "
                 f"{res.success_rate:.4f}, median queries per success {res.median_queries:g}, "
@@ -102,7 +129,7 @@ def run_black_box(
 
 
 def _decision_based(name: str, model, card, x, y, eps_list: list[float], arrays: dict, *,
-                    budget: int, norm: str, seed: int) -> None:
+                    budget: int, norm: str, seed: int, progress: bool) -> None:
     """HopSkipJump / Boundary through a labels oracle: the smallest adversarials found."""
     import numpy as np
     import torch
@@ -118,8 +145,9 @@ def _decision_based(name: str, model, card, x, y, eps_list: list[float], arrays:
     oracle = LocalOracle(model, card=card, output="label")
     typer.echo(f"{name} ({norm}) through a labels oracle on {len(y)} points, "
                f"budget {budget} per point")  # fmt: skip
-    res = attack(oracle, x, y, ids=torch.arange(len(y)),
-                 generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    with _query_bar(oracle, name, budget * len(y), progress):
+        res = attack(oracle, x, y, ids=torch.arange(len(y)),
+                     generator=torch.Generator().manual_seed(seed))  # fmt: skip
     dist = res.linf if norm == "linf" else res.l2
     med = float(dist[res.success].median()) if bool(res.success.any()) else float("nan")
     typer.echo(f"  adversarial found for {res.success_rate:.4f} of the points, median {norm} "
@@ -135,7 +163,8 @@ def _decision_based(name: str, model, card, x, y, eps_list: list[float], arrays:
 
 
 def _transfer(model, card, x, y, eps_list: list[float], arrays: dict, *, budget: int,
-              norm: str, seed: int, surrogate: str, craft: str, dataset: str | None) -> None:
+              norm: str, seed: int, surrogate: str, craft: str, dataset: str | None,
+              progress: bool) -> None:
     """Train a surrogate (``--surrogate``), craft on it (``--craft``), send to the model."""
     import numpy as np
     import torch
@@ -158,9 +187,10 @@ def _transfer(model, card, x, y, eps_list: list[float], arrays: dict, *, budget:
     # Papernot et al.'s substitute learns from labels, Knockoff Nets from probabilities
     oracle = LocalOracle(model, card=card, output="scores" if surrogate == "knockoff" else "label")
     g = torch.Generator().manual_seed(seed)
-    sur = train_surrogate(surrogate, oracle, card=card, x_attacker=x_att,
-                          y_attacker=y_att if surrogate == "graybox" else None,
-                          budget=budget, generator=g)  # fmt: skip
+    with _query_bar(oracle, f"{surrogate} surrogate", budget, progress):
+        sur = train_surrogate(surrogate, oracle, card=card, x_attacker=x_att,
+                              y_attacker=y_att if surrogate == "graybox" else None,
+                              budget=budget, generator=g)  # fmt: skip
     trained = oracle.queries_total
     typer.echo(f"surrogate ({surrogate}) trained on {trained} oracle labels; "
                f"{len(y)} points attacked")  # fmt: skip

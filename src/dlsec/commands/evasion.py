@@ -75,6 +75,7 @@ def register(app: typer.Typer) -> None:
         basis: Annotated[str, typer.Option(help="SimBA: pixel | dct")] = "pixel",
         surrogate: Annotated[str, typer.Option(help="transfer: jacobian | knockoff | graybox")] = "jacobian",
         craft: Annotated[str, typer.Option(help="transfer: white-box attacks run on the surrogate")] = "pgd,mifgsm,difgsm",
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Black-box attacks: no progress bar")] = False,
     ) -> None:
         """Run an evasion attack over a list of epsilons; print robust accuracy.
 
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
         if name in BLACK_BOX:
             run_black_box(name, model_dir, eps_list, out=out, dataset=dataset, samples=samples,
                           seed=seed, device=device, budget=budget, norm=norm, basis=basis,
-                          surrogate=surrogate, craft=craft)  # fmt: skip
+                          surrogate=surrogate, craft=craft, progress=not quiet)  # fmt: skip
             return
         if eps_list is None:
             raise EvasionCommandError(
