@@ -50,6 +50,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from evasion import target as cached_target  # noqa: E402  (same cache and training as evasion)
 
+from dlsec.threat import OracleWrapper  # noqa: E402
+
 OUT = HERE / "results" / "blackbox.md"
 OUT_QUICK = HERE / ".cache" / "blackbox-quick.md"
 THREADS = 2
@@ -218,35 +220,17 @@ class Counted(nn.Module):
         return torch.softmax(out, 1) if self.probs else out
 
 
-class SpyOracle:
+class SpyOracle(OracleWrapper):
     """An Oracle that forwards to a LocalOracle and records every row with its id."""
 
     def __init__(self, inner, tracker: Tracker) -> None:
-        self.inner, self.tracker = inner, tracker
-        self.output, self.num_classes = inner.output, inner.num_classes
-        self.input_shape, self.bounds = inner.input_shape, inner.bounds
-
-    @property
-    def queries_total(self) -> int:
-        return self.inner.queries_total
-
-    @property
-    def remaining(self) -> int | None:
-        return self.inner.remaining
-
-    def queries_for(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.inner.queries_for(ids)
+        super().__init__(inner)
+        self.tracker = tracker
 
     def query(self, x: torch.Tensor, *, ids: torch.Tensor | None = None) -> torch.Tensor:
         assert ids is not None, "dlsec attacks must attribute every query"
         out = self.inner.query(x, ids=ids)
         self.tracker.add(x, out if out.dim() == 1 else out.argmax(1), owner=ids)
-        return out
-
-    def query_labels(self, x: torch.Tensor, *, ids: torch.Tensor | None = None) -> torch.Tensor:
-        assert ids is not None, "dlsec attacks must attribute every query"
-        out = self.inner.query_labels(x, ids=ids)
-        self.tracker.add(x, out, owner=ids)
         return out
 
 

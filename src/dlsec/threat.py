@@ -286,3 +286,36 @@ class LocalOracle(BaseOracle):
         ]
         self.model.train(was_training)
         return torch.cat(parts).to(x.device)
+
+
+class OracleWrapper:
+    """An :class:`Oracle` in front of another one (``inner``): the same output kind, input
+    shape, bounds, counts and budget. Subclasses override :meth:`query` to watch or change
+    what goes through (a label-only view, an independent counter, a recorder);
+    :meth:`query_labels` goes through :meth:`query`.
+    """
+
+    def __init__(self, inner: Oracle) -> None:
+        self.inner = inner
+        self.output: OutputKind = inner.output
+        self.num_classes = inner.num_classes
+        self.input_shape = inner.input_shape
+        self.bounds = inner.bounds
+
+    @property
+    def queries_total(self) -> int:
+        return self.inner.queries_total
+
+    @property
+    def remaining(self) -> int | None:
+        return self.inner.remaining
+
+    def queries_for(self, ids: Tensor) -> Tensor:
+        return self.inner.queries_for(ids)
+
+    def query(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor:
+        return self.inner.query(x, ids=ids)
+
+    def query_labels(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor:
+        out = self.query(x, ids=ids)
+        return out if self.output == "label" else out.argmax(1)

@@ -6,32 +6,23 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlsec.threat import BaseOracle
+from dlsec.threat import BaseOracle, OracleWrapper
 from dlsec.training import TrainConfig, train_model
 
 
-class CountingOracle:
+class CountingOracle(OracleWrapper):
     """An independent oracle wrapper: counts rows itself and remembers, per id, whether
     the last answer was already a wrong label and whether it was queried after that."""
 
     def __init__(self, inner: BaseOracle, y: torch.Tensor) -> None:
-        self.inner, self.y = inner, y
-        self.output, self.num_classes = inner.output, inner.num_classes
-        self.input_shape, self.bounds = inner.input_shape, inner.bounds
+        super().__init__(inner)
+        self.y = y
         self.rows = 0
         self.per_id = torch.zeros(len(y), dtype=torch.int64)
         self.fooled = torch.zeros(len(y), dtype=torch.bool)
         self.after_fooled = 0
         self.sent: set[tuple[int, bytes]] = set()
         self.repeats = 0  # rows whose exact input was sent before for the same id
-
-    @property
-    def queries_total(self) -> int:
-        return self.inner.queries_total
-
-    @property
-    def remaining(self) -> int | None:
-        return self.inner.remaining
 
     def query(self, x, *, ids=None):
         out = self.inner.query(x, ids=ids)
@@ -46,13 +37,6 @@ class CountingOracle:
         wrong = labels.cpu() != self.y[ids]
         self.fooled[ids[wrong]] = True
         return out
-
-    def query_labels(self, x, *, ids=None):
-        out = self.query(x, ids=ids)
-        return out if out.dim() == 1 else out.argmax(1)
-
-    def queries_for(self, ids):
-        return self.inner.queries_for(ids)
 
 
 @pytest.fixture(scope="session")

@@ -23,46 +23,26 @@ from dlsec.attacks.blackbox.transfer import (
 )
 from dlsec.attacks.evasion import AttackError
 from dlsec.data import stratified_split
-from dlsec.threat import BaseOracle, LocalOracle
+from dlsec.threat import BaseOracle, LocalOracle, OracleWrapper
 from dlsec.training import TrainConfig, train_model
 
 EPS = 0.2  # the smallest of 0.1, 0.15, 0.2, ... where the Jacobian target holds reliably
 ATTACKS = ("pgd", "mifgsm", "difgsm")
 
 
-class CountingOracle:
+class CountingOracle(OracleWrapper):
     """An independent wrapper: counts the rows of every call itself, and per id."""
 
     def __init__(self, inner: BaseOracle, n_ids: int) -> None:
-        self.inner = inner
-        self.output, self.num_classes = inner.output, inner.num_classes
-        self.input_shape, self.bounds = inner.input_shape, inner.bounds
+        super().__init__(inner)
         self.rows = 0
         self.per_id = torch.zeros(n_ids, dtype=torch.int64)
 
-    @property
-    def queries_total(self) -> int:
-        return self.inner.queries_total
-
-    @property
-    def remaining(self) -> int | None:
-        return self.inner.remaining
-
-    def _count(self, x, ids) -> None:
+    def query(self, x, *, ids=None):
         self.rows += x.shape[0]
         if ids is not None:
             self.per_id += torch.bincount(torch.as_tensor(ids), minlength=len(self.per_id))
-
-    def query(self, x, *, ids=None):
-        self._count(x, ids)
         return self.inner.query(x, ids=ids)
-
-    def query_labels(self, x, *, ids=None):
-        self._count(x, ids)
-        return self.inner.query_labels(x, ids=ids)
-
-    def queries_for(self, ids):
-        return self.inner.queries_for(ids)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from dlsec.threat import (
     LocalOracle,
     Oracle,
     OracleError,
+    OracleWrapper,
     ThreatModel,
     ThreatModelError,
 )
@@ -98,6 +99,23 @@ def test_on_query_sees_every_charged_row() -> None:
     with pytest.raises(BudgetExhausted):
         o.query(X[:1])  # refused: not reported
     assert seen == [3, 1] and sum(seen) == o.queries_total
+
+
+def test_wrapper_forwards_everything_and_labels_go_through_query() -> None:
+    class Doubled(OracleWrapper):  # sends every row twice: watched through query alone
+        def query(self, x, *, ids=None):
+            return self.inner.query(torch.cat([x, x]))[: x.shape[0]]
+
+    inner = _oracle(budget=10)
+    w = Doubled(inner)
+    assert isinstance(w, Oracle)
+    assert (w.output, w.num_classes, w.input_shape, w.bounds) == ("scores", 3, (2,), (0.0, 1.0))
+    assert w.query_labels(X).tolist() == [0, 1, 0]
+    assert w.queries_total == inner.queries_total == 6 and w.remaining == 4
+    assert OracleWrapper(_oracle(output="label")).query_labels(X).tolist() == [0, 1, 0]
+    plain = OracleWrapper(inner)
+    plain.query(X[:1], ids=torch.tensor([4]))
+    assert plain.queries_for(torch.tensor([4])).tolist() == [1]
 
 
 def test_bad_queries() -> None:

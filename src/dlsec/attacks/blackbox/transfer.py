@@ -63,7 +63,7 @@ from torch import Tensor, nn
 from dlsec.attacks.blackbox import BlackBoxResult, _affordable, _check_oracle, _result
 from dlsec.attacks.evasion._base import AttackError, EvasionAttack
 from dlsec.attacks.evasion.registry import make_attack
-from dlsec.threat import Oracle, OutputKind
+from dlsec.threat import Oracle, OracleWrapper
 from dlsec.training import TrainConfig, fit, predict_logits
 
 STRATEGIES: tuple[str, ...] = ("jacobian", "knockoff", "graybox")
@@ -88,33 +88,15 @@ class Surrogate:
     training_size: int = 0
 
 
-class _LabelsOnly:
+class _LabelsOnly(OracleWrapper):
     """A label-only view of an oracle (queries and budget are the oracle's own)."""
 
-    output: OutputKind = "label"
-
     def __init__(self, inner: Oracle) -> None:
-        self.inner = inner
-        self.num_classes = inner.num_classes
-        self.input_shape = inner.input_shape
-        self.bounds = inner.bounds
-
-    @property
-    def queries_total(self) -> int:
-        return self.inner.queries_total
-
-    @property
-    def remaining(self) -> int | None:
-        return self.inner.remaining
+        super().__init__(inner)
+        self.output = "label"
 
     def query(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor:
         return self.inner.query_labels(x, ids=ids)
-
-    def query_labels(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor:
-        return self.inner.query_labels(x, ids=ids)
-
-    def queries_for(self, ids: Tensor) -> Tensor:
-        return self.inner.queries_for(ids)
 
 
 def _seed_from(generator: torch.Generator) -> int:
