@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -42,6 +45,21 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @cached_property
+    def digest(self) -> str:
+        """sha256 (hex) of the contents: the four tensors (dtype, shape, bytes), classes, bounds.
+
+        Two datasets with the same digest hold the same data whatever their name or
+        source, so caches key on it. Computed once per object (tensors are treated as
+        immutable: code that edits one in place builds a new Dataset).
+        """
+        h = hashlib.sha256(b"dlsec-dataset-v1\0")
+        for key in ("x_train", "y_train", "x_test", "y_test"):
+            _hash_tensor(h, key, getattr(self, key))
+        meta = {"classes": list(self.classes), "bounds": [float(b).hex() for b in self.bounds]}
+        h.update(json.dumps(meta, sort_keys=True).encode("utf-8"))
+        return h.hexdigest()
+
     def summary(self) -> dict[str, Any]:
         counts_train = torch.bincount(self.y_train, minlength=self.num_classes).tolist()
         counts_test = torch.bincount(self.y_test, minlength=self.num_classes).tolist()
@@ -56,6 +74,14 @@ class Dataset:
             "class_counts_train": counts_train,
             "class_counts_test": counts_test,
         }
+
+
+def _hash_tensor(h: Any, key: str, t: Tensor) -> None:
+    """Feed one tensor's name, dtype, shape and raw bytes (contiguous, on the CPU) to ``h``."""
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{key}:{t.dtype}:{tuple(t.shape)}\0".encode())
+    if t.numel():
+        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
 
 def validate_arrays(
