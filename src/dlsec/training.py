@@ -51,6 +51,53 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
+# -- CPU threads: one rule for every command ------------------------------------------------
+SMALL_MODEL_PARAMETERS = 100_000
+_DEFAULT_THREADS = torch.get_num_threads()  # torch's choice at start-up (OMP_NUM_THREADS, cores)
+
+
+def thread_limit() -> int:
+    """The most CPU threads a command may ask for: 4 per CPU (far more only oversubscribes,
+    and a huge count crashes the OpenMP runtime)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def check_threads(threads: int, *, option: str = "--threads") -> int:
+    """``threads`` if it is 0 (automatic) or 1..:func:`thread_limit`, else a one-line error."""
+    limit = thread_limit()
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= limit:
+        raise TrainingError(
+            f"{option}: must be 0 (automatic) or 1..{limit} (4 per CPU, "
+            f"{os.cpu_count() or 1} CPUs), got {threads!r}"
+        )
+    return threads
+
+
+def configure_threads(threads: int, *, model: nn.Module | None, device: torch.device) -> int:
+    """Set torch's CPU thread count for a command; return the number set.
+
+    ``threads > 0``: that many (at most :func:`thread_limit`, else :class:`TrainingError`).
+    ``0`` (automatic): one thread for a small model (fewer than
+    ``SMALL_MODEL_PARAMETERS`` parameters) on CPU, else torch's default at start-up. A
+    model of a few thousand parameters computes a step in microseconds; a second thread
+    only adds synchronisation (measured: adversarial training of the digits SimpleNet took
+    82 s with 2 threads against 5.9 s with 1 on a loaded 2-core machine). Pass the model
+    the command computes with (a loaded model directory's, never one built from an
+    untrusted card just to count); ``model=None`` with ``0`` keeps torch's default.
+    """
+    check_threads(threads)
+    if threads == 0:
+        small = (
+            model is not None
+            and torch.device(device).type == "cpu"
+            and sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMETERS
+        )
+        threads = 1 if small else _DEFAULT_THREADS
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run; saved into the model card."""
