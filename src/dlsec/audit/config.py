@@ -79,8 +79,13 @@ class AuditConfig:
             raise ConfigError(f"batch-size: must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr: must be a positive number, got {self.lr}")
-        if self.threads < 0:
-            raise ConfigError(f"threads: must be >= 0 (0 = automatic), got {self.threads}")
+        from dlsec.training import thread_limit  # the one limit every command checks
+
+        if not 0 <= self.threads <= thread_limit():
+            raise ConfigError(
+                f"threads: must be 0 (automatic) or 1..{thread_limit()} (4 per CPU), "
+                f"got {self.threads}"
+            )
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer: must be adam or sgd, got {self.optimizer!r}")
         if not 0.0 < self.test_size < 1.0:

@@ -27,7 +27,7 @@ from dlsec.data import Dataset, load_dataset
 from dlsec.errors import DlsecError
 from dlsec.files import atomic_write_text
 from dlsec.models import ModelCard, ModelError, load, save
-from dlsec.training import TrainConfig, resolve_device, train_model
+from dlsec.training import TrainConfig, configure_threads, resolve_device, train_model
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -132,36 +132,24 @@ def _check_compatible(card: ModelCard, dataset: Dataset, *, source: str) -> None
         )
 
 
-SMALL_MODEL_PARAMETERS = 100_000
+def _set_threads(
+    config: AuditConfig, dataset: Dataset, device: torch.device, model: torch.nn.Module | None = None
+) -> None:
+    """CPU threads for this audit: :func:`dlsec.training.configure_threads` (the rule every
+    command follows). An architecture the user named (``--model``) is built here to count
+    its parameters; a model directory's model is counted once loaded (``model``), never
+    built from its card just to count."""
+    net = model
+    if net is None and config.threads == 0 and not config.model_dir and device.type == "cpu":
+        from dlsec.models import build_network
 
-
-def _set_threads(config: AuditConfig, dataset: Dataset, device: torch.device) -> None:
-    """CPU threads for this audit: ``threads``, or with 0 one thread for small models.
-
-    A model of a few thousand parameters computes each step in microseconds; a second
-    thread only adds synchronisation (measured: the default digits audit trains 3x slower
-    with 2 threads than with 1 on a 2-core machine under load).
-    """
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-        return
-    if device.type != "cpu":
-        return
-    try:
-        if config.model_dir:
-            from dlsec.models import build_model, read_card
-
-            net = build_model(read_card(config.model_dir))
-        else:
-            from dlsec.models import build_network
-
+        try:
             net = build_network(
                 config.model, input_shape=dataset.input_shape, num_classes=dataset.num_classes
             )
-    except DlsecError:
-        return  # the real load reports the problem
-    if sum(p.numel() for p in net.parameters()) < SMALL_MODEL_PARAMETERS:
-        torch.set_num_threads(1)
+        except DlsecError:
+            net = None  # the real build reports the problem
+    configure_threads(config.threads, model=net, device=device)
 
 
 def section_key(spec: SectionSpec, config: AuditConfig, card: ModelCard) -> str:
@@ -194,6 +182,8 @@ def run_audit(
     dataset = load_dataset(config.dataset, seed=config.seed, test_size=config.test_size)
     _set_threads(config, dataset, device)
     model, card, history = obtain_model(config, dataset, device=device, progress=progress, console=console)
+    if config.model_dir:
+        _set_threads(config, dataset, device, model)
     model.eval()
     ctx = AuditContext(
         config=config, dataset=dataset, model=model, card=card, device=device,
