@@ -1,13 +1,15 @@
 """Square Attack (Linf and L2) through an oracle: schedule, initializations, success on
-digits, counting, budgets and determinism."""
+digits, counting, budgets, determinism and the exact fingerprints of sent inputs."""
 
 from __future__ import annotations
+
+import struct
 
 import pytest
 import torch
 
 from dlsec.attacks.blackbox import SquareAttack
-from dlsec.attacks.blackbox.square import l2_bump, p_selection
+from dlsec.attacks.blackbox.square import fingerprint, l2_bump, p_selection
 from dlsec.attacks.evasion import ensemble as ens
 from dlsec.attacks.evasion._base import AttackError
 from dlsec.threat import LocalOracle
@@ -190,3 +192,82 @@ def test_bad_square_arguments() -> None:
         SquareAttack(eps=-1.0)
     with pytest.raises(AttackError, match="max_queries"):
         SquareAttack(eps=0.1, max_queries=0)
+
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(h: int) -> int:
+    h = (h ^ (h >> 30)) * 0xBF58476D1CE4E5B9 & _M64
+    h = (h ^ (h >> 27)) * 0x94D049BB133111EB & _M64
+    return h ^ (h >> 31)
+
+
+def _reference_fingerprint(row: list[float]) -> int:
+    """The fingerprint in Python integers: the row's float32 bytes (-0.0 as 0.0), padded to
+    8-byte words; word j (from 1) plus mix(j * gamma), mixed; the sum modulo 2**64."""
+    data = struct.pack(f"<{len(row)}f", *(v + 0.0 for v in row))
+    data += bytes(-len(data) % 8)
+    total = 0
+    for j in range(len(data) // 8):
+        word = int.from_bytes(data[8 * j : 8 * j + 8], "little")
+        total += _mix64((word + _mix64((j + 1) * 0x9E3779B97F4A7C15 & _M64)) & _M64)
+    total &= _M64
+    return total - (1 << 64) if total >= 1 << 63 else total
+
+
+def test_fingerprint_is_exact_integer_arithmetic_on_the_bytes() -> None:
+    x = torch.rand(4, 1, 5, 7, generator=_gen(1))  # 35 floats: the last word is padded
+    x[0, 0, 0, 0] = -0.0
+    x[1, 0, 2, 3] = 0.0
+    assert fingerprint(x).dtype == torch.int64
+    assert fingerprint(x).tolist() == [_reference_fingerprint(r) for r in x.flatten(1).tolist()]
+    # -0.0 and 0.0 are one input; a change of one ulp in one pixel is another
+    same = x.clone()
+    same[0, 0, 0, 0] = 0.0
+    assert torch.equal(fingerprint(same), fingerprint(x))
+    ulp = x.clone()
+    ulp[2, 0, 4, 6] = torch.nextafter(ulp[2, 0, 4, 6], torch.tensor(2.0))
+    assert (fingerprint(ulp) != fingerprint(x)).tolist() == [False, False, True, False]
+
+
+def test_fingerprint_does_not_depend_on_the_batch_an_input_is_in() -> None:
+    # a float projection of the same row rounds differently in different batch shapes;
+    # the fingerprint of a row is the same alone, in any batch, order or memory layout
+    x = torch.rand(64, 1, 28, 28, generator=_gen(2))
+    full = fingerprint(x)
+    assert torch.equal(torch.cat([fingerprint(x[i : i + 1]) for i in range(64)]), full)
+    perm = torch.randperm(64, generator=_gen(3))
+    assert torch.equal(fingerprint(x[perm]), full[perm])
+    assert torch.equal(fingerprint(x[5:37]), full[5:37])
+    mixed = torch.cat([torch.rand(100, 1, 28, 28, generator=_gen(4)), x[:7]])
+    assert torch.equal(fingerprint(mixed)[100:], full[:7])
+    strided = x.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
+    assert not strided.is_contiguous() and torch.equal(fingerprint(strided), full)
+    # different inputs, also one pixel apart: different fingerprints
+    near = x.clone()
+    near[:, 0, 14, 14] += 1e-3
+    assert torch.cat([full, fingerprint(near)]).unique().numel() == 128
+
+
+def test_square_never_sends_a_repeated_candidate(counting) -> None:
+    # a model that answers class 0 everywhere: no candidate beats the initial stripes, so
+    # each candidate is the stripes with one pixel flipped. On 4 x 4 images squares have
+    # side 1 and their top-left corner lies in the first 3 x 3 pixels (as in the reference
+    # code): 9 distinct candidates, then only repeats, which are never sent
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2))
+    with torch.no_grad():
+        net[1].weight.zero_()
+        net[1].bias.copy_(torch.tensor([5.0, 0.0]))
+    x = torch.full((8, 1, 4, 4), 0.5)
+    y = torch.zeros(8, dtype=torch.int64)
+    oracle = LocalOracle(net, num_classes=2, input_shape=(1, 4, 4), bounds=(0.0, 1.0))
+    counter = counting(oracle, y)
+    res = SquareAttack(eps=0.1, max_queries=200)(counter, x, y, generator=_gen())
+    assert not bool(res.success.any())
+    assert counter.repeats == 0
+    assert res.queries.tolist() == [1 + 9] * 8 and counter.rows == 80
+    # with a memory of 3 inputs, older candidates are forgotten and sent again
+    counter = counting(LocalOracle(net, num_classes=2, input_shape=(1, 4, 4), bounds=(0.0, 1.0)), y)
+    res = SquareAttack(eps=0.1, max_queries=200, memory=3)(counter, x, y, generator=_gen())
+    assert counter.repeats > 0 and res.queries_total == counter.rows

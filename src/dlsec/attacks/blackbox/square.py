@@ -31,7 +31,8 @@ candidate identical to an input already sent for the point is not sent again: su
 input never beats the current best (the best margin only decreases), so the outcome is
 the same with fewer queries (on small images, late iterations often redraw a square tried
 before). Each point remembers the last ``memory`` inputs it sent (default: all of them, up
-to 4,096) as 64-bit fingerprints.
+to 4,096) as 64-bit fingerprints (:func:`fingerprint`): integer hashes of the inputs' bit
+patterns, exact on any CPU or GPU and independent of the batch an input was sent in.
 
 Example:
     >>> oracle = LocalOracle(model, card=card)                        # doctest: +SKIP
@@ -106,6 +107,63 @@ def _place(bump: Tensor, window: Tensor, flip: Tensor) -> Tensor:
     return out.unsqueeze(1)
 
 
+_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment and finalizer constants
+_MIX1, _MIX2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
+_OFFSETS: dict[tuple[int, str], Tensor] = {}
+
+
+def _signed(c: int) -> int:
+    """A 64-bit constant as the int64 with the same bits."""
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+def _shr(h: Tensor, k: int) -> Tensor:
+    """Logical right shift of int64 bit patterns (torch's ``>>`` copies the sign bit)."""
+    return (h >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix(h: Tensor) -> Tensor:
+    """splitmix64's finalizer on int64 bit patterns (a bijection of 64-bit words)."""
+    h = (h ^ _shr(h, 30)) * _signed(_MIX1)
+    h = (h ^ _shr(h, 27)) * _signed(_MIX2)
+    return h ^ _shr(h, 31)
+
+
+def _offsets(k: int, device: torch.device) -> Tensor:
+    """The per-position constants of :func:`fingerprint`: word ``j`` gets ``mix(j * gamma)``."""
+    key = (k, str(device))
+    if key not in _OFFSETS:
+        pos = torch.arange(1, k + 1, dtype=torch.int64, device=device)
+        _OFFSETS[key] = _mix(pos * _signed(_GAMMA))
+    return _OFFSETS[key]
+
+
+def fingerprint(x: Tensor) -> Tensor:
+    """64-bit fingerprints (``int64``) of the rows of ``x``: equal for equal inputs, on
+    any CPU, any device and any batch composition.
+
+    A row's bytes (floats with ``-0.0`` read as ``0.0``), zero-padded to whole 64-bit
+    words, are read as words; word ``j`` is offset by a per-position constant and mixed
+    with splitmix64's finalizer, and the row's fingerprint is the sum of the mixed words.
+    Everything is integer arithmetic modulo ``2**64`` in elementwise operations and one
+    sum, so nothing depends on rounding or on the order of a reduction, unlike a
+    floating-point projection (the same input in two batch shapes can get two different
+    floating-point dot products). Two different inputs share a fingerprint with
+    probability about ``2**-64``.
+    """
+    flat = x.detach().flatten(1)
+    if flat.is_floating_point():
+        flat = flat + 0.0  # -0.0 + 0.0 is +0.0: the same number, one bit pattern
+    if flat.element_size() > 8 or flat.is_complex():
+        raise AttackError(f"cannot fingerprint inputs of dtype {flat.dtype}")
+    per_word = 8 // flat.element_size()
+    pad = -flat.shape[1] % per_word
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(flat.shape[0], pad)], 1)
+    words = flat.contiguous().view(torch.int64)
+    return _mix(words + _offsets(words.shape[1], words.device)).sum(1)
+
+
 def _norm(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return t.pow(2).sum(dims, keepdim=True).sqrt()
 
@@ -158,13 +216,12 @@ class SquareAttack:
         x_best = (x + self._init(x)).clamp(lo, hi)
         margin = torch.full((n,), float("inf"), device=dev)
         fooled = torch.zeros(n, dtype=torch.bool, device=dev)
-        # fingerprints of the inputs sent for each point
-        weights = torch.rand(x[0].numel(), generator=torch.Generator().manual_seed(7),
-                             dtype=torch.float64).to(dev) + 1.0  # fmt: skip
-        size = min(self.max_queries, 4096) if self.memory is None else self.memory
-        seen = torch.full((n, max(size, 1)), float("nan"), dtype=torch.float64, device=dev)
+        # fingerprints of the inputs sent for each point; slot: how many were stored
+        size = max(min(self.max_queries, 4096) if self.memory is None else self.memory, 1)
+        seen = torch.zeros((n, size), dtype=torch.int64, device=dev)
         slot = torch.ones(n, dtype=torch.int64, device=dev)
-        seen[:, 0] = x_best.flatten(1).double() @ weights
+        seen[:, 0] = fingerprint(x_best)
+        held = torch.arange(size, device=dev)
         rows = _affordable(oracle, torch.arange(n, device=dev))
         if rows.numel():
             scores = oracle.query(x_best[rows], ids=ids[rows.cpu()]).to(dev)
@@ -180,8 +237,9 @@ class SquareAttack:
             p = p_selection(float(self.p_init), it, self.max_queries)  # type: ignore[arg-type]
             step = self._linf_step if self.norm == "linf" else self._l2_step
             x_new = step(xr, best - xr, p, lo, hi)
-            tag = x_new.flatten(1).double() @ weights
-            new = ~(seen[rows] == tag.unsqueeze(1)).any(1)  # answers not yet known
+            tag = fingerprint(x_new)
+            known = (seen[rows] == tag.unsqueeze(1)) & (held < slot[rows].unsqueeze(1))
+            new = ~known.any(1)  # answers not yet known
             rows, x_new, tag = rows[new], x_new[new], tag[new]
             if rows.numel() == 0:
                 continue
