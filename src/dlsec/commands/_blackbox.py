@@ -134,6 +134,7 @@ def _decision_based(name: str, model, card, x, y, eps_list: list[float], arrays:
     import numpy as np
     import torch
 
+    from dlsec.attacks.blackbox import median
     from dlsec.attacks.blackbox.boundary import BoundaryAttack
     from dlsec.attacks.blackbox.hsja import HopSkipJump
     from dlsec.threat import LocalOracle
@@ -149,7 +150,7 @@ def _decision_based(name: str, model, card, x, y, eps_list: list[float], arrays:
         res = attack(oracle, x, y, ids=torch.arange(len(y)),
                      generator=torch.Generator().manual_seed(seed))  # fmt: skip
     dist = res.linf if norm == "linf" else res.l2
-    med = float(dist[res.success].median()) if bool(res.success.any()) else float("nan")
+    med = median(dist[res.success])
     typer.echo(f"  adversarial found for {res.success_rate:.4f} of the points, median {norm} "
                f"distance {med:.4g}, queries spent {oracle.queries_total}")  # fmt: skip
     for e in eps_list:

@@ -35,6 +35,15 @@ from dlsec.attacks.evasion._base import AttackError
 from dlsec.threat import Oracle
 
 
+def median(t: Tensor) -> float:
+    """The usual median of ``t``'s values: the middle one, or the mean of the two middle
+    ones for an even count (``torch.median`` returns the lower of the two); ``nan`` when
+    ``t`` is empty. Example: the median of 1, 2, 9, 10 is 5.5."""
+    v = t.detach().flatten().double().sort().values
+    k = v.numel()
+    return float((v[(k - 1) // 2] + v[k // 2]) / 2) if k else float("nan")
+
+
 @dataclass
 class BlackBoxResult:
     """The outcome of a black-box attack on ``N`` points.
@@ -87,9 +96,9 @@ class BlackBoxResult:
 
     @property
     def median_queries(self) -> float:
-        """Median queries over the successful points (``nan`` when none succeeded)."""
-        q = self.queries[self.success]
-        return float(q.double().median()) if q.numel() else float("nan")
+        """Median queries over the successful points (the mean of the two middle counts
+        for an even number of points; ``nan`` when none succeeded)."""
+        return median(self.queries[self.success])
 
     @property
     def mean_queries(self) -> float:
@@ -155,4 +164,12 @@ from dlsec.attacks.blackbox.nes import NESAttack  # noqa: E402
 from dlsec.attacks.blackbox.simba import SimBA  # noqa: E402
 from dlsec.attacks.blackbox.square import SquareAttack  # noqa: E402
 
-__all__ = ["BlackBoxResult", "BoundaryAttack", "HopSkipJump", "NESAttack", "SimBA", "SquareAttack"]
+__all__ = [
+    "BlackBoxResult",
+    "BoundaryAttack",
+    "HopSkipJump",
+    "NESAttack",
+    "SimBA",
+    "SquareAttack",
+    "median",
+]

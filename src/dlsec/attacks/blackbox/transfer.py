@@ -60,7 +60,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.blackbox import BlackBoxResult, _affordable, _check_oracle, _result
+from dlsec.attacks.blackbox import BlackBoxResult, _affordable, _check_oracle, _result, median
 from dlsec.attacks.evasion._base import AttackError, EvasionAttack
 from dlsec.attacks.evasion.registry import make_attack
 from dlsec.threat import Oracle, OracleWrapper
@@ -282,9 +282,6 @@ class TransferResult:
         return self.surrogate_queries + self.queries_sent
 
     def summary(self) -> dict[str, Any]:
-        def median(t: Tensor) -> float:
-            return float(t.double().median()) if t.numel() else float("nan")
-
         return {
             "strategy": self.strategy,
             "eps": self.eps,

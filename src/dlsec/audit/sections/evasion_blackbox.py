@@ -69,6 +69,15 @@ class BlackBoxOptions:
             raise ValueError(f"transfer: unknown {bad} (choose from {list(STRATEGIES)})")
         if self.norm != "l2" and "boundary" in self.attacks:
             raise ValueError('attacks: boundary is an L2 attack; set norm = "l2" to use it')
+        if not self.attacks and not self.transfer:
+            raise ValueError("attacks and transfer: both empty; name one or more of either")
+        if not 0 <= self.eps < float("inf") or not 0 <= self.masking_margin <= 1:
+            raise ValueError("eps must be finite and >= 0, masking-margin in [0, 1]")
+        from dlsec.attacks.evasion import attack_names
+
+        bad = [a for a in self.craft if a not in attack_names()]
+        if bad or (self.transfer and not self.craft):
+            raise ValueError(f"craft: one or more white-box attacks (choose from {attack_names()})")
 
 
 def _eps(options: BlackBoxOptions, bounds: tuple[float, float]) -> float:
@@ -93,6 +102,7 @@ def _query_attack(name: str, eps: float, norm: str, budget: int):
 
 @register_section("blackbox", title="Evasion (black-box)", order=55, options=BlackBoxOptions)
 def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
+    from dlsec.attacks.blackbox import median
     from dlsec.audit.report.plots import bar_chart, line_chart
 
     ds, card = ctx.dataset, ctx.card
@@ -120,7 +130,7 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
         curves[name] = (budgets, [round(r, 6) for r in robust])
         fooled_bb |= within.to(fooled_bb.device) | ~correct
         dist = res.linf if norm == "linf" else res.l2
-        med_dist = float(dist[res.success].median()) if bool(res.success.any()) else float("nan")
+        med_dist = median(dist[res.success])
         metrics[f"{name}_robust_accuracy"] = round(robust[-1], 6)
         metrics[f"{name}_queries"] = float(oracle.queries_total)
         med_q = _queries_to_eps(res, eps) if decision else res.median_queries
@@ -210,13 +220,15 @@ def _num(v: float) -> float | str:
 def _queries_to_eps(res, eps: float) -> float:
     """Median queries a decision-based attack spent until its adversarial was within
     ``eps`` (over the points where it got there), from the result's trace."""
+    from dlsec.attacks.blackbox import median
+
     inside = res.trace_dist <= eps * (1 + 1e-6)  # T x N
     reached = inside.any(0)
     if not bool(reached.any()):
         return float("nan")
     first = inside.to(torch.int64).argmax(0)  # the first iteration within eps
     spent = res.trace_queries.gather(0, first.view(1, -1)).squeeze(0)
-    return float(spent[reached].double().median())
+    return median(spent[reached])
 
 
 def _within(res, eps: float, norm: str) -> torch.Tensor:
