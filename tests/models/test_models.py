@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from pathlib import Path
@@ -168,6 +169,7 @@ def test_pickle_with_code_is_refused_and_never_runs(tmp_path: Path) -> None:
     # the same file named in a card is refused by load() too
     card = _card()
     card.weights_file = "weights.pt"
+    card.weights_sha256 = hashlib.sha256(evil.read_bytes()).hexdigest()
     (tmp_path / "card.json").write_text(card.to_json())
     with pytest.raises(ModelError, match="refused to load"):
         load(tmp_path)

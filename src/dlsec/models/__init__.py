@@ -13,14 +13,17 @@ from dlsec.models.card import ModelCard
 from dlsec.models.io import build_model, inner_network, load, read_card, read_state_dict, save
 from dlsec.models.nets import Normalized, SimpleNet, SmallCNN
 from dlsec.models.registry import (
+    FACTORY_ARGUMENTS,
     ModelError,
     build_network,
+    check_code_allowed,
     model_names,
     register_model,
     resolve_factory,
 )
 
 __all__ = [
+    "FACTORY_ARGUMENTS",
     "ModelCard",
     "ModelError",
     "Normalized",
@@ -28,6 +31,7 @@ __all__ = [
     "SmallCNN",
     "build_model",
     "build_network",
+    "check_code_allowed",
     "inner_network",
     "load",
     "model_names",

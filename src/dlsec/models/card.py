@@ -1,16 +1,37 @@
-"""ModelCard: everything an attack or a report needs to know about a model besides weights."""
+"""ModelCard: everything an attack or a report needs to know about a model besides weights.
+
+A card read from a file is checked field by field before anything uses it: a wrong type
+or value is a :class:`ModelError` of one line naming the file and the field. Reading a
+card never imports anything; its ``architecture`` is only a string until
+:func:`dlsec.models.build_model` is asked to build it.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from dlsec import __version__
-from dlsec.models.registry import ModelError
+from dlsec.models.registry import ModelError, check_input_shape
 
 CARD_SCHEMA_VERSION = 1
+MAX_CARD_BYTES = 1 << 20
+MAX_CLASSES = 100_000
+
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+# Types of the training-recipe keys dlsec reads back (see dlsec.training.TrainConfig).
+_TRAINING_TYPES: dict[str, tuple[type, ...]] = {
+    "epochs": (int,), "batch_size": (int,), "step_every": (int,), "seed": (int,),
+    "patience": (int, type(None)), "best_epoch": (int, type(None)),
+    "lr": (int, float), "momentum": (int, float), "weight_decay": (int, float),
+    "step_gamma": (int, float), "val_fraction": (int, float),
+    "optimizer": (str,), "schedule": (str,), "device": (str,), "restore_best": (bool,),
+}  # fmt: skip
 
 
 @dataclass
@@ -34,13 +55,18 @@ class ModelCard:
     weights_sha256: str = ""
     dlsec_version: str = __version__
     schema_version: int = CARD_SCHEMA_VERSION
+    # Not saved: where the card was read from, and the ``module:factory`` architecture
+    # this card object may import because the caller consented (never read from a file;
+    # lost on ``dataclasses.replace``).
+    _source: str | None = field(default=None, init=False, repr=False, compare=False)
+    _allowed_code: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
+        d = {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith("_")}
         d["bounds"] = list(self.bounds)
         return d
 
@@ -49,35 +75,140 @@ class ModelCard:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "card") -> ModelCard:
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("_")}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ModelError(f"{source}: unknown model card key(s): {', '.join(unknown)}")
-        for key in ("architecture", "input_shape", "classes"):
+            raise ModelError(f"{source}: unknown model card key(s): {', '.join(map(str, unknown))}")
+        for key in ("architecture", "input_shape", "classes", "weights_sha256"):
             if key not in d:
                 raise ModelError(f"{source}: model card lacks {key!r}")
-        try:
-            card = cls(**d)
-            card.input_shape = [int(v) for v in card.input_shape]
-            card.classes = [str(c) for c in card.classes]
-            lo, hi = (float(v) for v in card.bounds)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"{source}: malformed model card ({exc})") from exc
-        if not lo < hi:
-            raise ModelError(f"{source}: bounds must satisfy low < high, got {[lo, hi]}")
-        card.bounds = (lo, hi)
-        if card.normalization is not None:
-            mean, std = card.normalization.get("mean"), card.normalization.get("std")
-            if not mean or not std or len(mean) != len(std) or min(std) <= 0:
-                raise ModelError(f"{source}: normalization needs equal-length mean and std > 0")
+        checked = _checked_fields(d, source)
+        card = cls(**checked)
+        card._source = source
         return card
 
     @classmethod
-    def from_json(cls, text: str, *, source: str = "card") -> ModelCard:
+    def from_json(cls, text: str | bytes, *, source: str = "card") -> ModelCard:
+        if isinstance(text, bytes):
+            if len(text) > MAX_CARD_BYTES:
+                raise ModelError(f"{source}: {len(text):,} bytes, more than a model card may hold")
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ModelError(
+                    f"{source}: not UTF-8 text (byte {exc.start}); a model card is JSON"
+                ) from exc
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ModelError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+        except RecursionError as exc:
+            raise ModelError(f"{source}: not a model card (JSON nested too deeply)") from exc
         if not isinstance(d, dict):
             raise ModelError(f"{source}: a model card must be a JSON object")
         return cls.from_dict(d, source=source)
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _finite_numbers(v: Any) -> bool:
+    return isinstance(v, list) and all(_number(x) and math.isfinite(x) for x in v)
+
+
+def _checked_fields(d: dict[str, Any], source: str) -> dict[str, Any]:
+    """``d`` with each field's type and value checked (one-line ModelError naming it)."""
+
+    def bad(key: str, why: str) -> ModelError:
+        return ModelError(f"{source}: field {key!r} {why}")
+
+    out = dict(d)
+    arch = d["architecture"]
+    if not isinstance(arch, str) or not arch.strip() or len(arch) > 500:
+        raise bad("architecture", "must be a non-empty string (a built-in name or module:factory)")
+    shape = check_input_shape(d["input_shape"], what=f"{source}: field 'input_shape'")
+    out["input_shape"] = list(shape)
+
+    classes = d["classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", "must be a list of strings (the class names)")
+    if not classes or len(classes) > MAX_CLASSES:
+        raise bad("classes", f"must name between 1 and {MAX_CLASSES:,} classes, got {len(classes)}")
+    if len(set(classes)) != len(classes):
+        raise bad("classes", "names a class twice")
+
+    if "bounds" in d:
+        b = d["bounds"]
+        if not _finite_numbers(b) or len(b) != 2:
+            raise bad("bounds", "must be [low, high], two finite numbers")
+        if not b[0] < b[1]:
+            raise bad("bounds", f"must satisfy low < high, got {b}")
+        out["bounds"] = (float(b[0]), float(b[1]))
+
+    norm = d.get("normalization")
+    if norm is not None:
+        channels = shape[0]
+        if not isinstance(norm, dict) or set(norm) != {"mean", "std"}:
+            raise bad("normalization", 'must be null or {"mean": [...], "std": [...]}')
+        mean, std = norm["mean"], norm["std"]
+        if not _finite_numbers(mean) or not _finite_numbers(std):
+            raise bad("normalization", "mean and std must be lists of finite numbers")
+        if len(mean) != len(std) or len(mean) not in {1, channels}:
+            raise bad(
+                "normalization",
+                f"mean and std need 1 or {channels} values (one per channel of input "
+                f"shape {list(shape)}), got {len(mean)} and {len(std)}",
+            )
+        if min(std) <= 0:
+            raise bad("normalization", "std values must be > 0")
+        out["normalization"] = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+    for key in ("dataset", "dlsec_version"):
+        if key in d and not isinstance(d[key], str):
+            raise bad(key, "must be a string")
+
+    training = d.get("training", {})
+    if not isinstance(training, dict):
+        raise bad("training", "must be an object (the training settings)")
+    for key, types in _TRAINING_TYPES.items():
+        v = training.get(key)
+        if key in training and (
+            not isinstance(v, types) or (isinstance(v, bool) and bool not in types)
+        ):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise bad("training", f"key {key!r} must be {names}, got {json.dumps(v)[:40]}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise bad("training", f"key {key!r} must be finite")
+
+    metrics = d.get("metrics", {})
+    if not isinstance(metrics, dict) or not all(v is None or _number(v) for v in metrics.values()):
+        raise bad("metrics", "must be an object of numbers")
+
+    wf = d.get("weights_file", "model.safetensors")
+    if (
+        not isinstance(wf, str)
+        or wf in ("", ".", "..")
+        or any(c in wf for c in "/\\\0:")
+        or len(wf) > 255
+    ):
+        raise bad("weights_file", "must be a file name in the model directory (no path)")
+
+    digest = d["weights_sha256"]
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise bad(
+            "weights_sha256",
+            "must be the weights file's sha256 (64 hex digits); "
+            "without it the weights cannot be checked",
+        )
+    out["weights_sha256"] = digest.lower()
+
+    version = d.get("schema_version", CARD_SCHEMA_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise bad("schema_version", "must be an integer")
+    if version > CARD_SCHEMA_VERSION:
+        raise bad(
+            "schema_version",
+            f"is {version}: written by a newer dlsec (this one reads {CARD_SCHEMA_VERSION})",
+        )
+    return out

@@ -4,7 +4,10 @@ Notes:
     A ``.pt``/``.pth`` weights file is read only with ``torch.load(weights_only=True)``,
     whose restricted unpickler refuses any object other than tensors and plain
     containers, so a file carrying code is rejected before that code can run.
-    The sha256 recorded in the card is checked before the weights are parsed.
+    The sha256 recorded in the card is checked before the weights are parsed; a card
+    without one is refused. A card naming a ``module:factory`` architecture is refused
+    unless the caller consents (``trust_code=True`` or the same ``factory``), because
+    building it would import that module and so run its code.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from safetensors.torch import save as st_save
 from torch import nn
 
 from dlsec.files import atomic_write_bytes, atomic_write_text
-from dlsec.models.card import ModelCard
+from dlsec.models.card import MAX_CARD_BYTES, ModelCard
 from dlsec.models.nets import Normalized
-from dlsec.models.registry import ModelError, build_network
+from dlsec.models.registry import ModelError, build_network, check_code_allowed, code_module
 
 CARD_FILE = "card.json"
 
@@ -36,9 +39,24 @@ def inner_network(model: nn.Module) -> nn.Module:
     return model.net if isinstance(model, Normalized) else model
 
 
-def build_model(card: ModelCard) -> nn.Module:
-    """An untrained model for a card: the network, wrapped to normalize inputs if needed."""
-    net = build_network(card.architecture, input_shape=card.input_shape, num_classes=card.num_classes)
+def build_model(
+    card: ModelCard, *, trust_code: bool = False, factory: str | None = None
+) -> nn.Module:
+    """An untrained model for a card: the network, wrapped to normalize inputs if needed.
+
+    A built-in (registered) architecture is built freely. A ``module:factory`` one imports
+    and runs that module, so it is built only with consent: ``trust_code=True``, or
+    ``factory`` equal to the card's architecture (the user named the same factory).
+    Consent stays with this card object (not with its file): building it again, e.g. a
+    fresh copy for shadow models, needs no second consent.
+    """
+    arch = card.architecture
+    if card._allowed_code != arch:
+        check_code_allowed(arch, trust_code=trust_code, factory=factory,
+                           source=card._source or "model card")  # fmt: skip
+        if code_module(arch) is not None:
+            card._allowed_code = arch
+    net = build_network(arch, input_shape=card.input_shape, num_classes=card.num_classes)
     if card.normalization:
         return Normalized(net, card.normalization["mean"], card.normalization["std"])
     return net
@@ -59,21 +77,34 @@ def save(model: nn.Module, card: ModelCard, directory: str | Path) -> ModelCard:
 
 
 def read_card(directory: str | Path) -> ModelCard:
+    """The checked card of a model directory. Nothing is imported or built."""
     path = Path(directory) / CARD_FILE
     if not Path(directory).is_dir():
         raise ModelError(f"{directory}: model directory not found")
     if not path.is_file():
         raise ModelError(f"{path}: no model card (expected card.json beside the weights)")
-    return ModelCard.from_json(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        size = path.stat().st_size
+        if size > MAX_CARD_BYTES:
+            raise ModelError(f"{path}: {size:,} bytes, more than a model card may hold")
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the model card ({exc.strerror or exc})") from exc
+    return ModelCard.from_json(blob, source=str(path))
 
 
-def read_state_dict(path: str | Path, *, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | Path, *, expected_sha256: str | None = None
+) -> dict[str, torch.Tensor]:
     """Read weights from safetensors, or from ``.pt``/``.pth`` with ``weights_only=True`` only."""
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: weights file not found")
-    blob = path.read_bytes()
-    if expected_sha256 and sha256_bytes(blob) != expected_sha256:
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read the weights ({exc.strerror or exc})") from exc
+    if expected_sha256 and sha256_bytes(blob) != expected_sha256.lower():
         raise ModelError(f"{path}: sha256 does not match the model card (file changed or corrupt)")
     if path.suffix == ".safetensors":
         try:
@@ -100,15 +131,32 @@ def read_state_dict(path: str | Path, *, expected_sha256: str | None = None) -> 
 
 
 def load(
-    directory: str | Path, *, device: str | torch.device = "cpu"
+    directory: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    trust_code: bool = False,
+    factory: str | None = None,
 ) -> tuple[nn.Module, ModelCard]:
-    """Load ``(model, card)`` from a directory written by :func:`save`, in eval mode."""
+    """Load ``(model, card)`` from a directory written by :func:`save`, in eval mode.
+
+    The card is checked first, then consent for a ``module:factory`` architecture (see
+    :func:`build_model`; nothing is imported without it), then the weights' sha256,
+    and only then is the network built and the weights loaded.
+    """
     card = read_card(directory)
-    state = read_state_dict(Path(directory) / card.weights_file, expected_sha256=card.weights_sha256 or None)
-    model = build_model(card)
+    check_code_allowed(card.architecture, trust_code=trust_code, factory=factory,
+                       source=card._source or str(directory))  # fmt: skip
+    if not card.weights_sha256:
+        raise ModelError(f"{card._source}: the card has no weights_sha256")
+    state = read_state_dict(
+        Path(directory) / card.weights_file, expected_sha256=card.weights_sha256
+    )
+    model = build_model(card, trust_code=trust_code, factory=factory)
     try:
         inner_network(model).load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
-        raise ModelError(f"{directory}: weights do not fit {card.architecture!r} ({first})") from exc
+        raise ModelError(
+            f"{directory}: weights do not fit {card.architecture!r} ({first})"
+        ) from exc
     return model.to(device).eval(), card

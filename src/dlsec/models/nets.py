@@ -61,24 +61,28 @@ class Normalized(nn.Module):
     """Wraps a network so it takes raw inputs (in the card's bounds) and normalizes inside.
 
     Attacks then work in input space, where the threat model's epsilon and bounds live.
-    The mean/std buffers are not persistent: they come from the model card, and the
-    weights file holds only the wrapped network's state dict.
+    ``mean`` and ``std`` hold one value, or one per channel (the input's first dimension
+    after the batch: C of ``C x H x W``, the features of a flat input). The buffers are
+    not persistent: they come from the model card, and the weights file holds only the
+    wrapped network's state dict.
     """
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
+        if len(mean) != len(std) or not len(mean):
+            raise ValueError("mean and std need the same, non-zero length")
         self.net = net
-        shape = (1, len(mean), 1, 1)
-        self.register_buffer("mean", torch.tensor(list(mean)).view(shape), persistent=False)
-        self.register_buffer("std", torch.tensor(list(std)).view(shape), persistent=False)
+        self.register_buffer("mean", torch.tensor([float(v) for v in mean]), persistent=False)
+        self.register_buffer("std", torch.tensor([float(v) for v in std]), persistent=False)
 
     mean: Tensor
     std: Tensor
 
     def forward(self, x: Tensor) -> Tensor:
         mean, std = self.mean, self.std
-        if x.dim() == 2:
-            mean, std = mean.flatten(), std.flatten()
+        if mean.numel() > 1:  # per channel: along dim 1 of the batch
+            shape = (1, mean.numel()) + (1,) * (x.dim() - 2)
+            mean, std = mean.view(shape), std.view(shape)
         return self.net((x - mean) / std)
 
 

@@ -45,7 +45,7 @@ def model_factory(
 
     card = ModelCard(architecture=architecture, input_shape=list(input_shape),
                      classes=list(classes), bounds=bounds, normalization=normalization)  # fmt: skip
-    return lambda: build_model(card)
+    return lambda: build_model(card, factory=architecture)  # the caller named it
 
 
 def train_on(
