@@ -412,7 +412,7 @@ def train_model(
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = build_model(card)
+        model = build_model(card, factory=architecture)  # the caller named it
     x_tr, y_tr, x_val, y_val = dataset.x_train, dataset.y_train, None, None
     if config.val_fraction > 0:
         tr_idx, val_idx = stratified_split(y_tr, test_size=config.val_fraction, seed=config.seed)
