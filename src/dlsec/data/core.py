@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -17,6 +20,116 @@ from dlsec.errors import DlsecError
 
 class DatasetError(DlsecError):
     """A dataset could not be read; the message names the file and the problem."""
+
+
+# Hard limits on what a file may ask dlsec to allocate, checked against the sizes a
+# file declares (IDX header, npy header, zip directory) before anything is allocated.
+MAX_ELEMENTS = 1 << 30  # values in one array: 4 GiB as float32
+MAX_CLASSES = 100_000  # labels 0..MAX_CLASSES-1 (ImageNet-21k has 21,841 classes)
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as fh:
+            text = fh.read(64).strip()
+    except (OSError, ValueError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate, as far as the OS tells; None when unknown.
+
+    The smallest of: the kernel's MemAvailable, what is left of the cgroup's memory
+    limit (containers: the OOM killer acts on it), and what is left of the address
+    space limit (``ulimit -v``).
+    """
+    left: list[int] = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    left.append(int(line.split()[1]) * 1024)
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    for limit_file, usage_file in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
+        limit, usage = _read_int(limit_file), _read_int(usage_file)
+        if limit is not None and usage is not None and limit < 1 << 60:
+            left.append(max(limit - usage, 0))
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            used = 0
+            with open("/proc/self/status", encoding="ascii") as fh:
+                for line in fh:
+                    if line.startswith("VmSize:"):
+                        used = int(line.split()[1]) * 1024
+                        break
+            left.append(max(soft - used, 0))
+    except (ImportError, OSError, ValueError, IndexError):
+        pass
+    return min(left) if left else None
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB"
+
+
+def check_size(elements: int, need: int, *, source: str, what: str) -> None:
+    """Refuse, before allocating, an array of ``elements`` values needing ``need`` bytes.
+
+    ``elements`` above :data:`MAX_ELEMENTS`, or ``need`` above the memory this
+    process can still get, raise :class:`DatasetError` (rather than a MemoryError or
+    the OOM killer later).
+    """
+    if elements > MAX_ELEMENTS:
+        raise DatasetError(
+            f"{source}: {what} declares {elements:,} values, more than dlsec loads "
+            f"({MAX_ELEMENTS:,}, 4 GiB as float32)"
+        )
+    free = available_memory()
+    if free is not None and need > free:
+        raise DatasetError(
+            f"{source}: {what} needs about {_gib(need)} of memory, only {_gib(free)} is available"
+        )
+
+
+def _os_reason(exc: BaseException) -> str:
+    return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).rstrip(".")
+
+
+def open_regular_file(path: Path, *, expected: str) -> tuple[BinaryIO, int]:
+    """Open a user's file for reading: (binary file, size in bytes), or a one-line error.
+
+    Names the file and the problem for a missing file, a directory, a device or pipe
+    (which could block or never end), a symlink loop, no permission, or a path the OS
+    refuses (a NUL byte, a name too long). ``expected`` says what was wanted
+    ("an IDX file").
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file not found") from None
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot read ({_os_reason(exc)})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DatasetError(f"{path}: is a directory, expected {expected}")
+    if not stat.S_ISREG(st.st_mode):
+        raise DatasetError(f"{path}: not a regular file, expected {expected}")
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({_os_reason(exc)})") from None
+    return fh, st.st_size
 
 
 @dataclass(frozen=True)
@@ -84,6 +197,29 @@ def _hash_tensor(h: Any, key: str, t: Tensor) -> None:
         h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
 
 
+def label_range(y: np.ndarray, *, source: str) -> tuple[int, int]:
+    """(smallest, largest) label as Python ints (no overflow, no wrap-around of uint64).
+
+    Raises :class:`DatasetError` unless the labels are integers (an integer dtype, or
+    floats with integral values); allocates nothing sized by the labels' values.
+    """
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.isfinite(y).all():
+            raise DatasetError(f"{source}: labels contain NaN or inf")
+        if not np.all(y == np.round(y)):
+            raise DatasetError(f"{source}: labels must be integers")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DatasetError(f"{source}: labels must be integers, got dtype {y.dtype}")
+    if y.size == 0:
+        return 0, -1
+    return int(y.min()), int(y.max())
+
+
+def _label(value: int) -> str:
+    """A label for a message: exact, or in scientific notation when absurdly long."""
+    return str(value) if abs(value) < 10**21 else f"{float(value):.3g}"
+
+
 def validate_arrays(
     x: np.ndarray,
     y: np.ndarray,
@@ -91,7 +227,11 @@ def validate_arrays(
     source: str,
     num_classes: int | None = None,
 ) -> None:
-    """Raise :class:`DatasetError` for the problems a user's data typically has."""
+    """Raise :class:`DatasetError` for the problems a user's data typically has.
+
+    Labels must lie in ``0..num_classes-1`` (or ``0..MAX_CLASSES-1`` when the
+    classes are not given), checked on their own dtype before any conversion.
+    """
     if x.shape[0] != y.shape[0]:
         raise DatasetError(
             f"{source}: image/label count mismatch ({x.shape[0]} inputs, {y.shape[0]} labels)"
@@ -100,27 +240,24 @@ def validate_arrays(
         raise DatasetError(f"{source}: the dataset is empty")
     if y.ndim != 1:
         raise DatasetError(f"{source}: labels must be a 1-D array, got shape {tuple(y.shape)}")
+    lo, hi = label_range(y, source=source)
+    if lo < 0:
+        raise DatasetError(f"{source}: labels out of range (found {_label(lo)} < 0)")
+    if num_classes is not None and hi >= num_classes:
+        raise DatasetError(
+            f"{source}: labels out of range (found {_label(hi)}, expected 0..{num_classes - 1})"
+        )
+    if hi >= MAX_CLASSES:
+        raise DatasetError(
+            f"{source}: labels out of range (found {_label(hi)}; dlsec supports at most "
+            f"{MAX_CLASSES:,} classes, labels 0..{MAX_CLASSES - 1})"
+        )
     if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).reshape(x.shape[0], -1).any(axis=1).sum())
         raise DatasetError(f"{source}: {bad} input(s) contain NaN or inf")
-    if np.issubdtype(y.dtype, np.floating):
-        if not np.isfinite(y).all():
-            raise DatasetError(f"{source}: labels contain NaN or inf")
-        if not np.all(y == np.round(y)):
-            raise DatasetError(f"{source}: labels must be integers")
-    elif not np.issubdtype(y.dtype, np.integer):
-        raise DatasetError(f"{source}: labels must be integers, got dtype {y.dtype}")
-    if y.min() < 0:
-        raise DatasetError(f"{source}: labels out of range (found {int(y.min())} < 0)")
-    if num_classes is not None and y.max() >= num_classes:
-        raise DatasetError(
-            f"{source}: labels out of range (found {int(y.max())}, expected 0..{num_classes - 1})"
-        )
 
 
-def stratified_split(
-    y: Tensor, *, test_size: float, seed: int
-) -> tuple[Tensor, Tensor]:
+def stratified_split(y: Tensor, *, test_size: float, seed: int) -> tuple[Tensor, Tensor]:
     """Deterministic stratified split: (train_idx, test_idx), sorted, same seed -> same split."""
     if not 0.0 < test_size < 1.0:
         raise DatasetError(f"test size must be in (0, 1), got {test_size}")

@@ -17,15 +17,22 @@ preferred when both exist because they need no decompression.
 
 from __future__ import annotations
 
-import gzip
+import math
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 
-from dlsec.data.core import Dataset, DatasetError, validate_arrays
+from dlsec.data.core import (
+    Dataset,
+    DatasetError,
+    check_size,
+    open_regular_file,
+    validate_arrays,
+)
 
 IMAGES_MAGIC = 0x00000803
 LABELS_MAGIC = 0x00000801
@@ -62,62 +69,186 @@ def candidate_names(canonical: str) -> list[str]:
     return [canonical, dotted, f"{canonical}.gz", f"{dotted}.gz"]
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (raw or gzip) into a numpy array of its stored shape and type.
+# Deflate cannot compress better than 1032:1; a gzip whose header declares more than
+# this many bytes per compressed byte (plus slack for tiny files) is lying about its size.
+_DEFLATE_MAX_RATIO = 1032
+_READ_CHUNK = 1 << 20  # compressed bytes fed to zlib at a time
+_OUT_CHUNK = 16 << 20  # most decompressed bytes held outside the result at a time
 
-    The result is a read-only view of the file's bytes for uint8 data (no copy), so
-    callers convert it before writing. Raises :class:`DatasetError` naming the file
-    for an unreadable file, corrupt gzip, bad magic number, or truncated or
-    oversized data.
+
+class _IdxStream:
+    """The bytes of an IDX file, raw or gzip'd, read in order and never past a cap.
+
+    Gzip'd data is inflated on demand with :func:`zlib.decompressobj` and
+    ``max_length``, so a file that inflates to far more than its header declares
+    costs no more memory than the declared size.
     """
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DatasetError(f"{path}: is a directory, expected an IDX file") from None
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
-    if path.suffix == ".gz" or raw[:2] == _GZIP_MAGIC:
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise DatasetError(f"{path}: corrupt gzip ({exc})") from None
+    def __init__(self, fh: BinaryIO, path: Path, *, gz: bool) -> None:
+        self._fh, self._path, self._gz = fh, path, gz
+        self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if gz else None
+        self._pending = b""  # compressed input not yet handed to the inflater
 
-    if len(raw) < 4:
+    def _corrupt(self, why: str) -> DatasetError:
+        return DatasetError(f"{self._path}: corrupt gzip ({why})")
+
+    def _inflate_some(self, limit: int) -> bytes:
+        """Up to ``limit`` more decompressed bytes; b"" at the true end of the data."""
+        while True:
+            d = self._inflate
+            assert d is not None
+            if d.eof:  # one gzip member done: anything after it must be another member
+                rest = d.unused_data + self._pending
+                self._pending = b""
+                if not rest:
+                    rest = self._fh.read(_READ_CHUNK)
+                if not rest:
+                    return b""
+                if rest[:2] != _GZIP_MAGIC:
+                    raise self._corrupt("trailing garbage after the compressed data")
+                self._inflate = d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                self._pending = rest
+            data = d.unconsumed_tail or self._pending or self._fh.read(_READ_CHUNK)
+            self._pending = b""
+            if not data:
+                raise self._corrupt("the compressed stream is cut off")
+            try:
+                out = d.decompress(data, limit)
+            except zlib.error as exc:
+                raise self._corrupt(str(exc)) from None
+            if out:
+                return out
+
+    def read(self, n: int) -> bytearray:
+        """Exactly ``n`` bytes, or fewer only at the end of the data."""
+        if not self._gz:
+            buf = bytearray(n)
+            got = self._fh.readinto(buf)
+            return buf if got == n else buf[:got]
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            chunk = self._inflate_some(min(n - got, _OUT_CHUNK))
+            if not chunk:
+                break
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+        view.release()
+        return buf if got == n else buf[:got]
+
+    def at_end(self) -> bool:
+        """True when no data byte follows (a gzip stream is also checked to its CRC)."""
+        if not self._gz:
+            return not self._fh.read(1)
+        return not self._inflate_some(1)
+
+
+def _read_header(stream: _IdxStream, path: Path) -> tuple[tuple[int, ...], np.dtype, int]:
+    """Parse the magic number and dimensions: (shape, dtype, header length in bytes)."""
+    head = bytes(stream.read(4))
+    if len(head) < 4:
         raise DatasetError(
-            f"{path}: truncated file ({len(raw)} bytes, shorter than the 4-byte IDX header)"
+            f"{path}: truncated file ({len(head)} bytes, shorter than the 4-byte IDX header)"
         )
-    zero, type_code, ndim = int.from_bytes(raw[:2], "big"), raw[2], raw[3]
+    zero, type_code, ndim = int.from_bytes(head[:2], "big"), head[2], head[3]
     if zero != 0 or type_code not in _IDX_DTYPES or ndim == 0:
         raise DatasetError(
-            f"{path}: wrong magic number 0x{int.from_bytes(raw[:4], 'big'):08x} "
+            f"{path}: wrong magic number 0x{int.from_bytes(head, 'big'):08x} "
             "(not an IDX file; MNIST images start with 0x00000803, labels with 0x00000801)"
         )
     header_len = 4 + 4 * ndim
-    if len(raw) < header_len:
+    dims = bytes(stream.read(4 * ndim))
+    if len(dims) < 4 * ndim:
         raise DatasetError(
-            f"{path}: truncated file ({len(raw)} bytes, the header alone needs {header_len})"
+            f"{path}: truncated file ({4 + len(dims)} bytes, the header alone needs {header_len})"
         )
-    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = _IDX_DTYPES[type_code]
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    actual = len(raw) - header_len
-    if actual < expected:
-        raise DatasetError(
-            f"{path}: truncated file (header says shape {shape}, {expected} data bytes, "
-            f"found {actual})"
-        )
-    if actual > expected:
+    shape = tuple(int.from_bytes(dims[4 * i : 4 * i + 4], "big") for i in range(ndim))
+    return shape, _IDX_DTYPES[type_code], header_len
+
+
+def _check_declared(
+    path: Path, shape: tuple[int, ...], dtype: np.dtype, header_len: int, size: int, gz: bool,
+    images: bool | None,
+) -> None:  # fmt: skip
+    """Everything the header alone can refute: kind, file size, the gzip's capacity, the cap."""
+    if images is not None:
+        _check_kind(shape, dtype, path, images=images)
+    count = math.prod(shape)  # Python ints: a count cannot wrap around
+    expected = count * dtype.itemsize
+    if not gz and size - header_len != expected:
+        actual = size - header_len
+        if actual < expected:
+            raise DatasetError(
+                f"{path}: truncated file (header says shape {shape}, {expected} data "
+                f"bytes, found {actual})"
+            )
         raise DatasetError(
             f"{path}: {actual - expected} unexpected bytes after the data "
             f"(header says shape {shape}, {expected} data bytes)"
         )
-    return np.frombuffer(
-        raw, dtype=dtype, count=expected // dtype.itemsize, offset=header_len
-    ).reshape(shape)
+    if gz and header_len + expected > _DEFLATE_MAX_RATIO * size + (1 << 16):
+        raise DatasetError(
+            f"{path}: header says shape {shape} ({expected:,} data bytes), more than "
+            f"a {size:,}-byte gzip file can hold (corrupt or hostile header)"
+        )
+    check_size(count, 0, source=str(path), what=f"shape {shape}")
+
+
+def _memory_need(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Bytes to load one file: its data plus the float32 (images) or int64 (labels) copy."""
+    count = math.prod(shape)
+    return count * (dtype.itemsize + (8 if len(shape) == 1 else 4))
+
+
+def read_idx_header(path: Path, *, images: bool | None = None) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype an IDX file declares, checked as :func:`read_idx` does before
+    reading data, reading only the file's first bytes."""
+    path = Path(path)
+    fh, size = open_regular_file(path, expected="an IDX file")
+    with fh:
+        gz = path.suffix == ".gz" or fh.read(2) == _GZIP_MAGIC
+        fh.seek(0)
+        shape, dtype, header_len = _read_header(_IdxStream(fh, path, gz=gz), path)
+        _check_declared(path, shape, dtype, header_len, size, gz, images)
+    return shape, dtype
+
+
+def read_idx(path: Path, *, images: bool | None = None) -> np.ndarray:
+    """Read one IDX file (raw or gzip) into a numpy array of its stored shape and type.
+
+    The header's declared size (computed with Python ints, so a count that would wrap
+    around cannot) is checked against the file's size, :data:`MAX_ELEMENTS` and the
+    memory available before the data is read, and a gzip stream is inflated only up
+    to that size. ``images`` True (False) requires uint8 N x H x W images (uint8 N
+    labels), checked from the header alone. Raises :class:`DatasetError` naming the
+    file for an unreadable file, corrupt gzip, bad magic number, or truncated or
+    oversized data.
+    """
+    path = Path(path)
+    fh, size = open_regular_file(path, expected="an IDX file")
+    with fh:
+        gz = path.suffix == ".gz" or fh.read(2) == _GZIP_MAGIC
+        fh.seek(0)
+        stream = _IdxStream(fh, path, gz=gz)
+        shape, dtype, header_len = _read_header(stream, path)
+        _check_declared(path, shape, dtype, header_len, size, gz, images)
+        count = math.prod(shape)
+        expected = count * dtype.itemsize
+        need = _memory_need(shape, dtype)
+        check_size(count, need, source=str(path), what=f"shape {shape}")
+        data = stream.read(expected)
+        if len(data) < expected:
+            raise DatasetError(
+                f"{path}: truncated file (header says shape {shape}, {expected} data bytes, "
+                f"found {len(data)})"
+            )
+        if not stream.at_end():
+            raise DatasetError(
+                f"{path}: unexpected bytes after the data "
+                f"(header says shape {shape}, {expected} data bytes)"
+            )
+    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
 
 
 def find_idx_files(directory: Path) -> dict[str, Path]:
@@ -153,12 +284,12 @@ def find_idx_files(directory: Path) -> dict[str, Path]:
     return found
 
 
-def _check_magic(array: np.ndarray, path: Path, *, images: bool) -> None:
+def _check_kind(shape: tuple[int, ...], dtype: np.dtype, path: Path, *, images: bool) -> None:
     """Require uint8 N x H x W images or uint8 N labels, as MNIST stores them."""
     want_ndim, magic = (3, IMAGES_MAGIC) if images else (1, LABELS_MAGIC)
-    if array.dtype != np.uint8 or array.ndim != want_ndim:
-        found = 0x0800 | array.ndim if array.dtype == np.uint8 else None
-        found_txt = f"0x{found:08x}" if found is not None else f"dtype {array.dtype}"
+    if dtype != np.uint8 or len(shape) != want_ndim:
+        found = 0x0800 | len(shape) if dtype == np.uint8 else None
+        found_txt = f"0x{found:08x}" if found is not None else f"dtype {dtype}"
         what = "images" if images else "labels"
         raise DatasetError(
             f"{path}: wrong magic number for {what} ({found_txt}, expected 0x{magic:08x})"
@@ -167,10 +298,8 @@ def _check_magic(array: np.ndarray, path: Path, *, images: bool) -> None:
 
 def _load_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Read and cross-check one images/labels pair."""
-    x = read_idx(images_path)
-    _check_magic(x, images_path, images=True)
-    y = read_idx(labels_path)
-    _check_magic(y, labels_path, images=False)
+    x = read_idx(images_path, images=True)
+    y = read_idx(labels_path, images=False)
     if x.shape[0] != y.shape[0]:
         raise DatasetError(
             f"{labels_path}: image/label count mismatch ({y.shape[0]} labels, "
@@ -216,6 +345,13 @@ def load_idx_dir(directory: Path, *, name: str, classes: Sequence[str] | None = 
     """
     directory = Path(directory)
     paths = find_idx_files(directory)
+    # every header checked, and the four declared sizes together against the memory
+    # available, before any data is read
+    need = 0
+    for role, path in paths.items():
+        shape, dtype = read_idx_header(path, images=role.endswith("images"))
+        need += _memory_need(shape, dtype)
+    check_size(0, need, source=str(directory), what="loading its four IDX files")
     x_train, y_train = _load_split(paths["train_images"], paths["train_labels"])
     x_test, y_test = _load_split(paths["test_images"], paths["test_labels"])
     if x_train.shape[1:] != x_test.shape[1:]:

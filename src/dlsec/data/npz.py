@@ -19,6 +19,8 @@ name        required  meaning
 
 from __future__ import annotations
 
+import math
+import unicodedata
 import zipfile
 import zlib
 from pathlib import Path
@@ -26,36 +28,126 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlsec.data.core import Dataset, DatasetError, stratified_split, validate_arrays
+from dlsec.data.core import (
+    MAX_CLASSES,
+    Dataset,
+    DatasetError,
+    check_size,
+    label_range,
+    open_regular_file,
+    stratified_split,
+    validate_arrays,
+)
 
 _KNOWN = ("x", "y", "x_test", "y_test", "classes", "bounds")
 
 
+_NPY_HEADER_MAX = 10_000  # bytes of an .npy header (numpy's own default limit)
+_DEFLATE_MAX_RATIO = 1032  # deflate cannot compress better than this
+_READ_ERRORS = (
+    OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
+    NotImplementedError, KeyError,
+)  # fmt: skip
+
+
+def _member(zf: zipfile.ZipFile, key: str) -> zipfile.ZipInfo | None:
+    """The archive entry holding array ``key`` (``key.npy``, or plain ``key`` as np.load allows)."""
+    names = set(zf.namelist())
+    for name in (f"{key}.npy", key):
+        if name in names:
+            return zf.getinfo(name)
+    return None
+
+
+def _declared(
+    zf: zipfile.ZipFile, info: zipfile.ZipInfo, key: str, path: Path, archive_size: int
+) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the member's .npy header, checked against the member's sizes.
+
+    Reads only the header: refuses object arrays (pickle), a shape whose data would
+    not fit in the member, and a member the zip directory says inflates beyond what
+    its compressed bytes can hold (a lying directory or a zip bomb).
+    """
+    where = f"{path}: array {key!r}"
+    if (
+        info.compress_size > archive_size
+        or (info.compress_type == zipfile.ZIP_STORED and info.file_size != info.compress_size)
+        or (
+            info.compress_type == zipfile.ZIP_DEFLATED
+            and info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + (1 << 16)
+        )
+    ):
+        raise DatasetError(
+            f"{where}: the zip directory says {info.compress_size:,} compressed bytes inflate "
+            f"to {info.file_size:,}, which the file cannot hold (corrupt or hostile archive)"
+        )
+    with zf.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fp, _NPY_HEADER_MAX)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fp, _NPY_HEADER_MAX)
+        else:
+            raise DatasetError(f"{where}: unsupported .npy format version {version}")
+        header_len = fp.tell()
+    if dtype.hasobject:
+        raise DatasetError(
+            f"{where} cannot be loaded without unpickling (dtype {dtype}); "
+            "store plain numeric/string arrays"
+        )
+    if any(d < 0 for d in shape):
+        raise DatasetError(f"{where}: negative dimension in its shape {shape}")
+    nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    if nbytes > info.file_size - header_len:
+        raise DatasetError(
+            f"{where}: header says shape {shape} of {dtype} ({nbytes:,} bytes) but the "
+            f"archive member holds {max(info.file_size - header_len, 0):,} (corrupt or "
+            "hostile archive)"
+        )
+    return shape, dtype
+
+
 def _open(path: Path) -> dict[str, np.ndarray]:
-    """Read every known array of the archive into memory; never unpickle."""
-    if not path.exists():
-        raise DatasetError(f"{path}: file not found")
-    if path.is_dir():
-        raise DatasetError(f"{path}: is a directory, expected a .npz file")
-    if not zipfile.is_zipfile(path):
-        raise DatasetError(f"{path}: not a valid .npz archive (not a zip file)")
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = list(archive.files)
-            for key in _KNOWN:
-                if key in names:
-                    try:
-                        arrays[key] = archive[key]
-                    except ValueError as exc:  # object arrays need pickle: refused
+    """Read every known array of the archive into memory; never unpickle.
+
+    Every member's declared shape is checked (against its zip entry, the caps of
+    :mod:`dlsec.data.core` and the memory available) before any array is allocated.
+    """
+    fh, archive_size = open_regular_file(path, expected="a .npz file")
+    with fh:
+        if not zipfile.is_zipfile(fh):
+            raise DatasetError(f"{path}: not a valid .npz archive (not a zip file)")
+        arrays: dict[str, np.ndarray] = {}
+        try:
+            with zipfile.ZipFile(fh) as zf:
+                names = [n.removesuffix(".npy") for n in zf.namelist()]
+                members = {k: m for k in _KNOWN if (m := _member(zf, k)) is not None}
+                need = 0
+                for key, info in members.items():
+                    shape, dtype = _declared(zf, info, key, path, archive_size)
+                    count = math.prod(shape)
+                    check_size(count, 0, source=f"{path}: array {key!r}", what=f"shape {shape}")
+                    if key == "classes" and (len(shape) != 1 or shape[0] > MAX_CLASSES):
                         raise DatasetError(
-                            f"{path}: array {key!r} cannot be loaded without unpickling "
-                            f"({exc}); store plain numeric/string arrays"
-                        ) from None
-    except DatasetError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
-        raise DatasetError(f"{path}: not a valid .npz archive ({exc})") from None
+                            f"{path}: 'classes' must be a 1-D array of at most "
+                            f"{MAX_CLASSES:,} names, got shape {shape}"
+                        )
+                    # the array, then its float32 copy (and the split's) or int64 labels
+                    need += count * (
+                        dtype.itemsize + (8 if key in ("x", "x_test", "y", "y_test") else 0)
+                    )
+                check_size(0, need, source=str(path), what="loading its arrays")
+                for key, info in members.items():
+                    with zf.open(info) as fp:
+                        arrays[key] = np.lib.format.read_array(
+                            fp, allow_pickle=False, max_header_size=_NPY_HEADER_MAX
+                        )
+        except DatasetError:
+            raise
+        except MemoryError:
+            raise DatasetError(f"{path}: not enough memory to load the arrays") from None
+        except _READ_ERRORS as exc:
+            raise DatasetError(f"{path}: not a valid .npz archive ({exc})") from None
     for key in ("x", "y"):
         if key not in arrays:
             found = ", ".join(repr(n) for n in names) or "none"
@@ -81,6 +173,24 @@ def _bounds(arrays: dict[str, np.ndarray], path: Path) -> tuple[float, float] | 
     return lo, hi
 
 
+def _class_name(value: object, index: int, path: Path) -> str:
+    """One class name as text, or a one-line error: not UTF-8, or control characters
+    (a newline in a name would break every one-line message and table showing it)."""
+    if isinstance(value, bytes):
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DatasetError(f"{path}: 'classes' entry {index} is not UTF-8 text") from None
+    else:
+        text = str(value)
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in text):
+        raise DatasetError(
+            f"{path}: 'classes' entry {index} ({text.encode('utf-8', 'backslashreplace')!r}) "
+            "contains control characters"
+        )
+    return text
+
+
 def _classes(arrays: dict[str, np.ndarray], path: Path) -> tuple[str, ...] | None:
     """The ``classes`` array as a tuple of str, or None when absent."""
     if "classes" not in arrays:
@@ -91,7 +201,14 @@ def _classes(arrays: dict[str, np.ndarray], path: Path) -> tuple[str, ...] | Non
             f"{path}: 'classes' must be a non-empty 1-D array of strings, "
             f"got shape {c.shape} dtype {c.dtype}"
         )
-    names = tuple(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in c)
+    if c.dtype.kind == "U" and c.dtype.itemsize:
+        # code points numpy would crash on (above U+10FFFF) or cannot encode (surrogates)
+        codes = np.frombuffer(c.tobytes(), dtype=np.dtype("u4").newbyteorder(c.dtype.byteorder))
+        bad = (codes > 0x10FFFF) | ((codes >= 0xD800) & (codes <= 0xDFFF))
+        if bad.any():
+            index = int(np.flatnonzero(bad)[0]) // (c.dtype.itemsize // 4)
+            raise DatasetError(f"{path}: 'classes' entry {index} is not valid Unicode text")
+    names = tuple(_class_name(v, i, path) for i, v in enumerate(c.tolist()))
     if len(set(names)) != len(names):
         raise DatasetError(f"{path}: 'classes' has duplicate names")
     return names
@@ -109,10 +226,12 @@ def _inputs(x: np.ndarray, key: str, path: Path, bounds: tuple[float, float] | N
                 f"{path}: {key!r} is uint8, which is scaled into [0, 1], but 'bounds' says "
                 f"{list(bounds)}; drop the 'bounds' array or store float inputs"
             )
-        return x.astype(np.float32) / np.float32(255.0)
+        xf = x.astype(np.float32)
+        xf /= np.float32(255.0)
+        return xf
     if not np.issubdtype(x.dtype, np.floating):
         raise DatasetError(f"{path}: {key!r} must be uint8 (0..255) or float, got dtype {x.dtype}")
-    xf = x.astype(np.float32)
+    xf = x.astype(np.float32, copy=False)
     if not np.isfinite(xf).all():
         bad = int((~np.isfinite(xf)).reshape(xf.shape[0], -1).any(axis=1).sum())
         raise DatasetError(f"{path}: {key!r}: {bad} input(s) contain NaN or inf")
@@ -153,8 +272,8 @@ def load_npz(path: Path, *, seed: int, test_size: float) -> Dataset:
         raise DatasetError(
             f"{path}: 'x_test' sample shape {xs[1].shape[1:]} differs from 'x' {xs[0].shape[1:]}"
         )
-    if class_names is None:
-        top = max(int(y.max()) for y in ys)
+    if class_names is None:  # labels were checked to lie in 0..MAX_CLASSES-1
+        top = max(label_range(y, source=str(path))[1] for y in ys)
         class_names = tuple(str(i) for i in range(top + 1))
 
     tensors_x = [torch.from_numpy(x) for x in xs]
