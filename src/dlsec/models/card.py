@@ -21,6 +21,7 @@ from dlsec.models.registry import ModelError, check_input_shape
 CARD_SCHEMA_VERSION = 1
 MAX_CARD_BYTES = 1 << 20
 MAX_CLASSES = 100_000
+MAX_SEED = 2**32 - 1  # what torch, numpy and scikit-learn all accept (dlsec.training.SEED_MAX)
 
 _SHA256 = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -155,9 +156,10 @@ def _checked_fields(d: dict[str, Any], source: str) -> dict[str, Any]:
         if not _finite_numbers(mean) or not _finite_numbers(std):
             raise bad("normalization", "mean and std must be lists of finite numbers")
         if len(mean) != len(std) or len(mean) not in {1, channels}:
+            counts = "1 value" if channels == 1 else f"1 or {channels} values"
             raise bad(
                 "normalization",
-                f"mean and std need 1 or {channels} values (one per channel of input "
+                f"mean and std need {counts} each (one per channel: the first size of input "
                 f"shape {list(shape)}), got {len(mean)} and {len(std)}",
             )
         if min(std) <= 0:
@@ -180,6 +182,9 @@ def _checked_fields(d: dict[str, Any], source: str) -> dict[str, Any]:
             raise bad("training", f"key {key!r} must be {names}, got {json.dumps(v)[:40]}")
         if isinstance(v, float) and not math.isfinite(v):
             raise bad("training", f"key {key!r} must be finite")
+    seed = training.get("seed", 0)
+    if not 0 <= seed <= MAX_SEED:
+        raise bad("training", f"key 'seed' must be between 0 and {MAX_SEED}, got {seed}")
 
     metrics = d.get("metrics", {})
     if not isinstance(metrics, dict) or not all(v is None or _number(v) for v in metrics.values()):
