@@ -104,6 +104,8 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
         ("a:b:c", ["module:factory"]),
         ("../evil:build", ["module:factory"]),
         ("resnet9000", ["unknown model 'resnet9000'", "simplenet"]),
+        ("torch.nn:Linear", ["requires 'in_features', 'out_features'"]),
+        ("torch.nn:Identity", ["outputs shape (1, 1, 8, 8), expected (1, 10)"]),
     ],
 )
 def test_bad_model_specs_are_one_line(spec: str, words: list[str]) -> None:
@@ -233,3 +235,25 @@ def test_train_with_a_raising_factory_is_one_line(
     assert lines == [f"error: model '{facts}:build_raises': the factory raised ValueError: "
                      "depth must be even"]  # fmt: skip
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("source", "words"),
+    [
+        ("def build(:\n", ["raised SyntaxError"]),
+        ("import sys\nsys.exit(3)\n", ["raised SystemExit: 3"]),
+        ("raise RuntimeError('no GPU here\\nsecond line')\n", ["raised RuntimeError: no GPU here"]),
+        ("import no_such_dependency_xyz\n", ["cannot import", "no_such_dependency_xyz"]),
+    ],
+)
+def test_a_module_failing_on_import_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, words: list[str]
+) -> None:
+    name = f"dlsec_test_broken_{uuid.uuid4().hex[:12]}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModelError) as exc:
+        build_network(f"{name}:build", input_shape=(1, 8, 8), num_classes=10)
+    msg = _one_line(exc)
+    for w in words:
+        assert w in msg, msg

@@ -140,7 +140,9 @@ def resolve_factory(architecture: str) -> ModelFactory:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelError(f"model {architecture!r}: cannot import {module_name!r} ({exc})") from exc
+        raise ModelError(
+            f"model {architecture!r}: cannot import {module_name!r} ({_first_line(exc)})"
+        ) from exc
     except (Exception, SystemExit) as exc:
         raise ModelError(
             f"model {architecture!r}: importing {module_name!r} raised {_first_line(exc)}"
