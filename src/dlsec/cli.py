@@ -6,22 +6,52 @@ on stderr, no traceback); 130 interrupted (rerun the same command to resume).
 
 from __future__ import annotations
 
+# Ctrl-C while Python imports torch and the commands (seconds) would print a traceback of
+# the import; until the imports below are done it ends the process quietly instead.
+# Nothing heavy may be imported above this block.
+import os
+import signal
 import sys
-from pathlib import Path
-from typing import Annotated, Any
 
-import typer
 
-from dlsec.errors import DlsecError
+def _interrupted_at_start_up(signum: int, frame: object) -> None:
+    try:
+        sys.stderr.write("interrupted\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(130)
+
+
+_START_UP_SIGINT = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+if _START_UP_SIGINT:  # not when SIGINT is ignored (a background job) or handled by a host
+    try:
+        signal.signal(signal.SIGINT, _interrupted_at_start_up)
+    except ValueError:  # imported outside the main thread: signals cannot be set there
+        _START_UP_SIGINT = False
+
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Any  # noqa: E402
+
+import typer  # noqa: E402
+
+from dlsec.commands.options import (  # noqa: E402
+    DeviceOpt,
+    SeedOpt,
+    TestSizeOpt,
+    ThreadsOpt,
+    count,
+    number,
+)
+from dlsec.errors import DlsecError  # noqa: E402
+from dlsec.training import SEED_MAX  # noqa: E402
 
 app = typer.Typer(
     name="dlsec",
     help="Attack deep-learning models the way real adversaries do, harden them, audit them.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Datasets: fetch and inspect.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: fetch and inspect.")
 app.add_typer(data_app, name="data")
 
 
@@ -40,7 +70,7 @@ def audit(
     config: Annotated[Path | None, typer.Option(help="audit.toml with the same keys as these flags")] = None,
     fail_under: Annotated[list[str] | None, typer.Option("--fail-under", help="KEY=VALUE: exit 1 if metric KEY < VALUE (repeatable)")] = None,
     sections: Annotated[str | None, typer.Option(help="Comma-separated sections to run (default: all default sections)")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed for splits, training and attacks")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, max=SEED_MAX, help="Seed for splits, training and attacks")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs when the audit trains the model")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
@@ -48,20 +78,24 @@ def audit(
     optimizer: Annotated[str | None, typer.Option(help="adam | sgd")] = None,
     test_size: Annotated[float | None, typer.Option("--test-size", help="Test fraction for datasets without a test split")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (0: one for small models, else torch's default)")] = None,
+    trust_code: Annotated[bool, typer.Option("--trust-code", help="Let --model-dir's card name a module:factory architecture (imports and runs that module)")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output")] = False,
 ) -> None:
     """Audit a model and write report.json and report.html (exit 1 if a gate fails)."""
     from dlsec.audit.config import load_config
     from dlsec.audit.report.terminal import print_summary
     from dlsec.audit.runner import run_audit
+    from dlsec.files import check_output
 
     overrides: dict[str, Any] = {
         "dataset": dataset, "model": model, "model-dir": model_dir, "out": out,
         "fail-under": fail_under or [], "sections": _split_csv(sections), "seed": seed,
         "device": device, "epochs": epochs, "batch-size": batch_size, "lr": lr,
         "optimizer": optimizer, "test-size": test_size, "threads": threads,
+        "trust-code": True if trust_code else None,
     }  # fmt: skip
     cfg = load_config(config, overrides)
+    check_output(cfg.run_dir, kind="dir", option="--out")
     try:
         outcome = run_audit(cfg, progress=not quiet)
     except KeyboardInterrupt:
@@ -73,9 +107,11 @@ def audit(
     typer.echo(f"json:   {outcome.json_path}")
     for gate in outcome.report["gates"]:
         if not gate["passed"]:
-            typer.echo(
-                f"FAIL: {gate['key']} = {gate['value']:.4g} < {gate['threshold']:g}", err=True
-            )
+            shown = (
+                f"= {gate['value']:.4g} < {gate['threshold']:g}" if gate["value"] is not None
+                else f"is null ({gate.get('reason', 'not a number')})"
+            )  # fmt: skip
+            typer.echo(f"FAIL: {gate['key']} {shown}", err=True)
     raise typer.Exit(outcome.exit_code)
 
 
@@ -84,37 +120,41 @@ def train(
     out: Annotated[Path, typer.Option(help="Directory for weights, card.json and history.json")],
     dataset: Annotated[str, typer.Option(help="digits | fashion-mnist | mnist | idx:DIR | npz:PATH")] = "digits",
     model: Annotated[str, typer.Option(help="A registered name or module:factory")] = "simplenet",
-    epochs: Annotated[int, typer.Option()] = 30,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-    lr: Annotated[float, typer.Option()] = 3e-3,
+    epochs: Annotated[int, count("Training epochs")] = 30,
+    batch_size: Annotated[int, count("Batch size", "--batch-size")] = 64,
+    lr: Annotated[float, number("Learning rate", low=0.0, low_open=True)] = 3e-3,
     optimizer: Annotated[str, typer.Option(help="adam | sgd")] = "adam",
     schedule: Annotated[str, typer.Option(help="cosine | step | none")] = "cosine",
-    weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.0,
-    val_fraction: Annotated[float, typer.Option("--val-fraction")] = 0.1,
-    patience: Annotated[int | None, typer.Option(help="Early stopping patience in epochs")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    test_size: Annotated[float, typer.Option("--test-size")] = 0.2,
+    weight_decay: Annotated[float, number("Weight decay", "--weight-decay", low=0.0)] = 0.0,
+    val_fraction: Annotated[float, number("Validation share of the training set", "--val-fraction", low=0.0, high=1.0, high_open=True)] = 0.1,
+    patience: Annotated[int | None, count("Early stopping patience in epochs")] = None,
+    seed: SeedOpt = 0,
+    device: DeviceOpt = "auto",
+    test_size: TestSizeOpt = 0.2,
     adversarial: Annotated[str | None, typer.Option(help="Adversarial training: pgd | fgsm-rs | trades")] = None,
-    eps: Annotated[float | None, typer.Option(help="With --adversarial: the radius, in input units")] = None,
+    eps: Annotated[float | None, number("With --adversarial: the radius, in input units", low=0.0, low_open=True)] = None,
     norm: Annotated[str, typer.Option(help="With --adversarial: linf | l2")] = "linf",
-    attack_steps: Annotated[int | None, typer.Option("--attack-steps", help="With --adversarial: attack steps per batch")] = None,
+    attack_steps: Annotated[int | None, count("With --adversarial: attack steps per batch", "--attack-steps")] = None,
+    threads: ThreadsOpt = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Train a model and save it (safetensors weights + JSON card + training curves)."""
     import json
 
+    from dlsec.commands.options import set_threads
     from dlsec.data import load_dataset
-    from dlsec.files import atomic_write_text
+    from dlsec.files import atomic_write_text, check_output
     from dlsec.models import save
     from dlsec.training import TrainConfig, is_main_process, train_model
 
+    check_output(out, kind="dir", option="--out")
     tconf = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,  # type: ignore[arg-type]
         schedule=schedule, weight_decay=weight_decay, val_fraction=val_fraction,  # type: ignore[arg-type]
         patience=patience, seed=seed, device=device,
     )  # fmt: skip
     ds = load_dataset(dataset, seed=seed, test_size=test_size)
+    set_threads(threads, device=device, architecture=model, dataset=ds)
     if adversarial is not None:
         from dlsec.commands.adversarial import run_adversarial
 
@@ -144,12 +184,13 @@ def data_fetch(
     from dlsec.data import DatasetError
     from dlsec.data.fetch import fetch_mnist
     from dlsec.data.registry import default_data_dir
+    from dlsec.files import check_output
 
     if name != "mnist":
         raise DatasetError(f"unknown dataset to fetch {name!r} (choose from: mnist)")
-    target = to or default_data_dir() / name
+    target = check_output(to or default_data_dir() / name, kind="dir", option="--to")
     kwargs: dict[str, Any] = {"progress": not quiet}
-    if base_url:
+    if base_url is not None:  # an empty --base-url is an error, not the default mirror
         kwargs["base_url"] = base_url
     paths = fetch_mnist(target, **kwargs)
     typer.echo(f"{name}: {len(paths)} files verified in {target} (load it with --dataset idx:{target})")
@@ -158,7 +199,7 @@ def data_fetch(
 @data_app.command("info")
 def data_info(
     spec: Annotated[str, typer.Argument(help="digits | fashion-mnist | mnist | idx:DIR | npz:PATH")],
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: SeedOpt = 0,
 ) -> None:
     """Load a dataset, validate it and print its summary."""
     import json
@@ -177,17 +218,56 @@ def _register_capabilities() -> None:
 _register_capabilities()
 
 
+if _START_UP_SIGINT:  # imports done: Ctrl-C is a KeyboardInterrupt again (see main)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _usage_error(message: str, command_path: str) -> int:
+    typer.echo(f"error: {_one_line(message)} (see {command_path} --help)", err=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: maps user errors to one line and exit 2, never a traceback."""
+    """Entry point: maps user errors to one line and exit 2, never a traceback.
+
+    A usage error (no command, an unknown flag, a missing or malformed value) is one line
+    ``error: ... (see dlsec COMMAND --help)``, exit 2; ``--help`` prints help, exit 0; a
+    :class:`DlsecError` is one line ``error: ...``, exit 2; Ctrl-C ends with exit 130
+    (a long command says how to resume).
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:
+        return _usage_error("missing command", "dlsec")
+    # typer >= 0.20 carries its own copy of click; older ones use click itself
+    click_errors = sys.modules[typer.BadParameter.__module__]
     try:
-        app(args=argv, prog_name="dlsec")
+        rv = app(args=args, prog_name="dlsec", standalone_mode=False)
     except DlsecError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {_one_line(str(exc))}", err=True)
         return exc.exit_code
+    except click_errors.UsageError as exc:
+        ctx = getattr(exc, "ctx", None)
+        path = ctx.command_path if ctx is not None else "dlsec"
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a group named without a command
+            return _usage_error("missing command", path)
+        return _usage_error(exc.format_message(), path)
+    except click_errors.ClickException as exc:
+        typer.echo(f"error: {_one_line(exc.format_message())}", err=True)
+        return 2
+    except typer.Abort:  # Ctrl-C or end of input inside a prompt
+        typer.echo("interrupted", err=True)
+        return 130
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

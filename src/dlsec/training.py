@@ -37,18 +37,43 @@ class TrainingError(DlsecError):
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks CUDA when available; ``cuda`` without a GPU is a user error."""
+    """The device a command computes on, checked against this machine.
+
+    ``auto`` picks CUDA when available, else the CPU. ``cpu``, ``cuda``, ``cuda:N`` and
+    ``mps`` are accepted when this machine has them; anything else (``meta``, a GPU that is
+    not there, a typo) is a :class:`TrainingError` in one line.
+    """
     if isinstance(device, torch.device):
         return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    choices = "use auto, cpu, cuda, cuda:N or mps"
     try:
         dev = torch.device(device)
-    except RuntimeError as exc:
-        raise TrainingError(f"unknown device {device!r} (use auto, cpu or cuda)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("device 'cuda' requested but no CUDA GPU is available")
-    return dev
+    except (RuntimeError, TypeError, ValueError):
+        raise TrainingError(f"unknown device {device!r} ({choices})") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise TrainingError(f"device {device!r} requested but no CUDA GPU is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise TrainingError(
+                f"device {device!r} requested but this machine has "
+                f"{torch.cuda.device_count()} CUDA GPU(s) (cuda:0..)"
+            )
+        return dev
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise TrainingError(f"device {device!r} requested but Apple MPS is not available")
+        return dev
+    raise TrainingError(f"unsupported device {device!r} ({choices})")
+
+
+# Seeds reach torch (0..2**64-1), numpy and scikit-learn (random_state 0..2**32-1, e.g. the
+# sanitizers' clustering): every command and config accepts the range all of them take.
+SEED_MAX = 2**32 - 1
 
 
 # -- CPU threads: one rule for every command ------------------------------------------------

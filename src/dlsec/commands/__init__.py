@@ -2,7 +2,8 @@
 
 Each module defines ``register(app: typer.Typer) -> None`` that adds its commands (or a
 sub-app) to the ``dlsec`` command; :func:`register_all` discovers every module here, so a
-capability adds its commands without touching ``dlsec.cli``. Commands raise
+capability adds its commands without touching ``dlsec.cli``. :mod:`.options` holds the
+options every command shares (it registers nothing). Commands raise
 :class:`dlsec.errors.DlsecError` for user mistakes; the entry point turns that into one
 line on stderr and exit code 2.
 """
@@ -14,8 +15,10 @@ import pkgutil
 
 import typer
 
+SHARED = ("options",)  # modules of shared pieces, not commands
+
 
 def register_all(app: typer.Typer) -> None:
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
+        if not info.name.startswith("_") and info.name not in SHARED:
             importlib.import_module(f"{__name__}.{info.name}").register(app)

@@ -78,6 +78,8 @@ def run_black_box(
     basis: str,
     surrogate: str,
     craft: str,
+    threads: int = 0,
+    trust_code: bool = False,
     progress: bool = True,
 ) -> None:
     """Run one black-box attack (see the module docstring) and print what it cost."""
@@ -92,7 +94,8 @@ def run_black_box(
         raise EvasionCommandError(f"--norm: must be linf or l2, got {norm!r}")
     if name not in DECISION_BASED and not eps_list:
         raise EvasionCommandError(f"--eps: {name} needs at least one epsilon")
-    model, card, x, y = load_target(model_dir, dataset, device, samples)
+    model, card, x, y = load_target(model_dir, dataset, device, samples, threads=threads,
+                                    trust_code=trust_code)  # fmt: skip
     ids = torch.arange(len(y))
     arrays: dict[str, Any] = {"x": x.cpu().numpy(), "y": y.cpu().numpy()}
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from dlsec.commands.options import DeviceOpt, SeedOpt, TestSizeOpt, ThreadsOpt, count, number
 from dlsec.training import TrainConfig, TrainingError
 
 
@@ -48,21 +49,19 @@ def register(app: typer.Typer) -> None:
         out: Annotated[
             Path, typer.Option(help="Directory for weights, card.json and history.json")
         ],
-        eps: Annotated[float, typer.Option(help="Radius of the threat ball, in input units")],
+        eps: Annotated[float, number("Radius of the threat ball, in input units", low=0.0, low_open=True)],
         method: Annotated[str, typer.Option(help="pgd | fgsm-rs | trades")] = "pgd",
         norm: Annotated[str, typer.Option(help="linf | l2")] = "linf",
         attack_steps: Annotated[
             int | None,
-            typer.Option(
-                "--attack-steps",
-                help="Attack steps per batch (default: pgd 10, fgsm-rs 1, trades 10)",
-            ),
+            count("Attack steps per batch (default: pgd 10, fgsm-rs 1, trades 10)", "--attack-steps"),
         ] = None,
         alpha: Annotated[
             float | None,
-            typer.Option(help="Attack step size (default: 2.5*eps/steps; fgsm-rs 1.25*eps)"),
+            number("Attack step size (default: 2.5*eps/steps; fgsm-rs 1.25*eps)", low=0.0,
+                   low_open=True),
         ] = None,
-        beta: Annotated[float, typer.Option(help="TRADES weight of the robust term")] = 6.0,
+        beta: Annotated[float, number("TRADES weight of the robust term", low=0.0)] = 6.0,
         no_random_init: Annotated[
             bool, typer.Option("--no-random-init", help="PGD/FGSM start at the clean input")
         ] = False,
@@ -79,30 +78,38 @@ def register(app: typer.Typer) -> None:
         model: Annotated[
             str, typer.Option(help="A registered name or module:factory")
         ] = "simplenet",
-        epochs: Annotated[int, typer.Option()] = 30,
-        batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-        lr: Annotated[float, typer.Option()] = 3e-3,
+        epochs: Annotated[int, count("Training epochs")] = 30,
+        batch_size: Annotated[int, count("Batch size", "--batch-size")] = 64,
+        lr: Annotated[float, number("Learning rate", low=0.0, low_open=True)] = 3e-3,
         optimizer: Annotated[str, typer.Option(help="adam | sgd")] = "adam",
         schedule: Annotated[str, typer.Option(help="cosine | step | none")] = "cosine",
-        weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.0,
-        val_fraction: Annotated[float, typer.Option("--val-fraction")] = 0.1,
-        seed: Annotated[int, typer.Option()] = 0,
-        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-        test_size: Annotated[float, typer.Option("--test-size")] = 0.2,
+        weight_decay: Annotated[float, number("Weight decay", "--weight-decay", low=0.0)] = 0.0,
+        val_fraction: Annotated[
+            float,
+            number("Validation share of the training set", "--val-fraction", low=0.0, high=1.0,
+                   high_open=True),
+        ] = 0.1,
+        seed: SeedOpt = 0,
+        device: DeviceOpt = "auto",
+        test_size: TestSizeOpt = 0.2,
+        threads: ThreadsOpt = 0,
         quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     ) -> None:
         """Train a model adversarially and save it (weights, card with PGD accuracy, curves)."""
+        from dlsec.commands.options import set_threads
         from dlsec.data import load_dataset
-        from dlsec.files import atomic_write_text
+        from dlsec.files import atomic_write_text, check_output
         from dlsec.models import save
         from dlsec.training import is_main_process
 
+        check_output(out, kind="dir", option="--out")
         tconf = TrainConfig(
             epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
             optimizer=optimizer, schedule=schedule,  # type: ignore[arg-type]
             weight_decay=weight_decay, val_fraction=val_fraction,
         )  # fmt: skip
         ds = load_dataset(dataset, seed=seed, test_size=test_size)
+        set_threads(threads, device=device, architecture=model, dataset=ds)
         net, card, result = run_adversarial(
             ds, model, tconf, method=method, eps=eps, norm=norm, steps=attack_steps,
             alpha=alpha, beta=beta, random_init=not no_random_init, monitor=not no_monitor,

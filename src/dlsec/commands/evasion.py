@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import io
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from dlsec.commands.options import DeviceOpt, SeedOpt, ThreadsOpt, count
 from dlsec.errors import DlsecError
+
+ModelDirOpt = Annotated[Path, typer.Option("--model-dir", help="A saved model (card.json + weights)")]
+TrustCodeOpt = Annotated[bool, typer.Option(
+    "--trust-code", help="Allow a card whose architecture is module:factory to import that module")]
 
 
 class EvasionCommandError(DlsecError):
@@ -20,18 +26,31 @@ def parse_eps(text: str) -> list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise EvasionCommandError(f"--eps: expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v < 0 for v in values):
-        raise EvasionCommandError(f"--eps: expected numbers >= 0, got {text!r}")
+    if not values or any(not math.isfinite(v) or v < 0 for v in values):
+        raise EvasionCommandError(f"--eps: expected finite numbers >= 0, got {text!r}")
     return values
 
 
-def load_target(model_dir: Path, dataset: str | None, device: str, samples: int | None) -> tuple:
-    """The saved model, its card and the test points it is attacked on."""
+def load_target(
+    model_dir: Path,
+    dataset: str | None,
+    device: str,
+    samples: int | None,
+    *,
+    threads: int = 0,
+    trust_code: bool = False,
+) -> tuple:
+    """The saved model, its card and the test points it is attacked on; sets the CPU
+    threads for that model (:func:`dlsec.commands.options.set_threads`)."""
+    from dlsec.commands.options import set_threads
     from dlsec.data import load_dataset
     from dlsec.models import load
     from dlsec.training import resolve_device
 
-    model, card = load(model_dir, device=resolve_device(device))
+    if samples is not None and samples < 1:
+        raise EvasionCommandError(f"--samples: must be >= 1, got {samples}")
+    model, card = load(model_dir, device=resolve_device(device), trust_code=trust_code)
+    set_threads(threads, device=device, model=model)
     spec = dataset or card.dataset
     if not spec:
         raise EvasionCommandError("--dataset: the model card names no dataset; pass one")
@@ -60,18 +79,20 @@ def register(app: typer.Typer) -> None:
     @app.command("attack")
     def attack(
         name: Annotated[str, typer.Argument(help="White-box: fgsm | bim | pgd | mifgsm | difgsm | apgd | apgd-t | cw | deepfool. Black-box: square | simba | nes (scores), hsja | boundary (labels), transfer")],
-        model_dir: Annotated[Path, typer.Option("--model-dir", help="A saved model (card.json + weights)")],
+        model_dir: ModelDirOpt,
         eps: Annotated[str | None, typer.Option(help="Comma-separated epsilons, e.g. 0.05,0.1,0.2 (optional for hsja and boundary)")] = None,
         out: Annotated[Path | None, typer.Option(help="Write adversarials to this .npz")] = None,
         dataset: Annotated[str | None, typer.Option(help="Default: the dataset named in the card")] = None,
         norm: Annotated[str, typer.Option(help="linf | l2")] = "linf",
-        steps: Annotated[int | None, typer.Option(help="Iterations (iterative attacks)")] = None,
-        samples: Annotated[int | None, typer.Option(help="Attack the first N test points")] = None,
+        steps: Annotated[int | None, count("Iterations (iterative attacks)")] = None,
+        samples: Annotated[int | None, count("Attack the first N test points")] = None,
         targeted: Annotated[bool, typer.Option(help="Targeted attack")] = False,
         target: Annotated[str, typer.Option(help="random | least-likely | a class index")] = "random",
-        seed: Annotated[int, typer.Option()] = 0,
-        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-        budget: Annotated[int, typer.Option(help="Black-box attacks: oracle queries per point")] = 1000,
+        seed: SeedOpt = 0,
+        device: DeviceOpt = "auto",
+        threads: ThreadsOpt = 0,
+        trust_code: TrustCodeOpt = False,
+        budget: Annotated[int, count("Black-box attacks: oracle queries per point")] = 1000,
         basis: Annotated[str, typer.Option(help="SimBA: pixel | dct")] = "pixel",
         surrogate: Annotated[str, typer.Option(help="transfer: jacobian | knockoff | graybox")] = "jacobian",
         craft: Annotated[str, typer.Option(help="transfer: white-box attacks run on the surrogate")] = "pgd,mifgsm,difgsm",
@@ -91,12 +112,16 @@ def register(app: typer.Typer) -> None:
 
         from dlsec.attacks.evasion import make_attack
         from dlsec.commands._blackbox import BLACK_BOX, DECISION_BASED, run_black_box
+        from dlsec.files import check_output
 
+        if out is not None:
+            check_output(out, kind="file", option="--out")
         eps_list = parse_eps(eps) if eps is not None else None
         if name in BLACK_BOX:
             run_black_box(name, model_dir, eps_list, out=out, dataset=dataset, samples=samples,
                           seed=seed, device=device, budget=budget, norm=norm, basis=basis,
-                          surrogate=surrogate, craft=craft, progress=not quiet)  # fmt: skip
+                          surrogate=surrogate, craft=craft, threads=threads,
+                          trust_code=trust_code, progress=not quiet)  # fmt: skip
             return
         if eps_list is None:
             raise EvasionCommandError(
@@ -106,7 +131,8 @@ def register(app: typer.Typer) -> None:
         if steps is not None:
             kwargs["steps"] = steps
         atk = make_attack(name, **kwargs)
-        model, card, x, y = load_target(model_dir, dataset, device, samples)
+        model, card, x, y = load_target(model_dir, dataset, device, samples, threads=threads,
+                                        trust_code=trust_code)  # fmt: skip
         tgt: Any = int(target) if target.lstrip("-").isdigit() else target
         res = atk(model, x, y, eps=eps_list, targeted=targeted, target=tgt, card=card,
                   generator=torch.Generator().manual_seed(seed))  # fmt: skip
@@ -124,16 +150,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate")
     def evaluate(
-        model_dir: Annotated[Path, typer.Option("--model-dir", help="A saved model (card.json + weights)")],
+        model_dir: ModelDirOpt,
         eps: Annotated[str, typer.Option(help="Comma-separated epsilons, e.g. 0.05,0.1")],
         norm: Annotated[str, typer.Option(help="linf | l2")] = "linf",
         attacks: Annotated[str | None, typer.Option(help="Comma-separated stages (default: the standard ensemble)")] = None,
         dataset: Annotated[str | None, typer.Option(help="Default: the dataset named in the card")] = None,
-        samples: Annotated[int | None, typer.Option(help="Evaluate on the first N test points")] = None,
+        samples: Annotated[int | None, count("Evaluate on the first N test points")] = None,
         state: Annotated[Path | None, typer.Option(help="Resume file: an interrupted run continues from it")] = None,
         out: Annotated[Path | None, typer.Option(help="Write the summary as JSON")] = None,
-        seed: Annotated[int, typer.Option()] = 0,
-        device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+        seed: SeedOpt = 0,
+        device: DeviceOpt = "auto",
+        threads: ThreadsOpt = 0,
+        trust_code: TrustCodeOpt = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     ) -> None:
         """Robust accuracy under the AutoAttack-style ensemble, with the sanity checks."""
@@ -141,11 +169,16 @@ def register(app: typer.Typer) -> None:
 
         import torch
 
-        from dlsec.attacks.evasion.ensemble import evaluate_robustness
-        from dlsec.files import atomic_write_text
+        from dlsec.attacks.evasion.ensemble import check_state_file, evaluate_robustness
+        from dlsec.files import atomic_write_text, check_output
 
+        if out is not None:
+            check_output(out, kind="file", option="--out")
+        if state is not None:
+            check_state_file(check_output(state, kind="file", option="--state"))
         eps_list = parse_eps(eps)
-        model, card, x, y = load_target(model_dir, dataset, device, samples)
+        model, card, x, y = load_target(model_dir, dataset, device, samples, threads=threads,
+                                        trust_code=trust_code)  # fmt: skip
         stages = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
         try:
             report = evaluate_robustness(

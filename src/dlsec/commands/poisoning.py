@@ -17,20 +17,31 @@ import numpy as np
 import torch
 import typer
 
+from dlsec.commands.options import ThreadsOpt, count, share
 from dlsec.errors import DlsecError
+from dlsec.training import SEED_MAX
 
 poison_app = typer.Typer(
     help="Poison a dataset's training split and write it as .npz (with the poison mask).",
-    no_args_is_help=True,
 )
 
 DatasetOpt = Annotated[str, typer.Option(help="digits | fashion-mnist | mnist | idx:DIR | npz:PATH")]
 OutOpt = Annotated[Path, typer.Option(help="Output .npz (loadable with --dataset npz:PATH)")]
-SeedOpt = Annotated[int, typer.Option(help="Seed for the choice of samples and the split")]
+SeedOpt = Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed for the choice of samples and the split")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output")]
 ModelDirOpt = Annotated[str | None, typer.Option("--model-dir", help="Surrogate: a saved model (default: train one)")]
+TrustCodeOpt = Annotated[bool, typer.Option(
+    "--trust-code", help="Allow a --model-dir card whose architecture is module:factory to import that module")]
 ModelOpt = Annotated[str, typer.Option(help="Architecture of the surrogate or of the sanitizer's models")]
-EpochsOpt = Annotated[int, typer.Option(help="Training epochs of the surrogate / sanitizer models")]
+EpochsOpt = Annotated[int, count("Training epochs of the surrogate / sanitizer models")]
+RateOpt = Annotated[float, share("Share of labels to flip")]
+
+
+def _check_out(out: Path, option: str = "--out") -> None:
+    """Before any work: ``out`` is a file this process can write."""
+    from dlsec.files import check_output
+
+    check_output(out, kind="file", option=option)
 
 
 def _load(dataset: str, seed: int) -> Any:
@@ -61,13 +72,17 @@ def _write(out: Path, ds: Any, result: Any) -> None:
                f"poisoned ({result.rate:.1%}); wrote {out}")  # fmt: skip
 
 
-def _surrogate(ds: Any, model_dir: str | None, model: str, epochs: int, seed: int, quiet: bool):
+def _surrogate(ds: Any, model_dir: str | None, model: str, epochs: int, seed: int, quiet: bool,
+               *, threads: int, trust_code: bool):  # fmt: skip
+    from dlsec.commands.options import set_threads
     from dlsec.models import load
     from dlsec.training import TrainConfig, train_model
 
     if model_dir:
-        net, _card = load(model_dir)
+        net, _card = load(model_dir, trust_code=trust_code)
+        set_threads(threads, device="cpu", model=net)
         return net
+    set_threads(threads, device="auto", architecture=model, dataset=ds)
     net, _card, _ = train_model(ds, model, TrainConfig(epochs=epochs, lr=3e-3, seed=seed),
                                 progress=not quiet)  # fmt: skip
     return net
@@ -79,12 +94,12 @@ def _gen(seed: int) -> torch.Generator:
 
 @poison_app.command("random-flip")
 def random_flip_cmd(
-    out: OutOpt, rate: Annotated[float, typer.Option(help="Share of labels to flip")] = 0.2,
-    dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
+    out: OutOpt, rate: RateOpt = 0.2, dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
 ) -> None:
     """Flip a random share of the labels to random other classes."""
     from dlsec.attacks.poisoning import random_flip
 
+    _check_out(out)
     ds = _load(dataset, seed)
     _write(out, ds, random_flip(ds.x_train, ds.y_train, rate=rate, num_classes=ds.num_classes,
                                 generator=_gen(seed)))  # fmt: skip
@@ -92,8 +107,7 @@ def random_flip_cmd(
 
 @poison_app.command("label-flip")
 def label_flip_cmd(
-    out: OutOpt, rate: Annotated[float, typer.Option(help="Share of labels to flip")] = 0.2,
-    dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
+    out: OutOpt, rate: RateOpt = 0.2, dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
 ) -> None:
     """Label flipping (random; the same as random-flip)."""
     random_flip_cmd(out=out, rate=rate, dataset=dataset, seed=seed)
@@ -104,12 +118,13 @@ def targeted_flip_cmd(
     out: OutOpt,
     source: Annotated[int, typer.Option(help="Class whose labels are flipped")],
     target: Annotated[int, typer.Option(help="The label they get")],
-    rate: Annotated[float, typer.Option(help="Share of the source class to flip")] = 1.0,
+    rate: Annotated[float, share("Share of the source class to flip")] = 1.0,
     dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
 ) -> None:
     """Relabel (a share of) one class as another, e.g. every 7 becomes 1."""
     from dlsec.attacks.poisoning import targeted_flip
 
+    _check_out(out)
     ds = _load(dataset, seed)
     _write(out, ds, targeted_flip(ds.x_train, ds.y_train, source=source, target=target,
                                   rate=rate, num_classes=ds.num_classes,
@@ -118,16 +133,18 @@ def targeted_flip_cmd(
 
 @poison_app.command("optimized-flip")
 def optimized_flip_cmd(
-    out: OutOpt, rate: Annotated[float, typer.Option(help="Share of labels to flip")] = 0.2,
+    out: OutOpt, rate: RateOpt = 0.2,
     dataset: DatasetOpt = "digits", model_dir: ModelDirOpt = None,
     model: ModelOpt = "simplenet", epochs: EpochsOpt = 30, seed: SeedOpt = 0,
-    quiet: QuietOpt = False,
+    threads: ThreadsOpt = 0, trust_code: TrustCodeOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Flip the labels a surrogate says hurt most (pushes class boundaries)."""
     from dlsec.attacks.poisoning import optimized_flip
 
+    _check_out(out)
     ds = _load(dataset, seed)
-    net = _surrogate(ds, model_dir, model, epochs, seed, quiet)
+    net = _surrogate(ds, model_dir, model, epochs, seed, quiet, threads=threads,
+                     trust_code=trust_code)  # fmt: skip
     _write(out, ds, optimized_flip(ds.x_train, ds.y_train, rate=rate, surrogate=net,
                                    num_classes=ds.num_classes))  # fmt: skip
 
@@ -135,13 +152,14 @@ def optimized_flip_cmd(
 @poison_app.command("inject")
 def inject_cmd(
     out: OutOpt,
-    rate: Annotated[float, typer.Option(help="Share of the resulting set that is injected")] = 0.2,
+    rate: Annotated[float, share("Share of the resulting set that is injected")] = 0.2,
     label: Annotated[int | None, typer.Option(help="Give every injected row this label")] = None,
     dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
 ) -> None:
     """Append mislabeled copies of training samples."""
     from dlsec.attacks.poisoning import inject_mislabeled
 
+    _check_out(out)
     ds = _load(dataset, seed)
     _write(out, ds, inject_mislabeled(ds.x_train, ds.y_train, rate=rate, label=label,
                                       num_classes=ds.num_classes, generator=_gen(seed)))  # fmt: skip
@@ -151,8 +169,8 @@ def inject_cmd(
 def backdoor_cmd(
     out: OutOpt,
     target: Annotated[int, typer.Option(help="Class the trigger sends inputs to")] = 0,
-    rate: Annotated[float, typer.Option(help="Share of the training set poisoned")] = 0.05,
-    trigger_size: Annotated[int | None, typer.Option("--trigger-size", help="Patch side in pixels")] = None,
+    rate: Annotated[float, share("Share of the training set poisoned")] = 0.05,
+    trigger_size: Annotated[int | None, count("Patch side in pixels", "--trigger-size")] = None,
     pattern: Annotated[str, typer.Option(help="checker | square")] = "checker",
     mode: Annotated[str, typer.Option(help="replace | inject")] = "replace",
     dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
@@ -160,6 +178,7 @@ def backdoor_cmd(
     """BadNets: stamp a trigger patch on samples and relabel them as the target."""
     from dlsec.attacks.poisoning import Trigger, backdoor
 
+    _check_out(out)
     ds = _load(dataset, seed)
     trig = Trigger(size=trigger_size, pattern=pattern)  # type: ignore[arg-type]
     _write(out, ds, backdoor(ds.x_train, ds.y_train, target=target, rate=rate, trigger=trig,
@@ -172,20 +191,22 @@ def feature_collision_cmd(
     out: OutOpt,
     target_index: Annotated[int, typer.Option("--target-index", help="Test sample to attack")] = 0,
     base_label: Annotated[int | None, typer.Option("--base-label", help="Class to send it to (default: next class)")] = None,
-    n_poisons: Annotated[int, typer.Option("--n-poisons")] = 20,
-    steps: Annotated[int, typer.Option()] = 200,
-    opacity: Annotated[float, typer.Option(help="Blend of the target into the bases")] = 0.0,
+    n_poisons: Annotated[int, count("Poisons to craft", "--n-poisons")] = 20,
+    steps: Annotated[int, count("Optimization steps")] = 200,
+    opacity: Annotated[float, share("Blend of the target into the bases")] = 0.0,
     dataset: DatasetOpt = "digits", model_dir: ModelDirOpt = None,
     model: ModelOpt = "simplenet", epochs: EpochsOpt = 30, seed: SeedOpt = 0,
-    quiet: QuietOpt = False,
+    threads: ThreadsOpt = 0, trust_code: TrustCodeOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Clean-label Poison Frogs: poisons that collide with a test sample in feature space."""
     from dlsec.attacks.poisoning import feature_collision
 
+    _check_out(out)
     ds = _load(dataset, seed)
     if not 0 <= target_index < ds.y_test.numel():
         raise DlsecError(f"--target-index must be in 0..{ds.y_test.numel() - 1}")
-    net = _surrogate(ds, model_dir, model, epochs, seed, quiet)
+    net = _surrogate(ds, model_dir, model, epochs, seed, quiet, threads=threads,
+                     trust_code=trust_code)  # fmt: skip
     base = (int(ds.y_test[target_index]) + 1) % ds.num_classes if base_label is None else base_label
     _write(out, ds, feature_collision(ds.x_train, ds.y_train, model=net,
                                       target_x=ds.x_test[target_index], base_label=base,
@@ -198,12 +219,13 @@ def sanitize_cmd(
     out: Annotated[Path, typer.Option(help="Output .npz with the kept training samples")],
     method: Annotated[str, typer.Option(help="cleanlab | knn | loss | spectral | activation")] = "cleanlab",
     model: ModelOpt = "simplenet", epochs: EpochsOpt = 30,
-    folds: Annotated[int, typer.Option(help="Cross-validation folds (cleanlab, loss)")] = 5,
+    folds: Annotated[int, count("Cross-validation folds (cleanlab, loss): 2 .. training samples", low=2)] = 5,
     scores_out: Annotated[Path | None, typer.Option("--scores-out", help="Also write the per-sample scores and flags as JSON")] = None,
-    seed: SeedOpt = 0, quiet: QuietOpt = False,
+    seed: SeedOpt = 0, threads: ThreadsOpt = 0, quiet: QuietOpt = False,
 ) -> None:
     """Flag suspicious training samples, write the rest; score detection when the data
     carries a ``poison_mask`` (as ``dlsec poison`` writes)."""
+    from dlsec.commands.options import set_threads
     from dlsec.defenses.sanitization import (
         SanitizerSettings,
         detection_metrics,
@@ -213,7 +235,17 @@ def sanitize_cmd(
     from dlsec.files import atomic_write_bytes, atomic_write_text
     from dlsec.training import TrainConfig
 
+    _check_out(out)
+    if scores_out is not None:
+        _check_out(scores_out, "--scores-out")
+        if Path(scores_out).absolute() == Path(out).absolute():
+            raise DlsecError("--scores-out: must differ from --out")
     ds = _load(dataset, seed)
+    if folds > ds.y_train.numel():
+        raise DlsecError(
+            f"--folds: must be 2..{ds.y_train.numel()} (the training samples), got {folds}"
+        )
+    set_threads(threads, device="auto", architecture=model, dataset=ds)
     make = model_factory(model, input_shape=ds.input_shape, classes=ds.classes, bounds=ds.bounds)
     res = sanitize(method, ds.x_train, ds.y_train, num_classes=ds.num_classes, make_model=make,
                    config=TrainConfig(epochs=epochs, lr=3e-3, seed=seed),

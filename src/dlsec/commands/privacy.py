@@ -12,19 +12,40 @@ from typing import Annotated, Any
 
 import typer
 
+from dlsec.commands.options import SeedOpt, TestSizeOpt, ThreadsOpt, count
 from dlsec.errors import DlsecError
 
 MEMBERSHIP_ATTACKS = ("loss", "confidence", "entropy", "shadow", "lira", "lira-offline",
                       "label-only")
+ModelDirOpt = Annotated[Path, typer.Option("--model-dir", help="Saved model to attack")]
+TrustCodeOpt = Annotated[bool, typer.Option(
+    "--trust-code", help="Allow a card whose architecture is module:factory to import that module")]
+JsonOutOpt = Annotated[Path | None, typer.Option(help="Write the JSON summary here")]
 
 
-def _load(model_dir: Path, dataset: str | None, seed: int, test_size: float) -> tuple[Any, ...]:
-    from dlsec.data import load_dataset
+def _load_model(model_dir: Path, *, threads: int, trust_code: bool) -> tuple[Any, Any]:
+    from dlsec.commands.options import set_threads
     from dlsec.models import load
 
-    model, card = load(model_dir)
+    model, card = load(model_dir, trust_code=trust_code)
+    set_threads(threads, device="cpu", model=model)
+    return model, card
+
+
+def _load(model_dir: Path, dataset: str | None, seed: int, test_size: float, *, threads: int,
+          trust_code: bool) -> tuple[Any, ...]:  # fmt: skip
+    from dlsec.data import load_dataset
+
+    model, card = _load_model(model_dir, threads=threads, trust_code=trust_code)
     ds = load_dataset(dataset or card.dataset or "digits", seed=seed, test_size=test_size)
     return model, card, ds
+
+
+def _check_out(path: Path | None, *, kind: str = "file", option: str = "--out") -> None:
+    from dlsec.files import check_output
+
+    if path is not None:
+        check_output(path, kind=kind, option=option)  # type: ignore[arg-type]
 
 
 def _emit(summary: dict[str, Any], out: Path | None) -> None:
@@ -37,20 +58,21 @@ def _emit(summary: dict[str, Any], out: Path | None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    privacy_app = typer.Typer(help="Privacy attacks: membership inference, model inversion.",
-                              no_args_is_help=True)
+    privacy_app = typer.Typer(help="Privacy attacks: membership inference, model inversion.")
     app.add_typer(privacy_app, name="privacy")
 
     @privacy_app.command("membership")
     def membership(
-        model_dir: Annotated[Path, typer.Option("--model-dir", help="Saved model to attack")],
+        model_dir: ModelDirOpt,
         attack: Annotated[str, typer.Option(help=" | ".join(MEMBERSHIP_ATTACKS))] = "lira",
-        shadows: Annotated[int, typer.Option(help="Shadow models (shadow, lira)")] = 16,
-        members: Annotated[int, typer.Option(help="Members tested (as many non-members)")] = 500,
+        shadows: Annotated[int, count("Shadow models (shadow, lira)")] = 16,
+        members: Annotated[int, count("Members tested (as many non-members)")] = 500,
         dataset: Annotated[str | None, typer.Option(help="Dataset (default: the card's)")] = None,
-        seed: Annotated[int, typer.Option()] = 0,
-        test_size: Annotated[float, typer.Option("--test-size")] = 0.2,
-        out: Annotated[Path | None, typer.Option(help="Write the JSON summary here")] = None,
+        seed: SeedOpt = 0,
+        test_size: TestSizeOpt = 0.2,
+        out: JsonOutOpt = None,
+        threads: ThreadsOpt = 0,
+        trust_code: TrustCodeOpt = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     ) -> None:
         """Membership inference on the model's training records vs its test records."""
@@ -70,7 +92,9 @@ def register(app: typer.Typer) -> None:
 
         if attack not in MEMBERSHIP_ATTACKS:
             raise DlsecError(f"unknown attack {attack!r} (choose from {', '.join(MEMBERSHIP_ATTACKS)})")
-        model, card, ds = _load(model_dir, dataset, seed, test_size)
+        _check_out(out)
+        model, card, ds = _load(model_dir, dataset, seed, test_size, threads=threads,
+                                trust_code=trust_code)  # fmt: skip
         idx = torch.arange(len(ds.y_train))
         val = float(card.training.get("val_fraction", 0.0) or 0.0)
         if val > 0:
@@ -97,9 +121,11 @@ def register(app: typer.Typer) -> None:
     def invert(
         model_dir: Annotated[Path, typer.Option("--model-dir", help="Saved model to invert")],
         black_box: Annotated[bool, typer.Option("--black-box", help="Estimate gradients through the oracle")] = False,
-        max_iter: Annotated[int, typer.Option("--max-iter")] = 1000,
+        max_iter: Annotated[int, count("Iterations per class", "--max-iter")] = 1000,
         out: Annotated[Path | None, typer.Option(help="Directory for inversion.png and summary.json")] = None,
-        seed: Annotated[int, typer.Option()] = 0,
+        seed: SeedOpt = 0,
+        threads: ThreadsOpt = 0,
+        trust_code: TrustCodeOpt = False,
     ) -> None:
         """MI-Face: reconstruct one representative input per class."""
         import base64
@@ -109,10 +135,10 @@ def register(app: typer.Typer) -> None:
         from dlsec.attacks.privacy.inversion import mi_face, mi_face_black_box
         from dlsec.audit.report.plots import image_grid
         from dlsec.files import atomic_write_bytes
-        from dlsec.models import load
         from dlsec.threat import LocalOracle
 
-        model, card = load(model_dir)
+        _check_out(out, kind="dir")
+        model, card = _load_model(model_dir, threads=threads, trust_code=trust_code)
         if black_box:
             oracle = LocalOracle(model, card=card, output="scores")
             res = mi_face_black_box(oracle, max_iter=max_iter,
@@ -121,8 +147,7 @@ def register(app: typer.Typer) -> None:
             res = mi_face(model, card=card, max_iter=max_iter)
         summary = {"variant": res.details["variant"], "queries": res.queries,
                    "iterations": res.iterations.tolist(), "seconds": round(res.seconds, 3)}
-        if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
+        if out is not None:  # the atomic writers create the directory
             if len(card.input_shape) == 3:
                 fig = image_grid(res.images.cpu(), [card.classes[int(c)] for c in res.classes],
                                  title="MI-Face",
@@ -135,14 +160,16 @@ def register(app: typer.Typer) -> None:
     @app.command("extract")
     def extract_cmd(
         model_dir: Annotated[Path, typer.Option("--model-dir", help="Victim model")],
-        budget: Annotated[int, typer.Option(help="Query budget")] = 10_000,
+        budget: Annotated[int, count("Query budget")] = 10_000,
         strategy: Annotated[str, typer.Option(help="random | natural | jacobian | active")] = "active",
         labels_only: Annotated[bool, typer.Option("--labels-only", help="The oracle returns labels only")] = False,
         dataset: Annotated[str | None, typer.Option(help="Dataset (default: the card's)")] = None,
-        seed: Annotated[int, typer.Option()] = 0,
-        test_size: Annotated[float, typer.Option("--test-size")] = 0.2,
-        save_to: Annotated[Path | None, typer.Option("--save-to", help="Save the substitute here")] = None,
-        out: Annotated[Path | None, typer.Option(help="Write the JSON summary here")] = None,
+        seed: SeedOpt = 0,
+        test_size: TestSizeOpt = 0.2,
+        save_to: Annotated[Path | None, typer.Option("--save-to", help="Save the substitute here (a model directory)")] = None,
+        out: JsonOutOpt = None,
+        threads: ThreadsOpt = 0,
+        trust_code: TrustCodeOpt = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     ) -> None:
         """Steal the model through its oracle: half of the test split is the attacker's
@@ -154,7 +181,10 @@ def register(app: typer.Typer) -> None:
         from dlsec.threat import LocalOracle
         from dlsec.training import predict_logits
 
-        model, card, ds = _load(model_dir, dataset, seed, test_size)
+        _check_out(save_to, kind="dir", option="--save-to")
+        _check_out(out)
+        model, card, ds = _load(model_dir, dataset, seed, test_size, threads=threads,
+                                trust_code=trust_code)  # fmt: skip
         half = len(ds.y_test) // 2
         perm = torch.randperm(len(ds.y_test), generator=torch.Generator().manual_seed(seed))
         pool, held = ds.x_test[perm[:half]], perm[half:]

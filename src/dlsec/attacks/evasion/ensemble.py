@@ -398,6 +398,31 @@ def _fingerprint(
     return h.hexdigest()
 
 
+def check_state_file(path: str | Path) -> bool:
+    """True when ``path`` holds a saved evaluation state (of any evaluation), False when
+    nothing is there; :class:`AttackError` when it is something else (not safetensors, or
+    safetensors without the state's metadata), which ``state_path`` must never overwrite."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.exists():
+        return False
+    why = "not a regular file"
+    if path.is_file():
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            if "fingerprint" in meta and "version" in meta:
+                return True
+            why = "safetensors without an evaluation state's metadata"
+        except (SafetensorError, OSError, ValueError) as exc:
+            why = f"not a safetensors file: {' '.join(str(exc).split())[:80]}"
+    raise AttackError(
+        f"{path} is not a dlsec evaluation state ({why}); it is left as it is: remove it "
+        f"or choose another state file"
+    )
+
+
 @dataclasses.dataclass
 class _State:
     fooled_by: Tensor  # [K, N] int64
@@ -424,8 +449,10 @@ class _State:
 
     @classmethod
     def load(cls, path: Path, fingerprint: str) -> _State | None:
-        """The saved state, or ``None`` when there is none or it is for another evaluation."""
-        if not path.is_file():
+        """The saved state, or ``None`` when there is none or it is for another evaluation
+        (it is then replaced). A file that is no evaluation state at all is never
+        overwritten: :class:`AttackError` (see :func:`check_state_file`)."""
+        if not check_state_file(path):
             return None
         from safetensors import SafetensorError, safe_open
 
