@@ -107,6 +107,19 @@ def _os_reason(exc: BaseException) -> str:
     return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).rstrip(".")
 
 
+def check_directory(path: Path, *, expected: str) -> None:
+    """A one-line error unless ``path`` is a directory: missing, a file, a symlink loop,
+    no permission to look, or a path the OS refuses (``expected`` says what was wanted)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: directory not found") from None
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{path}: cannot read ({_os_reason(exc)})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise DatasetError(f"{path}: not a directory (expected {expected})")
+
+
 def open_regular_file(path: Path, *, expected: str) -> tuple[BinaryIO, int]:
     """Open a user's file for reading: (binary file, size in bytes), or a one-line error.
 
@@ -261,6 +274,8 @@ def stratified_split(y: Tensor, *, test_size: float, seed: int) -> tuple[Tensor,
     """Deterministic stratified split: (train_idx, test_idx), sorted, same seed -> same split."""
     if not 0.0 < test_size < 1.0:
         raise DatasetError(f"test size must be in (0, 1), got {test_size}")
+    if not -(2**63) <= seed < 2**64:  # what torch.Generator.manual_seed accepts
+        raise DatasetError(f"seed {seed} is out of range (at most 2**64 - 1)")
     g = torch.Generator().manual_seed(seed)
     train_parts, test_parts = [], []
     for c in torch.unique(y).tolist():

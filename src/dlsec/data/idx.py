@@ -29,6 +29,7 @@ import torch
 from dlsec.data.core import (
     Dataset,
     DatasetError,
+    check_directory,
     check_size,
     open_regular_file,
     validate_arrays,
@@ -206,11 +207,14 @@ def read_idx_header(path: Path, *, images: bool | None = None) -> tuple[tuple[in
     reading data, reading only the file's first bytes."""
     path = Path(path)
     fh, size = open_regular_file(path, expected="an IDX file")
-    with fh:
-        gz = path.suffix == ".gz" or fh.read(2) == _GZIP_MAGIC
-        fh.seek(0)
-        shape, dtype, header_len = _read_header(_IdxStream(fh, path, gz=gz), path)
-        _check_declared(path, shape, dtype, header_len, size, gz, images)
+    try:
+        with fh:
+            gz = path.suffix == ".gz" or fh.read(2) == _GZIP_MAGIC
+            fh.seek(0)
+            shape, dtype, header_len = _read_header(_IdxStream(fh, path, gz=gz), path)
+            _check_declared(path, shape, dtype, header_len, size, gz, images)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return shape, dtype
 
 
@@ -227,6 +231,17 @@ def read_idx(path: Path, *, images: bool | None = None) -> np.ndarray:
     """
     path = Path(path)
     fh, size = open_regular_file(path, expected="an IDX file")
+    try:
+        data, shape, dtype = _read_data(fh, path, size, images)
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return np.frombuffer(data, dtype=dtype, count=math.prod(shape)).reshape(shape)
+
+
+def _read_data(
+    fh: BinaryIO, path: Path, size: int, images: bool | None
+) -> tuple[bytearray, tuple[int, ...], np.dtype]:
+    """The body of :func:`read_idx`: header checks, then the data, from an open file."""
     with fh:
         gz = path.suffix == ".gz" or fh.read(2) == _GZIP_MAGIC
         fh.seek(0)
@@ -248,7 +263,7 @@ def read_idx(path: Path, *, images: bool | None = None) -> np.ndarray:
                 f"{path}: unexpected bytes after the data "
                 f"(header says shape {shape}, {expected} data bytes)"
             )
-    return np.frombuffer(data, dtype=dtype, count=count).reshape(shape)
+    return data, shape, dtype
 
 
 def find_idx_files(directory: Path) -> dict[str, Path]:
@@ -258,10 +273,7 @@ def find_idx_files(directory: Path) -> dict[str, Path]:
     one of the four files that is missing.
     """
     directory = Path(directory)
-    if not directory.exists():
-        raise DatasetError(f"{directory}: directory not found")
-    if not directory.is_dir():
-        raise DatasetError(f"{directory}: not a directory (expected a folder of IDX files)")
+    check_directory(directory, expected="a folder of IDX files")
     try:
         present = {p.name for p in directory.iterdir()}
     except OSError as exc:

@@ -163,7 +163,7 @@ def _bounds(arrays: dict[str, np.ndarray], path: Path) -> tuple[float, float] | 
     if "bounds" not in arrays:
         return None
     b = arrays["bounds"]
-    if b.shape != (2,) or not np.issubdtype(b.dtype, np.number):
+    if b.shape != (2,) or b.dtype.kind not in "iuf":
         raise DatasetError(
             f"{path}: 'bounds' must be 2 numbers [lo, hi], got shape {b.shape} dtype {b.dtype}"
         )
@@ -220,6 +220,8 @@ def _inputs(x: np.ndarray, key: str, path: Path, bounds: tuple[float, float] | N
         raise DatasetError(
             f"{path}: {key!r} must be N x D, N x H x W or N x C x H x W, got shape {x.shape}"
         )
+    if 0 in x.shape[1:]:
+        raise DatasetError(f"{path}: {key!r} samples have zero size (shape {x.shape})")
     if x.dtype == np.uint8:
         if bounds is not None and bounds != (0.0, 1.0):
             raise DatasetError(

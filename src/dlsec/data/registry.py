@@ -19,7 +19,14 @@ FASHION_MNIST_CLASSES = (
 def default_data_dir() -> Path:
     """Where ``dlsec data fetch`` puts downloads by default ($DLSEC_DATA_DIR or ~/.cache/dlsec)."""
     env = os.environ.get("DLSEC_DATA_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "dlsec"
+    if env:
+        return Path(env)
+    try:
+        return Path.home() / ".cache" / "dlsec"
+    except RuntimeError:  # no $HOME and no password entry
+        raise DatasetError(
+            "cannot find a home directory for the dataset cache; set DLSEC_DATA_DIR"
+        ) from None
 
 
 def load_dataset(spec: str, *, seed: int = 0, test_size: float = 0.2) -> Dataset:
