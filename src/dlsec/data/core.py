@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import stat
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,7 +121,7 @@ def check_directory(path: Path, *, expected: str) -> None:
         raise DatasetError(f"{path}: not a directory (expected {expected})")
 
 
-def open_regular_file(path: Path, *, expected: str) -> tuple[BinaryIO, int]:
+def open_regular_file(path: Path, *, expected: str) -> tuple[io.BufferedReader, int]:
     """Open a user's file for reading: (binary file, size in bytes), or a one-line error.
 
     Names the file and the problem for a missing file, a directory, a device or pipe
@@ -207,7 +208,7 @@ def _hash_tensor(h: Any, key: str, t: Tensor) -> None:
     t = t.detach().to("cpu").contiguous()
     h.update(f"{key}:{t.dtype}:{tuple(t.shape)}\0".encode())
     if t.numel():
-        h.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
 
 
 def label_range(y: np.ndarray, *, source: str) -> tuple[int, int]:

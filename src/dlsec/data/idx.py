@@ -17,11 +17,11 @@ preferred when both exist because they need no decompression.
 
 from __future__ import annotations
 
+import io
 import math
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ class _IdxStream:
     costs no more memory than the declared size.
     """
 
-    def __init__(self, fh: BinaryIO, path: Path, *, gz: bool) -> None:
+    def __init__(self, fh: io.BufferedReader, path: Path, *, gz: bool) -> None:
         self._fh, self._path, self._gz = fh, path, gz
         self._inflate = zlib.decompressobj(16 + zlib.MAX_WBITS) if gz else None
         self._pending = b""  # compressed input not yet handed to the inflater
@@ -239,7 +239,7 @@ def read_idx(path: Path, *, images: bool | None = None) -> np.ndarray:
 
 
 def _read_data(
-    fh: BinaryIO, path: Path, size: int, images: bool | None
+    fh: io.BufferedReader, path: Path, size: int, images: bool | None
 ) -> tuple[bytearray, tuple[int, ...], np.dtype]:
     """The body of :func:`read_idx`: header checks, then the data, from an open file."""
     with fh:
