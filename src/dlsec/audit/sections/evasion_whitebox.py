@@ -54,8 +54,17 @@ class EvasionOptions:
             raise ValueError("at-eps must be >= 0 and at-epochs >= 1")
         if self.samples < 1 or self.steps < 1:
             raise ValueError("samples and steps must be >= 1")
-        if any(e < 0 for e in self.eps):
-            raise ValueError("eps: values must be >= 0")
+        if any(not 0 <= e < float("inf") for e in (*self.eps, *self.ensemble_eps, self.at_eps)):
+            raise ValueError("eps, ensemble-eps and at-eps: values must be finite and >= 0")
+        if not self.attacks:
+            raise ValueError('attacks: name one or more attacks, e.g. ["fgsm", "pgd"]')
+        from dlsec.attacks.evasion import AttackError
+
+        for name in self.attacks:  # unknown names and unsupported norms, before any work
+            try:
+                _attack(name, self)
+            except AttackError as exc:
+                raise ValueError(f"attacks: {exc}") from None
 
 
 def _eps_grid(options: EvasionOptions, bounds: tuple[float, float]) -> list[float]:
@@ -74,6 +83,8 @@ def _attack(name: str, options: EvasionOptions):
         kwargs["steps"] = options.steps
     if name in ("cw", "deepfool") and options.norm != "l2":
         raise ValueError(f"attacks: {name} is an L2 attack; set norm = \"l2\" to use it")
+    if name == "cw":
+        kwargs.pop("norm")  # L2 only: it takes no norm
     return make_attack(name, **kwargs)
 
 

@@ -38,6 +38,22 @@ class PoisoningOptions:
     folds: int = 3
     max_train: int = 2000
 
+    def __post_init__(self) -> None:
+        from dlsec.defenses.sanitization import SANITIZERS
+
+        if any(not 0 < r < 1 for r in self.rates) or not 0 <= self.backdoor_rate < 1:
+            raise ValueError("rates: each in (0, 1); backdoor-rate in [0, 1) (0: no backdoor)")
+        bad = [a for a in self.flip_attacks if a not in ("random-flip", "optimized-flip")]
+        if bad or (self.flip_attacks and not self.rates):
+            raise ValueError(f"flip-attacks: random-flip and/or optimized-flip with rates, got {bad}")
+        bad = [m for m in (*self.flip_sanitizers, *self.backdoor_sanitizers) if m not in SANITIZERS]
+        if bad:
+            raise ValueError(f"sanitizers: unknown {bad} (choose from {list(SANITIZERS)})")
+        if self.backdoor_target < 0 or self.collision_targets < 0:
+            raise ValueError("backdoor-target and collision-targets must be >= 0")
+        if self.epochs < 1 or self.batch_size < 1 or self.folds < 2 or self.max_train < 10:
+            raise ValueError("epochs and batch-size must be >= 1, folds >= 2, max-train >= 10")
+
 
 def _subsample(ds, max_train: int, g: torch.Generator):
     if ds.y_train.numel() <= max_train:
@@ -67,6 +83,11 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
     from dlsec.training import TrainConfig
 
     o = options
+    if o.backdoor_rate > 0 and o.backdoor_target >= ctx.dataset.num_classes:
+        from dlsec.audit.config import ConfigError
+
+        raise ConfigError(f"[poisoning] backdoor-target: {o.backdoor_target} is not a class of "
+                          f"{ctx.dataset.name} (0..{ctx.dataset.num_classes - 1})")  # fmt: skip
     ds = _subsample(ctx.dataset, o.max_train, ctx.generator(60))
     cfg = TrainConfig(epochs=o.epochs, batch_size=o.batch_size, lr=ctx.config.lr,
                       optimizer=ctx.config.optimizer,  # type: ignore[arg-type]

@@ -40,6 +40,19 @@ class PrivacyOptions:
 
         if self.members < 2 or self.shadows < 2 or self.extraction_budget < 8:
             raise ValueError("members and shadows must be >= 2, extraction-budget >= 8")
+        if self.label_only_noise < 1 or self.extraction_epochs < 1 or self.evaluator_epochs < 1:
+            raise ValueError("label-only-noise, extraction-epochs and evaluator-epochs must be >= 1")
+        if self.inversion_black_box_iters < 0:
+            raise ValueError("inversion-black-box-iters must be >= 0 (0: white-box only)")
+        if not self.extraction_strategies:
+            raise ValueError(f"extraction-strategies: name one or more of {list(STRATEGIES)}")
+        from dlsec.models import model_names
+
+        if self.evaluator not in model_names() and ":" not in self.evaluator:
+            raise ValueError(
+                f"evaluator: unknown model {self.evaluator!r} (choose from {model_names()} "
+                "or name a module:factory)"
+            )
         bad = [s for s in self.extraction_strategies if s not in STRATEGIES]
         if bad:
             raise ValueError(f"unknown extraction strategies {bad} (choose from {list(STRATEGIES)})")
