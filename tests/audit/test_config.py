@@ -15,7 +15,8 @@ def _toml(tmp_path: Path, text: str) -> Path:
 
 def test_defaults() -> None:
     cfg = load_config()
-    assert cfg.dataset == "digits" and cfg.model == "simplenet" and cfg.model_dir is None
+    assert cfg.dataset is None and cfg.dataset_spec == "digits"
+    assert cfg.model == "simplenet" and cfg.model_dir is None and cfg.trust_code is False
     assert cfg.run_dir == Path("runs/digits-simplenet")
 
 

@@ -52,11 +52,25 @@ class Gate:
         return cls(key, threshold)
 
 
+DEFAULT_DATASET = "digits"
+MAX_CONFIG_BYTES = 1 << 20
+"""An audit.toml larger than this (1 MiB) is refused before it is read."""
+
+
 @dataclass
 class AuditConfig:
-    """One audit's settings. Field names with ``_`` are spelled with ``-`` in TOML and flags."""
+    """One audit's settings. Field names with ``_`` are spelled with ``-`` in TOML and flags.
 
-    dataset: str = "digits"
+    ``dataset`` None means "not given": the audit trains on :data:`DEFAULT_DATASET`, and
+    a ``model-dir`` whose card names another dataset is refused (one line naming both)
+    instead of being audited on data it was not trained on. Naming a dataset explicitly
+    audits the model on it (the report then warns that the two differ).
+    ``trust-code`` lets a model directory's card name a ``module:factory`` architecture,
+    whose module is imported to build the model (otherwise refused: a model directory
+    someone sends you must not run code).
+    """
+
+    dataset: str | None = None
     model: str = "simplenet"
     model_dir: str | None = None
     out: str | None = None
@@ -70,17 +84,20 @@ class AuditConfig:
     lr: float = 3e-3
     optimizer: str = "adam"
     threads: int = 0
+    trust_code: bool = False
     section_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from dlsec.training import SEED_MAX, thread_limit  # the limits every command checks
+
         if self.epochs < 1:
             raise ConfigError(f"epochs: must be >= 1, got {self.epochs}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"seed: must be in 0..{SEED_MAX}, got {self.seed}")
         if self.batch_size < 1:
             raise ConfigError(f"batch-size: must be >= 1, got {self.batch_size}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ConfigError(f"lr: must be a positive number, got {self.lr}")
-        from dlsec.training import thread_limit  # the one limit every command checks
-
         if not 0 <= self.threads <= thread_limit():
             raise ConfigError(
                 f"threads: must be 0 (automatic) or 1..{thread_limit()} (4 per CPU), "
@@ -94,6 +111,15 @@ class AuditConfig:
             raise ConfigError(f"device: must be auto, cpu or cuda, got {self.device!r}")
         for text in self.fail_under:
             Gate.parse(text)
+        if self.sections is not None and not self.sections:
+            raise ConfigError("sections: empty list; name one or more sections, or leave it unset for all")
+        if self.dataset is not None and not self.dataset.strip():
+            raise ConfigError("dataset: empty name")
+
+    @property
+    def dataset_spec(self) -> str:
+        """The dataset to load: ``dataset``, or :data:`DEFAULT_DATASET` when not given."""
+        return self.dataset or DEFAULT_DATASET
 
     @property
     def gates(self) -> list[Gate]:
@@ -104,7 +130,7 @@ class AuditConfig:
         if self.out:
             return Path(self.out)
         source = Path(self.model_dir).name if self.model_dir else self.model
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{self.dataset}-{source}").strip("-")
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{self.dataset_spec}-{source}").strip("-")
         return Path("runs") / slug
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,15 +208,24 @@ def load_config(
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            with path.open("rb") as fh:
+                raw = fh.read(MAX_CONFIG_BYTES + 1)
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: config file larger than {MAX_CONFIG_BYTES >> 20} MiB")
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a UTF-8 text file") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not valid TOML (arrays or tables nested too deeply)") from None
         values, section_options = _split_toml(data, source=str(path))
     for key, value in (overrides or {}).items():
-        if value is None or value == []:
-            continue
+        if value is None or (key == "fail-under" and not value):
+            continue  # unset (an empty --sections is an error, not "all")
         if key == "fail-under":  # gates from the file and the command line add up
             value = [*values.get("fail-under", []), *value]
         values[key] = value

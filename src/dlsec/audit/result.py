@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,24 +30,119 @@ class SectionResult:
     """One section of the report.
 
     ``metrics`` are flat numbers; the report exposes them as ``"<section>.<key>"`` so
-    ``--fail-under accuracy.clean_accuracy=0.9`` can gate on them.
+    ``--fail-under accuracy.clean_accuracy=0.9`` can gate on them. A number that is not
+    finite (NaN, infinity) is not JSON: the runner replaces it with ``None`` (``null``)
+    and records why in ``non_finite``, ``{path: "NaN" | "Infinity" | "-Infinity"}`` with
+    paths such as ``"metrics.test_loss"`` or ``"tables.0.rows.3.2"``.
     """
 
     name: str
     title: str
     summary: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float | None] = field(default_factory=dict)
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    non_finite: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SectionResult:
+    def from_dict(cls, d: Any) -> SectionResult:
+        """Rebuild a result from :meth:`to_dict`'s output, checking every field's shape.
+
+        Raises:
+            ValueError: ``d`` is not a section result (a damaged or edited cache file).
+        """
+        _expect(isinstance(d, dict), "a section result must be a JSON object")
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        _expect(not unknown, f"unknown field(s) {unknown}")
+        _expect(
+            all(isinstance(d.get(k), str) for k in ("name", "title")), "name and title must be text"
+        )
+        _expect(isinstance(d.get("summary", ""), str), "summary must be text")
+        metrics = d.get("metrics", {})
+        _expect(
+            isinstance(metrics, dict)
+            and all(isinstance(k, str) and _is_number_or_null(v) for k, v in metrics.items()),
+            "metrics must map names to numbers (or null)",
+        )
+        warnings = d.get("warnings", [])
+        _expect(_is_list_of(warnings, str), "warnings must be a list of text")
+        _expect(isinstance(d.get("details", {}), dict), "details must be an object")
+        non_finite = d.get("non_finite", {})
+        _expect(
+            isinstance(non_finite, dict) and all(isinstance(v, str) for v in non_finite.values()),
+            "non_finite must map paths to text",
+        )
+        tables = d.get("tables", [])
+        _expect(isinstance(tables, list), "tables must be a list")
+        for t in tables:
+            _expect(
+                isinstance(t, dict)
+                and set(t) <= {"title", "columns", "rows", "caption"}
+                and isinstance(t.get("title"), str)
+                and isinstance(t.get("caption", ""), str)
+                and _is_list_of(t.get("columns"), str)
+                and isinstance(t.get("rows"), list)
+                and all(isinstance(r, list) for r in t["rows"]),
+                "a table needs a title, text columns and a list of rows",
+            )
+        figures = d.get("figures", [])
+        _expect(isinstance(figures, list), "figures must be a list")
+        for f in figures:
+            _expect(
+                isinstance(f, dict)
+                and set(f) <= {"title", "png_base64", "caption"}
+                and all(isinstance(f.get(k, ""), str) for k in ("title", "png_base64", "caption"))
+                and "title" in f
+                and "png_base64" in f,
+                "a figure needs a title and a base64 PNG",
+            )
         d = dict(d)
-        d["tables"] = [Table(**t) for t in d.get("tables", [])]
-        d["figures"] = [Figure(**f) for f in d.get("figures", [])]
+        d["tables"] = [Table(**t) for t in tables]
+        d["figures"] = [Figure(**f) for f in figures]
         return cls(**d)
+
+
+def _expect(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _is_list_of(value: Any, kind: type) -> bool:
+    return isinstance(value, list) and all(isinstance(v, kind) for v in value)
+
+
+def _is_number_or_null(value: Any) -> bool:
+    if value is None:
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+NON_FINITE_NAMES = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def replace_non_finite(
+    obj: Any, path: str = "", found: dict[str, str] | None = None
+) -> tuple[Any, dict[str, str]]:
+    """``obj`` (plain JSON data) with every NaN or infinite float replaced by ``None``.
+
+    Returns the new object and ``{path: "NaN" | "Infinity" | "-Infinity"}`` for each
+    replacement, paths joined with dots (``"metrics.test_loss"``, ``"rows.3.2"``).
+    """
+    found = {} if found is None else found
+    if isinstance(obj, float) and not math.isfinite(obj):
+        found[path] = NON_FINITE_NAMES[repr(obj)]
+        return None, found
+    if isinstance(obj, dict):
+        return {k: replace_non_finite(v, _join(path, k), found)[0] for k, v in obj.items()}, found
+    if isinstance(obj, list | tuple):
+        return [replace_non_finite(v, _join(path, i), found)[0] for i, v in enumerate(obj)], found
+    return obj, found
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)

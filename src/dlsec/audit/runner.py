@@ -1,35 +1,52 @@
 """Run an audit: get the model, run the sections (resuming from cache), write the report.
 
 Resume: the trained model and every finished section are cached in the run directory
-under a key made of everything their result depends on. Rerunning an interrupted audit
-with the same settings recomputes nothing that finished and yields the same report.
-All files are written atomically, so a kill at any moment leaves no half-written file.
+under a key made of everything their result depends on (settings, the data's digest, the
+model's weights); see :mod:`dlsec.audit.cache`. Rerunning an interrupted audit with the
+same settings and data recomputes nothing that finished and yields the same report. A
+damaged cache file is recomputed (and the run says so). All files are written
+atomically; a run starts by removing the previous report, and writes the new one only at
+the end, so a failed run leaves no report a gate could read.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 
 from dlsec import __version__
+from dlsec.audit.cache import (
+    CacheDamaged,
+    check_model_dir,
+    digest,
+    install_model,
+    load_cached_model,
+    read_history,
+    read_section,
+    remove_stale_temporaries,
+    section_entry,
+    write_json,
+)
 from dlsec.audit.config import AuditConfig, ConfigError
 from dlsec.audit.context import AuditContext
-from dlsec.audit.result import SectionResult
+from dlsec.audit.result import SectionResult, replace_non_finite
 from dlsec.audit.sections import SectionSpec, selected
 from dlsec.data import Dataset, load_dataset
 from dlsec.errors import DlsecError
-from dlsec.files import atomic_write_text
-from dlsec.models import ModelCard, ModelError, load, save
+from dlsec.files import atomic_write_text, check_output
+from dlsec.models import ModelCard, ModelError, load, read_card
 from dlsec.training import TrainConfig, configure_threads, resolve_device, train_model
 
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
+"""2: ``metrics`` values may be ``null`` (a non-finite number, explained in
+``non_finite``); top-level ``warnings``."""
 
 
 @dataclass
@@ -50,19 +67,12 @@ class AuditOutcome:
         return 0 if self.passed else 1
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def _read_json(path: Path) -> Any | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
+@dataclass
+class _Obtained:
+    model: torch.nn.Module
+    card: ModelCard
+    history: list[dict[str, Any]] | None
+    warnings: list[str] = field(default_factory=list)
 
 
 def train_config(config: AuditConfig) -> TrainConfig:
@@ -76,6 +86,15 @@ def train_config(config: AuditConfig) -> TrainConfig:
     )
 
 
+def train_key(config: AuditConfig, dataset: Dataset) -> str:
+    """What the trained model depends on: the data (by content), the architecture, training."""
+    return digest(
+        {"v": __version__, "dataset": config.dataset_spec, "data": dataset.digest,
+         "test_size": config.test_size, "model": config.model,
+         "train": train_config(config).to_dict()}
+    )  # fmt: skip
+
+
 def obtain_model(
     config: AuditConfig,
     dataset: Dataset,
@@ -83,53 +102,88 @@ def obtain_model(
     device: torch.device,
     progress: bool,
     console: Console,
-) -> tuple[torch.nn.Module, ModelCard, list[dict[str, float]] | None]:
-    """Load ``model-dir``, or train ``model`` on the dataset (cached in ``<run>/model``)."""
+    notices: Console | None = None,
+) -> _Obtained:
+    """Load ``model-dir``, or train ``model`` on the dataset (cached in ``<run>/model``).
+
+    A model directory's card may name a ``module:factory`` architecture only with the
+    user's consent (``trust-code``, or ``model`` naming the same factory): nothing is
+    imported before :func:`dlsec.models.load` has decided.
+    """
+    notices = notices or console
     if config.model_dir:
-        model, card = load(config.model_dir, device=device)
-        history = _read_json(Path(config.model_dir) / "history.json")
-        _check_compatible(card, dataset, source=config.model_dir)
-        return model, card, history
+        source = config.model_dir
+        warnings = _check_compatible(config, read_card(source), dataset, source=source)
+        model, card = load(
+            source, device=device, trust_code=config.trust_code, factory=config.model
+        )
+        return _Obtained(model, card, read_history(Path(source) / "history.json"), warnings)
+    key = train_key(config, dataset)
+    run_dir = config.run_dir
+    model_dir = check_model_dir(run_dir)
+    remove_stale_temporaries(run_dir)
+    try:
+        cached = load_cached_model(
+            model_dir, key,
+            lambda d: load(d, device=device, trust_code=config.trust_code, factory=config.model),
+        )  # fmt: skip
+    except CacheDamaged as exc:
+        notices.print(
+            f"model: the cached model in {escape(str(model_dir))} is damaged "
+            f"({escape(str(exc))}); retraining"
+        )
+        cached = None
+    if cached is not None:
+        console.print(
+            f"[dim]model: reusing trained {cached.card.architecture} from {model_dir}[/dim]"
+        )
+        return _Obtained(cached.model, cached.card, cached.history)
     tconf = train_config(config)
-    key = _digest(
-        {"v": __version__, "dataset": config.dataset, "test_size": config.test_size,
-         "model": config.model, "train": tconf.to_dict()}
-    )  # fmt: skip
-    model_dir = config.run_dir / "model"
-    meta = _read_json(model_dir / "train-key.json")
-    if meta and meta.get("key") == key:
-        try:
-            model, card = load(model_dir, device=device)
-            console.print(f"[dim]model: reusing trained {card.architecture} from {model_dir}[/dim]")
-            return model, card, _read_json(model_dir / "history.json")
-        except ModelError:
-            pass  # a damaged cache is retrained below
     tconf.device = str(device)
     model, card, result = train_model(
         dataset, config.model, tconf, progress=progress, description=f"training {config.model}"
     )
     card.training["device"] = config.device
-    save(model, card, model_dir)
-    _write_json(model_dir / "history.json", result.history)
-    _write_json(model_dir / "train-key.json", {"key": key})
+    install_model(run_dir, model, card, result.history, key)
     console.print(
         f"model: trained {card.architecture} in {result.seconds:.1f} s, "
         f"test accuracy {card.metrics['test_accuracy']:.4f}"
     )
-    return model, card, result.history
+    return _Obtained(model, card, result.history)
 
 
-def _check_compatible(card: ModelCard, dataset: Dataset, *, source: str) -> None:
+def _check_compatible(
+    config: AuditConfig, card: ModelCard, dataset: Dataset, *, source: str
+) -> list[str]:
+    """Refuse a model directory the dataset does not fit, in one line naming both.
+
+    A card whose dataset differs from the audit's is refused when the dataset was not
+    named (the default would silently audit the model on data it never saw); named
+    explicitly, it is audited, with a warning. Returns the warnings.
+    """
+    origin = f" from {card.dataset!r}" if card.dataset else ""
     if tuple(card.input_shape) != tuple(dataset.input_shape):
         raise ModelError(
-            f"{source}: model input {tuple(card.input_shape)} does not match dataset "
-            f"{dataset.name} input {tuple(dataset.input_shape)}"
+            f"model dir {source} takes inputs of shape {tuple(card.input_shape)}{origin}, "
+            f"dataset {dataset.name} has {tuple(dataset.input_shape)}"
         )
     if card.num_classes != dataset.num_classes:
         raise ModelError(
-            f"{source}: model has {card.num_classes} classes, dataset {dataset.name} has "
-            f"{dataset.num_classes}"
+            f"model dir {source} has {card.num_classes} classes{origin}, dataset "
+            f"{dataset.name} has {dataset.num_classes}"
         )
+    if not card.dataset or card.dataset == dataset.name:
+        return []
+    if config.dataset is None:
+        raise ModelError(
+            f"model dir {source} was trained on {card.dataset!r}, but no dataset was named "
+            f"and the default is {dataset.name!r}: pass --dataset {card.dataset} to audit it "
+            f"on its own data, or --dataset {dataset.name} to audit it on that one"
+        )
+    warning = f"the model was trained on {card.dataset!r} and is audited on {dataset.name!r}"
+    if list(card.classes) != list(dataset.classes):
+        warning += " (their class names differ)"
+    return [warning]
 
 
 def _set_threads(
@@ -152,14 +206,15 @@ def _set_threads(
     configure_threads(config.threads, model=net, device=device)
 
 
-def section_key(spec: SectionSpec, config: AuditConfig, card: ModelCard) -> str:
-    return _digest(
+def section_key(spec: SectionSpec, config: AuditConfig, card: ModelCard, dataset: Dataset) -> str:
+    return digest(
         {
             "section": spec.name,
             "version": spec.version,
             "dlsec": __version__,
             "options": config.section_options.get(spec.name, {}),
-            "dataset": config.dataset,
+            "dataset": config.dataset_spec,
+            "data": dataset.digest,
             "test_size": config.test_size,
             "seed": config.seed,
             "weights": card.weights_sha256,
@@ -168,64 +223,135 @@ def section_key(spec: SectionSpec, config: AuditConfig, card: ModelCard) -> str:
     )
 
 
+def _prepare_outputs(run_dir: Path) -> tuple[Path, Path]:
+    """Check the outputs before any work and remove the previous report: a run that
+    fails must not leave an earlier run's verdict for a gate to read."""
+    check_output(run_dir, kind="dir", option="--out")
+    json_path, html_path = run_dir / "report.json", run_dir / "report.html"
+    for path in (json_path, html_path):
+        check_output(path, kind="file", option="--out")
+    for path in (json_path, html_path):
+        path.unlink(missing_ok=True)
+    return json_path, html_path
+
+
+def _plain_result(result: SectionResult, spec: SectionSpec) -> dict[str, Any]:
+    """The result as plain JSON data, as a resumed run reads it back (tuples become
+    lists, ...), with each non-finite number replaced by null and a warning per metric."""
+    result.name, result.title = spec.name, spec.title
+    try:
+        plain = json.loads(json.dumps(result.to_dict()))
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"section {spec.name!r} returned a value JSON cannot hold: {exc}") from exc
+    plain, found = replace_non_finite(plain)
+    if found:
+        plain["non_finite"] = {**plain.get("non_finite", {}), **found}
+        for path, why in found.items():
+            if path.startswith("metrics."):
+                plain["warnings"].append(
+                    f"metric {path[len('metrics.'):]} is {why}, not a finite number: report.json "
+                    "holds null for it and a gate on it fails"
+                )
+        others = [p for p in found if not p.startswith("metrics.")]
+        if others:
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            plain["warnings"].append(
+                f"{len(others)} table or detail value(s) are not finite numbers, written as "
+                f"null: {shown}"
+            )
+    return plain
+
+
 def run_audit(
     config: AuditConfig, *, progress: bool = True, console: Console | None = None
 ) -> AuditOutcome:
-    """Run every selected section and write ``report.json`` and ``report.html``."""
+    """Run every selected section and write ``report.json`` and ``report.html``.
+
+    Progress goes to ``console`` (stderr, silent without ``progress``); warnings and
+    notices of damaged cache files are printed even without progress.
+    """
     from dlsec.audit.config import validate_options
     from dlsec.audit.report import render_html
 
+    notices = console or Console(stderr=True, highlight=False)
     console = console or Console(stderr=True, quiet=not progress)
     run_dir = config.run_dir
+    json_path, html_path = _prepare_outputs(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
-    dataset = load_dataset(config.dataset, seed=config.seed, test_size=config.test_size)
+    dataset = load_dataset(config.dataset_spec, seed=config.seed, test_size=config.test_size)
     _set_threads(config, dataset, device)
-    model, card, history = obtain_model(config, dataset, device=device, progress=progress, console=console)
+    got = obtain_model(
+        config, dataset, device=device, progress=progress, console=console, notices=notices
+    )
+    model, card = got.model, got.card
     if config.model_dir:
         _set_threads(config, dataset, device, model)
     model.eval()
     ctx = AuditContext(
         config=config, dataset=dataset, model=model, card=card, device=device,
-        run_dir=run_dir, history=history, progress=progress,
+        run_dir=run_dir, history=got.history, progress=progress,
     )  # fmt: skip
     cache_dir = run_dir / "sections"
     for spec in selected(config.sections):
-        key = section_key(spec, config, card)
+        key = section_key(spec, config, card, dataset)
         cache_path = cache_dir / f"{spec.name}.json"
-        cached = _read_json(cache_path)
-        if cached and cached.get("key") == key:
-            ctx.results[spec.name] = SectionResult.from_dict(cached["result"])
+        try:
+            cached = read_section(cache_path, key, spec.name)
+        except CacheDamaged as exc:
+            notices.print(
+                f"{spec.title}: the cached result {escape(str(cache_path))} is damaged "
+                f"({escape(str(exc))}); recomputing"
+            )
+            cached = None
+        if cached is not None:
+            ctx.results[spec.name] = cached
             console.print(f"[dim]{spec.title}: cached[/dim]")
             continue
         options = None
         if spec.options is not None:
-            options = validate_options(spec.name, spec.options, config.section_options.get(spec.name, {}))
+            table = config.section_options.get(spec.name, {})
+            options = validate_options(spec.name, spec.options, table)
         t0 = time.perf_counter()
-        result = spec.fn(ctx, options)
-        result.name, result.title = spec.name, spec.title
-        # what is cached is what a resumed run reads back: normalize through JSON now, so a
-        # fresh run and a resumed one produce the same report (tuples become lists, etc.)
-        try:
-            plain = json.loads(json.dumps(result.to_dict()))
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"section {spec.name!r} returned a value JSON cannot hold: {exc}") from exc
-        result = SectionResult.from_dict(plain)
-        ctx.results[spec.name] = result
-        _write_json(cache_path, {"key": key, "result": plain})
+        plain = _plain_result(spec.fn(ctx, options), spec)
+        ctx.results[spec.name] = SectionResult.from_dict(plain)
+        write_json(cache_path, section_entry(key, plain))
         console.print(f"{spec.title}: done in {time.perf_counter() - t0:.1f} s")
-    report = build_report(config, dataset, card, list(ctx.results.values()))
-    json_path, html_path = run_dir / "report.json", run_dir / "report.html"
-    _write_json(json_path, report)
+    report = build_report(config, dataset, card, list(ctx.results.values()), warnings=got.warnings)
+    for warning in report["warnings"]:
+        notices.print(f"warning: {escape(warning)}")
     atomic_write_text(html_path, render_html(report))
+    write_json(json_path, report)  # last: its presence means the run finished
     return AuditOutcome(report, run_dir, json_path, html_path)
 
 
 def build_report(
-    config: AuditConfig, dataset: Dataset, card: ModelCard, results: list[SectionResult]
+    config: AuditConfig,
+    dataset: Dataset,
+    card: ModelCard,
+    results: list[SectionResult],
+    *,
+    warnings: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The versioned, machine-readable report (what report.json holds)."""
+    """The versioned, machine-readable report (what report.json holds).
+
+    ``metrics`` is a flat map of ``"<section>.<key>"`` to a number, or to ``null`` when
+    the value was not finite; ``non_finite`` says which (``"NaN"``, ``"Infinity"``,
+    ``"-Infinity"``). A gate on a null metric fails. The report holds no NaN or infinity.
+    """
     metrics = {f"{r.name}.{k}": v for r in results for k, v in r.metrics.items()}
+    non_finite = {
+        f"{r.name}.{path[len('metrics.'):]}": why
+        for r in results
+        for path, why in r.non_finite.items()
+        if path.startswith("metrics.")
+    }
+    warnings = list(warnings)
+    if non_finite:
+        listed = ", ".join(f"{k} ({v})" for k, v in non_finite.items())
+        warnings.append(
+            f"{len(non_finite)} metric(s) are not finite numbers and are written as null: {listed}"
+        )
     gates = []
     for gate in config.gates:
         if gate.key not in metrics:
@@ -233,20 +359,32 @@ def build_report(
                 f"fail-under: {gate.key}: no such metric (available: {', '.join(sorted(metrics))})"
             )
         value = metrics[gate.key]
-        gates.append(
-            {"key": gate.key, "threshold": gate.threshold, "value": value, "passed": value >= gate.threshold}
-        )
+        entry: dict[str, Any] = {"key": gate.key, "threshold": gate.threshold, "value": value}
+        if value is None:
+            why = non_finite.get(gate.key, "missing")
+            entry |= {"passed": False, "reason": f"{gate.key} is {why}, not a number"}
+        else:
+            entry["passed"] = value >= gate.threshold
+        gates.append(entry)
     source = Path(config.model_dir).name if config.model_dir else card.architecture
-    return {
+    report = {
         "schema": "dlsec.report",
         "schema_version": REPORT_SCHEMA_VERSION,
         "dlsec_version": __version__,
         "title": f"dlsec audit: {source} on {dataset.name}",
-        "config": {k: v for k, v in config.to_dict().items() if k != "out"},
+        "config": {k: v for k, v in config.to_dict().items() if k != "out"}
+        | {"dataset": config.dataset_spec},
         "dataset": dataset.summary(),
         "model": card.to_dict(),
         "sections": [r.to_dict() for r in results],
         "metrics": metrics,
+        "non_finite": non_finite,
         "gates": gates,
         "passed": all(g["passed"] for g in gates),
+        "warnings": warnings,
     }
+    report, found = replace_non_finite(report)  # the card, the dataset summary, the config
+    if found:
+        shown = ", ".join(f"{k} ({v})" for k, v in list(found.items())[:5])
+        report["warnings"].append(f"non-finite numbers written as null: {shown}")
+    return report
