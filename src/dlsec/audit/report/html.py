@@ -109,13 +109,18 @@ def _section_view(index: int, raw: Any) -> dict[str, Any]:
             "caption": str(f.get("caption", "")),
         })
     details = s.get("details") or {}
+    non_finite = s.get("non_finite") or {}
     return {
         "anchor": f"s{index}-{_slug(name)}",
         "name": name,
         "title": str(s.get("title") or name),
         "summary": str(s.get("summary", "")),
         "metrics": [
-            {"key": str(k), "gate_key": f"{name}.{k}", "value": format_value(v)}
+            {
+                "key": str(k),
+                "gate_key": f"{name}.{k}",
+                "value": _metric_value(v, non_finite.get(f"metrics.{k}")),
+            }
             for k, v in metrics.items()
         ],
         "main_metrics": main_metrics(s),
@@ -126,12 +131,20 @@ def _section_view(index: int, raw: Any) -> dict[str, Any]:
     }
 
 
+def _metric_value(value: Any, non_finite: str | None) -> str:
+    """A metric for display; a null that stands for a non-finite number says which."""
+    if value is None and non_finite:
+        return f"{non_finite} (null)"
+    return format_value(value)
+
+
 def _gate_view(raw: Mapping[str, Any]) -> dict[str, Any]:
     passed = raw.get("passed")
+    value = raw.get("value")
     return {
         "key": str(raw.get("key", "")),
         "threshold": format_value(raw.get("threshold")),
-        "value": format_value(raw.get("value")),
+        "value": str(raw.get("reason") or "null") if value is None else format_value(value),
         "passed": bool(passed),
     }
 
@@ -161,7 +174,8 @@ def render_html(report: Mapping[str, Any]) -> str:
     """
     sections = [_section_view(i, s) for i, s in enumerate(report.get("sections") or [], 1)]
     gates = [_gate_view(g) for g in report.get("gates") or []]
-    n_warnings = sum(len(s["warnings"]) for s in sections)
+    report_warnings = [str(w) for w in report.get("warnings") or []]
+    n_warnings = sum(len(s["warnings"]) for s in sections) + len(report_warnings)
     appendix = [
         (label, _pretty_json(report.get(key)), anchor)
         for label, key, anchor in (
@@ -179,6 +193,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         "gates": gates,
         "sections": sections,
         "n_warnings": n_warnings,
+        "report_warnings": report_warnings,
         "appendix": appendix,
         "css": _read_resource(_STYLESHEET),
     }

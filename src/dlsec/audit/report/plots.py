@@ -3,7 +3,9 @@
 Every helper draws on a fresh :class:`matplotlib.figure.Figure` (no pyplot, so no global
 figure state leaks between calls or into the user's session) under a fixed style, and
 encodes it as a PNG with a fixed dpi and no software/date metadata: the same data gives
-byte-identical base64, which keeps ``report.json`` and ``report.html`` reproducible.
+byte-identical base64, which keeps ``report.json`` and ``report.html`` reproducible. All
+text (titles, labels, class names) is drawn literally: ``$``, ``_``, ``^``, ``%`` and
+braces are never read as mathtext or LaTeX.
 
 Example:
     >>> fig = bar_chart(["clean", "pgd"], [0.97, 0.12], title="Accuracy", ylim=(0, 1))
@@ -66,6 +68,10 @@ _STYLE: dict[Any, Any] = {  # keys are rcParams names
     "figure.facecolor": "white",
     "savefig.facecolor": "white",
     "path.simplify": True,
+    # labels are data (class names, attack names): drawn as plain text, never parsed as
+    # mathtext (a class named "$\\foo$" would fail to render) nor handed to LaTeX
+    "text.usetex": False,
+    "text.parse_math": False,
 }
 
 

@@ -57,11 +57,13 @@ def print_summary(report: Mapping[str, Any], console: Console | None = None) -> 
             table.add_row(
                 Text(str(g.get("key", ""))),
                 format_value(g.get("threshold")),
-                format_value(g.get("value")),
+                format_value(g.get("value")) if g.get("value") is not None
+                else str(g.get("reason") or "null"),
                 Text("pass", style="green") if ok else Text("FAIL", style="red bold"),
             )
         console.print(table)
 
+    n_warnings += len(report.get("warnings") or [])  # printed by the run as they arise
     if n_warnings:
         console.print(Text(f"{n_warnings} warning(s); see the HTML report.", style="yellow"))
     passed = report.get("passed")

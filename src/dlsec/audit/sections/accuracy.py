@@ -23,12 +23,25 @@ def run(ctx: AuditContext, options: None) -> SectionResult:
 
     ds = ctx.dataset
     logits = predict_logits(ctx.model, ds.x_test).cpu()
+    # an output with a NaN or infinite score classifies nothing: counted as an error (its
+    # argmax is arbitrary), left out of the confusion matrix, and warned about
+    finite = torch.isfinite(logits).all(1)
     pred = logits.argmax(1)
-    cm = confusion_matrix(ds.y_test, pred, ds.num_classes)
-    support = cm.sum(1)
-    per_class = (cm.diag().double() / support.clamp(min=1)).tolist()
-    accuracy = float((pred == ds.y_test).double().mean())
+    correct = (pred == ds.y_test) & finite
+    cm = confusion_matrix(ds.y_test[finite], pred[finite], ds.num_classes)
+    support = torch.bincount(ds.y_test, minlength=ds.num_classes)
+    hits = torch.bincount(ds.y_test[correct], minlength=ds.num_classes)
+    per_class = (hits.double() / support.clamp(min=1)).tolist()
+    accuracy = float(correct.double().mean())
     loss = float(F.cross_entropy(logits, ds.y_test))
+    warnings = []
+    n_bad = int((~finite).sum())
+    if n_bad:
+        warnings.append(
+            f"the model's outputs are not finite (NaN or infinite) for {n_bad} of "
+            f"{len(finite)} test inputs: counted as errors, left out of the confusion matrix; "
+            "the model is broken or its weights are damaged"
+        )
     worst = min(range(ds.num_classes), key=lambda c: per_class[c])
     rows = [
         [ds.classes[c], int(support[c]), round(per_class[c], 4)] for c in range(ds.num_classes)
@@ -63,5 +76,6 @@ def run(ctx: AuditContext, options: None) -> SectionResult:
                 caption="Rows are true classes, columns predictions; off-diagonal cells are errors.",
             ),
         ],
-        details={"confusion_matrix": cm.tolist()},
+        warnings=warnings,
+        details={"confusion_matrix": cm.tolist(), "non_finite_outputs": n_bad},
     )

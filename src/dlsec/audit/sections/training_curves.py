@@ -24,8 +24,10 @@ def run(ctx: AuditContext, options: None) -> SectionResult:
     if "val_loss" in history[0]:
         loss["validation"] = (epochs, [h["val_loss"] for h in history])
         acc["validation"] = (epochs, [h["val_accuracy"] for h in history])
-    best = int(ctx.card.training.get("best_epoch", len(history)) or len(history))
-    kept = history[min(best, len(history)) - 1]
+    best = ctx.card.training.get("best_epoch")  # from the card: checked, not trusted
+    if isinstance(best, bool) or not isinstance(best, int) or not 1 <= best <= len(history):
+        best = len(history)
+    kept = history[best - 1]
     metrics = {"epochs": len(history), "best_epoch": best, "train_accuracy": kept["train_accuracy"]}
     warnings = []
     if "val_accuracy" in kept:
