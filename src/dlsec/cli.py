@@ -7,8 +7,8 @@ on stderr, no traceback); 130 interrupted (rerun the same command to resume).
 from __future__ import annotations
 
 # Ctrl-C while Python imports torch and the commands (seconds) would print a traceback of
-# the import; until the imports below are done it ends the process quietly instead.
-# Nothing heavy may be imported above this block.
+# the import; until main() starts it ends the process quietly instead (exit 130). Nothing
+# heavy may be imported above this block.
 import os
 import signal
 import sys
@@ -22,12 +22,20 @@ def _interrupted_at_start_up(signum: int, frame: object) -> None:
         os._exit(130)
 
 
-_START_UP_SIGINT = signal.getsignal(signal.SIGINT) is signal.default_int_handler
-if _START_UP_SIGINT:  # not when SIGINT is ignored (a background job) or handled by a host
-    try:
-        signal.signal(signal.SIGINT, _interrupted_at_start_up)
-    except ValueError:  # imported outside the main thread: signals cannot be set there
-        _START_UP_SIGINT = False
+def _start_up_sigint(install: bool) -> None:
+    """Install the start-up handler (only over Python's default one: a background job's
+    ignored SIGINT stays ignored), or put Python's default back once imports are done."""
+    old, new = signal.default_int_handler, _interrupted_at_start_up
+    if not install:
+        old, new = new, old
+    if signal.getsignal(signal.SIGINT) is old:
+        try:
+            signal.signal(signal.SIGINT, new)
+        except ValueError:  # not the main thread: signals cannot be set there
+            pass
+
+
+_start_up_sigint(True)
 
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Any  # noqa: E402
@@ -218,10 +226,6 @@ def _register_capabilities() -> None:
 _register_capabilities()
 
 
-if _START_UP_SIGINT:  # imports done: Ctrl-C is a KeyboardInterrupt again (see main)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -239,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     :class:`DlsecError` is one line ``error: ...``, exit 2; Ctrl-C ends with exit 130
     (a long command says how to resume).
     """
+    _start_up_sigint(False)  # imports done: Ctrl-C is a KeyboardInterrupt again
     args = sys.argv[1:] if argv is None else list(argv)
     if not args:
         return _usage_error("missing command", "dlsec")

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from dlsec.commands.evasion import EvasionCommandError, load_target, save_npz
+from dlsec.commands._target import EvasionCommandError, load_target, save_npz
 
 SCORE_BASED = ("square", "simba", "nes")
 DECISION_BASED = ("hsja", "boundary")

@@ -2,77 +2,19 @@
 
 from __future__ import annotations
 
-import io
-import math
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from dlsec.commands.options import DeviceOpt, SeedOpt, ThreadsOpt, count
-from dlsec.errors import DlsecError
-
-ModelDirOpt = Annotated[Path, typer.Option("--model-dir", help="A saved model (card.json + weights)")]
-TrustCodeOpt = Annotated[bool, typer.Option(
-    "--trust-code", help="Allow a card whose architecture is module:factory to import that module")]
-
-
-class EvasionCommandError(DlsecError):
-    """Bad flags for an evasion command."""
-
-
-def parse_eps(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise EvasionCommandError(f"--eps: expected comma-separated numbers, got {text!r}") from None
-    if not values or any(not math.isfinite(v) or v < 0 for v in values):
-        raise EvasionCommandError(f"--eps: expected finite numbers >= 0, got {text!r}")
-    return values
-
-
-def load_target(
-    model_dir: Path,
-    dataset: str | None,
-    device: str,
-    samples: int | None,
-    *,
-    threads: int = 0,
-    trust_code: bool = False,
-) -> tuple:
-    """The saved model, its card and the test points it is attacked on; sets the CPU
-    threads for that model (:func:`dlsec.commands.options.set_threads`)."""
-    from dlsec.commands.options import set_threads
-    from dlsec.data import load_dataset
-    from dlsec.models import load
-    from dlsec.training import resolve_device
-
-    if samples is not None and samples < 1:
-        raise EvasionCommandError(f"--samples: must be >= 1, got {samples}")
-    model, card = load(model_dir, device=resolve_device(device), trust_code=trust_code)
-    set_threads(threads, device=device, model=model)
-    spec = dataset or card.dataset
-    if not spec:
-        raise EvasionCommandError("--dataset: the model card names no dataset; pass one")
-    seed = int(card.training.get("seed", 0)) if isinstance(card.training, dict) else 0
-    ds = load_dataset(spec, seed=seed)
-    if tuple(ds.input_shape) != tuple(card.input_shape):
-        raise EvasionCommandError(
-            f"--dataset: {spec} inputs {tuple(ds.input_shape)} do not fit the model "
-            f"{tuple(card.input_shape)}"
-        )
-    n = len(ds.y_test) if samples is None else min(samples, len(ds.y_test))
-    return model, card, ds.x_test[:n], ds.y_test[:n]
-
-
-def save_npz(path: Path, arrays: dict[str, Any]) -> None:
-    import numpy as np
-
-    from dlsec.files import atomic_write_bytes
-
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+from dlsec.commands._target import (
+    EvasionCommandError,
+    ModelDirOpt,
+    load_target,
+    parse_eps,
+    save_npz,
+)
+from dlsec.commands.options import DeviceOpt, SeedOpt, ThreadsOpt, TrustCodeOpt, count
 
 
 def register(app: typer.Typer) -> None:

@@ -104,6 +104,13 @@ ThreadsOpt = Annotated[
 DeviceOpt = Annotated[
     str, typer.Option(callback=_device, help="auto | cpu | cuda | cuda:N | mps")
 ]
+TrustCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code",
+        help="Allow a model card whose architecture is module:factory to import that module",
+    ),
+]
 TestSizeOpt = Annotated[
     float, fraction("Test fraction for datasets without a test split", "--test-size")
 ]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import typer
 
-from dlsec.commands.options import ThreadsOpt, count, share
+from dlsec.commands.options import ThreadsOpt, TrustCodeOpt, count, share
 from dlsec.errors import DlsecError
 from dlsec.training import SEED_MAX
 
@@ -30,8 +30,6 @@ OutOpt = Annotated[Path, typer.Option(help="Output .npz (loadable with --dataset
 SeedOpt = Annotated[int, typer.Option(min=0, max=SEED_MAX, help="Seed for the choice of samples and the split")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output")]
 ModelDirOpt = Annotated[str | None, typer.Option("--model-dir", help="Surrogate: a saved model (default: train one)")]
-TrustCodeOpt = Annotated[bool, typer.Option(
-    "--trust-code", help="Allow a --model-dir card whose architecture is module:factory to import that module")]
 ModelOpt = Annotated[str, typer.Option(help="Architecture of the surrogate or of the sanitizer's models")]
 EpochsOpt = Annotated[int, count("Training epochs of the surrogate / sanitizer models")]
 RateOpt = Annotated[float, share("Share of labels to flip")]

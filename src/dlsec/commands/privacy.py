@@ -12,14 +12,12 @@ from typing import Annotated, Any
 
 import typer
 
-from dlsec.commands.options import SeedOpt, TestSizeOpt, ThreadsOpt, count
+from dlsec.commands.options import SeedOpt, TestSizeOpt, ThreadsOpt, TrustCodeOpt, count
 from dlsec.errors import DlsecError
 
 MEMBERSHIP_ATTACKS = ("loss", "confidence", "entropy", "shadow", "lira", "lira-offline",
                       "label-only")
 ModelDirOpt = Annotated[Path, typer.Option("--model-dir", help="Saved model to attack")]
-TrustCodeOpt = Annotated[bool, typer.Option(
-    "--trust-code", help="Allow a card whose architecture is module:factory to import that module")]
 JsonOutOpt = Annotated[Path | None, typer.Option(help="Write the JSON summary here")]
 
 
