@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import resource
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from machine import describe, load_average
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "adversarial_training.md"
@@ -82,10 +82,25 @@ NOTES = [
     "- Memory: dlsec's peak comes from its evaluation passes (the training-set accuracy pass "
     "and the monitor's PGD run 512-1024 points per batch), not from the training steps, "
     "which use the same batch of 128 as ART.",
-    "- dlsec repeats are bit-identical (seeded generators); ART's vary between repeats "
-    "although numpy's global seed is fixed.",
     "",
 ]
+
+
+def repeat_note(all_rows: dict[str, dict[str, list[dict]]]) -> str:
+    """Whether each trainer's repeats gave the same accuracies, as measured."""
+    parts = []
+    for trainer, label in (("dlsec", "dlsec"), ("dlsec+monitor", "dlsec + monitor"),
+                           ("art", "ART")):
+        runs = [rs[trainer] for rs in all_rows.values() if len(rs[trainer]) > 1]
+        if not runs:
+            continue
+        same = all(len({(r["clean"], r["robust"]) for r in rs}) == 1 for rs in runs)
+        parts.append(f"{label}'s repeats gave {'identical' if same else 'different'} clean "
+                     "and PGD-40 accuracies")
+    if not parts:
+        return "- One run per trainer: repeatability not measured."
+    return ("- Where a setting ran more than once: " + "; ".join(parts) + " (dlsec draws from "
+            "seeded generators, ART from numpy's seeded global RNG).")
 
 
 def dataset(s: Setting):
@@ -258,21 +273,23 @@ def main() -> int:
     out = [
         "## Adversarial training: dlsec PGD-AT against ART",
         "",
-        f"Command: `{cmd}` ({args.threads} torch thread(s) per run, 2-core "
-        f"{platform.machine()} machine shared with other jobs, torch {torch.__version__}, "
-        f"ART {art.__version__}, {time.strftime('%Y-%m-%d')}). Same data, initial weights, "
+        f"Command: `{cmd}` ({describe(threads=args.threads)}; every run a fresh process; "
+        f"ART {art.__version__}). Same data, initial weights, "
         "optimizer, batches, epochs and PGD settings; every model evaluated with the same dlsec "
         "PGD-40. Clean and PGD-40 accuracy are listed per repeat (ART's shuffling and random "
         "starts come from numpy's seeded global RNG, dlsec's from its seeded generators).",
         "",
     ]
+    all_rows = {}
     for name in settings:
         s = (QUICK if args.quick else SETTINGS)[name]
         ds = dataset(s)
         repeat = min(args.repeat, s.max_repeat or args.repeat)
         rows = bench(name, args.quick, args.threads, repeat)
+        all_rows[name] = rows
         out += [*table(s, (len(ds.y_train), len(ds.y_test)), rows), ""]
-    out += NOTES
+    out += [*NOTES[:-1], repeat_note(all_rows), f"- Load average at the end: {load_average()}.",
+            ""]
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(out).rstrip() + "\n", encoding="utf-8")
     print(OUT.read_text(encoding="utf-8"))

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from machine import describe, load_average
 
 from dlsec.attacks.poisoning import (
     backdoor,
@@ -173,13 +173,15 @@ def main() -> int:
     cfg_f = TrainConfig(epochs=15, lr=3e-3, batch_size=128)
     lines = ["## Poisoning and sanitization", "",
              "Command: `.venv/bin/python benchmarks/poisoning.py`" + (" --quick" if args.quick else "")
-             + f". Machine: 2 CPU cores shared with other jobs (torch {torch.__version__}, "
-             f"1 thread, Python {platform.python_version()}). Digits: the embedded 1,438/359 "
+             + f" ({describe(threads=1)}). Digits: the embedded "
+             f"{digits.y_train.numel()}/{digits.y_test.numel()} "
              f"split. Fashion-MNIST: a stratified subsample of {fm.y_train.numel()} training "
              f"and {fm.y_test.numel()} test images (of 60,000/10,000) to stay within ~10 min. "
-             "Every model trains with `dlsec.training.fit` (Adam, lr 3e-3, cosine; digits 30 "
-             "epochs, batch 64; Fashion-MNIST 15 epochs, batch 128) from the same initial "
-             "weights, no validation split. Cross-validated probabilities use 5 folds."]
+             f"Every model trains with `dlsec.training.fit` ({cfg_d.optimizer}, lr "
+             f"{cfg_d.lr:g}, {cfg_d.schedule} schedule; digits {cfg_d.epochs} epochs, batch "
+             f"{cfg_d.batch_size}; Fashion-MNIST {cfg_f.epochs} epochs, batch {cfg_f.batch_size}) "
+             "from the same initial weights, no validation split. Cross-validated "
+             "probabilities use 5 folds."]
     lines.append("\n### Label flipping: random vs optimized, and the label sanitizers")
     flips("digits", digits, "simplenet", cfg_d, lines, folds=5)
     flips("Fashion-MNIST", fm, "simplenet", cfg_f, lines, folds=5)
@@ -204,7 +206,8 @@ def main() -> int:
               "seconds |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     collisions("digits", digits, "simplenet", cfg_d, lines, 20)
     collisions("Fashion-MNIST", fm, "simplenet", cfg_f, lines, 20)
-    lines.append(f"\nTotal time {time.perf_counter() - t_all:.0f} s.")
+    lines.append(f"\nTotal time {time.perf_counter() - t_all:.0f} s; load average at the end "
+                 f"{load_average()}.")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {OUT}")

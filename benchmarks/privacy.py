@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import sys
 import time
 from pathlib import Path
@@ -17,7 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-torch.set_num_threads(1)  # small models: one thread beats two on a shared 2-core machine
+THREADS = 1  # small models: one thread beats two on a shared 2-core machine
+torch.set_num_threads(THREADS)
+
+from machine import describe, load_average  # noqa: E402  (benchmarks/machine.py)
 
 from dlsec.attacks.privacy._common import fresh_model  # noqa: E402
 from dlsec.attacks.privacy.extraction import extract, mixup_candidates  # noqa: E402
@@ -80,8 +82,9 @@ def membership(lines: list[str]) -> None:
             pooled[k][0].append(r.scores)
             pooled[k][1].append(keep[t])
     lines += ["### Membership inference (digits, overfit SimpleNet)", "",
-              f"Pool: all {len(y)} digits; 17 SimpleNets (200 epochs, Adam lr 0.01, no "
-              "schedule) on random halves; each is the target once, the other 16 its "
+              f"Pool: all {len(y)} digits; 17 SimpleNets ({OVERFIT.epochs} epochs, Adam lr "
+              f"{OVERFIT.lr:g}, batch {OVERFIT.batch_size}, no schedule) on random halves; each "
+              "is the target once, the other 16 its "
               f"shadows (leave-one-out, {17 * len(y)} scored records, balanced). Target test "
               f"accuracy {float((target(x[~keep[0]]).argmax(1) == y[~keep[0]]).float().mean()):.3f}.",
               "", "| attack | AUC | TPR @ 0.1% FPR | TPR @ 1% FPR | advantage |", "|---|---|---|---|---|"]
@@ -91,11 +94,12 @@ def membership(lines: list[str]) -> None:
         mets[k] = mm
         lines.append(f"| {k if k == 'loss' else 'LiRA ' + k} | {mm.auc:.4f} | "
                      f"{mm.tpr_at_0_1_fpr:.4%} | {mm.tpr_at_1_fpr:.4%} | {mm.advantage:.4f} |")
-    ratio = (mets["online"].tpr_at_0_1_fpr / mets["loss"].tpr_at_0_1_fpr
-             if mets["loss"].tpr_at_0_1_fpr > 0 else float("inf"))
-    lines += ["", f"LiRA online / loss TPR at 0.1% FPR: {ratio:.1f}x (target: >= 10x). "
-              f"LiRA with 16 shadow models (training + attack, one target): {t_lira:.1f} s "
-              f"(target <= 120 s; the target itself trained in {t_target:.1f} s).", ""]
+    n_members = int(torch.cat(pooled["loss"][1]).sum())
+    lines += ["", lira_vs_loss(mets["online"].tpr_at_0_1_fpr, mets["loss"].tpr_at_0_1_fpr,
+                               members=n_members, non_members=17 * len(y) - n_members)
+              + f" LiRA with 16 shadow models (training + attack, one target): {t_lira:.1f} s "
+              f"(target <= 120 s: {'met' if t_lira <= 120 else 'missed'}; the target itself "
+              f"trained in {t_target:.1f} s).", ""]
     # ART's MembershipInferenceBlackBox: supervised on half the records with known membership
     g = torch.Generator().manual_seed(2)
     perm = torch.randperm(len(y), generator=g)
@@ -220,6 +224,26 @@ FM_EVAL_TRAIN = (10_000, 14_000)  # the inversion evaluator's own (disjoint) tra
 FM_BUDGET = 10_000
 
 
+def lira_vs_loss(online: float, loss: float, *, members: int, non_members: int) -> str:
+    """LiRA online against the loss attack at 0.1% FPR, as measured (target: >= 10x).
+
+    A ratio against zero is no ratio: where the loss attack finds no member at that FPR
+    the sentence says so and gives no verdict on the 10x target.
+    """
+    fp = int(non_members * 0.001)
+    head = (f"At 0.1% FPR ({non_members} non-members, so at most {fp} false positives) LiRA "
+            f"online finds {online:.2%} of the {members} members (about "
+            f"{round(online * members)})")
+    if loss > 0:
+        ratio = online / loss
+        return (head + f", the loss attack {loss:.2%} (about {round(loss * members)}): "
+                f"{ratio:.1f}x (target: >= 10x, {'met' if ratio >= 10 else 'missed'}).")
+    if online > 0:
+        return (head + ", and the loss attack finds no member at 0.1% FPR: no ratio to "
+                "compare with the >= 10x target.")
+    return head + "; neither attack finds a member at 0.1% FPR: no ratio."
+
+
 def _row(name: str, m, seconds: float) -> str:
     return (f"| {name} | {m.auc:.4f} | {m.tpr_at_0_1_fpr:.2%} | {m.tpr_at_1_fpr:.2%} | "
             f"{seconds:.1f} |")
@@ -280,12 +304,9 @@ def fashion_membership(lines: list[str]) -> None:
         lines.append(f"| {names[k]} | {mm.auc:.4f} | {mm.tpr_at_0_1_fpr:.4%} | "
                      f"{mm.tpr_at_1_fpr:.4%} | {mm.advantage:.4f} |")
     lo_tpr, on_tpr = mets["loss"].tpr_at_0_1_fpr, mets["online"].tpr_at_0_1_fpr
-    ratio = on_tpr / lo_tpr if lo_tpr > 0 else float("inf")
-    verdict = "met" if ratio >= 10 else "missed"
-    shown = f"{ratio:.1f}x" if lo_tpr > 0 else "unbounded (the loss attack finds no member)"
-    lines += ["", f"LiRA online / loss TPR at 0.1% FPR ({n_models * FM_POOL // 2} non-members, "
-              f"so 0.1% FPR allows {n_models * FM_POOL // 2000} false positives): {on_tpr:.2%} "
-              f"vs {lo_tpr:.2%}, ratio {shown} (target: >= 10x, {verdict}). "
+    n_members = int(torch.cat(pooled["loss"][1]).sum())
+    lines += ["", lira_vs_loss(on_tpr, lo_tpr, members=n_members,
+                               non_members=n_models * FM_POOL - n_members) + " "
               f"LiRA with {n_models - 1} shadow models (training + attack, one target): "
               f"{t_lira:.1f} s (the target itself trained in {t_target:.1f} s).", ""]
     # side by side on one evaluation half of the pool; ART's attack model and the Shokri
@@ -309,8 +330,10 @@ def fashion_membership(lines: list[str]) -> None:
     loss_te = loss_attack(LocalOracle(target, card=card), x[te], y[te], is_member=mem[te])
     lab_te = label_only_attack(LocalOracle(target, card=card, output="label"), x[te], y[te],
                                is_member=mem[te], generator=torch.Generator().manual_seed(0))
+    fp_te = int((~mem[te]).sum()) * 0.001
     lines += ["Side by side on the same target and the same evaluation half "
-              f"({len(te)} records, so TPR at 0.1% FPR rests on about one false positive); "
+              f"({len(te)} records, {int((~mem[te]).sum())} of them non-members, so TPR at "
+              f"0.1% FPR rests on {fp_te:.1f} false positives); "
               "ART's attack model is trained on the other half with known membership of the "
               "target (a stronger attacker than LiRA's); the Shokri attack classifier learns "
               f"from the {n_models - 1} shadows' outputs on that other half:", "",
@@ -333,17 +356,18 @@ def fashion_extraction_inversion(lines: list[str]) -> None:
     sub = dataclasses.replace(ds, x_train=ds.x_train[:FM_VICTIM_TRAIN],
                               y_train=ds.y_train[:FM_VICTIM_TRAIN])
     t0 = time.perf_counter()
-    victim, card, _ = train_model(sub, "simplenet", TrainConfig(epochs=20, lr=3e-3,
-                                                                batch_size=128),
-                                  progress=False)
+    victim_cfg = TrainConfig(epochs=20, lr=3e-3, batch_size=128)
+    victim, card, _ = train_model(sub, "simplenet", victim_cfg, progress=False)
     t_victim = time.perf_counter() - t0
     n = len(ds.y_test) // 2
     pool, ex, ey = ds.x_test[:n], ds.x_test[n:], ds.y_test[n:]
     vl = predict_logits(victim, ex).argmax(1)
     budget = FM_BUDGET
     lines += ["### Model extraction (Fashion-MNIST SimpleNet victim, 10,000 queries)", "",
-              f"Victim: SimpleNet trained on the first {FM_VICTIM_TRAIN} training images (20 "
-              f"epochs, Adam lr 0.003, batch 128, cosine, 10% validation; {t_victim:.1f} s), "
+              f"Victim: SimpleNet trained on the first {FM_VICTIM_TRAIN} training images "
+              f"({victim_cfg.epochs} epochs, {victim_cfg.optimizer} lr {victim_cfg.lr:g}, batch "
+              f"{victim_cfg.batch_size}, {victim_cfg.schedule} schedule, "
+              f"{victim_cfg.val_fraction:.0%} validation; {t_victim:.1f} s), "
               f"accuracy {float((vl == ey).float().mean()):.3f} on the evaluation half. "
               f"Attacker data: the first {n} test images, unlabeled (mixup of them once used "
               f"up); fidelity on the other {len(ey)}. Substitute: SimpleNet, 30 epochs per "
@@ -446,18 +470,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.only not in (None, part):
             continue
         t0 = time.perf_counter()
+        machine = describe(threads=THREADS)
         lines = [f"<!-- part: {part} -->", f"## {title}", ""]
         body: list[str] = []
         for f in funcs:
             f(body)
             print(f"done: {f.__name__}", flush=True)
         cmd = f".venv/bin/python benchmarks/privacy.py --only {part}"
-        lines += [f"Command: `{cmd}` (or without `--only`, both parts); this part took "
-                  f"{time.perf_counter() - t0:.0f} s.", "", *body, f"<!-- end part: {part} -->"]
+        lines += [f"Command: `{cmd}` (or without `--only`, both parts): {machine}, the same "
+                  f"thread count for dlsec and ART. This part took "
+                  f"{time.perf_counter() - t0:.0f} s; load average at its end "
+                  f"{load_average()}.", "", *body, f"<!-- end part: {part} -->"]
         blocks[part] = "\n".join(lines)
     head = ["# Privacy", "",
-            f"Machine: 2 CPU cores, shared; torch {torch.__version__}, Python "
-            f"{platform.python_version()}, 1 torch thread for dlsec and ART alike. "
             "`.venv/bin/python benchmarks/privacy.py` runs both parts and rewrites this file; "
             "`--only digits` or `--only fashion-mnist` runs one part and replaces only its "
             "section.", ""]
