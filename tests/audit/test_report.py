@@ -247,3 +247,42 @@ def test_print_summary_fail_and_literal_markup(sample_report: dict[str, Any]) ->
     text = _printed(report)
     assert "[bold]not markup[/bold]" in text
     assert "FAIL: accuracy.clean_accuracy" in text
+
+
+MATH_LIKE = ["$\\foo$", "a_b", "x^2", "50%", "{}", "$x", "$$"]
+
+
+def test_labels_are_plain_text_never_mathtext() -> None:
+    """Matplotlib reads "$...$" as mathtext: "$\\foo$" would raise while drawing."""
+    n = len(MATH_LIKE)
+    label = " ".join(MATH_LIKE)
+    figures = [
+        bar_chart(MATH_LIKE, {name: [0.5] * n for name in MATH_LIKE[:2]}, title=label,
+                  xlabel=label, ylabel=label),
+        heatmap(np.eye(n, dtype=np.int64), MATH_LIKE, MATH_LIKE, title=label, xlabel=label),
+        image_grid(torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(0)),
+                   MATH_LIKE, title=label),
+        line_chart({name: ([0, 1], [0, 1]) for name in MATH_LIKE}, title=label, xlabel=label,
+                   ylabel=label),
+        roc_curve({name: ([0.0, 0.5, 1.0], [0.0, 0.7, 1.0]) for name in MATH_LIKE}, title=label),
+    ]  # fmt: skip
+    for fig in figures:
+        assert base64.b64decode(fig.png_base64).startswith(b"\x89PNG")
+
+
+def test_null_metrics_and_report_warnings_render() -> None:
+    section = SectionResult(name="accuracy", title="Clean accuracy", metrics={"test_loss": None},
+                            non_finite={"metrics.test_loss": "NaN"}).to_dict()  # fmt: skip
+    report = {
+        "title": "t", "sections": [section], "passed": False,
+        "warnings": ["1 metric(s) are not finite numbers and are written as null"],
+        "gates": [{"key": "accuracy.test_loss", "threshold": 0.0, "value": None, "passed": False,
+                   "reason": "accuracy.test_loss is NaN, not a number"}],
+    }  # fmt: skip
+    page = render_html(report)
+    assert "NaN (null)" in page and "accuracy.test_loss is NaN, not a number" in page
+    assert "are not finite numbers and are written as null" in page
+    buf = io.StringIO()
+    print_summary(report, Console(file=buf, width=200, color_system=None))
+    out = buf.getvalue()
+    assert "accuracy.test_loss is NaN, not a number" in out and "1 warning(s)" in out
