@@ -235,6 +235,18 @@ def _usage_error(message: str, command_path: str) -> int:
     return 2
 
 
+def _command_path(args: list[str]) -> str:
+    """``dlsec`` followed by the (sub)command names at the start of ``args``."""
+    command: Any = typer.main.get_command(app)
+    path = ["dlsec"]
+    for arg in args:
+        sub = getattr(command, "commands", {}).get(arg)
+        if sub is None:
+            break
+        command, path = sub, [*path, arg]
+    return " ".join(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps user errors to one line and exit 2, never a traceback.
 
@@ -256,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except click_errors.UsageError as exc:
         ctx = getattr(exc, "ctx", None)
-        path = ctx.command_path if ctx is not None else "dlsec"
+        path = ctx.command_path if ctx is not None else _command_path(args)
         if type(exc).__name__ == "NoArgsIsHelpError":  # a group named without a command
             return _usage_error("missing command", path)
         return _usage_error(exc.format_message(), path)

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
         eps: Annotated[str | None, typer.Option(help="Comma-separated epsilons, e.g. 0.05,0.1,0.2 (optional for hsja and boundary)")] = None,
         out: Annotated[Path | None, typer.Option(help="Write adversarials to this .npz")] = None,
         dataset: Annotated[str | None, typer.Option(help="Default: the dataset named in the card")] = None,
-        norm: Annotated[str, typer.Option(help="linf | l2")] = "linf",
+        norm: Annotated[str | None, typer.Option(help="linf | l2 (default: linf; l2 for cw and boundary)")] = None,
         steps: Annotated[int | None, count("Iterations (iterative attacks)")] = None,
         samples: Annotated[int | None, count("Attack the first N test points")] = None,
         targeted: Annotated[bool, typer.Option(help="Targeted attack")] = False,
@@ -61,7 +61,8 @@ def register(app: typer.Typer) -> None:
         eps_list = parse_eps(eps) if eps is not None else None
         if name in BLACK_BOX:
             run_black_box(name, model_dir, eps_list, out=out, dataset=dataset, samples=samples,
-                          seed=seed, device=device, budget=budget, norm=norm, basis=basis,
+                          seed=seed, device=device, budget=budget, basis=basis,
+                          norm=norm or ("l2" if name == "boundary" else "linf"),
                           surrogate=surrogate, craft=craft, threads=threads,
                           trust_code=trust_code, progress=not quiet)  # fmt: skip
             return
@@ -69,7 +70,7 @@ def register(app: typer.Typer) -> None:
             raise EvasionCommandError(
                 f"--eps: {name} needs epsilons (only {' and '.join(DECISION_BASED)} go without)"
             )
-        kwargs: dict[str, Any] = {"norm": norm}
+        kwargs: dict[str, Any] = {} if norm is None else {"norm": norm}
         if steps is not None:
             kwargs["steps"] = steps
         atk = make_attack(name, **kwargs)
@@ -78,7 +79,7 @@ def register(app: typer.Typer) -> None:
         tgt: Any = int(target) if target.lstrip("-").isdigit() else target
         res = atk(model, x, y, eps=eps_list, targeted=targeted, target=tgt, card=card,
                   generator=torch.Generator().manual_seed(seed))  # fmt: skip
-        typer.echo(f"{name} ({norm}) on {len(y)} points, clean accuracy "
+        typer.echo(f"{name} ({atk.norm}) on {len(y)} points, clean accuracy "
                    f"{float(res.clean_correct.double().mean()):.4f}")  # fmt: skip
         for e, ra, sr in zip(res.eps, res.robust_accuracy, res.success_rate, strict=True):
             typer.echo(f"  eps {e:g}: robust accuracy {ra:.4f}, success rate {sr:.4f}")

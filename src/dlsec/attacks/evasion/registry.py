@@ -33,7 +33,20 @@ def make_attack(name: str, **kwargs: Any) -> EvasionAttack:
     names = attack_names()
     if name not in _ATTACKS:
         raise AttackError(f"unknown attack {name!r} (choose from {', '.join(names)})")
+    factory = _ATTACKS[name]
+    fixed = getattr(factory, "norm", None)
+    if "norm" in kwargs and isinstance(factory, type) and _fixed_norm(factory):
+        if kwargs["norm"] != fixed:  # e.g. C&W is an L2 attack
+            raise AttackError(f"{name} is an {fixed} attack; it does not support norm {kwargs['norm']!r}")
+        kwargs = {k: v for k, v in kwargs.items() if k != "norm"}
     try:
-        return _ATTACKS[name](**kwargs)
+        return factory(**kwargs)
     except TypeError as exc:
         raise AttackError(f"{name}: {exc}") from exc
+
+
+def _fixed_norm(cls: type) -> bool:
+    """True when the attack's norm is its class's own (its constructor takes no ``norm``)."""
+    import inspect
+
+    return "norm" not in inspect.signature(cls).parameters
