@@ -77,7 +77,8 @@ def _surrogate(ds: Any, model_dir: str | None, model: str, epochs: int, seed: in
     from dlsec.training import TrainConfig, train_model
 
     if model_dir:
-        net, _card = load(model_dir, trust_code=trust_code)
+        # naming the card's own module:factory with --model is consent too
+        net, _card = load(model_dir, trust_code=trust_code, factory=model)
         set_threads(threads, device="cpu", model=net)
         return net
     set_threads(threads, device="auto", architecture=model, dataset=ds)
