@@ -39,7 +39,7 @@ class SectionResult:
     name: str
     title: str
     summary: str = ""
-    metrics: dict[str, float | None] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # None once replaced (below)
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
