@@ -75,6 +75,7 @@ CASES = [
     (["sanitize", "--dataset", "digits", "--out", "{tmp}/s.npz", "--epochs", "0"], ["--epochs"]),
     (["privacy", "membership", "--model-dir", "{model}", "--members", "0"], ["--members"]),
     (["privacy", "membership", "--model-dir", "{model}", "--shadows", "0"], ["--shadows"]),
+    (["privacy", "membership", "--model-dir", "{model}", "--shadows", "1"], ["--shadows"]),
     (["privacy", "membership", "--model-dir", "{model}", "--test-size", "1"], ["--test-size"]),
     (["privacy", "invert", "--model-dir", "{model}", "--max-iter", "0"], ["--max-iter"]),
     (["extract", "--model-dir", "{model}", "--budget", "0"], ["--budget"]),
@@ -101,6 +102,16 @@ def test_out_of_range_is_one_line_before_any_work(
     assert main([a.format(model=model_dir, tmp=tmp_path) for a in args]) == 2
     one_line_error(capsys.readouterr().err, *words)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("target", [str(10**21), "10", "-1"])
+def test_target_class_out_of_range_before_the_attack(
+    target: str, model_dir: Path, monkeypatch, capsys, one_line_error
+) -> None:
+    monkeypatch.setattr("dlsec.attacks.evasion._base.EvasionAttack.__call__", _boom)
+    args = [*ATTACK, "--targeted", "--target", target]
+    assert main([a.format(model=model_dir) for a in args]) == 2
+    one_line_error(capsys.readouterr().err, "--target", "0..9", target)
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,10 @@ def register(app: typer.Typer) -> None:
         model, card, x, y = load_target(model_dir, dataset, device, samples, threads=threads,
                                         trust_code=trust_code)  # fmt: skip
         tgt: Any = int(target) if target.lstrip("-").isdigit() else target
+        if isinstance(tgt, int) and not 0 <= tgt < card.num_classes:
+            raise EvasionCommandError(
+                f"--target: a class index must be in 0..{card.num_classes - 1}, got {target}"
+            )
         res = atk(model, x, y, eps=eps_list, targeted=targeted, target=tgt, card=card,
                   generator=torch.Generator().manual_seed(seed))  # fmt: skip
         typer.echo(f"{name} ({atk.norm}) on {len(y)} points, clean accuracy "

@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
     def membership(
         model_dir: ModelDirOpt,
         attack: Annotated[str, typer.Option(help=" | ".join(MEMBERSHIP_ATTACKS))] = "lira",
-        shadows: Annotated[int, count("Shadow models (shadow, lira)")] = 16,
+        shadows: Annotated[int, count("Shadow models (shadow, lira): at least 2", low=2)] = 16,
         members: Annotated[int, count("Members tested (as many non-members)")] = 500,
         dataset: Annotated[str | None, typer.Option(help="Dataset (default: the card's)")] = None,
         seed: SeedOpt = 0,
