@@ -230,6 +230,7 @@ def install_model(
     remove_stale_temporaries(run_dir)
     tmp = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=run_dir))
     old: Path | None = None
+    moved_aside = False
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
         card = save(model, card, tmp)
@@ -237,10 +238,15 @@ def install_model(
         write_json(tmp / TRAIN_KEY, {"key": key, "weights_sha256": card.weights_sha256})
         if final.exists():
             old = Path(tempfile.mkdtemp(prefix=_TEMP_PREFIX, suffix=_TEMP_SUFFIX, dir=run_dir))
-            os.replace(final, old)  # an empty directory is replaced by a directory
+            os.replace(final, old)  # a directory replaces an empty directory
+            moved_aside = True
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if moved_aside and old is not None and not final.exists():
+            with contextlib.suppress(OSError):
+                os.replace(old, final)  # put the previous unit back
+                old = None
         raise
     finally:
         if old is not None:
