@@ -273,7 +273,7 @@ def run_audit(
     from dlsec.audit.config import validate_options
     from dlsec.audit.report import render_html
 
-    notices = console or Console(stderr=True, highlight=False)
+    notices = console or Console(stderr=True, highlight=False, soft_wrap=True)
     console = console or Console(stderr=True, quiet=not progress)
     run_dir = config.run_dir
     json_path, html_path = _prepare_outputs(run_dir)
