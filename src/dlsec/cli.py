@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from typing import Any
 
 
 def _interrupted_at_start_up(signum: int, frame: object) -> None:
@@ -25,9 +26,8 @@ def _interrupted_at_start_up(signum: int, frame: object) -> None:
 def _start_up_sigint(install: bool) -> None:
     """Install the start-up handler (only over Python's default one: a background job's
     ignored SIGINT stays ignored), or put Python's default back once imports are done."""
-    old, new = signal.default_int_handler, _interrupted_at_start_up
-    if not install:
-        old, new = new, old
+    ours: Any = _interrupted_at_start_up
+    old, new = (signal.default_int_handler, ours) if install else (ours, signal.default_int_handler)
     if signal.getsignal(signal.SIGINT) is old:
         try:
             signal.signal(signal.SIGINT, new)
@@ -38,7 +38,7 @@ def _start_up_sigint(install: bool) -> None:
 _start_up_sigint(True)
 
 from pathlib import Path  # noqa: E402
-from typing import Annotated, Any  # noqa: E402
+from typing import Annotated  # noqa: E402
 
 import typer  # noqa: E402
 
