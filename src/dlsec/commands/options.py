@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 
 from dlsec.errors import DlsecError
-from dlsec.training import SEED_MAX
+from dlsec.training import SEED_MAX, check_threads, resolve_device
 
 
 def finite(
@@ -49,8 +49,6 @@ def finite(
 
 
 def _threads(value: int | None) -> int | None:
-    from dlsec.training import check_threads
-
     if value is None:
         return value
     try:
@@ -60,8 +58,6 @@ def _threads(value: int | None) -> int | None:
 
 
 def _device(value: str | None) -> str | None:
-    from dlsec.training import resolve_device
-
     if value is None:
         return value
     try:
@@ -129,7 +125,7 @@ def set_threads(
     only to count its parameters, without touching the global random state)."""
     import torch
 
-    from dlsec.training import configure_threads, resolve_device
+    from dlsec.training import configure_threads
 
     dev = resolve_device(device)
     if model is None and architecture is not None and threads == 0 and dev.type == "cpu":
