@@ -106,11 +106,14 @@ def test_distance_falls_with_queries_and_results_are_adversarial(bb_net, points,
     at = [float(torch.where(tq <= b, td, torch.inf).amin(0).median()) for b in (200, 2000)]
     # measured: median L2 2.33 after 200 queries, 0.94 after 2,000 (factor 2.5)
     assert at[1] <= at[0] / 2, at
-    assert at[1] == float(res.l2.median())
+    # the trace's distances are computed on the points still moving, the result's on the
+    # whole batch: equal up to float rounding
+    assert at[1] == pytest.approx(float(res.l2.median()), rel=1e-6)
     with torch.inference_mode():
         assert bool((model(res.x_adv).argmax(1) != y).all())
     assert float(res.x_adv.min()) >= 0.0 and float(res.x_adv.max()) <= 1.0
-    assert bool((td.diff(dim=0) <= 0).all()) and torch.equal(td[-1], res.l2)
+    assert bool((td.diff(dim=0) <= 0).all())
+    assert torch.allclose(td[-1], res.l2, rtol=1e-6, atol=0.0)
     # exact counting: the attack's, an independent wrapper's and the oracle's agree
     assert torch.equal(res.queries, counter.per_id)
     assert res.queries_total == counter.rows == counter.inner.queries_total

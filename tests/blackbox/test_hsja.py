@@ -7,10 +7,12 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from dlsec.attacks.blackbox import median
 from dlsec.attacks.blackbox.hsja import HopSkipJump
 from dlsec.attacks.evasion import CW, AttackError
 from dlsec.threat import LocalOracle
@@ -114,6 +116,83 @@ def test_l2_median_within_2x_of_white_box_cw_at_5000_queries(bb_net, points, cou
     assert int(res.queries.min()) >= 4900  # the budget is used, not left idle
 
 
+class _CountedRows(nn.Module):
+    """Counts the rows a peer library forwards through the model."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net, self.rows = net, 0
+
+    def forward(self, x):
+        self.rows += int(x.shape[0])
+        return self.net(x.float())  # ART's bisection may send float64
+
+
+def _bisect_to_boundary(model, x, adv, y, steps: int) -> torch.Tensor:
+    """L2 distance after ``steps`` rounds of bisection on the blend from ``x`` to ``adv``
+    (one label query per point and round), keeping the adversarial end."""
+    lo, hi = torch.zeros(len(y)), torch.ones(len(y))
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        with torch.inference_mode():
+            wrong = model(x + mid.view(-1, 1, 1, 1) * (adv - x)).argmax(1) != y
+        hi, lo = torch.where(wrong, mid, hi), torch.where(wrong, lo, mid)
+    return hi * (adv - x).flatten(1).norm(dim=1)
+
+
+def test_l2_agrees_with_art_hopskipjump_at_the_same_queries(digits, bb_net, points) -> None:
+    # Peer agreement with ART's HopSkipJump (L2, untargeted, the paper's defaults) on the
+    # same model and 10 points, both from the same starting points (the first test digit
+    # past the attacked ones that the model labels differently) and at the same number of
+    # label queries per point. ART runs 8 iterations (1,719 model rows per point here);
+    # its iterations begin with the bisection to the boundary, so its output is the last
+    # step's point, off the boundary: we finish it with the bisection its next iteration
+    # would run (10 rounds, counted) and read dlsec's trace at ART's rows + 10 per point.
+    from art.attacks.evasion import HopSkipJump as ArtHopSkipJump
+    from art.estimators.classification import PyTorchClassifier
+
+    model, _ = bb_net
+    x, y = points[0][:10], points[1][:10]
+    pool = digits.x_test[150:250]
+    with torch.inference_mode():
+        pool_pred = model(pool).argmax(1)
+    x_init = torch.stack([pool[int(torch.nonzero(pool_pred != label)[0])] for label in y])
+    counted = _CountedRows(model)
+    art = ArtHopSkipJump(
+        PyTorchClassifier(model=counted, loss=nn.CrossEntropyLoss(), input_shape=(1, 8, 8),
+                          nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu"),
+        norm=2, max_iter=8, max_eval=10_000, init_eval=100, init_size=100, batch_size=1024,
+        verbose=False,
+    )  # fmt: skip
+    np.random.seed(0)  # ART draws its probes from numpy's global generator
+    rows, adv = [], []
+    for i in range(len(y)):
+        before = counted.rows
+        out = art.generate(x[i : i + 1].numpy(), y[i : i + 1].numpy(),
+                           x_adv_init=x_init[i : i + 1].numpy().copy())  # fmt: skip
+        adv.append(torch.from_numpy(out[0]).float())
+        rows.append(counted.rows - before)
+    art_adv = torch.stack(adv)
+    with torch.inference_mode():
+        assert bool((model(art_adv).argmax(1) != y).all())
+    art_l2 = _bisect_to_boundary(model, x, art_adv, y, steps=10)
+    budget = torch.tensor(rows) + 10
+    ours = HopSkipJump(norm="l2", max_queries=int(budget.max()))(
+        _label_oracle(bb_net), x, y, x_init=x_init, generator=_gen()
+    )
+    within = ours.trace_queries <= budget.view(1, -1)
+    ours_l2 = torch.where(within, ours.trace_dist, torch.inf).amin(0)  # at ART's budget
+    assert bool(torch.isfinite(ours_l2).all())
+    # Measured (AVX-512 kernels, numpy seeds 0-3 for ART, generator seeds 0-3 for dlsec):
+    # ART's median L2 0.716-0.753 (0.929-0.977 before the final bisection), dlsec's
+    # 0.646-0.757; the median ratio 0.90-1.06, the median per-point ratio 0.999-1.009.
+    # Seed 0: 0.757 (dlsec) vs 0.716 (ART), the same under ATEN_CPU_CAPABILITY=default
+    # MKL_CBWR=COMPATIBLE.
+    ratio = median(ours_l2) / median(art_l2)
+    assert 0.8 <= ratio <= 1.2, (median(ours_l2), median(art_l2))
+    assert 0.9 <= median(ours_l2 / art_l2) <= 1.1
+
+
 def test_linf_shrinks_the_start_and_stays_adversarial(bb_net, points) -> None:
     model, _ = bb_net
     x, y = points[0][:20], points[1][:20]
@@ -189,7 +268,9 @@ def test_trace_gives_monotone_success_matching_the_final_distances(bb_net, point
     assert tq.shape == td.shape and tq.shape[1] == 20 and tq.shape[0] >= 5
     assert bool((tq.diff(dim=0) >= 0).all()) and bool((td.diff(dim=0) <= 0).all())
     assert torch.equal(tq[-1], res.queries)
-    assert torch.equal(td[-1], res.l2)
+    # the trace's distances come from the points still moving, the result's from the
+    # whole batch: equal up to float rounding
+    assert torch.allclose(td[-1], res.l2, rtol=1e-6, atol=0.0)
     eps = float(res.l2.median())
     budgets = [25, 100, 300, 600, 1000, 1500]
     curve = res.success_at(budgets, eps=eps)
