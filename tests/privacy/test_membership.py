@@ -98,15 +98,26 @@ def setup(digits):
     return x, y, keep, card, out
 
 
+# Measured levels and margins. Each assertion below is the level measured on this model
+# (model seed 0, shadow seed 1, AVX-512 kernels; the same to 3 decimals under
+# ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE) minus a margin that covers the spread
+# over training seeds 0-2 (model seed s, shadow seed s + 1), so another machine's
+# rounding, which changes the training trajectories, stays inside it.
+
+
 def test_lira_overfit_leaks_more_than_regularized(setup) -> None:
     _x, _y, keep, card, out = setup
-    auc = {}
+    auc, tpr = {}, {}
     for name, (model, shadows) in out.items():
         oracle = LocalOracle(model, card=card)
         res = lira(oracle, shadows, is_member=keep)
         assert res.queries == oracle.queries_total == 400
-        auc[name] = res.metrics.auc
-    assert auc["overfit"] >= 0.6
+        auc[name], tpr[name] = res.metrics.auc, res.metrics.tpr_at_1_fpr
+    # online LiRA on the overfit model: AUC 0.647 (seeds 0-2: 0.647-0.741), TPR at 1% FPR
+    # 0.0995 (0.085-0.164; chance is 0.01); on the regularized model: AUC 0.527
+    # (0.527-0.573), 0.12-0.17 below the overfit model's
+    assert auc["overfit"] >= 0.60
+    assert tpr["overfit"] >= 0.05
     assert auc["regularized"] <= auc["overfit"] - 0.05
 
 
@@ -117,14 +128,47 @@ def test_attacks_beat_chance_on_overfit_model(setup) -> None:
     offline = lira(oracle, shadows, is_member=keep, online=False)
     shokri = shadow_attack(oracle, x, y, shadows=shadows, is_member=keep)
     loss = loss_attack(oracle, x, y, is_member=keep)
-    assert offline.metrics.auc >= 0.6
-    assert shokri.metrics.auc >= 0.55
-    assert loss.metrics.auc > 0.5
+    # offline LiRA: AUC 0.668 (seeds 0-2: 0.668-0.698); Shokri's shadow attack: 0.602
+    # (0.602-0.672)
+    assert offline.metrics.auc >= 0.62
+    assert shokri.metrics.auc >= 0.56
+    # this model generalizes (train 1.0, held-out half 0.99): a global loss threshold is
+    # near chance here (0.535; 0.535-0.555), 0.13-0.14 below offline LiRA's per-record
+    # calibration. The loss and label-only attacks are measured on a model that memorizes
+    # (test_global_threshold_attacks_find_memorized_records)
+    assert loss.metrics.auc <= offline.metrics.auc - 0.08
     assert oracle.queries_total == offline.queries + shokri.queries + loss.queries == 1200
     label_oracle = LocalOracle(model, card=card, output="label")
     lab = label_only_attack(label_oracle, x, y, is_member=keep, noise_samples=5)
     assert lab.queries == label_oracle.queries_total == 400 * (5 + 5)
-    assert lab.metrics.auc > 0.5
+
+
+@pytest.fixture(scope="module")
+def memorizing(digits):
+    """A SimpleNet fit (100 epochs) to half of 400 digits where a random 20% of the labels
+    were replaced by another class: it memorizes its members' wrong labels (train accuracy
+    1.0 on them) and predicts the true class of the other half's."""
+    x, y = digits.x_train[:400], digits.y_train[:400].clone()
+    g = torch.Generator().manual_seed(100)
+    flip = torch.rand(400, generator=g) < 0.2
+    y[flip] = (y[flip] + torch.randint(1, 10, (int(flip.sum()),), generator=g)) % 10
+    card = ModelCard("simplenet", input_shape=[1, 8, 8], classes=list(digits.classes))
+    keep = random_halves(2, 400, generator=torch.Generator().manual_seed(0))[0]
+    model = fresh_model(card, 0)
+    fit(model, x[keep], y[keep], config=OVERFIT, progress=False)
+    return x, y, keep, card, model
+
+
+def test_global_threshold_attacks_find_memorized_records(memorizing) -> None:
+    x, y, keep, card, model = memorizing
+    # measured: loss AUC 0.788 (model seeds 0-2 with their own label flips: 0.73-0.79);
+    # label-only AUC 0.693 (0.69-0.75)
+    loss = loss_attack(LocalOracle(model, card=card), x, y, is_member=keep)
+    assert loss.metrics.auc >= 0.70
+    label_oracle = LocalOracle(model, card=card, output="label")
+    lab = label_only_attack(label_oracle, x, y, is_member=keep, noise_samples=5)
+    assert lab.metrics.auc >= 0.63
+    assert lab.queries == label_oracle.queries_total == 400 * (5 + 5)
 
 
 def test_lira_same_seed_same_scores(setup, digits) -> None:
