@@ -79,7 +79,7 @@ class AuditConfig:
     seed: int = 0
     device: str = "auto"
     test_size: float = 0.2
-    epochs: int = 30
+    epochs: int | None = None  # None: scaled to the training set (runner.audit_epochs)
     batch_size: int = 64
     lr: float = 3e-3
     optimizer: str = "adam"
@@ -90,7 +90,7 @@ class AuditConfig:
     def __post_init__(self) -> None:
         from dlsec.training import SEED_MAX, thread_limit  # the limits every command checks
 
-        if self.epochs < 1:
+        if self.epochs is not None and self.epochs < 1:
             raise ConfigError(f"epochs: must be >= 1, got {self.epochs}")
         if not 0 <= self.seed <= SEED_MAX:
             raise ConfigError(f"seed: must be in 0..{SEED_MAX}, got {self.seed}")

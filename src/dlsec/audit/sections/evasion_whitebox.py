@@ -215,7 +215,7 @@ def _harden(ctx: AuditContext, options: EvasionOptions, eps: list[float]):
     from dlsec.defenses.adversarial_training import adversarial_train
 
     at_eps = options.at_eps or eps[len(eps) // 2]
-    config = train_config(ctx.config)
+    config = train_config(ctx.config, ctx.dataset)
     config.epochs = options.at_epochs
     config.device = str(ctx.device)
     model, _, _ = adversarial_train(
