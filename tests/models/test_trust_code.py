@@ -134,3 +134,20 @@ def test_audit_of_a_hostile_model_dir_is_one_line_and_imports_nothing(tmp_path: 
     assert "Traceback" not in proc.stderr
     assert not marker.exists()
     assert not (tmp_path / "run" / "report.json").exists()
+
+
+def test_an_architecture_the_caller_names_is_consent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A surrogate of the attacker's own choosing (``with_architecture``) may be built."""
+    model_dir, marker, module, lib = _hostile_model(tmp_path)
+    monkeypatch.syspath_prepend(lib)
+    card = read_card(model_dir)
+    builtin = ModelCard("simplenet", input_shape=[1, 8, 8], classes=CLASSES)
+    named = builtin.with_architecture(f"{module}:build")
+    assert named.architecture == f"{module}:build" and builtin.architecture == "simplenet"
+    assert not marker.exists()
+    assert build_model(named)(torch.zeros(1, 1, 8, 8)).shape == (1, 10)
+    assert marker.exists()
+    with pytest.raises(ModelError, match="refused"):  # the file's card still needs consent
+        build_model(card)

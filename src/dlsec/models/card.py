@@ -66,6 +66,14 @@ class ModelCard:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def with_architecture(self, architecture: str) -> ModelCard:
+        """A copy of this card for an ``architecture`` the caller names (its own choice, so
+        a ``module:factory`` one may be built without further consent)."""
+        card = dataclasses.replace(self, architecture=architecture)
+        card._source = self._source
+        card._allowed_code = architecture
+        return card
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in dataclasses.asdict(self).items() if not k.startswith("_")}
         d["bounds"] = list(self.bounds)

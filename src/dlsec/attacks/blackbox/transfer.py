@@ -161,7 +161,7 @@ def train_surrogate(
     g = generator or torch.Generator().manual_seed(0)
     seed = _seed_from(g)
     if architecture is not None:
-        card = dataclasses.replace(card, architecture=architecture)
+        card = card.with_architecture(architecture)  # the caller named it: consent
     if strategy == "graybox":
         x = _check_inputs(x_attacker, oracle, "the graybox strategy")
         if y_attacker is None or y_attacker.shape[0] != x.shape[0]:
