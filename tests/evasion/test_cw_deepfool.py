@@ -108,10 +108,19 @@ def test_deepfool_agrees_with_torchattacks(digits, digits_net) -> None:
     x, y = digits.x_test[:30], digits.y_test[:30]
     ours = DeepFool()(model, x, y, card=card)
     x_ta = torchattacks.DeepFool(model, steps=50, overshoot=0.02)(x, y)
+    # torchattacks clips each iterate to [0, 1], which cancels part of each step and of the
+    # overshoot: its iterates creep up to the decision boundary and stop ON it (top-2 logit
+    # gap at most 3e-6), so whether the model labels them adversarial is the kernel's
+    # rounding (17, 11 and 14 of 30 with AVX-512, AVX2 and portable kernels). We judge
+    # them 0.1% further along their perturbation: far above rounding, far below the
+    # tolerance on norms. dlsec's DeepFool leaves the coordinates held by a bound out of
+    # its steps, so its overshoot survives: it fools all 30 and lands 2% (its overshoot)
+    # beyond torchattacks' boundary points (median norm ratio 1.023 on every kernel set).
     with torch.no_grad():
-        theirs = (model(x_ta).argmax(1) != y) & (model(x).argmax(1) == y)
+        pushed = (x + 1.001 * (x_ta - x)).clamp(0.0, 1.0)
+        theirs = (model(pushed).argmax(1) != y) & (model(x).argmax(1) == y)
     both = ours.success[0] & theirs
-    assert int(both.sum()) >= 10
+    assert int(both.sum()) >= 25
     ratio = float((ours.norms[0][both] / _l2(x_ta, x)[both]).median())
     assert 0.9 <= ratio <= 1.1, ratio
     assert int(ours.success[0].sum()) >= int(theirs.sum())
