@@ -52,7 +52,10 @@ def main(out: str) -> None:
         "history": [{k: v for k, v in h.items() if k != "seconds"} for h in result.history],
         "metrics": card.metrics, "weights": digest.hexdigest(),
     }  # fmt: skip
-    print("RESULT " + json.dumps(line), flush=True)
+    # one write per line, newline included: both ranks share stdout (run with -u), and
+    # print's separate write of the newline let the other rank's line land in between
+    sys.stdout.write("RESULT " + json.dumps(line) + "\n")
+    sys.stdout.flush()
 
 
 if __name__ == "__main__":
