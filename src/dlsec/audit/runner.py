@@ -78,14 +78,19 @@ class _Obtained:
 AUTO_TRAINING_SAMPLES = 45_000
 
 
+def scaled_epochs(n_train: int) -> int:
+    """As many epochs as pass about 45,000 training samples, between 1 and 30: 30 on the
+    digits data (1,437 training images), 1 on Fashion-MNIST (60,000), where 30 epochs of
+    a CNN alone would take far longer than the audit's attacks."""
+    return max(1, min(30, round(AUTO_TRAINING_SAMPLES / max(1, n_train))))
+
+
 def audit_epochs(config: AuditConfig, n_train: int) -> int:
-    """``epochs``, or when unset as many epochs as pass about 45,000 training samples,
-    between 1 and 30: 30 on the digits data (1,437 training images), 1 on Fashion-MNIST
-    (60,000), where 30 epochs of a CNN alone would take far longer than the audit's
-    attacks. The model card records the rule (``training.epochs_rule``)."""
+    """``epochs``, or when unset :func:`scaled_epochs` of the training set. The model card
+    records the rule (``training.epochs_rule``)."""
     if config.epochs is not None:
         return config.epochs
-    return max(1, min(30, round(AUTO_TRAINING_SAMPLES / max(1, n_train))))
+    return scaled_epochs(n_train)
 
 
 def train_config(config: AuditConfig, dataset: Dataset) -> TrainConfig:

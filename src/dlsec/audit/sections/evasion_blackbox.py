@@ -24,6 +24,7 @@ import torch
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult, Table
 from dlsec.audit.sections import register_section
+from dlsec.audit.sections._scale import auto, size_note
 
 QUERY_ATTACKS = ("square", "nes", "hsja", "boundary")
 DECISION_BASED = ("hsja", "boundary")
@@ -40,7 +41,12 @@ class BlackBoxOptions:
     attacks (``square``, ``nes`` on scores; ``hsja``, ``boundary`` (l2) on labels);
     ``transfer`` lists surrogate strategies (``jacobian``, ``knockoff``, ``graybox``),
     trained on at most ``transfer-budget`` oracle answers and attacked with ``craft``
-    (white-box attacks run on the surrogate); ``masking-margin`` is the gap in robust
+    (white-box attacks run on the surrogate); the gray-box attacker holds as many
+    labelled records as the others buy answers (``transfer-budget``, or fewer when the
+    test set has fewer left). ``surrogate-epochs`` (0: automatic) trains each surrogate
+    for 30 epochs on small inputs (the digits data), 10 on large ones (a 28 x 28 image,
+    where a CNN surrogate costs over ten times as much per sample; see
+    :mod:`dlsec.audit.sections._scale`). ``masking-margin`` is the gap in robust
     accuracy (black-box below white-box) flagged as gradient masking.
     """
 
@@ -52,6 +58,7 @@ class BlackBoxOptions:
     transfer: list[str] = field(default_factory=lambda: list(STRATEGIES))
     transfer_budget: int = 1600
     craft: list[str] = field(default_factory=lambda: ["pgd", "mifgsm", "difgsm"])
+    surrogate_epochs: int = 0
     masking_margin: float = 0.05
 
     def __post_init__(self) -> None:
@@ -59,6 +66,8 @@ class BlackBoxOptions:
             raise ValueError(f"norm: must be linf or l2, got {self.norm!r}")
         if self.eps < 0 or self.samples < 1 or self.transfer_budget < 1:
             raise ValueError("eps must be >= 0, samples and transfer-budget >= 1")
+        if self.surrogate_epochs < 0:
+            raise ValueError("surrogate-epochs must be >= 1 (0: automatic)")
         if not self.budgets or any(b < 1 for b in self.budgets):
             raise ValueError("budgets: one or more query budgets >= 1")
         bad = [a for a in self.attacks if a not in QUERY_ATTACKS]
@@ -100,7 +109,8 @@ def _query_attack(name: str, eps: float, norm: str, budget: int):
     return BoundaryAttack(max_queries=budget, eps=eps)
 
 
-@register_section("blackbox", title="Evasion (black-box)", order=55, options=BlackBoxOptions)
+@register_section("blackbox", title="Evasion (black-box)", order=55, options=BlackBoxOptions,
+                  version=2)
 def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
     from dlsec.attacks.blackbox import median
     from dlsec.audit.report.plots import bar_chart, line_chart
@@ -190,7 +200,8 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
              "training queries", "sending queries"],
             [r[:6] for r in transfer_rows],
             caption="Success rate over all attacked points (misclassified ones count as "
-            "fooled); agreement is the surrogate's label agreement with the model on them.",
+            "fooled); agreement is the surrogate's label agreement with the model on them. "
+            f"Settings: {_settings(options, card, ds, n)}.",
         ))  # fmt: skip
     tables.append(Table(
         "White-box vs black-box", ["view", f"robust accuracy at eps {eps:g}"],
@@ -208,7 +219,8 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
     return SectionResult(
         name="blackbox", title="Evasion (black-box)", summary=summary, metrics=metrics,
         tables=tables, figures=figures, warnings=warnings,
-        details={"eps": eps, "norm": norm, "budgets": budgets,
+        details={"settings": _settings(options, card, ds, n), "eps": eps, "norm": norm,
+                 "budgets": budgets,
                  "curves": {k: v[1] for k, v in curves.items()}},
     )  # fmt: skip
 
@@ -245,6 +257,33 @@ def _white_box(ctx: AuditContext, x, y, eps: float, norm: str) -> torch.Tensor:
     return res.success[0].to(x.device)
 
 
+def _surrogate_epochs(options: BlackBoxOptions, card) -> int:
+    return auto(options.surrogate_epochs, card, small=30, large=10)
+
+
+def _surrogate_config(ctx: AuditContext, options: BlackBoxOptions, strategy: str, epochs: int,
+                      *, salt: int):
+    """``train_surrogate``'s own default (None: 30 epochs) unless the epochs differ from it;
+    then the same recipe (Adam, lr 3e-3, batch 64 gray-box / 128) with those epochs."""
+    from dlsec.training import TrainConfig
+
+    if options.surrogate_epochs == 0 and epochs == 30:
+        return None
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator(salt)))
+    return TrainConfig(epochs=epochs, lr=3e-3, batch_size=64 if strategy == "graybox" else 128,
+                       val_fraction=0.0, seed=seed, device=str(ctx.device))  # fmt: skip
+
+
+def _settings(options: BlackBoxOptions, card, ds, n: int) -> str:
+    text = f"{n} attacked test points"
+    if options.transfer:
+        held = max(0, min(options.transfer_budget, len(ds.y_test) - n))
+        text += (f"; transfer surrogates train for {_surrogate_epochs(options, card)} epochs on "
+                 f"at most {options.transfer_budget} oracle answers (gray-box: on {held} labelled "
+                 "test records after the attacked ones)")
+    return f"{text}; {size_note(card)}"
+
+
 def _transfer(ctx: AuditContext, options: BlackBoxOptions, x, y, ids, eps: float, norm: str,
               n: int) -> tuple[list[list], dict[str, tuple[float, torch.Tensor, int]]]:
     """Per strategy and crafting attack: ``[strategy, craft, success, agreement,
@@ -255,7 +294,11 @@ def _transfer(ctx: AuditContext, options: BlackBoxOptions, x, y, ids, eps: float
     from dlsec.attacks.blackbox.transfer import train_surrogate, transfer_attack
 
     ds = ctx.dataset
-    x_att, y_att = ds.x_test[n:].to(ctx.device), ds.y_test[n:].to(ctx.device)
+    # the attacker's own records: test points after the attacked ones, as many as the
+    # other strategies buy answers
+    end = n + options.transfer_budget
+    x_att, y_att = ds.x_test[n:end].to(ctx.device), ds.y_test[n:end].to(ctx.device)
+    epochs = _surrogate_epochs(options, ctx.card)
     rows: list[list] = []
     best: dict[str, tuple[float, torch.Tensor, int]] = {}
     for j, strategy in enumerate(options.transfer):
@@ -265,6 +308,7 @@ def _transfer(ctx: AuditContext, options: BlackBoxOptions, x, y, ids, eps: float
             strategy, oracle, card=ctx.card, x_attacker=x_att,
             y_attacker=y_att if strategy == "graybox" else None,
             budget=options.transfer_budget, generator=ctx.generator(570 + j),
+            config=_surrogate_config(ctx, options, strategy, epochs, salt=590 + j),
         )  # fmt: skip
         trained = oracle.queries_total
         res = transfer_attack(oracle, surrogate, x, y, eps=eps, norm=norm,

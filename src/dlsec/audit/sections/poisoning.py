@@ -20,11 +20,19 @@ import torch
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult, Table
 from dlsec.audit.sections import register_section
+from dlsec.audit.sections._scale import auto, is_large, size_note
 
 
 @dataclass
 class PoisoningOptions:
-    """Keys of the ``[poisoning]`` table of ``audit.toml``."""
+    """Keys of the ``[poisoning]`` table of ``audit.toml``.
+
+    ``epochs``, ``max-train`` and ``max-test`` at 0 are automatic, scaled to the input
+    size (see :mod:`dlsec.audit.sections._scale`): every retrained victim trains for 10
+    epochs on up to 2,000 training samples and is scored on the whole test set for
+    small inputs (the digits data), for 3 epochs on up to 1,000 samples scored on 2,000
+    test samples for large ones (a 28 x 28 image). The poisons are the same either way.
+    """
 
     rates: list[float] = field(default_factory=lambda: [0.2, 0.4])
     flip_attacks: list[str] = field(default_factory=lambda: ["random-flip", "optimized-flip"])
@@ -33,10 +41,11 @@ class PoisoningOptions:
     backdoor_target: int = 0
     backdoor_sanitizers: list[str] = field(default_factory=lambda: ["spectral", "activation"])
     collision_targets: int = 2
-    epochs: int = 10
+    epochs: int = 0
     batch_size: int = 128
     folds: int = 3
-    max_train: int = 2000
+    max_train: int = 0
+    max_test: int = 0
 
     def __post_init__(self) -> None:
         from dlsec.defenses.sanitization import SANITIZERS
@@ -51,25 +60,56 @@ class PoisoningOptions:
             raise ValueError(f"sanitizers: unknown {bad} (choose from {list(SANITIZERS)})")
         if self.backdoor_target < 0 or self.collision_targets < 0:
             raise ValueError("backdoor-target and collision-targets must be >= 0")
-        if self.epochs < 1 or self.batch_size < 1 or self.folds < 2 or self.max_train < 10:
-            raise ValueError("epochs and batch-size must be >= 1, folds >= 2, max-train >= 10")
+        if self.epochs < 0 or self.batch_size < 1 or self.folds < 2:
+            raise ValueError("epochs and batch-size must be >= 1, folds >= 2 (epochs 0: "
+                             "automatic)")
+        if any(v < 0 or 0 < v < 10 for v in (self.max_train, self.max_test)):
+            raise ValueError("max-train and max-test must be >= 10 (0: automatic)")
 
 
-def _subsample(ds, max_train: int, g: torch.Generator):
-    if ds.y_train.numel() <= max_train:
-        return ds
+@dataclass(frozen=True)
+class _Scaled:
+    """The options' automatic values resolved for this input size."""
+
+    epochs: int
+    max_train: int
+    max_test: int | None  # None: the whole test set
+
+    @classmethod
+    def of(cls, o: PoisoningOptions, card) -> _Scaled:
+        large = is_large(card)
+        return cls(auto(o.epochs, card, small=10, large=3),
+                   auto(o.max_train, card, small=2000, large=1000),
+                   o.max_test or (2000 if large else None))  # fmt: skip
+
+    def text(self, ds, card) -> str:
+        test = "the whole test set" if self.max_test is None else f"{ds.y_test.numel()} test samples"
+        return (f"each victim trains for {self.epochs} epochs on {ds.y_train.numel()} training "
+                f"samples (at most {self.max_train}) and is scored on {test}; "
+                f"{size_note(card)}")
+
+
+def _subsample(ds, max_train: int, g: torch.Generator, max_test: int | None = None):
+    """A stratified subsample of the training set (and of the test set, with ``max_test``)."""
     from dlsec.data import stratified_split
 
-    _, keep = stratified_split(ds.y_train, test_size=max_train / ds.y_train.numel(),
-                               seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)))  # fmt: skip
-    return dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
+    if ds.y_train.numel() > max_train:
+        _, keep = stratified_split(ds.y_train, test_size=max_train / ds.y_train.numel(),
+                                   seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)))  # fmt: skip
+        ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
+    if max_test is not None and ds.y_test.numel() > max_test:
+        _, keep = stratified_split(ds.y_test, test_size=max_test / ds.y_test.numel(),
+                                   seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)))  # fmt: skip
+        ds = dataclasses.replace(ds, x_test=ds.x_test[keep], y_test=ds.y_test[keep])
+    return ds
 
 
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.1%}"
 
 
-@register_section("poisoning", title="Poisoning", order=60, options=PoisoningOptions)
+@register_section("poisoning", title="Poisoning", order=60, options=PoisoningOptions,
+                  version=2)
 def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
     from dlsec.attacks.poisoning import (
         backdoor,
@@ -88,8 +128,10 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
 
         raise ConfigError(f"[poisoning] backdoor-target: {o.backdoor_target} is not a class of "
                           f"{ctx.dataset.name} (0..{ctx.dataset.num_classes - 1})")  # fmt: skip
-    ds = _subsample(ctx.dataset, o.max_train, ctx.generator(60))
-    cfg = TrainConfig(epochs=o.epochs, batch_size=o.batch_size, lr=ctx.config.lr,
+    scaled = _Scaled.of(o, ctx.card)
+    ds = _subsample(ctx.dataset, scaled.max_train, ctx.generator(60), scaled.max_test)
+    stated = scaled.text(ds, ctx.card)
+    cfg = TrainConfig(epochs=scaled.epochs, batch_size=o.batch_size, lr=ctx.config.lr,
                       optimizer=ctx.config.optimizer,  # type: ignore[arg-type]
                       seed=ctx.config.seed, device=str(ctx.device))  # fmt: skip
     settings = SanitizerSettings(folds=o.folds)
@@ -149,7 +191,7 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
     columns = ["attack", "rate", "clean model", "poisoned", *[f"+ {s}" for s in o.flip_sanitizers]]
     tables = [Table("Accuracy after label poisoning, with and without sanitization", columns,
                     rows, caption="Test accuracy of the audited architecture retrained on the "
-                    "poisoned set, then on what each sanitizer keeps.")]  # fmt: skip
+                    f"poisoned set, then on what each sanitizer keeps. Settings: {stated}.")]  # fmt: skip
     figures = []
     if any(xs for xs, _ in curves.values()):
         figures.append(line_chart({k: v for k, v in curves.items() if v[0]},
@@ -218,5 +260,7 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
         summary += f"; feature collision {metrics['collision_success_rate']:.0%}"
     return SectionResult(name="poisoning", title="Poisoning", summary=summary, metrics=metrics,
                          tables=tables, figures=figures, warnings=warnings,
-                         details={"training_samples": int(ds.y_train.numel()),
-                                  "epochs": o.epochs})  # fmt: skip
+                         details={"settings": stated,
+                                  "training_samples": int(ds.y_train.numel()),
+                                  "test_samples": int(ds.y_test.numel()),
+                                  "epochs": scaled.epochs})  # fmt: skip

@@ -21,6 +21,16 @@ from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult, Table
 from dlsec.audit.sections import register_section
 
+EXTRACTION_EVAL = 2000  # held-out test inputs fidelity is measured on, at most
+
+
+def _evaluator_epochs(opt: PrivacyOptions, ds) -> int:
+    """``evaluator-epochs``, or (0) 10 epochs, fewer where the audit's scaling rule gives
+    fewer for the training set (Fashion-MNIST's 60,000 images: 1)."""
+    from dlsec.audit.runner import scaled_epochs
+
+    return opt.evaluator_epochs or min(10, scaled_epochs(len(ds.y_train)))
+
 
 @dataclass
 class PrivacyOptions:
@@ -33,15 +43,16 @@ class PrivacyOptions:
     inversion: bool = True
     inversion_black_box_iters: int = 100
     evaluator: str = "simplenet"
-    evaluator_epochs: int = 10
+    evaluator_epochs: int = 0
 
     def __post_init__(self) -> None:
         from dlsec.attacks.privacy.extraction import STRATEGIES
 
         if self.members < 2 or self.shadows < 2 or self.extraction_budget < 8:
             raise ValueError("members and shadows must be >= 2, extraction-budget >= 8")
-        if self.label_only_noise < 1 or self.extraction_epochs < 1 or self.evaluator_epochs < 1:
-            raise ValueError("label-only-noise, extraction-epochs and evaluator-epochs must be >= 1")
+        if self.label_only_noise < 1 or self.extraction_epochs < 1 or self.evaluator_epochs < 0:
+            raise ValueError("label-only-noise, extraction-epochs and evaluator-epochs must be "
+                             ">= 1 (evaluator-epochs 0: automatic)")
         if self.inversion_black_box_iters < 0:
             raise ValueError("inversion-black-box-iters must be >= 0 (0: white-box only)")
         if not self.extraction_strategies:
@@ -92,7 +103,13 @@ def _membership(ctx: AuditContext, opt: PrivacyOptions) -> tuple[dict, list, lis
     oracle = ctx.oracle(output="scores")
     results = [threshold_attack(oracle, x, y, signal=s, is_member=is_member)
                for s in ("loss", "confidence", "entropy")]
+    from dlsec.audit.runner import scaled_epochs
+
     cfg = train_config_from_card(ctx.card, device=str(ctx.device))
+    if ctx.card.training.get("epochs_rule"):
+        # the audit chose the target's epochs by its training set's size: the shadows'
+        # recipe applies the same rule to theirs (each trains on half the records)
+        cfg = dataclasses.replace(cfg, epochs=scaled_epochs(len(y) // 2))
     shadows = train_shadow_models(x, y, card=ctx.card, n_models=opt.shadows, config=cfg,
                                   generator=ctx.generator(71), progress=ctx.progress)
     results.append(shadow_attack(oracle, x, y, shadows=shadows, is_member=is_member,
@@ -122,7 +139,8 @@ def _membership(ctx: AuditContext, opt: PrivacyOptions) -> tuple[dict, list, lis
     metrics["membership_advantage"] = round(max(r.metrics.advantage for r in results
                                                 if r.metrics), 6)
     info = {"best": best.attack, "auc": best.metrics.auc, "tpr1": best.metrics.tpr_at_1_fpr,
-            "n": int(is_member.sum())}
+            "n": int(is_member.sum()), "shadow_epochs": cfg.epochs,
+            "shadow_records": len(y) // 2}
     return {"metrics": metrics, "info": info}, rows, [curves]
 
 
@@ -139,7 +157,8 @@ def _inversion(ctx: AuditContext, opt: PrivacyOptions) -> tuple[dict[str, float]
     ds = ctx.dataset
     evaluator, _, _ = train_model(
         ds, opt.evaluator,
-        TrainConfig(epochs=opt.evaluator_epochs, lr=3e-3, batch_size=128, seed=ctx.config.seed + 7919,
+        TrainConfig(epochs=_evaluator_epochs(opt, ds), lr=3e-3, batch_size=128,
+                    seed=ctx.config.seed + 7919,
                     device=str(ctx.device)),
         progress=False,
     )
@@ -182,7 +201,7 @@ def _extraction(ctx: AuditContext, opt: PrivacyOptions) -> tuple[dict[str, float
     ds = ctx.dataset
     half = len(ds.y_test) // 2
     perm = torch.randperm(len(ds.y_test), generator=ctx.generator(74))
-    pool, held = ds.x_test[perm[:half]], perm[half:]
+    pool, held = ds.x_test[perm[:half]], perm[half:][:EXTRACTION_EVAL]
     eval_x, eval_y = ds.x_test[held].to(ctx.device), ds.y_test[held].to(ctx.device)
     victim_labels = predict_logits(ctx.model, eval_x).argmax(1)
     cfg = TrainConfig(epochs=opt.extraction_epochs, lr=3e-3, batch_size=128, val_fraction=0.0,
@@ -219,12 +238,20 @@ def _extraction(ctx: AuditContext, opt: PrivacyOptions) -> tuple[dict[str, float
     return metrics, rows, [figure]
 
 
-@register_section("privacy", title="Privacy", order=70, options=PrivacyOptions, version=1)
+@register_section("privacy", title="Privacy", order=70, options=PrivacyOptions, version=2)
 def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
     from dlsec.audit.report.plots import roc_curve
 
     opt = options or PrivacyOptions()
     mem, mem_rows, curves = _membership(ctx, opt)
+    held = min(len(ctx.dataset.y_test) - len(ctx.dataset.y_test) // 2, EXTRACTION_EVAL)
+    settings = (f"Settings: {opt.shadows} shadow models, {mem['info']['shadow_epochs']} epochs "
+                f"each on {mem['info']['shadow_records']} records (the target's recipe"
+                + ("; its epochs were scaled to its training set, the shadows' to theirs"
+                   if ctx.card.training.get("epochs_rule") else "") + ")"
+                + (f"; the inversion's evaluation model trains for "
+                   f"{_evaluator_epochs(opt, ctx.dataset)} epochs" if opt.inversion else "")
+                + f"; extraction fidelity on {held} held-out test inputs")
     metrics: dict[str, float] = dict(mem["metrics"])
     figures = [roc_curve(curves[0], title="Membership inference ROC",
                          caption="Log-scale axes: what matters is the true-positive rate at "
@@ -233,7 +260,7 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
                     ["attack", "AUC", "TPR @ 0.1% FPR", "TPR @ 1% FPR", "advantage", "queries"],
                     mem_rows,
                     caption=f"{mem['info']['n']} members and as many non-members (chance: AUC "
-                    "0.5).")]
+                    f"0.5). {settings}.")]
     info = mem["info"]
     risks = [["membership inference",
               f"best attack {info['best']}: AUC {info['auc']:.3f}, "
@@ -272,5 +299,5 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
         tables=tables,
         figures=figures,
         warnings=warnings,
-        details={"options": dataclasses.asdict(opt)},
+        details={"options": dataclasses.asdict(opt), "settings": settings},
     )
