@@ -182,7 +182,7 @@ def test_square_is_a_black_box_ensemble_stage(net, points) -> None:
     model, _ = net
     stage = ens.get_stage("square")
     assert not stage.white_box
-    assert ens.default_attacks() == ("apgd-ce", "apgd-t", "square")
+    assert ens.default_attacks() == ("apgd-ce", "apgd-t", "apgd-restarts", "square")
     x, y = points[0][:20], points[1][:20]
     cand = stage.run(model, x, y, norm="linf", eps=0.2, bounds=(0.0, 1.0), generator=_gen())
     assert float((cand - x).abs().max()) <= 0.2 + 1e-6

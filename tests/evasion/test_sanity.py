@@ -111,3 +111,39 @@ def test_probability_check_is_exact() -> None:
     assert len(sanity.check_probabilities(p)) == 1
     assert sanity.check_probabilities(torch.tensor([[0.2, 0.7], [1.0, 0.0]])) == []
     assert sanity.check_probabilities(torch.tensor([[2.0, -1.0], [0.5, 0.5]])) == []
+
+
+class _Refuses(nn.Module):
+    """A model that must not be called."""
+
+    def forward(self, x):
+        raise AssertionError("called")
+
+
+def test_checks_reuse_what_the_evaluation_computed(digits, digits_net) -> None:
+    model, _ = digits_net
+    x, y = digits.x_test[:20], digits.y_test[:20]
+    # the large-eps attack skips points already fooled inside a smaller ball
+    known = torch.ones(20, dtype=torch.bool)
+    assert sanity.large_eps_check(_Refuses(), x, y, norm="linf", bounds=(0.0, 1.0),
+                                  known_fooled=known) == []  # fmt: skip
+    # all but two known: those two are attacked (and fooled at half the input range)
+    known[:2] = False
+    assert sanity.large_eps_check(model, x, y, norm="linf", bounds=(0.0, 1.0),
+                                  known_fooled=known) == []  # fmt: skip
+    # model_checks take the evaluation's clean logits: probabilities there are flagged,
+    # and logits that another pass does not reproduce are a randomized model
+    with torch.no_grad():
+        logits = model(x)
+    assert sanity.model_checks(model, x, y, logits=logits) == []
+    codes = _codes(sanity.model_checks(model, x, y, logits=logits.softmax(1)))
+    assert codes == {"[probabilities]", "[random]"}
+    assert _codes(sanity.check_deterministic(model, x, reference=logits + 1.0)) == {"[random]"}
+
+
+def test_the_evaluation_reports_the_time_its_checks_took(digits, digits_net) -> None:
+    model, card = digits_net
+    rep = _evaluate(model, digits, card, eps=[0.1], attacks=("apgd-ce",))
+    assert 0 < rep.check_seconds < rep.seconds
+    off = _evaluate(model, digits, card, eps=[0.1], attacks=("apgd-ce",), checks=False)
+    assert off.check_seconds == 0 and off.warnings == []

@@ -47,6 +47,7 @@ from dlsec.attacks.evasion._base import (
     dlr_targeted_loss,
     input_gradient,
     is_adversarial,
+    margin_loss,
     project,
     random_start,
     step_direction,
@@ -351,7 +352,9 @@ class APGDT(APGD):
     """Targeted APGD (APGD-T): the targeted DLR loss against each of the ``n_targets``
     classes with the highest clean logits other than the true one, one after another,
     on the points still robust. Success is any misclassification (it is an untargeted
-    attack that uses targets as a search strategy).
+    attack that uses targets as a search strategy). A point never fooled returns, of its
+    runs' highest-loss iterates, the one with the highest untargeted DLR loss (the
+    nearest the decision boundary it came).
 
     Called with ``targeted=True`` (a given, random or least-likely target) it attacks
     that single target and succeeds only when it is predicted.
@@ -402,13 +405,73 @@ class APGDT(APGD):
             order = model(x).argsort(dim=1, descending=True)
         n_cls = order.shape[1]
         self._check_classes(n_cls, True)
-        out = x.clone()
-        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        grads = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        record = RunRecord(x)
         for rank in range(1, min(self.n_targets, n_cls - 1) + 1):
-            tgt = order[:, rank]
             for _ in range(self.restarts):
-                self._run_restart(model, x, y, tgt, None, eps, bounds, generator, out, done, grads)
-            if bool(done.all()):
-                break
-        return _BatchOutput(out, out, grads, fooled=done)
+                idx = torch.nonzero(~record.done).flatten()
+                if idx.numel() == 0:
+                    break
+                adv, fooled, best, g = self.run(
+                    model, x[idx], y[idx], eps=eps, bounds=bounds, generator=generator,
+                    loss_target=order[idx, rank],
+                )  # fmt: skip
+                record.add(model, y, idx, adv, fooled, best, g)
+        return _BatchOutput(record.out, record.out, record.gradients, fooled=record.done)
+
+
+class RunRecord:
+    """The outcome per point of several APGD runs on a batch: its first fooling iterate
+    (``out`` where ``done``), else the best iterate of any run by untargeted DLR loss
+    (``score``: the nearest the decision boundary it came), and the gradients spent."""
+
+    def __init__(self, x: Tensor) -> None:
+        n = x.shape[0]
+        self.out = x.clone()
+        self.done = torch.zeros(n, dtype=torch.bool, device=x.device)
+        self.gradients = torch.zeros(n, dtype=torch.int64, device=x.device)
+        self.score = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
+
+    def add(
+        self,
+        model: nn.Module,
+        y: Tensor,
+        pt: Tensor,
+        adv: Tensor,
+        fooled: Tensor,
+        best: Tensor,
+        gradients: Tensor,
+    ) -> None:
+        """Record runs on the points ``pt`` (indices into the batch; a point may appear
+        more than once, for copies run side by side): :meth:`APGD.run`'s outputs."""
+        self.gradients.index_add_(0, pt, gradients)
+        if bool(fooled.any()):
+            first = first_row_per_value(pt[fooled])
+            hit = pt[fooled][first]
+            self.done[hit] = True
+            self.out[hit] = adv[fooled][first]
+        keep = ~fooled & ~self.done[pt]
+        if not bool(keep.any()):
+            return
+        with torch.inference_mode():
+            s = nearness(model(best[keep]), y[pt[keep]])
+        by_score = s.argsort(descending=True, stable=True)
+        rows = by_score[first_row_per_value(pt[keep][by_score])]
+        j = pt[keep][rows]
+        better = s[rows] > self.score[j]
+        self.out[j[better]] = best[keep][rows][better]
+        self.score[j[better]] = s[rows][better]
+
+
+def nearness(logits: Tensor, y: Tensor) -> Tensor:
+    """How near the decision boundary each point is: the untargeted DLR loss (shift and
+    scale invariant; the logit margin below 3 classes), ``-inf`` where not finite."""
+    score = dlr_loss(logits, y) if logits.shape[1] >= 3 else margin_loss(logits, y)
+    return torch.nan_to_num(score, nan=-math.inf, posinf=-math.inf)
+
+
+def first_row_per_value(values: Tensor) -> Tensor:
+    """The index of the first occurrence of each distinct entry of ``values``."""
+    uniq, inverse = torch.unique(values, return_inverse=True)
+    pos = torch.arange(values.numel(), device=values.device)
+    first = torch.full((uniq.numel(),), values.numel(), dtype=pos.dtype, device=values.device)
+    return first.scatter_reduce(0, inverse, pos, reduce="amin")

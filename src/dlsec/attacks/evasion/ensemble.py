@@ -6,7 +6,12 @@ epsilon, inside the card's input bounds; untargeted.
 
 Stages run one after another, each only on the points still robust: by default APGD-CE
 (100 iterations), then APGD-T (targeted DLR, 9 target classes, 100 iterations each), then
-the black-box Square attack once a module registers it (see :func:`register_stage`).
+boundary restarts (:mod:`.restarts`: two more runs of APGD-CE and APGD-T from new random
+starts, on the tenth of the survivors that came nearest the decision boundary), then the
+black-box Square attack once a module registers it (see :func:`register_stage`).
+Each stage's candidates are scored by how near the boundary they brought each point (the
+untargeted DLR loss, from the forward pass that checks them); a stage registered with
+``nearest`` runs only on that share of the survivors, the nearest first.
 Epsilons run in increasing order and an adversarial found at a smaller epsilon is kept
 for the larger ones (the balls are nested), so each stage attacks only what is left.
 
@@ -39,11 +44,14 @@ from torch import Tensor, nn
 
 from dlsec.attacks.evasion import sanity
 from dlsec.attacks.evasion._base import AttackError, EvasionAttack, Norm, project
-from dlsec.attacks.evasion.apgd import APGD, APGDT
+from dlsec.attacks.evasion.apgd import APGD, APGDT, nearness
 from dlsec.attacks.evasion.pgd import PGD
+from dlsec.attacks.evasion.restarts import boundary_restarts
 from dlsec.files import atomic_write_bytes
 
-STATE_VERSION = "1"
+STATE_VERSION = "2"
+# the share of the points still robust that the boundary restarts attack
+RESTART_SHARE = 0.1
 
 
 class StageFn(Protocol):
@@ -65,9 +73,13 @@ class StageFn(Protocol):
 
 @dataclass(frozen=True)
 class Stage:
+    """``nearest`` > 0: the stage runs only on that share of the points still robust
+    (rounded up), those the earlier stages brought nearest the decision boundary."""
+
     name: str
     run: StageFn
     white_box: bool = True
+    nearest: float = 0.0
 
 
 _STAGES: dict[str, Stage] = {}
@@ -79,8 +91,10 @@ STAGE_MODULES: tuple[str, ...] = (
 )
 
 
-def register_stage(name: str, *, white_box: bool = True) -> Callable[[StageFn], StageFn]:
-    """Register an ensemble stage under ``name``.
+def register_stage(
+    name: str, *, white_box: bool = True, nearest: float = 0.0
+) -> Callable[[StageFn], StageFn]:
+    """Register an ensemble stage under ``name`` (``nearest``: see :class:`Stage`).
 
     A black-box attack joins the ensemble by registering itself with
     ``white_box=False`` in a module listed in :data:`STAGE_MODULES` (imported on demand);
@@ -90,7 +104,9 @@ def register_stage(name: str, *, white_box: bool = True) -> Callable[[StageFn], 
     def deco(fn: StageFn) -> StageFn:
         if name in _STAGES:
             raise ValueError(f"ensemble stage {name!r} is already registered")
-        _STAGES[name] = Stage(name, fn, white_box)
+        if not 0 <= nearest <= 1:
+            raise ValueError(f"ensemble stage {name!r}: nearest must be in [0, 1]")
+        _STAGES[name] = Stage(name, fn, white_box, nearest)
         return fn
 
     return deco
@@ -119,9 +135,11 @@ def get_stage(name: str) -> Stage:
 
 
 def default_attacks() -> tuple[str, ...]:
-    """AutoAttack's order: APGD-CE, APGD-T, then Square when a module provides it."""
+    """AutoAttack's order: APGD-CE, APGD-T, boundary restarts, then Square when a module
+    provides it."""
     _load_plugins()
-    return ("apgd-ce", "apgd-t", "square") if "square" in _STAGES else ("apgd-ce", "apgd-t")
+    white = ("apgd-ce", "apgd-t", "apgd-restarts")
+    return (*white, "square") if "square" in _STAGES else white
 
 
 def _white_box_stage(name: str, make: Callable[[Norm], EvasionAttack]) -> None:
@@ -148,6 +166,20 @@ _white_box_stage("apgd-t", lambda norm: APGDT(norm=norm))
 _white_box_stage("pgd", lambda norm: PGD(norm=norm, steps=40))
 
 
+@register_stage("apgd-restarts", nearest=RESTART_SHARE)
+def _restarts_stage(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: Norm,
+    eps: float,
+    bounds: tuple[float, float],
+    generator: torch.Generator,
+) -> Tensor:
+    return boundary_restarts(model, x, y, norm=norm, eps=eps, bounds=bounds, generator=generator)
+
+
 # -- the report ---------------------------------------------------------------------------------
 @dataclass
 class RobustnessReport:
@@ -157,7 +189,8 @@ class RobustnessReport:
     ``eps[k]``. ``fooled_by[k, n]``: the index in ``attacks`` of the stage that fooled it
     (-1 still robust, -2 misclassified without perturbation). ``x_adv[k]`` holds the
     adversarials (the clean input where none was found). ``stage_accuracy[name][k]`` is
-    the robust accuracy after that stage and those before it.
+    the robust accuracy after that stage and those before it. ``seconds`` is the whole
+    evaluation's wall time, ``check_seconds`` the part spent in the sanity checks.
     """
 
     norm: str
@@ -173,6 +206,7 @@ class RobustnessReport:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     resumed: bool = False
+    check_seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -184,6 +218,7 @@ class RobustnessReport:
             "stage_accuracy": self.stage_accuracy,
             "warnings": self.warnings,
             "seconds": self.seconds,
+            "check_seconds": self.check_seconds,
         }
 
 
@@ -201,7 +236,7 @@ def evaluate_robustness(
     generator: torch.Generator | None = None,
     state_path: str | Path | None = None,
     checks: bool = True,
-    check_points: int = 100,
+    check_points: int = 32,
     batch_size: int = 1024,
     progress: bool = True,
 ) -> RobustnessReport:
@@ -215,7 +250,9 @@ def evaluate_robustness(
         generator: seeds every stage (each (eps, stage) draws its own seed from it once,
             so a resumed run reproduces a fresh one).
         state_path: a file to save progress to and resume from.
-        checks: run the sanity checks (on up to ``check_points`` points).
+        checks: run the sanity checks (:mod:`.sanity`) on up to ``check_points`` points
+            (the first ones, and per epsilon the first still robust), reusing the
+            evaluation's clean pass and its adversarials: a few percent of its cost.
         progress: show a progress bar.
     """
     start = time.perf_counter()
@@ -251,11 +288,13 @@ def evaluate_robustness(
             )
         clean_correct = clean_logits.argmax(1) == y
         warnings: list[str] = []
+        check_start = time.perf_counter()
         if checks:
             m = min(check_points, n)
-            warnings += sanity.model_checks(model, x[:m], y[:m])
+            warnings += sanity.model_checks(model, x[:m], y[:m], logits=clean_logits[:m])
             if clean_logits.shape[1] < 4 and "apgd-t" in names:
                 warnings.append("[classes] APGD-T needs at least 4 classes; it was skipped.")
+        check_seconds = time.perf_counter() - check_start if checks else 0.0
 
         fingerprint = _fingerprint(model, x, y, norm, eps_list, names, bnd, seeds)
         state = _State.fresh(x, clean_correct, k_eps, n_st)
@@ -298,9 +337,11 @@ def evaluate_robustness(
             for si, s in enumerate(stages)
         }
         if checks:
+            check_start = time.perf_counter()
             warnings += _after_checks(
                 model, x, y, state, stages, eps_list, robust_acc, norm, bnd, seeds, check_points
             )
+            check_seconds += time.perf_counter() - check_start
     finally:
         model.train(was_training)
     return RobustnessReport(
@@ -309,6 +350,7 @@ def evaluate_robustness(
         robust_accuracy=robust_acc, stage_accuracy=stage_acc, robust=robust,
         fooled_by=state.fooled_by, x_adv=state.x_adv, clean_correct=clean_correct,
         warnings=warnings, seconds=time.perf_counter() - start, resumed=resumed,
+        check_seconds=check_seconds,
     )  # fmt: skip
 
 
@@ -328,12 +370,18 @@ def _run_stage(
     idx = torch.nonzero(state.fooled_by[ki] == -1).flatten()
     if idx.numel() == 0 or eps <= 0:
         return
+    if stage.nearest > 0:
+        k = math.ceil(stage.nearest * idx.numel())
+        idx = idx[state.nearness[ki][idx].argsort(descending=True, stable=True)[:k]]
     gen = torch.Generator().manual_seed(int(seeds[ki, si]))
     xs, ys = x[idx], y[idx]
     cand = stage.run(model, xs, ys, norm=cast(Norm, norm), eps=eps, bounds=bounds, generator=gen)
     cand = (xs + project(cand.to(xs.device, xs.dtype) - xs, norm, eps)).clamp(*bounds)
     with torch.inference_mode():
-        fooled = model(cand).argmax(1) != ys
+        logits = model(cand)
+    fooled = logits.argmax(1) != ys
+    near = nearness(logits, ys).to(state.nearness.dtype)
+    state.nearness[ki][idx] = torch.maximum(state.nearness[ki][idx], near)
     hit = idx[fooled]
     state.fooled_by[ki][hit] = si
     state.x_adv[ki][hit] = cand[fooled]
@@ -354,7 +402,14 @@ def _after_checks(
 ) -> list[str]:
     out = sanity.check_curve(eps_list, robust_acc)
     m = min(check_points, x.shape[0])
-    out += sanity.large_eps_check(model, x[:m], y[:m], norm=norm, bounds=bounds)
+    big = sanity.large_eps(norm, bounds, x.shape[1:])
+    known = torch.zeros(m, dtype=torch.bool, device=x.device)
+    for ki, e in enumerate(eps_list):
+        if e <= big:  # nested balls: fooled (or misclassified) here, fooled at big
+            known |= state.fooled_by[ki][:m] != -1
+    out += sanity.large_eps_check(
+        model, x[:m], y[:m], norm=norm, bounds=bounds, known_fooled=known
+    )
     white = [i for i, s in enumerate(stages) if s.white_box]
     white_names = ", ".join(stages[i].name for i in white) or "the ensemble"
     for ki, e in enumerate(eps_list):
@@ -428,13 +483,15 @@ class _State:
     fooled_by: Tensor  # [K, N] int64
     x_adv: Tensor  # [K, N, ...]
     done: Tensor  # [K, S] bool
+    nearness: Tensor  # [K, N] float32: the highest untargeted DLR loss of any candidate
 
     @classmethod
     def fresh(cls, x: Tensor, clean_correct: Tensor, k: int, s: int) -> _State:
         fooled = torch.full((k, x.shape[0]), -1, dtype=torch.int64, device=x.device)
         fooled[:, ~clean_correct] = -2
         x_adv = x.unsqueeze(0).repeat(k, *([1] * x.dim()))
-        return cls(fooled, x_adv, torch.zeros(k, s, dtype=torch.bool))
+        near = torch.full((k, x.shape[0]), -math.inf, device=x.device)
+        return cls(fooled, x_adv, torch.zeros(k, s, dtype=torch.bool), near)
 
     def save(self, path: Path, fingerprint: str) -> None:
         from safetensors.torch import save
@@ -443,6 +500,7 @@ class _State:
             "fooled_by": self.fooled_by.detach().cpu().contiguous(),
             "x_adv": self.x_adv.detach().cpu().contiguous(),
             "done": self.done.to(torch.uint8).cpu().contiguous(),
+            "nearness": self.nearness.detach().cpu().contiguous(),
         }
         data = save(tensors, metadata={"fingerprint": fingerprint, "version": STATE_VERSION})
         atomic_write_bytes(path, data)
@@ -461,10 +519,13 @@ class _State:
                 meta = fh.metadata() or {}
                 if meta.get("fingerprint") != fingerprint:
                     return None
-                t = {name: fh.get_tensor(name) for name in ("fooled_by", "x_adv", "done")}
+                names = ("fooled_by", "x_adv", "done", "nearness")
+                t = {name: fh.get_tensor(name) for name in names}
         except (SafetensorError, OSError, KeyError):
             return None
-        return cls(t["fooled_by"], t["x_adv"], t["done"].bool())
+        return cls(t["fooled_by"], t["x_adv"], t["done"].bool(), t["nearness"])
 
     def to(self, device: torch.device) -> _State:
-        return _State(self.fooled_by.to(device), self.x_adv.to(device), self.done)
+        return _State(
+            self.fooled_by.to(device), self.x_adv.to(device), self.done, self.nearness.to(device)
+        )
