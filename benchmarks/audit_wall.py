@@ -3,7 +3,9 @@ section's time: the digits SimpleNet (`dlsec audit`) and the Fashion-MNIST Small
 (`dlsec audit --dataset fashion-mnist --model smallcnn`, a 28x28 CNN).
 
 Usage: python benchmarks/audit_wall.py [--repeat 3] [--fm-repeat 1] [--only digits|fashion-mnist]
-Writes benchmarks/results/audit.md (with --only, the other audit's part is kept as it was).
+                                       [--threads N]
+Writes benchmarks/results/audit.md (with --only, the other parts are kept as they were;
+``--threads N`` (N > 0) passes ``--threads N`` to the audit and writes a part of its own).
 
 Each audit runs in a fresh process (`python -m dlsec.cli audit --out DIR`); its stderr
 lines "<section>: done in X s" and "model: trained ... in X s" give the time of each part.
@@ -13,6 +15,7 @@ The machine is shared: the load average is read before and after every run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import statistics
@@ -38,6 +41,7 @@ class Audit:
     args: tuple[str, ...]
     target_s: float | None  # the whole cold audit, in seconds
     target_text: str
+    command: str = ""  # this script's command line for the part
 
 
 AUDITS = {
@@ -125,7 +129,9 @@ def settings_lines(report: dict) -> list[str]:
 
 
 def part(audit: Audit, repeat: int) -> str:
-    machine = describe(threads="the threads the audit chooses (`--threads 0`)")
+    threads = audit.args[audit.args.index("--threads") + 1] if "--threads" in audit.args else "0"
+    machine = describe(threads="the threads the audit chooses (`--threads 0`)" if threads == "0"
+                       else f"`--threads {threads}`")
     t0 = time.perf_counter()
     cold, resumed = measure(audit, repeat)
     walls = [r.wall for r in cold]
@@ -134,7 +140,7 @@ def part(audit: Audit, repeat: int) -> str:
         f"<!-- part: {audit.key} -->",
         f"### {audit.title}",
         "",
-        f"Command: `python benchmarks/audit_wall.py --only {audit.key}` ({machine}; each "
+        f"Command: `{audit.command}` ({machine}; each "
         f"audit a fresh process). This part took {time.perf_counter() - t0:.0f} s.",
         "",
         "| run | median wall (s) | min wall (s) | median CPU time (s) | peak RSS (MiB) | load "
@@ -175,11 +181,10 @@ def part(audit: Audit, repeat: int) -> str:
     return "\n".join(lines)
 
 
-def _block(text: str, key: str) -> str | None:
-    start, end = f"<!-- part: {key} -->", f"<!-- end part: {key} -->"
-    if start not in text or end not in text:
-        return None
-    return text[text.index(start) : text.index(end) + len(end)]
+def _blocks(text: str) -> dict[str, str]:
+    """Every part of an existing results file, by key."""
+    found = re.finditer(r"<!-- part: (?P<key>[\w-]+) -->.*?<!-- end part: (?P=key) -->", text, re.S)
+    return {m["key"]: m[0] for m in found}
 
 
 def main() -> int:
@@ -188,19 +193,30 @@ def main() -> int:
     parser.add_argument("--fm-repeat", type=int, default=1,
                         help="cold + resumed runs of the Fashion-MNIST audit")
     parser.add_argument("--only", choices=sorted(AUDITS))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="passed to the audit (0: the audit's own choice)")
     args = parser.parse_args()
     old = OUT.read_text(encoding="utf-8") if OUT.exists() else ""
-    blocks = {k: _block(old, k) for k in AUDITS}
+    blocks: dict[str, str] = {k: "" for k in AUDITS} | _blocks(old)
     for key, audit in AUDITS.items():
         if args.only not in (None, key):
             continue
-        blocks[key] = part(audit, args.repeat if key == "digits" else args.fm_repeat)
+        command = f"python benchmarks/audit_wall.py --only {key}"
+        if args.threads:
+            command += f" --threads {args.threads}"
+            audit = dataclasses.replace(
+                audit, key=f"{key}-threads-{args.threads}",
+                title=f"{audit.title} with `--threads {args.threads}`",
+                args=(*audit.args, "--threads", str(args.threads)))
+        audit = dataclasses.replace(audit, command=command)
+        blocks[audit.key] = part(audit, args.repeat if key == "digits" else args.fm_repeat)
     lines = [
         "## Default audit: wall time, peak memory and the time of each section",
         "",
         "`python benchmarks/audit_wall.py` measures both audits below (`--only digits` or "
-        "`--only fashion-mnist` one of them, keeping the other's part); every figure is what "
-        "that run measured on the machine it names.",
+        "`--only fashion-mnist` one of them, keeping the other parts; `--threads N` the "
+        "audit with `--threads N`, as a part of its own); every figure is what that run "
+        "measured on the machine it names.",
         "",
         "\n\n".join(b for b in blocks.values() if b),
         "",

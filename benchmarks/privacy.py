@@ -85,7 +85,8 @@ def membership(lines: list[str]) -> None:
               f"Pool: all {len(y)} digits; 17 SimpleNets ({OVERFIT.epochs} epochs, Adam lr "
               f"{OVERFIT.lr:g}, batch {OVERFIT.batch_size}, no schedule) on random halves; each "
               "is the target once, the other 16 its "
-              f"shadows (leave-one-out, {17 * len(y)} scored records, balanced). Target test "
+              f"shadows (leave-one-out, {17 * len(y)} scored records, "
+              f"{_membership_counts(pooled)}). Target test "
               f"accuracy {float((target(x[~keep[0]]).argmax(1) == y[~keep[0]]).float().mean()):.3f}.",
               "", "| attack | AUC | TPR @ 0.1% FPR | TPR @ 1% FPR | advantage |", "|---|---|---|---|---|"]
     mets = {}
@@ -224,6 +225,13 @@ FM_EVAL_TRAIN = (10_000, 14_000)  # the inversion evaluator's own (disjoint) tra
 FM_BUDGET = 10_000
 
 
+def _membership_counts(pooled: dict[str, tuple[list, list]]) -> str:
+    """Members and non-members among the scored records, as counted."""
+    is_member = torch.cat(next(iter(pooled.values()))[1])
+    members = int(is_member.sum())
+    return f"{members} members, {is_member.numel() - members} non-members"
+
+
 def lira_vs_loss(online: float, loss: float, *, members: int, non_members: int) -> str:
     """LiRA online against the loss attack at 0.1% FPR, as measured (target: >= 10x).
 
@@ -293,7 +301,8 @@ def fashion_membership(lines: list[str]) -> None:
               f"SimpleNets ({FM_OVERFIT.epochs} epochs, Adam lr {FM_OVERFIT.lr:g}, batch "
               f"{FM_OVERFIT.batch_size}, no schedule) on random halves ({FM_POOL // 2} images "
               f"each); each is the target once, the other {n_models - 1} its shadows "
-              f"(leave-one-out, {n_models * FM_POOL} scored records, balanced). Target: train "
+              f"(leave-one-out, {n_models * FM_POOL} scored records, "
+              f"{_membership_counts(pooled)}). Target: train "
               f"accuracy {acc_train:.3f}, accuracy on the 10,000 test images {acc_test:.3f}.",
               "", "| attack | AUC | TPR @ 0.1% FPR | TPR @ 1% FPR | advantage |",
               "|---|---|---|---|---|"]

@@ -251,12 +251,13 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
     opt = options or PrivacyOptions()
     mem, mem_rows, curves = _membership(ctx, opt)
     held = min(len(ctx.dataset.y_test) - len(ctx.dataset.y_test) // 2, EXTRACTION_EVAL)
-    settings = (f"Settings: {opt.shadows} shadow models, {mem['info']['shadow_epochs']} epochs "
+    ev = _evaluator_epochs(opt, ctx.dataset)
+    settings = (f"{opt.shadows} shadow models, {mem['info']['shadow_epochs']} epochs "
                 f"each on {mem['info']['shadow_records']} records (the target's recipe"
                 + ("; its epochs were scaled to its training set, the shadows' to theirs"
                    if ctx.card.training.get("epochs_rule") else "") + ")"
-                + (f"; the inversion's evaluation model trains for "
-                   f"{_evaluator_epochs(opt, ctx.dataset)} epochs" if opt.inversion else "")
+                + (f"; the inversion's evaluation model trains for {ev} epoch"
+                   f"{'' if ev == 1 else 's'}" if opt.inversion else "")
                 + f"; extraction fidelity on {held} held-out test inputs")
     metrics: dict[str, float] = dict(mem["metrics"])
     figures = [roc_curve(curves[0], title="Membership inference ROC",
@@ -266,7 +267,7 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
                     ["attack", "AUC", "TPR @ 0.1% FPR", "TPR @ 1% FPR", "advantage", "queries"],
                     mem_rows,
                     caption=f"{mem['info']['n']} members and as many non-members (chance: AUC "
-                    f"0.5). {settings}.")]
+                    f"0.5). Settings: {settings}.")]
     info = mem["info"]
     risks = [["membership inference",
               f"best attack {info['best']}: AUC {info['auc']:.3f}, "
