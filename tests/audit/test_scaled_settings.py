@@ -48,17 +48,24 @@ def test_input_size_rule() -> None:
 
 def test_poisoning_settings_by_input_size() -> None:
     assert _Scaled.of(PoisoningOptions(), DIGITS) == _Scaled(10, 2000, None)
-    assert _Scaled.of(PoisoningOptions(), FASHION) == _Scaled(3, 1000, 2000)
-    assert _Scaled.of(PoisoningOptions(epochs=5, max_train=500, max_test=300), FASHION) == _Scaled(5, 500, 300)
+    large = _Scaled.of(PoisoningOptions(), FASHION)
+    assert large == _Scaled(3, 1000, 1000, sanitize_every_rate=False)
+    explicit = PoisoningOptions(epochs=5, max_train=500, max_test=300)
+    assert _Scaled.of(explicit, FASHION) == _Scaled(5, 500, 300, sanitize_every_rate=False)
+    o = PoisoningOptions(rates=[0.4, 0.2])
+    assert [large.sanitizers(o, r) for r in o.rates] == [[], ["cleanlab"]]
+    small = _Scaled.of(o, DIGITS)
+    assert [small.sanitizers(o, r) for r in o.rates] == [["cleanlab"], ["cleanlab"]]
     ds = _subsample(_dataset(3000, 2500, 28), 1000, torch.Generator().manual_seed(0), 2000)
     assert (ds.y_train.numel(), ds.y_test.numel()) == (1000, 2000)
     assert torch.bincount(ds.y_train).tolist() == [100] * 10  # stratified
-    text = _Scaled(3, 1000, 2000).text(ds, FASHION)
+    text = _Scaled(3, 1000, 2000, sanitize_every_rate=False).text(ds, FASHION)
     assert text.startswith("each victim trains for 3 epochs on 1000 training samples (at most 1000) "
-                           "and is scored on 2000 test samples")
-    small = _subsample(_dataset(300, 80, 8), 2000, torch.Generator().manual_seed(0), None)
-    assert (small.y_train.numel(), small.y_test.numel()) == (300, 80)  # untouched
-    assert "the whole test set" in _Scaled(10, 2000, None).text(small, DIGITS)
+                           "and is scored on 2000 test samples; label sanitizers run at the "
+                           "lowest rate only; defaults for large inputs")
+    kept = _subsample(_dataset(300, 80, 8), 2000, torch.Generator().manual_seed(0), None)
+    assert (kept.y_train.numel(), kept.y_test.numel()) == (300, 80)  # untouched
+    assert "the whole test set; label sanitizers run at every rate" in small.text(kept, DIGITS)
 
 
 @pytest.mark.parametrize(

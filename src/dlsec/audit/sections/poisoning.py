@@ -30,8 +30,9 @@ class PoisoningOptions:
     ``epochs``, ``max-train`` and ``max-test`` at 0 are automatic, scaled to the input
     size (see :mod:`dlsec.audit.sections._scale`): every retrained victim trains for 10
     epochs on up to 2,000 training samples and is scored on the whole test set for
-    small inputs (the digits data), for 3 epochs on up to 1,000 samples scored on 2,000
-    test samples for large ones (a 28 x 28 image). The poisons are the same either way.
+    small inputs (the digits data), for 3 epochs on up to 1,000 samples scored on 1,000
+    test samples for large ones (a 28 x 28 image), where the label sanitizers also run
+    at the lowest rate only. The poisons are the same either way.
     """
 
     rates: list[float] = field(default_factory=lambda: [0.2, 0.4])
@@ -74,19 +75,25 @@ class _Scaled:
     epochs: int
     max_train: int
     max_test: int | None  # None: the whole test set
+    sanitize_every_rate: bool = True  # else the label sanitizers run at the lowest rate only
 
     @classmethod
     def of(cls, o: PoisoningOptions, card) -> _Scaled:
         large = is_large(card)
         return cls(auto(o.epochs, card, small=10, large=3),
                    auto(o.max_train, card, small=2000, large=1000),
-                   o.max_test or (2000 if large else None))  # fmt: skip
+                   o.max_test or (1000 if large else None), not large)  # fmt: skip
+
+    def sanitizers(self, o: PoisoningOptions, rate: float) -> list[str]:
+        """The label sanitizers run against flips at ``rate``."""
+        return list(o.flip_sanitizers) if self.sanitize_every_rate or rate == min(o.rates) else []
 
     def text(self, ds, card) -> str:
         test = "the whole test set" if self.max_test is None else f"{ds.y_test.numel()} test samples"
+        where = "every rate" if self.sanitize_every_rate else "the lowest rate only"
         return (f"each victim trains for {self.epochs} epochs on {ds.y_train.numel()} training "
-                f"samples (at most {self.max_train}) and is scored on {test}; "
-                f"{size_note(card)}")
+                f"samples (at most {self.max_train}) and is scored on {test}; label "
+                f"sanitizers run at {where}; {size_note(card)}")
 
 
 def _subsample(ds, max_train: int, g: torch.Generator, max_test: int | None = None):
@@ -157,7 +164,8 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
                 warnings.append(f"unknown flip attack {attack!r} skipped")
                 break
             exp = run_poisoning_experiment(ds, poison, architecture=arch, config=cfg,
-                                           sanitizers=o.flip_sanitizers, settings=settings,
+                                           sanitizers=scaled.sanitizers(o, rate),
+                                           settings=settings,
                                            clean_model=clean, normalization=norm,
                                            seed=ctx.config.seed)  # fmt: skip
             key = f"{attack.replace('-', '_')}_{round(rate * 100)}"
@@ -176,6 +184,7 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
                 det_rows.append([f"{attack} {rate:.0%}", r.method, r.detection.flagged,
                                  r.detection.poisoned, round(r.detection.precision, 4),
                                  round(r.detection.recall, 4)])  # fmt: skip
+            row += ["–"] * (len(o.flip_sanitizers) - len(exp.sanitized))  # not run at this rate
             rows.append(row)
             if flagged_fig is None and exp.sanitized:
                 first = exp.sanitized[0]
