@@ -271,7 +271,8 @@ def _surrogate_config(ctx: AuditContext, options: BlackBoxOptions, strategy: str
         return None
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator(salt)))
     return TrainConfig(epochs=epochs, lr=3e-3, batch_size=64 if strategy == "graybox" else 128,
-                       val_fraction=0.0, seed=seed, device=str(ctx.device))  # fmt: skip
+                       val_fraction=0.0, seed=seed, device=str(ctx.device),
+                       measure_train_accuracy=False)  # fmt: skip
 
 
 def _settings(options: BlackBoxOptions, card, ds, n: int) -> str:

@@ -140,7 +140,8 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
     stated = scaled.text(ds, ctx.card)
     cfg = TrainConfig(epochs=scaled.epochs, batch_size=o.batch_size, lr=ctx.config.lr,
                       optimizer=ctx.config.optimizer,  # type: ignore[arg-type]
-                      seed=ctx.config.seed, device=str(ctx.device))  # fmt: skip
+                      seed=ctx.config.seed, device=str(ctx.device),
+                      measure_train_accuracy=False)  # fmt: skip
     settings = SanitizerSettings(folds=o.folds)
     arch, norm = ctx.card.architecture, ctx.card.normalization
     make = model_factory(arch, input_shape=ds.input_shape, classes=ds.classes, bounds=ds.bounds,

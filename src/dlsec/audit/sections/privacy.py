@@ -106,7 +106,8 @@ def _membership(ctx: AuditContext, opt: PrivacyOptions) -> tuple[dict, list, lis
                for s in ("loss", "confidence", "entropy")]
     from dlsec.audit.runner import scaled_epochs
 
-    cfg = train_config_from_card(ctx.card, device=str(ctx.device))
+    cfg = train_config_from_card(ctx.card, device=str(ctx.device),
+                                 measure_train_accuracy=False)
     if ctx.card.training.get("epochs_rule"):
         # the audit chose the target's epochs by its training set's size: the shadows'
         # recipe applies the same rule to theirs (each trains on half the records)
@@ -164,7 +165,7 @@ def _inversion(ctx: AuditContext, opt: PrivacyOptions) -> tuple[dict[str, float]
     evaluator, _, _ = train_model(
         ds, opt.evaluator,
         TrainConfig(epochs=_evaluator_epochs(opt, ds), lr=3e-3, batch_size=128,
-                    seed=ctx.config.seed + 7919,
+                    seed=ctx.config.seed + 7919, measure_train_accuracy=False,
                     device=str(ctx.device)),
         progress=False,
     )
@@ -211,7 +212,7 @@ def _extraction(ctx: AuditContext, opt: PrivacyOptions) -> tuple[dict[str, float
     eval_x, eval_y = ds.x_test[held].to(ctx.device), ds.y_test[held].to(ctx.device)
     victim_labels = predict_logits(ctx.model, eval_x).argmax(1)
     cfg = TrainConfig(epochs=opt.extraction_epochs, lr=3e-3, batch_size=128, val_fraction=0.0,
-                      seed=ctx.config.seed, device=str(ctx.device))
+                      seed=ctx.config.seed, device=str(ctx.device), measure_train_accuracy=False)
     schedule = default_schedule(opt.extraction_budget, rounds=3)
     runs = [(s, "scores") for s in opt.extraction_strategies]
     if "active" in opt.extraction_strategies:
