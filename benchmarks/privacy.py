@@ -83,8 +83,9 @@ def membership(lines: list[str]) -> None:
             pooled[k][1].append(keep[t])
     lines += ["### Membership inference (digits, overfit SimpleNet)", "",
               f"Pool: all {len(y)} digits; 17 SimpleNets ({OVERFIT.epochs} epochs, Adam lr "
-              f"{OVERFIT.lr:g}, batch {OVERFIT.batch_size}, no schedule) on random halves; each "
-              "is the target once, the other 16 its "
+              f"{OVERFIT.lr:g}, batch {OVERFIT.batch_size}, no schedule), each record in 8 of "
+              f"the 17 models' training sets ({int(keep.sum(1).min())}-{int(keep.sum(1).max())} "
+              "digits each); each is the target once, the other 16 its "
               f"shadows (leave-one-out, {17 * len(y)} scored records, "
               f"{_membership_counts(pooled)}). Target test "
               f"accuracy {float((target(x[~keep[0]]).argmax(1) == y[~keep[0]]).float().mean()):.3f}.",
@@ -299,8 +300,10 @@ def fashion_membership(lines: list[str]) -> None:
     lines += ["### Membership inference (Fashion-MNIST, overfit SimpleNet)", "",
               f"Pool: {FM_POOL} random Fashion-MNIST training images (seed 0); {n_models} "
               f"SimpleNets ({FM_OVERFIT.epochs} epochs, Adam lr {FM_OVERFIT.lr:g}, batch "
-              f"{FM_OVERFIT.batch_size}, no schedule) on random halves ({FM_POOL // 2} images "
-              f"each); each is the target once, the other {n_models - 1} its shadows "
+              f"{FM_OVERFIT.batch_size}, no schedule), each record in {n_models // 2} of the "
+              f"{n_models} models' training sets ({int(keep.sum(1).min())}-"
+              f"{int(keep.sum(1).max())} images each); each is the target once, the other "
+              f"{n_models - 1} its shadows "
               f"(leave-one-out, {n_models * FM_POOL} scored records, "
               f"{_membership_counts(pooled)}). Target: train "
               f"accuracy {acc_train:.3f}, accuracy on the 10,000 test images {acc_test:.3f}.",
