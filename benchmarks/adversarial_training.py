@@ -125,7 +125,7 @@ def dataset(s: Setting):
         "name": ds.name, "x_train": ds.x_train.contiguous(), "y_train": ds.y_train.contiguous(),
         "x_test": ds.x_test.contiguous(), "y_test": ds.y_test.contiguous(),
         "classes": list(ds.classes), "bounds": list(ds.bounds),
-    }  # fmt: skip
+    }
     CACHE.mkdir(parents=True, exist_ok=True)
     torch.save(blob, path)
     return ds
@@ -137,7 +137,7 @@ def config(s: Setting):
     return TrainConfig(
         epochs=s.epochs, batch_size=s.batch_size, lr=s.lr, schedule="none", val_fraction=0.0,
         seed=0, device="cpu",
-    )  # fmt: skip
+    )
 
 
 def train_dlsec(s: Setting, ds, *, monitor: bool):
@@ -146,7 +146,7 @@ def train_dlsec(s: Setting, ds, *, monitor: bool):
     model, _card, result = adversarial_train(
         ds, s.arch, method="pgd", eps=s.eps, config=config(s), steps=s.steps, monitor=monitor,
         eval_steps=1, progress=False,
-    )  # fmt: skip
+    )
     return model, result.seconds  # fit's own time: the training loop and its monitor
 
 
@@ -167,11 +167,11 @@ def train_art(s: Setting, ds):
         model, loss=torch.nn.CrossEntropyLoss(), optimizer=optimizer,
         input_shape=tuple(ds.input_shape), nb_classes=ds.num_classes, clip_values=ds.bounds,
         device_type="cpu",
-    )  # fmt: skip
+    )
     trainer = AdversarialTrainerMadryPGD(
         clf, nb_epochs=s.epochs, batch_size=s.batch_size, eps=s.eps, eps_step=s.alpha,
         max_iter=s.steps, num_random_init=1,
-    )  # fmt: skip
+    )
     trainer.attack.set_params(batch_size=s.batch_size, verbose=False)
     x, y = ds.x_train.numpy(), ds.y_train.numpy()
     t0 = time.perf_counter()
@@ -239,7 +239,7 @@ def table(s: Setting, ds_sizes: tuple[int, int], rows: dict[str, list[dict]]) ->
         "|---|---|---|---|---|---|---|",
     ]
     names = {"dlsec": "dlsec PGD-AT", "dlsec+monitor": "dlsec PGD-AT + monitor",
-             "art": "ART AdversarialTrainerMadryPGD"}  # fmt: skip
+             "art": "ART AdversarialTrainerMadryPGD"}
     for t in TRAINERS:
         rs = rows[t]
         sec = statistics.median(r["seconds"] for r in rs)

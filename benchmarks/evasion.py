@@ -79,7 +79,7 @@ def _train(name: str):
     if name == "digits-simplenet-pgd-at":
         ds = load_dataset("digits", seed=0)
         model, card, _ = adversarial_train(ds, "simplenet", method="pgd", eps=0.2,
-                                           config=TrainConfig(epochs=30, lr=3e-3), progress=False)  # fmt: skip
+                                           config=TrainConfig(epochs=30, lr=3e-3), progress=False)
     elif name == "digits-simplenet":
         ds = load_dataset("digits", seed=0)
         model, card, _ = train_model(
@@ -88,7 +88,7 @@ def _train(name: str):
     else:
         ds = load_dataset("fashion-mnist", seed=0)
         model, card, _ = train_model(ds, "smallcnn", TrainConfig(epochs=1, lr=1e-3, batch_size=128),
-                                     progress=False)  # fmt: skip
+                                     progress=False)
     return ds, model, card
 
 
@@ -101,7 +101,7 @@ def target(name: str, directory: str | None = None, *, save_to: Path | None = No
     from dlsec.models import load, save
 
     n, eps = {"digits-simplenet": (359, 0.1), "fashion-mnist-smallcnn": (200, 0.1),
-              "digits-simplenet-pgd-at": (359, 0.1)}[name]  # fmt: skip
+              "digits-simplenet-pgd-at": (359, 0.1)}[name]
     if directory is not None:
         model, card = load(directory)
         ds = load_dataset("digits" if name.startswith("digits") else "fashion-mnist", seed=0)
@@ -189,9 +189,9 @@ def art_pgd(model, x, y, eps):
     from art.estimators.classification import PyTorchClassifier
 
     clf = PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]),
-                            nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")  # fmt: skip
+                            nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu")
     atk = ProjectedGradientDescent(clf, norm="inf", eps=eps, eps_step=2.5 * eps / STEPS, max_iter=STEPS,
-                                   num_random_init=1, batch_size=x.shape[0], verbose=False)  # fmt: skip
+                                   num_random_init=1, batch_size=x.shape[0], verbose=False)
     xn, yn = x.numpy(), y.numpy()
 
     def run():
@@ -267,7 +267,7 @@ def bench(target_name: str, repeat: int, trained, directory: Path) -> tuple:
     rows = []
     for k in ms:
         mem = subprocess.run([sys.executable, __file__, "--one", target_name, k, str(directory)],
-                             capture_output=True, text=True)  # fmt: skip
+                             capture_output=True, text=True)
         peak = (
             json.loads(mem.stdout.strip().splitlines()[-1])["peak_mib"]
             if mem.returncode == 0
@@ -369,7 +369,7 @@ def bench_ensemble(eps_list: list[float], trained) -> list[str]:
     for e in eps_list:
         t0 = time.perf_counter()
         rep = evaluate_robustness(model, x, y, norm="linf", eps=[e], card=card, checks=False,
-                                  generator=torch.Generator().manual_seed(0), progress=False)  # fmt: skip
+                                  generator=torch.Generator().manual_seed(0), progress=False)
         t_ours = time.perf_counter() - t0
         t0 = time.perf_counter()
         x_ref, ref_stages = reference_autoattack(model, x, y, e)
@@ -385,7 +385,7 @@ def bench_ensemble(eps_list: list[float], trained) -> list[str]:
         ours_ok = rep.robust[0]
         ref, tacc = float(ref_ok.double().mean()), float(ta_ok.double().mean())
         rows.append(f"| {e:g} | {rep.robust_accuracy[0]:.4f} | {t_ours:.1f} | {ref:.4f} | {t_ref:.1f} | "
-                    f"{t_ours / t_ref:.2f} | {tacc:.4f} | {t_ta:.1f} | {t_ours / t_ta:.2f} |")  # fmt: skip
+                    f"{t_ours / t_ref:.2f} | {tacc:.4f} | {t_ta:.1f} | {t_ours / t_ta:.2f} |")
         ours_txt = ", ".join(f"{k} {v[0]:.4f}" for k, v in rep.stage_accuracy.items())
         ref_txt = ", ".join(f"{k} {v:.4f}" for k, v in ref_stages.items())
         details.append(
@@ -442,7 +442,7 @@ BN_TRAIN = 1400
 BN_POINTS = 397
 BN_RECIPE = (f"`BNSmallCNN` (this script) on a seeded sample of {BN_TRAIN:,} Fashion-MNIST training "
              "images, `fit(model, x, y, config=TrainConfig(epochs=5, lr=1e-3))`, initial weights "
-             "under `torch.manual_seed(0)`, seed 0")  # fmt: skip
+             "under `torch.manual_seed(0)`, seed 0")
 
 
 def bn_target():
@@ -459,7 +459,7 @@ def bn_target():
             torch.manual_seed(0)
             model = BNSmallCNN()
         fit(model, ds.x_train[idx], ds.y_train[idx], config=TrainConfig(epochs=5, lr=1e-3),
-            progress=False)  # fmt: skip
+            progress=False)
     finally:
         torch.set_num_threads(threads)
     model.eval()
@@ -480,7 +480,7 @@ def bench_checks(eps_runs: list[list[float]]) -> list[str]:
         reps = {}
         for checks in (False, True):
             reps[checks] = evaluate_robustness(model, x, y, eps=eps, bounds=(0.0, 1.0), checks=checks,
-                                               generator=torch.Generator().manual_seed(0), progress=False)  # fmt: skip
+                                               generator=torch.Generator().manual_seed(0), progress=False)
         off, on = reps[False], reps[True]
         same = torch.equal(off.fooled_by, on.fooled_by)
         rows.append(

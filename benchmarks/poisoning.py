@@ -57,7 +57,7 @@ def flips(name, ds, arch, cfg, lines, folds):
     lines += [f"\n#### Label flipping on {name} ({arch}, {ds.y_train.numel()} training samples, "
               f"{cfg.epochs} epochs)\n",
               "| rate | clean acc % | random flip acc % (drop pp) | optimized flip acc % "
-              "(drop pp) |", "|---|---|---|---|"]  # fmt: skip
+              "(drop pp) |", "|---|---|---|---|"]
     san_rows = []
     for rate in (0.2, 0.3, 0.4):
         p = random_flip(ds.x_train, ds.y_train, rate=rate, generator=torch.Generator().manual_seed(0))
@@ -81,7 +81,7 @@ def flips(name, ds, arch, cfg, lines, folds):
               "in the table above; recovered = share of the lost accuracy regained after "
               "retraining on the kept samples):\n",
               "| sanitizer | flagged / flipped | precision % | recall % | acc after % | "
-              "recovered % | seconds |", "|---|---|---|---|---|---|---|", *san_rows]  # fmt: skip
+              "recovered % | seconds |", "|---|---|---|---|---|---|---|", *san_rows]
     return clean
 
 
@@ -90,7 +90,7 @@ def art_classifier(model, ds):
 
     return PyTorchClassifier(model=model, loss=torch.nn.CrossEntropyLoss(),
                              input_shape=tuple(ds.input_shape), nb_classes=ds.num_classes,
-                             clip_values=ds.bounds)  # fmt: skip
+                             clip_values=ds.bounds)
 
 
 def backdoors(name, ds, arch, cfg, lines):
@@ -103,7 +103,7 @@ def backdoors(name, ds, arch, cfg, lines):
     clean_acc = evaluate(clean, ds.x_test, ds.y_test)["accuracy"]
     rate, target = 0.05, 0
     ours = backdoor(ds.x_train, ds.y_train, target=target, rate=rate, bounds=ds.bounds,
-                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+                    generator=torch.Generator().manual_seed(0))
     # ART: same samples, ART's pattern (add_pattern_bd), same relabelling
     art_attack = PoisoningAttackBackdoor(lambda x: add_pattern_bd(x, channels_first=True,
                                                                   pixel_value=ds.bounds[1]))
@@ -123,12 +123,12 @@ def backdoors(name, ds, arch, cfg, lines):
             asr = ours.success(model, ds.x_test, ds.y_test)
         else:
             xt = torch.from_numpy(add_pattern_bd(ds.x_test[other].numpy(), channels_first=True,
-                                                 pixel_value=ds.bounds[1])).float()  # fmt: skip
+                                                 pixel_value=ds.bounds[1])).float()
             asr = float((predict_logits(model, xt).argmax(1) == target).float().mean())
         det = {}
         for m in ("spectral", "activation"):
             res = sanitize(m, x_p, y_p, num_classes=ds.num_classes, make_model=make, config=cfg,
-                           model=model)  # fmt: skip
+                           model=model)
             det[f"dlsec {m}"] = detection_metrics(res.mask, ours.mask)
         clf = art_classifier(model, ds)
         xn, yn = x_p.numpy(), np.eye(ds.num_classes)[y_p.numpy()]
@@ -146,7 +146,7 @@ def backdoors(name, ds, arch, cfg, lines):
     lines += [f"\n#### Backdoor on {name} ({arch}, {rate:.0%} of {ds.y_train.numel()} training "
               f"samples poisoned, target class {target}; clean model {pct(clean_acc)} %)\n",
               "| poisons | clean acc % (vs clean pp) | ASR % | detector | precision % | "
-              "recall % |", "|---|---|---|---|---|---|", *rows]  # fmt: skip
+              "recall % |", "|---|---|---|---|---|---|", *rows]
 
 
 def collisions(name, ds, arch, cfg, lines, n_targets):
@@ -154,7 +154,7 @@ def collisions(name, ds, arch, cfg, lines, n_targets):
     clean = train_on(ds.x_train, ds.y_train, make_model=make, config=cfg)
     t0 = time.perf_counter()
     tr = run_collision_trials(ds, clean, n_targets=n_targets,
-                              generator=torch.Generator().manual_seed(0))  # fmt: skip
+                              generator=torch.Generator().manual_seed(0))
     dist = np.mean([r["image_distance"] for r in tr.rows])
     lines.append(f"| {name} | {arch} | {tr.n_targets} | {tr.successes} | "
                  f"{pct(tr.success_rate)} | {dist:.2f} | {time.perf_counter() - t0:.0f} |")
@@ -203,7 +203,7 @@ def main() -> int:
               "re-trained victim get right, sent to a random other class. ART's "
               "`FeatureCollisionAttack` was not run side by side (not done in the time).\n",
               "| data | network | targets | successes | success % | mean L2 poison-base | "
-              "seconds |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+              "seconds |", "|---|---|---|---|---|---|---|"]
     collisions("digits", digits, "simplenet", cfg_d, lines, 20)
     collisions("Fashion-MNIST", fm, "simplenet", cfg_f, lines, 20)
     lines.append(f"\nTotal time {time.perf_counter() - t_all:.0f} s; load average at the end "

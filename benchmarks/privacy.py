@@ -21,8 +21,6 @@ torch.set_num_threads(THREADS)
 
 from machine import describe, load_average  # noqa: E402  (benchmarks/machine.py)
 
-from dlsec.attacks.privacy._common import fresh_model  # noqa: E402
-from dlsec.attacks.privacy.extraction import extract, mixup_candidates  # noqa: E402
 from dlsec.attacks.privacy.inversion import class_means, inversion_quality, mi_face  # noqa: E402
 from dlsec.attacks.privacy.membership import (  # noqa: E402
     ShadowModels,
@@ -34,6 +32,11 @@ from dlsec.attacks.privacy.membership import (  # noqa: E402
     train_shadow_models,
 )
 from dlsec.attacks.privacy.metrics import membership_metrics  # noqa: E402
+from dlsec.attacks.surrogate import (  # noqa: E402
+    extract,
+    fresh_model,
+    mixup_candidates,
+)
 from dlsec.data import load_dataset  # noqa: E402
 from dlsec.models import ModelCard  # noqa: E402
 from dlsec.threat import LocalOracle  # noqa: E402

@@ -101,7 +101,7 @@ def audit(
         "device": device, "epochs": epochs, "batch-size": batch_size, "lr": lr,
         "optimizer": optimizer, "test-size": test_size, "threads": threads,
         "trust-code": True if trust_code else None,
-    }  # fmt: skip
+    }
     cfg = load_config(config, overrides)
     check_output(cfg.run_dir, kind="dir", option="--out")
     try:
@@ -118,7 +118,7 @@ def audit(
             shown = (
                 f"= {gate['value']:.4g} < {gate['threshold']:g}" if gate["value"] is not None
                 else f"is null ({gate.get('reason', 'not a number')})"
-            )  # fmt: skip
+            )
             typer.echo(f"FAIL: {gate['key']} {shown}", err=True)
     raise typer.Exit(outcome.exit_code)
 
@@ -160,7 +160,7 @@ def train(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,  # type: ignore[arg-type]
         schedule=schedule, weight_decay=weight_decay, val_fraction=val_fraction,  # type: ignore[arg-type]
         patience=patience, seed=seed, device=device,
-    )  # fmt: skip
+    )
     ds = load_dataset(dataset, seed=seed, test_size=test_size)
     set_threads(threads, device=device, architecture=model, dataset=ds)
     if adversarial is not None:
@@ -169,7 +169,7 @@ def train(
         net, card, result = run_adversarial(
             ds, model, tconf, method=adversarial, eps=eps, norm=norm, steps=attack_steps,
             progress=not quiet,
-        )  # fmt: skip
+        )
     else:
         net, card, result = train_model(ds, model, tconf, progress=not quiet)
     if not is_main_process():  # under torchrun only rank 0 writes

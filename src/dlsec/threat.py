@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from dlsec.errors import DlsecError
+from dlsec.models import CardLike
 
 Knowledge = Literal["white-box", "gray-box", "black-box"]
 Norm = Literal["linf", "l2", "l1", "l0"]
@@ -73,9 +74,9 @@ class ThreatModel:
         object.__setattr__(self, "bounds", (lo, hi))
 
     @classmethod
-    def from_card(cls, card: Any, **kwargs: Any) -> ThreatModel:
+    def from_card(cls, card: CardLike, **kwargs: Any) -> ThreatModel:
         """A threat model whose bounds are the model card's."""
-        return cls(bounds=tuple(card.bounds), **kwargs)
+        return cls(bounds=(float(card.bounds[0]), float(card.bounds[1])), **kwargs)
 
 
 @runtime_checkable
@@ -256,14 +257,14 @@ class LocalOracle(BaseOracle):
         num_classes: int | None = None,
         input_shape: Sequence[int] | None = None,
         bounds: tuple[float, float] | None = None,
-        card: Any = None,
+        card: CardLike | None = None,
         batch_size: int = 1024,
         **kwargs: Any,
     ) -> None:
         if card is not None:
             num_classes = num_classes or card.num_classes
             input_shape = input_shape or card.input_shape
-            bounds = bounds or tuple(card.bounds)
+            bounds = bounds or (float(card.bounds[0]), float(card.bounds[1]))
         if num_classes is None or input_shape is None:
             raise OracleError("LocalOracle needs a card, or num_classes and input_shape")
         super().__init__(

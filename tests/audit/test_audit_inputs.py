@@ -33,7 +33,7 @@ def _one_line_error(capsys, code: int, *words: str) -> str:
 
 
 def _save_model(directory: Path, *, fill: float | None = None, dataset: str = "digits",
-                classes: list[str] | None = None, seed: int = 0) -> Path:  # fmt: skip
+                classes: list[str] | None = None, seed: int = 0) -> Path:
     classes = classes or DIGITS_CLASSES
     torch.manual_seed(seed)
     net = build_network("simplenet", input_shape=[1, 8, 8], num_classes=len(classes))
@@ -60,7 +60,7 @@ def test_a_model_with_nan_outputs_is_reported_as_null_with_warnings(tmp_path: Pa
     model_dir = _save_model(tmp_path / "nan-model", fill=float("nan"))
     out = tmp_path / "run"
     code = main(["audit", "--model-dir", str(model_dir), "--out", str(out), "--quiet",
-                 "--sections", "accuracy", "--fail-under", "accuracy.test_loss=0"])  # fmt: skip
+                 "--sections", "accuracy", "--fail-under", "accuracy.test_loss=0"])
     err = capsys.readouterr().err
     assert code == 1  # the gate on the null metric fails
     assert "warning: 1 metric(s) are not finite numbers" in err and "accuracy.test_loss (NaN)" in err
@@ -73,7 +73,7 @@ def test_a_model_with_nan_outputs_is_reported_as_null_with_warnings(tmp_path: Pa
     assert report["gates"] == [{
         "key": "accuracy.test_loss", "threshold": 0.0, "value": None, "passed": False,
         "reason": "accuracy.test_loss is NaN, not a number",
-    }]  # fmt: skip
+    }]
     assert report["passed"] is False and any("accuracy.test_loss" in w for w in report["warnings"])
     section = report["sections"][0]
     assert section["non_finite"] == {"metrics.test_loss": "NaN"}
@@ -102,9 +102,9 @@ def test_a_20_class_dataset_for_a_10_class_model_is_one_line_naming_both(
     data = _classes_npz(tmp_path / "twenty.npz", [f"c{i}" for i in range(20)])
     out = tmp_path / "run"
     code = main(["audit", "--model-dir", str(model_dir), "--dataset", f"npz:{data}",
-                 "--out", str(out), "--quiet"])  # fmt: skip
+                 "--out", str(out), "--quiet"])
     line = _one_line_error(capsys, code, f"model dir {model_dir} has 10 classes from 'digits'",
-                           f"dataset npz:{data} has 20")  # fmt: skip
+                           f"dataset npz:{data} has 20")
     assert "input" not in line
     assert not (out / "report.json").exists()
 
@@ -114,9 +114,9 @@ def test_a_model_trained_on_other_data_needs_the_dataset_named(tmp_path: Path, c
     model_dir = _save_model(tmp_path / "m", dataset=f"npz:{data}")
     out = tmp_path / "run"
     code = main(["audit", "--model-dir", str(model_dir), "--out", str(out), "--quiet",
-                 "--sections", "accuracy"])  # fmt: skip
+                 "--sections", "accuracy"])
     _one_line_error(capsys, code, f"model dir {model_dir} was trained on 'npz:{data}'",
-                    "default is 'digits'", f"--dataset npz:{data}")  # fmt: skip
+                    "default is 'digits'", f"--dataset npz:{data}")
     assert not (out / "report.json").exists()
     # named explicitly, it is audited, with a warning that the two differ
     outcome = run_audit(
@@ -131,7 +131,7 @@ def test_a_model_trained_on_other_data_needs_the_dataset_named(tmp_path: Path, c
         AuditConfig(model_dir=str(model_dir), dataset=f"npz:{data}", out=str(tmp_path / "own"),
                     sections=["accuracy"]),
         progress=False,
-    )  # fmt: skip
+    )
     assert own.report["warnings"] == []
 
 
@@ -170,7 +170,7 @@ def test_audit_refuses_a_cards_module_without_consent(code_model_dir, tmp_path: 
     model_dir, name, marker = code_model_dir
     out = tmp_path / "run"
     code = main(["audit", "--model-dir", str(model_dir), "--out", str(out), "--quiet",
-                 "--sections", "model"])  # fmt: skip
+                 "--sections", "model"])
     _one_line_error(capsys, code, name, "--trust-code")
     assert not marker.exists() and name not in sys.modules
     assert not (out / "report.json").exists()
@@ -184,7 +184,7 @@ def test_audit_builds_a_cards_module_with_consent(
     out = tmp_path / "run"
     args = ["--trust-code"] if consent == "--trust-code" else ["--model", f"{name}:build"]
     code = main(["audit", "--model-dir", str(model_dir), "--out", str(out), "--quiet",
-                 "--sections", "model", *args])  # fmt: skip
+                 "--sections", "model", *args])
     assert code == 0, capsys.readouterr().err
     assert marker.read_text() == "imported"
     assert json.loads((out / "report.json").read_text())["model"]["architecture"] == f"{name}:build"
@@ -228,7 +228,7 @@ def test_a_bad_evasion_config_is_one_line_in_a_real_process(tmp_path: Path) -> N
     proc = subprocess.run(
         [sys.executable, "-m", "dlsec.cli", "audit", "--config", str(p), "--out", str(tmp_path / "o")],
         capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines == ['error: [evasion] attacks: cw is an L2 attack; set norm = "l2" to use it']

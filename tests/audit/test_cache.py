@@ -331,7 +331,7 @@ def test_a_model_dirs_bad_history_is_one_error_naming_the_file(
     (model_dir / "history.json").write_text(content)
     with pytest.raises(ModelError) as info:
         run_audit(AuditConfig(model_dir=str(model_dir), out=str(tmp_path / "r"), sections=SECTIONS),
-                  progress=False)  # fmt: skip
+                  progress=False)
     assert all(w in str(info.value) for w in words) and "\n" not in str(info.value)
     assert not (tmp_path / "r" / "report.json").exists()
 
@@ -343,4 +343,4 @@ def test_a_model_dirs_binary_card_is_one_error_naming_the_file(base, tmp_path: P
     (model_dir / "card.json").write_bytes(b"\xff\xd8\xff\xe0 not a card")
     with pytest.raises(ModelError, match=r"card\.json"):
         run_audit(AuditConfig(model_dir=str(model_dir), out=str(tmp_path / "r"), sections=SECTIONS),
-                  progress=False)  # fmt: skip
+                  progress=False)

@@ -265,20 +265,20 @@ def test_labels_are_plain_text_never_mathtext() -> None:
         line_chart({name: ([0, 1], [0, 1]) for name in MATH_LIKE}, title=label, xlabel=label,
                    ylabel=label),
         roc_curve({name: ([0.0, 0.5, 1.0], [0.0, 0.7, 1.0]) for name in MATH_LIKE}, title=label),
-    ]  # fmt: skip
+    ]
     for fig in figures:
         assert base64.b64decode(fig.png_base64).startswith(b"\x89PNG")
 
 
 def test_null_metrics_and_report_warnings_render() -> None:
     section = SectionResult(name="accuracy", title="Clean accuracy", metrics={"test_loss": None},
-                            non_finite={"metrics.test_loss": "NaN"}).to_dict()  # fmt: skip
+                            non_finite={"metrics.test_loss": "NaN"}).to_dict()
     report = {
         "title": "t", "sections": [section], "passed": False,
         "warnings": ["1 metric(s) are not finite numbers and are written as null"],
         "gates": [{"key": "accuracy.test_loss", "threshold": 0.0, "value": None, "passed": False,
                    "reason": "accuracy.test_loss is NaN, not a number"}],
-    }  # fmt: skip
+    }
     page = render_html(report)
     assert "NaN (null)" in page and "accuracy.test_loss is NaN, not a number" in page
     assert "are not finite numbers and are written as null" in page

@@ -108,7 +108,7 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "dlsec.cli", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw,
-    )  # fmt: skip
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -123,7 +123,7 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
 def test_killed_audit_resumes(tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "run"
     args = ["audit", "--out", str(out), "--epochs", "40", "--quiet",
-            "--sections", ",".join(FOUNDATION)]  # fmt: skip
+            "--sections", ",".join(FOUNDATION)]
     proc = _cli(*args)
     _wait_for(out / "model" / "train-key.json", proc)  # training finished, sections running
     proc.send_signal(sig)

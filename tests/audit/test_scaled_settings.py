@@ -31,7 +31,7 @@ def _dataset(n_train: int, n_test: int, side: int) -> Dataset:
         y_train=torch.arange(n_train) % 10, x_test=torch.rand(n_test, 1, side, side, generator=g),
         y_test=torch.arange(n_test) % 10, classes=tuple(str(i) for i in range(10)),
         bounds=(0.0, 1.0),
-    )  # fmt: skip
+    )
 
 
 def test_input_size_rule() -> None:

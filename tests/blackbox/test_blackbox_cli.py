@@ -28,7 +28,7 @@ def _spent(printed: str) -> int:
 def test_score_based_commands(model_dir, tmp_path, capsys, name, norm, eps) -> None:
     out = tmp_path / f"{name}.npz"
     assert main(["attack", name, "--model-dir", str(model_dir), "--eps", eps, "--norm", norm,
-                 "--samples", "40", "--budget", "600", "--out", str(out)]) == 0  # fmt: skip
+                 "--samples", "40", "--budget", "600", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     data = np.load(out, allow_pickle=False)
     assert data["queries"].sum() == _spent(printed) and int(data["queries"].max()) <= 600
@@ -42,7 +42,7 @@ def test_hsja_command_reports_distances_and_robust_accuracy(model_dir, tmp_path,
     out = tmp_path / "hsja.npz"
     assert main(["attack", "hsja", "--model-dir", str(model_dir), "--norm", "l2",
                  "--eps", "0.5,2.0", "--samples", "20", "--budget", "1000",
-                 "--out", str(out)]) == 0  # fmt: skip
+                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "labels oracle" in printed and "median l2 distance" in printed
     data = np.load(out, allow_pickle=False)
@@ -50,7 +50,7 @@ def test_hsja_command_reports_distances_and_robust_accuracy(model_dir, tmp_path,
     l2 = np.linalg.norm((data["x_adv"] - data["x"]).reshape(20, -1), axis=1)
     assert np.allclose(l2[data["success"]], data["distance"][data["success"]], atol=1e-5)
     rob = [float(line.split("robust accuracy ")[1].split(",")[0])
-           for line in printed.splitlines() if "robust accuracy" in line]  # fmt: skip
+           for line in printed.splitlines() if "robust accuracy" in line]
     assert rob[0] > rob[1]  # a larger radius leaves fewer points robust
     assert rob[1] <= 0.2  # L2 2.0 is far beyond the typical HSJA distance (~0.6)
 
@@ -59,7 +59,7 @@ def test_transfer_command(model_dir, tmp_path, capsys) -> None:
     out = tmp_path / "t.npz"
     assert main(["attack", "transfer", "--model-dir", str(model_dir), "--eps", "0.2",
                  "--surrogate", "graybox", "--craft", "pgd,mifgsm", "--samples", "60",
-                 "--out", str(out)]) == 0  # fmt: skip
+                 "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "(0 training, 120 sending)" in printed  # gray-box: its own labels, 1 query/point
     data = np.load(out, allow_pickle=False)
@@ -74,7 +74,7 @@ def test_transfer_command(model_dir, tmp_path, capsys) -> None:
     (["attack", "transfer", "--eps", "0.1", "--surrogate", "psychic"], "psychic"),
     (["attack", "transfer", "--eps", "0.1", "--craft", ","], "--craft"),
     (["attack", "nes", "--eps", "0.1", "--norm", "l1"], "--norm"),
-])  # fmt: skip
+])
 def test_black_box_user_errors_are_one_line(model_dir, capsys, args, message) -> None:
     assert main([*args, "--model-dir", str(model_dir)]) == 2
     err = capsys.readouterr().err.strip()

@@ -38,7 +38,7 @@ class _Masked(nn.Module):
 def _ctx(tmp_path, model, card, digits) -> AuditContext:
     return AuditContext(config=AuditConfig(out=str(tmp_path)), dataset=digits, model=model,
                         card=card, device=torch.device("cpu"), run_dir=tmp_path,
-                        progress=False)  # fmt: skip
+                        progress=False)
 
 
 def test_black_box_beating_white_box_is_flagged_as_gradient_masking(tmp_path, bb_net, digits):
@@ -57,7 +57,7 @@ def test_black_box_beating_white_box_is_flagged_as_gradient_masking(tmp_path, bb
 def test_black_box_section_in_an_audit(tmp_path) -> None:
     options = {"samples": 40, "budgets": [10, 100, 1000], "transfer-budget": 1600}
     cfg = AuditConfig(out=str(tmp_path / "r"), sections=["blackbox"], epochs=30,
-                      section_options={"blackbox": options})  # fmt: skip
+                      section_options={"blackbox": options})
     report = run_audit(cfg, progress=False).report
     m = {k.split(".", 1)[1]: v for k, v in report["metrics"].items() if k.startswith("blackbox.")}
     assert m["clean_accuracy"] >= 0.95 and m["eps"] == 0.1
@@ -85,8 +85,8 @@ def test_black_box_options_are_validated(tmp_path) -> None:
     p = tmp_path / "a.toml"
     for body, match in [('attacks = ["zoo"]', "attacks"), ('transfer = ["psychic"]', "transfer"),
                         ("budgets = [0]", "budgets"), ('attacks = ["boundary"]', "boundary"),
-                        ('norm = "l0"', "norm")]:  # fmt: skip
+                        ('norm = "l0"', "norm")]:
         p.write_text(f"[blackbox]\n{body}\n")
         with pytest.raises(ConfigError, match=match):
             run_audit(load_config(p, {"out": str(tmp_path / "o"), "sections": ["blackbox"]}),
-                      progress=False)  # fmt: skip
+                      progress=False)

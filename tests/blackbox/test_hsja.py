@@ -163,13 +163,13 @@ def test_l2_agrees_with_art_hopskipjump_at_the_same_queries(digits, bb_net, poin
                           nb_classes=10, clip_values=(0.0, 1.0), device_type="cpu"),
         norm=2, max_iter=8, max_eval=10_000, init_eval=100, init_size=100, batch_size=1024,
         verbose=False,
-    )  # fmt: skip
+    )
     np.random.seed(0)  # ART draws its probes from numpy's global generator
     rows, adv = [], []
     for i in range(len(y)):
         before = counted.rows
         out = art.generate(x[i : i + 1].numpy(), y[i : i + 1].numpy(),
-                           x_adv_init=x_init[i : i + 1].numpy().copy())  # fmt: skip
+                           x_adv_init=x_init[i : i + 1].numpy().copy())
         adv.append(torch.from_numpy(out[0]).float())
         rows.append(counted.rows - before)
     art_adv = torch.stack(adv)

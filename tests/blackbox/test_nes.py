@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from dlsec.attacks.blackbox import NESAttack
 from dlsec.attacks.blackbox.nes import nes_gradient
-from dlsec.attacks.evasion._base import AttackError
+from dlsec.attacks.core import AttackError
 from dlsec.threat import LocalOracle
 
 
@@ -32,7 +32,7 @@ def test_nes_estimate_points_along_the_true_gradient(bb_net, bb_points) -> None:
     x = x.clamp(0.05, 0.95)  # no clipping of the probes at the bounds
     oracle = LocalOracle(model, card=card)
     est = nes_gradient(oracle, x, y, samples=4000, sigma=1e-3, ids=torch.arange(8),
-                       generator=_gen())  # fmt: skip
+                       generator=_gen())
     true = _true_margin_gradient(model, x, y)
     cos = F.cosine_similarity(est.flatten(1), true.flatten(1), dim=1)
     # 2,000 antithetic pairs in 64 dimensions: the estimate is close to the gradient
@@ -41,7 +41,7 @@ def test_nes_estimate_points_along_the_true_gradient(bb_net, bb_points) -> None:
     assert oracle.queries_for(torch.arange(8)).tolist() == [4000] * 8
     # few samples give a noisier, still positively aligned estimate
     rough = nes_gradient(LocalOracle(model, card=card), x, y, samples=20, sigma=1e-3,
-                         ids=torch.arange(8), generator=_gen())  # fmt: skip
+                         ids=torch.arange(8), generator=_gen())
     rough_cos = F.cosine_similarity(rough.flatten(1), true.flatten(1), dim=1)
     assert float(rough_cos.mean()) > 0.2 and float(rough_cos.mean()) < float(cos.mean())
 
@@ -74,7 +74,7 @@ def test_budgets_are_enforced_and_seeds_reproduce(bb_net, bb_points) -> None:
     small = NESAttack(eps=0.05, max_queries=120)(LocalOracle(model, card=card), x, y)
     assert int(small.queries.max()) <= 120
     runs = [NESAttack(eps=0.1, max_queries=300)(LocalOracle(model, card=card), x, y,
-                                                generator=_gen(s)) for s in (1, 1, 2)]  # fmt: skip
+                                                generator=_gen(s)) for s in (1, 1, 2)]
     assert torch.equal(runs[0].x_adv, runs[1].x_adv)
     assert not torch.equal(runs[0].x_adv, runs[2].x_adv)
 

@@ -94,7 +94,7 @@ def test_budget_and_seed(net, points) -> None:
 
 
 def test_label_only_oracle_is_refused(net, points) -> None:
-    from dlsec.attacks.evasion._base import AttackError
+    from dlsec.attacks.core import AttackError
 
     model, card = net
     with pytest.raises(AttackError, match="score"):

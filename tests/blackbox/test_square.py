@@ -11,8 +11,8 @@ import torchattacks
 
 from dlsec.attacks.blackbox import SquareAttack, median
 from dlsec.attacks.blackbox.square import fingerprint, l2_bump, p_selection
+from dlsec.attacks.core import AttackError
 from dlsec.attacks.evasion import ensemble as ens
-from dlsec.attacks.evasion._base import AttackError
 from dlsec.threat import LocalOracle
 
 
@@ -130,10 +130,10 @@ def test_square_linf_agrees_with_torchattacks_square(net, points) -> None:
     x, y = x[alone], y[alone]
     assert len(y) >= 80  # 84 of the 100
     ours = SquareAttack(eps=eps, max_queries=1000)(LocalOracle(model, card=card), x, y,
-                                                   generator=_gen())  # fmt: skip
+                                                   generator=_gen())
     peer_model = _DistinctToSuccess(model, x, y, eps)
     peer = torchattacks.Square(peer_model, norm="Linf", eps=eps, n_queries=999, p_init=0.05,
-                               seed=0)  # fmt: skip
+                               seed=0)
     peer.init_hyperparam(x)
     torch.manual_seed(0)
     with torch.no_grad():

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from dlsec.attacks.blackbox.transfer import (
-    STRATEGIES,
+    SURROGATE_STRATEGIES,
     Surrogate,
     run_transfer,
     train_surrogate,
@@ -281,7 +281,7 @@ def test_bad_settings_raise(setting, points):
     with pytest.raises(AttackError, match="x_attacker"):
         train_surrogate("jacobian", oracle, card=card)
     assert oracle.queries_total == 0
-    assert set(STRATEGIES) == {"jacobian", "knockoff", "graybox"}
+    assert set(SURROGATE_STRATEGIES) == {"jacobian", "knockoff", "graybox"}
 
 
 @pytest.mark.slow

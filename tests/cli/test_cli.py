@@ -16,7 +16,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dlsec.cli", *args], capture_output=True, text=True, cwd=cwd,
         timeout=300,
-    )  # fmt: skip
+    )
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, *words: str) -> None:

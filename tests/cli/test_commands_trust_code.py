@@ -30,7 +30,7 @@ def hostile(tmp_path: Path, monkeypatch):
     )
     torch.manual_seed(0)
     card = ModelCard(f"{module}:build", input_shape=[1, 8, 8], classes=[str(i) for i in range(10)],
-                     dataset="digits")  # fmt: skip
+                     dataset="digits")
     save(nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), card, tmp_path / "model")
     monkeypatch.syspath_prepend(str(lib))
     monkeypatch.chdir(tmp_path)

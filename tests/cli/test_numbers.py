@@ -83,7 +83,7 @@ CASES = [
     (["data", "info", "digits", "--seed", "-1"], ["--seed"]),
     (["audit", "--seed", str(2**64)], ["--seed"]),
     (["audit", "--threads", "100000"], ["threads"]),
-]  # fmt: skip
+]
 
 
 def _boom(*args, **kwargs):
@@ -94,9 +94,9 @@ def _boom(*args, **kwargs):
 def test_out_of_range_is_one_line_before_any_work(
     args: list[str], words: list[str], model_dir: Path, tmp_path: Path, monkeypatch, capsys,
     one_line_error,
-) -> None:  # fmt: skip
+) -> None:
     for work in ("dlsec.models.load", "dlsec.audit.runner.run_audit",
-                 "dlsec.defenses.sanitization.sanitize", "dlsec.training.fit"):  # fmt: skip
+                 "dlsec.defenses.sanitization.sanitize", "dlsec.training.fit"):
         monkeypatch.setattr(work, _boom)
     monkeypatch.chdir(tmp_path)
     assert main([a.format(model=model_dir, tmp=tmp_path) for a in args]) == 2

@@ -31,7 +31,7 @@ def place(tmp_path: Path) -> dict[str, Path]:
 
 def _tree(root: Path) -> dict[str, bytes | None]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(root.rglob("*"))}  # fmt: skip
+            for p in sorted(root.rglob("*"))}
 
 
 # -- check_output ----------------------------------------------------------------------------
@@ -151,14 +151,14 @@ CASES = [
     (["extract", *MODEL, "--save-to", "{file}"], "dlsec.models.load", ["--save-to", "is a file; expected a directory"]),
     (["extract", *MODEL, "--out", "{dir}"], "dlsec.models.load", ["--out", "is a directory"]),
     (["data", "fetch", "mnist", "--to", "{file}"], "dlsec.data.fetch.fetch_mnist", ["--to", "is a file; expected a directory"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("args", "work", "words"), CASES, ids=[f"{i}" for i in range(len(CASES))])
 def test_bad_output_is_one_line_before_any_work(
     args: list[str], work: str, words: list[str], place, model_dir: Path, monkeypatch, capsys,
     one_line_error,
-) -> None:  # fmt: skip
+) -> None:
     monkeypatch.setattr(work, _boom)
     monkeypatch.chdir(place["tmp"])
     before = _tree(place["tmp"])
@@ -186,7 +186,7 @@ def test_evaluate_refuses_a_foreign_state_file(
     before = state.read_bytes()
     monkeypatch.setattr("dlsec.models.load", _boom)
     args = ["evaluate", "--model-dir", str(model_dir), "--eps", "0.1", "--samples", "10",
-            "--state", str(state), "-q"]  # fmt: skip
+            "--state", str(state), "-q"]
     assert main(args) == 2
     one_line_error(capsys.readouterr().err, "state.bin is not a dlsec evaluation state")
     assert state.read_bytes() == before
@@ -195,7 +195,7 @@ def test_evaluate_refuses_a_foreign_state_file(
 def test_evaluate_state_resumes_and_replaces_its_own(model_dir: Path, tmp_path: Path, capsys) -> None:
     state = tmp_path / "state.safetensors"
     base = ["evaluate", "--model-dir", str(model_dir), "--samples", "20", "--attacks", "apgd-ce",
-            "--state", str(state), "-q"]  # fmt: skip
+            "--state", str(state), "-q"]
     assert main([*base, "--eps", "0.1"]) == 0
     first = capsys.readouterr().out
     assert state.is_file()

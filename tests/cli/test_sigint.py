@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 def _start(cmd: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True)
 
 
 def _interrupt_when(proc: subprocess.Popen, marker: str, timeout: float = 120) -> list[str]:
@@ -43,7 +43,7 @@ def test_sigint_while_importing_is_quiet(tmp_path: Path) -> None:
     # -X importtime prints a line as each module finishes importing: once typer is in, the
     # start-up handler is installed and torch is still to come (seconds)
     proc = _start([sys.executable, "-X", "importtime", "-m", "dlsec.cli", "audit", "--out",
-                   "run", "-q"], tmp_path)  # fmt: skip
+                   "run", "-q"], tmp_path)
     _interrupt_when(proc, "| typer\n")
     code, err = _finish(proc)
     assert code == 130, err[-2000:]
@@ -67,7 +67,7 @@ def test_sigint_at_a_fixed_delay_has_no_traceback(tmp_path: Path, delay: float) 
 
 def test_sigint_after_start_up_keeps_the_resume_message(tmp_path: Path) -> None:
     proc = _start([sys.executable, "-m", "dlsec.cli", "audit", "--out", "run", "--epochs", "2",
-                   "--sections", "dataset,accuracy"], tmp_path)  # fmt: skip
+                   "--sections", "dataset,accuracy"], tmp_path)
     _interrupt_when(proc, "model: trained")  # the audit is running its sections now
     code, err = _finish(proc)
     assert code == 130, err[-2000:]

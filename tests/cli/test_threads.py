@@ -70,7 +70,7 @@ def test_train_gives_a_small_model_one_thread(tmp_path: Path, capsys) -> None:
     assert main(["train", "--out", str(tmp_path / "m"), "--epochs", "1", "-q"]) == 0
     assert torch.get_num_threads() == 1  # as the audit does (it used to keep 2)
     assert main(["train", "--out", str(tmp_path / "m2"), "--epochs", "1", "-q",
-                 "--threads", "2"]) == 0  # fmt: skip
+                 "--threads", "2"]) == 0
     assert torch.get_num_threads() == 2
 
 
@@ -94,6 +94,6 @@ def test_audit_of_a_model_directory_counts_the_loaded_model(
 ) -> None:
     torch.set_num_threads(2)
     args = ["audit", "--model-dir", str(model_dir), "--out", str(tmp_path / "r"), "-q",
-            "--sections", "dataset"]  # fmt: skip
+            "--sections", "dataset"]
     assert main(args) == 0
     assert torch.get_num_threads() == 1

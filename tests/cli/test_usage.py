@@ -33,7 +33,7 @@ from dlsec.errors import DlsecError
         (["data", "info"], ["Missing argument", "(see dlsec data info --help)"]),
         (["train", "--out", "m", "extra"], ["extra", "(see dlsec train --help)"]),
     ],
-)  # fmt: skip
+)
 def test_usage_errors_are_one_line(
     args: list[str], words: list[str], tmp_path: Path, monkeypatch, capsys, one_line_error
 ) -> None:
@@ -49,7 +49,7 @@ def test_usage_errors_are_one_line(
 @pytest.mark.parametrize("args", [[], ["--bogus"], ["train", "--epochs", "many", "--out", "m"]])
 def test_usage_error_in_a_real_process_is_one_plain_line(args: list[str], tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "dlsec.cli", *args], capture_output=True,
-                          text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+                          text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr

@@ -41,7 +41,7 @@ def test_same_contents_same_digest_whatever_the_name_or_source() -> None:
     b = dataclasses.replace(
         _tiny(), name="other", source="elsewhere", extra={"split": "x"},
         x_train=a.x_train.clone(),
-    )  # fmt: skip
+    )
     assert a.digest == b.digest
     assert load_dataset("digits", seed=0).digest == load_dataset("digits", seed=0).digest
 

@@ -417,10 +417,10 @@ def test_cli_garbage_base_url_in_a_real_process(tmp_path: Path) -> None:
         [sys.executable, "-m", "dlsec.cli", "data", "fetch", "mnist", "--base-url", "garbage",
          "--to", str(to)],
         capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
     assert lines == ["error: garbage: only http(s) URLs can be fetched (got no scheme); "
-                     "give one like https://host/path/"]  # fmt: skip
+                     "give one like https://host/path/"]
     assert "Traceback" not in proc.stderr and proc.stdout == ""
     assert not to.exists()

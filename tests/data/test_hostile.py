@@ -69,7 +69,7 @@ def raw_zip(path: Path, members: dict[str, tuple[bytes, int, int]]) -> Path:
         central += (
             b"PK\x01\x02" + struct.pack("<H", 20) + fields
             + struct.pack("<HHHHHII", len(n), 0, 0, 0, 0, 0, offset) + n
-        )  # fmt: skip
+        )
     end = b"PK\x05\x06" + struct.pack(
         "<HHHHIIH", 0, 0, len(members), len(members), len(central), len(local), 0
     )
@@ -292,7 +292,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(specs)],
         capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout)
     for name, (spec, words) in cases.items():
@@ -306,7 +306,7 @@ CASE_NAMES = [
     "npz-too-many-classes", "idx-count-wraps", "idx-gz-count-wraps",
     "idx-size-disagrees-with-file", "idx-gz-bomb-small-header", "idx-gz-bomb-honest-header",
     "idx-gz-beyond-memory",
-]  # fmt: skip
+]
 
 
 def test_every_case_is_listed(tmp_path: Path) -> None:

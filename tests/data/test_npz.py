@@ -54,7 +54,7 @@ def test_nchw_kept_and_classes_read(tmp_path: Path) -> None:
     path = _save(
         tmp_path / "d.npz", x=x, y=_labels(6, 2), x_test=x[:2], y_test=np.array([1, 0]),
         classes=np.array(["cat", "dog"]),
-    )  # fmt: skip
+    )
     ds = load_npz(path, seed=0, test_size=0.25)
     assert ds.x_train.shape == (6, 3, 2, 2)
     assert ds.classes == ("cat", "dog")
@@ -146,7 +146,7 @@ def test_test_count_mismatch(tmp_path: Path) -> None:
     path = _save(
         tmp_path / "d.npz", x=np.zeros((4, 2)), y=_labels(4, 2),
         x_test=np.zeros((3, 2)), y_test=_labels(2, 2),
-    )  # fmt: skip
+    )
     _expect_error(path, "count mismatch", "x_test")
 
 
@@ -162,7 +162,7 @@ def test_labels_out_of_range_for_classes(tmp_path: Path) -> None:
     path = _save(
         tmp_path / "d.npz", x=np.zeros((4, 2)), y=np.array([0, 1, 2, 1]),
         classes=np.array(["a", "b"]),
-    )  # fmt: skip
+    )
     _expect_error(path, "out of range")
 
 

@@ -27,7 +27,7 @@ LABELS = struct.pack(">II", 0x801, 2) + bytes([0, 1])
 NAMES = (
     "train-images-idx3-ubyte", "train-labels-idx1-ubyte",
     "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte",
-)  # fmt: skip
+)
 
 
 def _idx_dir(directory: Path) -> Path:
@@ -156,7 +156,7 @@ def test_utf8_bytes_class_names_are_decoded(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "bounds", [np.array([0 + 1j, 1 + 0j]), np.array([False, True]), np.array(["0", "1"])],
     ids=["complex", "bool", "str"],
-)  # fmt: skip
+)
 def test_bounds_of_the_wrong_type(tmp_path: Path, bounds: np.ndarray) -> None:
     path = _npz(tmp_path / "d.npz", x=X4, y=Y4, bounds=bounds)
     assert "'bounds' must be 2 numbers" in _error(f"npz:{path}")

@@ -51,7 +51,7 @@ def main(out: str) -> None:
         "rank": rank, "world": torch.distributed.get_world_size(), "seen": seen,
         "history": [{k: v for k, v in h.items() if k != "seconds"} for h in result.history],
         "metrics": card.metrics, "weights": digest.hexdigest(),
-    }  # fmt: skip
+    }
     # one write per line, newline included: both ranks share stdout (run with -u), and
     # print's separate write of the newline let the other rank's line land in between
     sys.stdout.write("RESULT " + json.dumps(line) + "\n")

@@ -46,7 +46,7 @@ def undefended_pgd(trained_simplenet, digits) -> float:
 def _train(digits, method: str, **kw):
     cfg = kw.pop("config", None) or TrainConfig(epochs=10, lr=1e-2, batch_size=128)
     return adversarial_train(digits, "simplenet", method=method, eps=EPS, config=cfg,
-                             progress=False, **kw)  # fmt: skip
+                             progress=False, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def _linear() -> torch.nn.Linear:
     model = torch.nn.Linear(4, 3)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, -2.0, 0.5, 0.0], [0.0, 1.0, -1.0, 2.0],
-                                         [-1.0, 0.5, 2.0, -0.5]]))  # fmt: skip
+                                         [-1.0, 0.5, 2.0, -0.5]]))
         model.bias.copy_(torch.tensor([0.1, -0.2, 0.0]))
     return model
 
@@ -172,7 +172,7 @@ def test_collapse_rule() -> None:
     assert [drop(e, model, record) for e in range(1, 4)] == [False, False, True]
     assert drop.collapse_epoch == 3 and drop.best_epoch == 2
     assert record == {"val_pgd_accuracy": 0.17, "val_fgsm_accuracy": 0.60,
-                      "catastrophic_overfitting": 1.0}  # fmt: skip
+                      "catastrophic_overfitting": 1.0}
     # about 0 under PGD while FGSM accuracy is high: collapsed even without a good epoch
     never = _Scripted([(0.01, 0.70)])
     assert never(1, model, {}) is True and never.best_state is None
@@ -230,7 +230,7 @@ def test_bad_settings_are_user_errors(digits) -> None:
 def test_cli_train_adversarial(tmp_path, capsys) -> None:
     out = tmp_path / "m"
     args = ["train", "--out", str(out), "--adversarial", "fgsm-rs", "--eps", "0.2",
-            "--epochs", "3", "--lr", "0.01", "--quiet"]  # fmt: skip
+            "--epochs", "3", "--lr", "0.01", "--quiet"]
     assert main(args) == 0
     _, card = load(out)
     assert card.training["adversarial"]["method"] == "fgsm-rs"
@@ -244,7 +244,7 @@ def test_cli_train_adversarial(tmp_path, capsys) -> None:
 def test_cli_adv_train_l2_trades(tmp_path, capsys) -> None:
     out = tmp_path / "t"
     args = ["adv-train", "--out", str(out), "--method", "trades", "--norm", "l2", "--eps", "1.0",
-            "--attack-steps", "3", "--epochs", "2", "--quiet"]  # fmt: skip
+            "--attack-steps", "3", "--epochs", "2", "--quiet"]
     assert main(args) == 0
     assert "PGD accuracy" in capsys.readouterr().out
     _, card = load(out)
@@ -302,7 +302,7 @@ def test_ddp_two_processes_on_cpu(tmp_path) -> None:
 def test_ddp_cli_train_adversarial_pgd(tmp_path) -> None:
     out = tmp_path / "cli"
     proc = _torchrun("-m", "dlsec.cli", "train", "--out", str(out), "--adversarial", "pgd",
-                     "--eps", "0.2", "--epochs", "3", "--lr", "0.01", "--quiet")  # fmt: skip
+                     "--eps", "0.2", "--epochs", "3", "--lr", "0.01", "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("saved simplenet") == 1  # rank 0 only
     _, card = load(out)

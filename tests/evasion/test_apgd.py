@@ -54,7 +54,7 @@ def test_step_size_halves_at_each_checkpoint_when_the_loss_stalls() -> None:
     _, fooled, best, grads = APGD(loss="ce").run(
         model, x, y, eps=eps, bounds=(0.0, 1.0), generator=torch.Generator().manual_seed(0),
         trace=trace,
-    )  # fmt: skip
+    )
     assert not bool(fooled.any())
     assert len(trace) == 101 and int(grads.max()) == 100  # 100 gradients, one final forward
     ckpts = checkpoints(100)[1:]
@@ -120,7 +120,7 @@ def test_apgd_t_matches_or_beats_torchattacks(digits, digits_net) -> None:
         theirs = _acc(model, torchattacks.APGDT(model, eps=eps, steps=100, n_classes=10)(x, y), y)
         assert ours.robust_accuracy[0] <= theirs + 0.01, (eps, ours.robust_accuracy, theirs)
         l2 = APGD(norm="l2")(model, x, y, eps=eps * 8, card=card,
-                             generator=torch.Generator().manual_seed(0))  # fmt: skip
+                             generator=torch.Generator().manual_seed(0))
         torch.manual_seed(0)
         atk = torchattacks.APGD(model, norm="L2", eps=eps * 8, steps=100, loss="ce")
         theirs_l2 = _acc(model, atk(x, y), y)
@@ -138,7 +138,7 @@ def test_l2_dlr_and_targeted_apgd(digits, digits_net) -> None:
     assert l2.robust_accuracy[1] < 0.5
 
     tgt = APGD(loss="ce")(model, x, y, eps=0.3, targeted=True, target="random", card=card,
-                          generator=torch.Generator().manual_seed(1))  # fmt: skip
+                          generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         pred = model(tgt.x_adv[0]).argmax(1)
     assert torch.equal(tgt.success[0], pred == tgt.targets)

@@ -23,13 +23,13 @@ def model_dir(tmp_path_factory, digits_net) -> Path:
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "dlsec.cli", *args], capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+                          text=True, timeout=300)
 
 
 def test_attack_writes_adversarials(model_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "adv.npz"
     proc = _run("attack", "pgd", "--model-dir", str(model_dir), "--eps", "0.1,0.2",
-                "--samples", "100", "--out", str(out))  # fmt: skip
+                "--samples", "100", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert "eps 0.2: robust accuracy" in proc.stdout
     data = np.load(out, allow_pickle=False)
@@ -58,7 +58,7 @@ def test_evaluate_command(model_dir: Path, tmp_path: Path, capsys) -> None:
 
     out = tmp_path / "robust.json"
     args = ["evaluate", "--model-dir", str(model_dir), "--eps", "0.05,0.2", "--samples", "60",
-            "--out", str(out), "-q"]  # fmt: skip
+            "--out", str(out), "-q"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "eps 0.2: robust accuracy" in printed
@@ -72,7 +72,7 @@ def test_evaluate_command(model_dir: Path, tmp_path: Path, capsys) -> None:
 def test_black_box_attack_command(model_dir: Path, tmp_path: Path, capsys, name: str) -> None:
     out = tmp_path / f"{name}.npz"
     args = ["attack", name, "--model-dir", str(model_dir), "--eps", "0.2", "--samples", "60",
-            "--budget", "500", "--out", str(out)]  # fmt: skip
+            "--budget", "500", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     spent = int(printed.split("queries spent ")[1].split()[0])

@@ -174,7 +174,7 @@ def test_cw_targeted_and_deterministic(digits, digits_net) -> None:
     a = CW(steps=200, search_steps=6, initial_const=1e-2)(
         model, x, y, targeted=True, target="random", card=card,
         generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+    )
     with torch.no_grad():
         pred = model(a.x_adv[0]).argmax(1)
     assert torch.equal(a.success[0], pred == a.targets)
@@ -184,5 +184,5 @@ def test_cw_targeted_and_deterministic(digits, digits_net) -> None:
         CW(steps=20, search_steps=2)(model, x, y, targeted=True, target="random", card=card,
                                      generator=torch.Generator().manual_seed(0))
         for _ in range(2)
-    )  # fmt: skip
+    )
     assert torch.equal(b.targets, a.targets) and torch.equal(b.x_adv, c.x_adv)

@@ -23,9 +23,9 @@ def test_ensemble_is_at_least_as_strong_as_torchattacks_autoattack(digits, digit
     x, y = digits.x_test[:200], digits.y_test[:200]
     for eps in (0.08, 0.1):
         rep = evaluate_robustness(model, x, y, eps=eps, card=card, generator=_gen(),
-                                  progress=False, checks=False)  # fmt: skip
+                                  progress=False, checks=False)
         aa = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
-                                     n_classes=10, seed=0)  # fmt: skip
+                                     n_classes=10, seed=0)
         x_aa = aa(x, y)
         with torch.no_grad():
             theirs = float((model(x_aa).argmax(1) == y).double().mean())
@@ -55,12 +55,12 @@ def test_ensemble_is_at_least_as_strong_as_reference_autoattack(digits) -> None:
     torch.set_num_threads(1)  # a small model: one thread is quickest, also on a busy machine
     try:
         model, card, _ = adversarial_train(digits, "simplenet", method="pgd", eps=0.2,
-                                           config=TrainConfig(epochs=30, lr=3e-3), progress=False)  # fmt: skip
+                                           config=TrainConfig(epochs=30, lr=3e-3), progress=False)
         model.eval()
         x, y = digits.x_test, digits.y_test
         for eps in (0.1, 0.2):
             rep = evaluate_robustness(model, x, y, eps=eps, card=card, generator=_gen(),
-                                      progress=False, checks=False)  # fmt: skip
+                                      progress=False, checks=False)
             aa = pyautoattack.AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0)
             x_aa, _ = aa.run_standard_evaluation(x, y, batch_size=len(y))
             with torch.no_grad():
@@ -78,7 +78,7 @@ def test_stages_attack_only_what_is_left_and_results_are_consistent(digits, digi
     x, y = digits.x_test[:100], digits.y_test[:100]
     eps = [0.1, 0.05]  # any order; the sweep runs them increasing
     rep = evaluate_robustness(model, x, y, eps=eps, card=card, generator=_gen(), progress=False,
-                              checks=False)  # fmt: skip
+                              checks=False)
     assert rep.attacks[:2] == list(default_attacks())[:2] == ["apgd-ce", "apgd-t"]
     with torch.no_grad():
         clean_ok = model(x).argmax(1) == y
@@ -162,7 +162,7 @@ def test_a_registered_black_box_stage_joins_and_is_flagged(digits, digits_net, m
     monkeypatch.setitem(ens._STAGES, "t-noop", ens.Stage("t-noop", noop))
     assert default_attacks() == ("apgd-ce", "apgd-t", "apgd-restarts", "square")
     rep = evaluate_robustness(model, x, y, eps=0.1, card=card, attacks=("t-noop", "square"),
-                              generator=_gen(), progress=False)  # fmt: skip
+                              generator=_gen(), progress=False)
     assert rep.stage_accuracy["t-noop"][0] == rep.clean_accuracy
     assert rep.robust_accuracy[0] < rep.clean_accuracy - 0.3
     assert any(w.startswith("[black-box]") for w in rep.warnings), rep.warnings

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dlsec.attacks.evasion._base import (
+from dlsec.attacks.core import (
     AttackError,
     choose_targets,
     dlr_loss,

@@ -10,9 +10,9 @@ from dlsec.audit.runner import run_audit
 
 def test_evasion_section_before_and_after_adversarial_training(tmp_path) -> None:
     options = {"eps": [0.1, 0.2, 0.3], "samples": 150, "adversarial-training": "pgd",
-               "at-eps": 0.2, "at-epochs": 8}  # fmt: skip
+               "at-eps": 0.2, "at-epochs": 8}
     cfg = AuditConfig(out=str(tmp_path / "r"), sections=["evasion"], epochs=20,
-                      section_options={"evasion": options})  # fmt: skip
+                      section_options={"evasion": options})
     report = run_audit(cfg, progress=False).report
     m = report["metrics"]
     assert m["evasion.clean_accuracy"] > 0.9
@@ -29,7 +29,7 @@ def test_evasion_options_are_validated(tmp_path) -> None:
     p.write_text('[evasion]\nnorm = "l3"\n')
     with pytest.raises(ConfigError, match="norm"):
         run_audit(load_config(p, {"out": str(tmp_path / "o"), "sections": ["evasion"]}),
-                  progress=False)  # fmt: skip
+                  progress=False)
     p.write_text("[evasion]\nsamples = \"many\"\n")
     with pytest.raises(ConfigError, match=r"\[evasion\] samples: expected int"):
         load_config(p)

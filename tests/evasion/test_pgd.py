@@ -62,7 +62,7 @@ def test_pgd_drives_undefended_digits_below_5_percent(digits, digits_net) -> Non
     model, card = digits_net
     x, y = digits.x_test, digits.y_test
     res = PGD(steps=40)(model, x, y, eps=[0.05, 0.1, 0.2], card=card,
-                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+                        generator=torch.Generator().manual_seed(0))
     clean = float(res.clean_correct.double().mean())
     assert clean > 0.95
     ra = res.robust_accuracy
@@ -84,7 +84,7 @@ def test_pgd_agrees_with_torchattacks(digits, digits_net) -> None:
     x, y = digits.x_test, digits.y_test
     for eps in (0.05, 0.1):
         ours = PGD(steps=40)(model, x, y, eps=eps, card=card,
-                             generator=torch.Generator().manual_seed(0)).robust_accuracy[0]  # fmt: skip
+                             generator=torch.Generator().manual_seed(0)).robust_accuracy[0]
         torch.manual_seed(0)
         atk = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / 40, steps=40, random_start=True)
         x_adv = atk(x, y)
@@ -129,7 +129,7 @@ def test_epsilon_sweep_reuses_and_saves_work(digits, digits_net) -> None:
     eps = [0.05, 0.1, 0.15, 0.2, 0.3]
     swept = PGD()(model, x, y, eps=eps, card=card, generator=torch.Generator().manual_seed(0))
     separate = PGD()(model, x, y, eps=eps, card=card, reuse=False,
-                     generator=torch.Generator().manual_seed(0))  # fmt: skip
+                     generator=torch.Generator().manual_seed(0))
     # a point fooled at a smaller eps stays fooled at every larger one
     assert bool((swept.success[:-1] <= swept.success[1:]).all())
     for a, b in zip(swept.robust_accuracy, separate.robust_accuracy, strict=True):
@@ -155,7 +155,7 @@ def test_targeted_modes(digits, digits_net) -> None:
     x, y = digits.x_test[:100], digits.y_test[:100]
     for spec in ("random", "least-likely", 3):
         res = PGD(steps=40)(model, x, y, eps=0.3, targeted=True, target=spec, card=card,
-                            generator=torch.Generator().manual_seed(0))  # fmt: skip
+                            generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             pred = model(res.x_adv[0]).argmax(1)
         assert torch.equal(res.success[0], pred == res.targets)

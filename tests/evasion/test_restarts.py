@@ -51,7 +51,7 @@ def test_run_record_keeps_the_first_fooling_copy_else_the_nearest() -> None:
     assert rec.gradients.tolist() == [14, 20, 0]
     # a later, farther copy of point 1 does not replace the nearer one
     rec.add(model, y, torch.tensor([1]), adv[:1], torch.tensor([False]),
-            torch.tensor([[5.0, 1, 0]]), torch.tensor([3]))  # fmt: skip
+            torch.tensor([[5.0, 1, 0]]), torch.tensor([3]))
     assert rec.out[1].tolist() == [3.0, 2.0, 0.0] and rec.gradients.tolist() == [14, 23, 0]
 
 
@@ -66,7 +66,7 @@ def test_boundary_restarts_fool_points_within_the_ball(digits, digits_net) -> No
     model, card = digits_net
     x, y = digits.x_test[:40], digits.y_test[:40]
     cand = boundary_restarts(model, x, y, norm="linf", eps=0.1, bounds=(0.0, 1.0),
-                             generator=_gen())  # fmt: skip
+                             generator=_gen())
     assert float(lp_norms(cand - x, "linf").max()) <= 0.1 + 1e-6
     assert float(cand.min()) >= 0 and float(cand.max()) <= 1
     with torch.no_grad():
@@ -74,11 +74,11 @@ def test_boundary_restarts_fool_points_within_the_ball(digits, digits_net) -> No
     # two runs of APGD-CE and of APGD-T on 9 targets reach what one of each reaches
     # (42.5% robust here), within one point
     rep = evaluate_robustness(model, x, y, eps=0.1, card=card, attacks=("apgd-ce", "apgd-t"),
-                              generator=_gen(), progress=False, checks=False)  # fmt: skip
+                              generator=_gen(), progress=False, checks=False)
     assert 0.2 < rep.robust_accuracy[0] < 0.6
     assert 1 - float(fooled.double().mean()) <= rep.robust_accuracy[0] + 1 / 40
     same = boundary_restarts(model, x, y, norm="linf", eps=0.1, bounds=(0.0, 1.0),
-                             generator=_gen())  # fmt: skip
+                             generator=_gen())
     assert torch.equal(same, cand)  # seeded
 
 
@@ -110,13 +110,13 @@ def test_a_nearest_stage_gets_only_the_share_of_survivors_nearest_the_boundary(
     monkeypatch.setitem(ens._STAGES, "t-first", ens.Stage("t-first", first))
     monkeypatch.setitem(ens._STAGES, "t-near", ens.Stage("t-near", near, nearest=0.1))
     rep = evaluate_robustness(model, x, y, eps=0.1, card=card, attacks=("t-first", "t-near"),
-                              generator=_gen(), progress=False, checks=False)  # fmt: skip
+                              generator=_gen(), progress=False, checks=False)
     survivors = int(rep.clean_correct.sum())
     assert seen["near"].shape[0] == math.ceil(0.1 * survivors)
     # the nearest ones: the correctly classified points with the highest untargeted DLR
     # loss (compared with a margin: the ensemble's forward pass had another batch shape)
     given = torch.tensor([next(i for i in range(len(x)) if torch.equal(x[i], row))
-                          for row in seen["near"]])  # fmt: skip
+                          for row in seen["near"]])
     with torch.no_grad():
         score = nearness(model(x), y)
     others = rep.clean_correct.clone()

@@ -50,7 +50,7 @@ def _evaluate(model, digits, card, **kw):
     x, y = digits.x_test[:100], digits.y_test[:100]
     kw.setdefault("eps", [0.05, 0.2])
     return evaluate_robustness(model, x, y, card=card, generator=torch.Generator().manual_seed(0),
-                               progress=False, **kw)  # fmt: skip
+                               progress=False, **kw)
 
 
 def test_silent_on_a_plain_model(digits, digits_net) -> None:
@@ -126,11 +126,11 @@ def test_checks_reuse_what_the_evaluation_computed(digits, digits_net) -> None:
     # the large-eps attack skips points already fooled inside a smaller ball
     known = torch.ones(20, dtype=torch.bool)
     assert sanity.large_eps_check(_Refuses(), x, y, norm="linf", bounds=(0.0, 1.0),
-                                  known_fooled=known) == []  # fmt: skip
+                                  known_fooled=known) == []
     # all but two known: those two are attacked (and fooled at half the input range)
     known[:2] = False
     assert sanity.large_eps_check(model, x, y, norm="linf", bounds=(0.0, 1.0),
-                                  known_fooled=known) == []  # fmt: skip
+                                  known_fooled=known) == []
     # model_checks take the evaluation's clean logits: probabilities there are flagged,
     # and logits that another pass does not reproduce are a randomized model
     with torch.no_grad():

@@ -233,7 +233,7 @@ def test_train_with_a_raising_factory_is_one_line(
     assert main(["train", "--model", f"{facts}:build_raises", "--out", "m", "-q"]) == 2
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert lines == [f"error: model '{facts}:build_raises': the factory raised ValueError: "
-                     "depth must be even"]  # fmt: skip
+                     "depth must be even"]
     assert not (tmp_path / "m").exists()
 
 

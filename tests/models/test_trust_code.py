@@ -126,7 +126,7 @@ def test_audit_of_a_hostile_model_dir_is_one_line_and_imports_nothing(tmp_path: 
         [sys.executable, "-m", "dlsec.cli", "audit", "--model-dir", str(model_dir), "-q",
          "--out", str(tmp_path / "run")],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
-    )  # fmt: skip
+    )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr

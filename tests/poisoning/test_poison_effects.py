@@ -40,10 +40,10 @@ def clean(digits, make):
 @pytest.fixture(scope="module")
 def flip20(digits, clean):
     poison = random_flip(digits.x_train, digits.y_train, rate=0.2,
-                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+                         generator=torch.Generator().manual_seed(0))
     return run_poisoning_experiment(digits, poison, config=CFG, clean_model=clean,
                                     sanitizers=("cleanlab", "knn"),
-                                    settings=SanitizerSettings(folds=3))  # fmt: skip
+                                    settings=SanitizerSettings(folds=3))
 
 
 def test_cleanlab_and_knn_find_random_flips(flip20):
@@ -68,7 +68,7 @@ def test_optimized_flip_hurts_more_than_random(digits, clean, flip20):
 def test_targeted_flip_sends_the_source_class_to_the_target(digits, clean):
     exp = run_poisoning_experiment(digits, targeted_flip(digits.x_train, digits.y_train,
                                                          source=7, target=1),
-                                   config=CFG, clean_model=clean)  # fmt: skip
+                                   config=CFG, clean_model=clean)
     assert exp.clean_success is not None and exp.clean_success <= 0.05
     assert exp.poisoned_success is not None and exp.poisoned_success >= 0.9  # measured 1.0
     assert exp.accuracy_drop >= 0.06  # one class of ten lost (measured ~10 pp)
@@ -76,7 +76,7 @@ def test_targeted_flip_sends_the_source_class_to_the_target(digits, clean):
 
 def test_backdoor_succeeds_and_spectral_finds_it(digits, make, clean):
     poison = backdoor(digits.x_train, digits.y_train, target=0, rate=0.05, bounds=digits.bounds,
-                      generator=torch.Generator().manual_seed(0))  # fmt: skip
+                      generator=torch.Generator().manual_seed(0))
     model = train_on(poison.x, poison.y, make_model=make, config=TrainConfig(epochs=30, lr=3e-3))
     asr = poison.success(model, digits.x_test, digits.y_test)
     clean_asr = poison.success(clean, digits.x_test, digits.y_test)
@@ -85,13 +85,13 @@ def test_backdoor_succeeds_and_spectral_finds_it(digits, make, clean):
     acc = evaluate(model, digits.x_test, digits.y_test)["accuracy"]
     assert acc >= evaluate(clean, digits.x_test, digits.y_test)["accuracy"] - 0.02
     res = sanitize("spectral", poison.x, poison.y, num_classes=10, make_model=make, config=CFG,
-                   model=model)  # fmt: skip
+                   model=model)
     assert detection_metrics(res.mask, poison.mask).recall >= 0.7
 
 
 def test_feature_collision_succeeds_on_most_targets(digits, clean):
     trials = run_collision_trials(digits, clean, n_targets=5,
-                                  generator=torch.Generator().manual_seed(0))  # fmt: skip
+                                  generator=torch.Generator().manual_seed(0))
     assert trials.n_targets == 5
     assert trials.successes >= 3  # measured 85 % over 20 targets
     assert all(r["true"] != r["base"] for r in trials.rows)

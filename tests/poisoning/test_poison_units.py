@@ -13,7 +13,6 @@ from dlsec.attacks.poisoning import (
     craft_collisions,
     inject_mislabeled,
     optimized_flip,
-    penultimate_features,
     random_flip,
     targeted_flip,
 )
@@ -26,6 +25,7 @@ from dlsec.defenses.sanitization import (
     spectral_signatures,
     stratified_folds,
 )
+from dlsec.models import penultimate_features
 
 
 def _data(n: int = 100, k: int = 5):
@@ -107,7 +107,7 @@ class _FixedLogits(torch.nn.Module):
 def test_optimized_flip_picks_the_most_confusable_and_never_swaps():
     # 6 samples, 3 classes; sample i's logits are row i.
     table = torch.tensor([[5.0, 4.0, 0.0], [5.0, 0.0, 1.0], [1.0, 5.0, 0.0],
-                          [4.5, 5.0, 0.0], [0.0, 3.0, 5.0], [0.0, 0.0, 5.0]])  # fmt: skip
+                          [4.5, 5.0, 0.0], [0.0, 3.0, 5.0], [0.0, 0.0, 5.0]])
     x = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1)
     y = torch.tensor([0, 0, 1, 1, 2, 2])
     res = optimized_flip(x, y, rate=0.34, surrogate=_FixedLogits(table), num_classes=3)

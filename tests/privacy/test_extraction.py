@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlsec.attacks.privacy import PrivacyAttackError
-from dlsec.attacks.privacy.extraction import (
+from dlsec.attacks.core import AttackError
+from dlsec.attacks.surrogate import (
     default_schedule,
     extract,
     mixup_candidates,
@@ -61,9 +61,9 @@ def test_same_seed_same_curve(victim) -> None:
 
 def test_budget_and_pool_checks(victim) -> None:
     model, card, pool, *_ = victim
-    with pytest.raises(PrivacyAttackError):
+    with pytest.raises(AttackError):
         extract(LocalOracle(model, card=card, budget=10), card=card, budget=20, x_pool=pool)
-    with pytest.raises(PrivacyAttackError):
+    with pytest.raises(AttackError):
         extract(LocalOracle(model, card=card), card=card, strategy="natural", budget=20)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dlsec.attacks.privacy import PrivacyAttackError
-from dlsec.attacks.privacy._common import fresh_model, shift_images
+from dlsec.attacks.privacy._common import shift_images
 from dlsec.attacks.privacy.membership import (
     balanced_membership_set,
     label_only_attack,
@@ -21,6 +21,7 @@ from dlsec.attacks.privacy.membership import (
     threshold_attack,
     train_shadow_models,
 )
+from dlsec.attacks.surrogate import fresh_model
 from dlsec.models import ModelCard
 from dlsec.threat import LocalOracle
 from dlsec.training import TrainConfig, fit

@@ -63,7 +63,7 @@ def test_custom_batch_loss_and_epoch_hook(digits) -> None:
     res = fit(
         model, digits.x_train, digits.y_train, config=TrainConfig(epochs=5, batch_size=500),
         batch_loss=loss_fn, on_epoch_end=hook, progress=False,
-    )  # fmt: skip
+    )
     assert len(res.history) == 2 and res.history[0]["extra"] == 1.0
     assert calls[:3] == [500, 500, len(digits.y_train) - 1000]
 

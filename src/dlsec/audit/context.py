@@ -13,6 +13,7 @@ from dlsec.audit.config import AuditConfig
 from dlsec.audit.result import SectionResult
 from dlsec.data import Dataset
 from dlsec.models import ModelCard
+from dlsec.scenarios import ScenarioContext
 from dlsec.threat import LocalOracle, ThreatModel
 
 
@@ -40,3 +41,10 @@ class AuditContext:
 
     def threat_model(self, **kwargs: Any) -> ThreatModel:
         return ThreatModel.from_card(self.card, **kwargs)
+
+    def scenario(self, threat: ThreatModel | None = None) -> ScenarioContext:
+        """The context a scenario runs in: this audit's model, card, data, seed and device."""
+        return ScenarioContext(
+            model=self.model, card=self.card, dataset=self.dataset, threat=threat,
+            seed=self.config.seed, device=self.device, progress=self.progress,
+        )

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from dlsec.scenarios.result import Table
+
 
 @dataclass
 class Figure:
@@ -14,14 +16,6 @@ class Figure:
 
     title: str
     png_base64: str
-    caption: str = ""
-
-
-@dataclass
-class Table:
-    title: str
-    columns: list[str]
-    rows: list[list[Any]]
     caption: str = ""
 
 

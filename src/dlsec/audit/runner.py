@@ -110,7 +110,7 @@ def train_key(config: AuditConfig, dataset: Dataset) -> str:
         {"v": __version__, "dataset": config.dataset_spec, "data": dataset.digest,
          "test_size": config.test_size, "model": config.model,
          "train": train_config(config, dataset).to_dict()}
-    )  # fmt: skip
+    )
 
 
 def obtain_model(
@@ -144,7 +144,7 @@ def obtain_model(
         cached = load_cached_model(
             model_dir, key,
             lambda d: load(d, device=device, trust_code=config.trust_code, factory=config.model),
-        )  # fmt: skip
+        )
     except CacheDamaged as exc:
         notices.print(
             f"model: the cached model in {escape(str(model_dir))} is damaged "
@@ -317,7 +317,7 @@ def run_audit(
     ctx = AuditContext(
         config=config, dataset=dataset, model=model, card=card, device=device,
         run_dir=run_dir, history=got.history, progress=progress,
-    )  # fmt: skip
+    )
     cache_dir = run_dir / "sections"
     for spec in selected(config.sections):
         key = section_key(spec, config, card, dataset)

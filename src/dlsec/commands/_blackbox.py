@@ -95,20 +95,20 @@ def run_black_box(
     if name not in DECISION_BASED and not eps_list:
         raise EvasionCommandError(f"--eps: {name} needs at least one epsilon")
     model, card, x, y = load_target(model_dir, dataset, device, samples, threads=threads,
-                                    trust_code=trust_code)  # fmt: skip
+                                    trust_code=trust_code)
     ids = torch.arange(len(y))
     arrays: dict[str, Any] = {"x": x.cpu().numpy(), "y": y.cpu().numpy()}
 
     if name in DECISION_BASED:
         _decision_based(name, model, card, x, y, eps_list or [], arrays, budget=budget,
-                        norm=norm, seed=seed, progress=progress)  # fmt: skip
+                        norm=norm, seed=seed, progress=progress)
     elif name == "transfer":
         _transfer(model, card, x, y, eps_list or [], arrays, budget=budget, norm=norm,
                   seed=seed, surrogate=surrogate, craft=craft, dataset=dataset,
-                  progress=progress)  # fmt: skip
+                  progress=progress)
     else:
         typer.echo(f"{name} ({norm}) through a scores oracle on {len(y)} points, "
-                   f"budget {budget} per point")  # fmt: skip
+                   f"budget {budget} per point")
         advs, successes, queries = [], [], []
         for e in eps_list or []:
             attack = _score_attack(name, e, norm=norm, budget=budget, basis=basis)
@@ -125,7 +125,7 @@ def run_black_box(
             successes.append(res.success.cpu().numpy())
             queries.append(res.queries.cpu().numpy())
         arrays |= {"eps": np.array(eps_list), "x_adv": np.stack(advs),
-                   "success": np.stack(successes), "queries": np.stack(queries)}  # fmt: skip
+                   "success": np.stack(successes), "queries": np.stack(queries)}
     if out is not None:
         save_npz(out, arrays)
         typer.echo(f"adversarials: {out}")
@@ -145,17 +145,17 @@ def _decision_based(name: str, model, card, x, y, eps_list: list[float], arrays:
     if name == "boundary" and norm != "l2":
         raise EvasionCommandError("--norm: the boundary attack is an L2 attack; pass --norm l2")
     attack: Any = (HopSkipJump(norm=norm, max_queries=budget) if name == "hsja"  # type: ignore[arg-type]
-                   else BoundaryAttack(max_queries=budget))  # fmt: skip
+                   else BoundaryAttack(max_queries=budget))
     oracle = LocalOracle(model, card=card, output="label")
     typer.echo(f"{name} ({norm}) through a labels oracle on {len(y)} points, "
-               f"budget {budget} per point")  # fmt: skip
+               f"budget {budget} per point")
     with _query_bar(oracle, name, budget * len(y), progress):
         res = attack(oracle, x, y, ids=torch.arange(len(y)),
-                     generator=torch.Generator().manual_seed(seed))  # fmt: skip
+                     generator=torch.Generator().manual_seed(seed))
     dist = res.linf if norm == "linf" else res.l2
     med = median(dist[res.success])
     typer.echo(f"  adversarial found for {res.success_rate:.4f} of the points, median {norm} "
-               f"distance {med:.4g}, queries spent {oracle.queries_total}")  # fmt: skip
+               f"distance {med:.4g}, queries spent {oracle.queries_total}")
     for e in eps_list:
         (rate,) = res.success_at([budget], eps=e)
         typer.echo(f"  eps {e:g}: robust accuracy {1 - rate:.4f}, success rate {rate:.4f}")
@@ -163,7 +163,7 @@ def _decision_based(name: str, model, card, x, y, eps_list: list[float], arrays:
         typer.echo(f"    success by queries per point: {_curve(_budgets(budget), curve)}")
     arrays |= {"x_adv": res.x_adv.cpu().numpy(), "success": res.success.cpu().numpy(),
                "queries": res.queries.cpu().numpy(), "distance": dist.cpu().numpy(),
-               "eps": np.array(eps_list)}  # fmt: skip
+               "eps": np.array(eps_list)}
 
 
 def _transfer(model, card, x, y, eps_list: list[float], arrays: dict, *, budget: int,
@@ -194,20 +194,20 @@ def _transfer(model, card, x, y, eps_list: list[float], arrays: dict, *, budget:
     with _query_bar(oracle, f"{surrogate} surrogate", budget, progress):
         sur = train_surrogate(surrogate, oracle, card=card, x_attacker=x_att,
                               y_attacker=y_att if surrogate == "graybox" else None,
-                              budget=budget, generator=g)  # fmt: skip
+                              budget=budget, generator=g)
     trained = oracle.queries_total
     typer.echo(f"surrogate ({surrogate}) trained on {trained} oracle labels; "
-               f"{len(y)} points attacked")  # fmt: skip
+               f"{len(y)} points attacked")
     advs, successes = [], []
     for e in eps_list:
         res = transfer_attack(oracle, sur, x, y, eps=e, norm=norm, attacks=crafts,
-                              ids=torch.arange(len(y)), generator=g)  # fmt: skip
+                              ids=torch.arange(len(y)), generator=g)
         for c, r in res.results.items():
             typer.echo(f"  eps {e:g} {c}: transfer success rate {r.success_rate:.4f}")
             advs.append(r.x_adv.cpu().numpy())
             successes.append(r.success.cpu().numpy())
     typer.echo(f"  queries spent {oracle.queries_total} ({trained} training, "
-               f"{oracle.queries_total - trained} sending)")  # fmt: skip
+               f"{oracle.queries_total - trained} sending)")
     arrays |= {"eps": np.array(eps_list), "craft": np.array(crafts),
                "x_adv": np.stack(advs).reshape(len(eps_list), len(crafts), *x.shape),
                "success": np.stack(successes).reshape(len(eps_list), len(crafts), len(y))}

@@ -40,7 +40,7 @@ def run_adversarial(
     return adversarial_train(
         dataset, architecture, method=method, eps=eps, config=config, steps=steps,
         norm=norm, progress=progress, **kwargs,  # type: ignore[arg-type]
-    )  # fmt: skip
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -107,14 +107,14 @@ def register(app: typer.Typer) -> None:
             epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
             optimizer=optimizer, schedule=schedule,  # type: ignore[arg-type]
             weight_decay=weight_decay, val_fraction=val_fraction,
-        )  # fmt: skip
+        )
         ds = load_dataset(dataset, seed=seed, test_size=test_size)
         set_threads(threads, device=device, architecture=model, dataset=ds)
         net, card, result = run_adversarial(
             ds, model, tconf, method=method, eps=eps, norm=norm, steps=attack_steps,
             alpha=alpha, beta=beta, random_init=not no_random_init, monitor=not no_monitor,
             progress=not quiet,
-        )  # fmt: skip
+        )
         if not is_main_process():
             return
         save(net, card, out)

@@ -64,7 +64,7 @@ def register(app: typer.Typer) -> None:
                           seed=seed, device=device, budget=budget, basis=basis,
                           norm=norm or ("l2" if name == "boundary" else "linf"),
                           surrogate=surrogate, craft=craft, threads=threads,
-                          trust_code=trust_code, progress=not quiet)  # fmt: skip
+                          trust_code=trust_code, progress=not quiet)
             return
         if eps_list is None:
             raise EvasionCommandError(
@@ -75,16 +75,16 @@ def register(app: typer.Typer) -> None:
             kwargs["steps"] = steps
         atk = make_attack(name, **kwargs)
         model, card, x, y = load_target(model_dir, dataset, device, samples, threads=threads,
-                                        trust_code=trust_code)  # fmt: skip
+                                        trust_code=trust_code)
         tgt: Any = int(target) if target.lstrip("-").isdigit() else target
         if isinstance(tgt, int) and not 0 <= tgt < card.num_classes:
             raise EvasionCommandError(
                 f"--target: a class index must be in 0..{card.num_classes - 1}, got {target}"
             )
         res = atk(model, x, y, eps=eps_list, targeted=targeted, target=tgt, card=card,
-                  generator=torch.Generator().manual_seed(seed))  # fmt: skip
+                  generator=torch.Generator().manual_seed(seed))
         typer.echo(f"{name} ({atk.norm}) on {len(y)} points, clean accuracy "
-                   f"{float(res.clean_correct.double().mean()):.4f}")  # fmt: skip
+                   f"{float(res.clean_correct.double().mean()):.4f}")
         for e, ra, sr in zip(res.eps, res.robust_accuracy, res.success_rate, strict=True):
             typer.echo(f"  eps {e:g}: robust accuracy {ra:.4f}, success rate {sr:.4f}")
         if out is not None:
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
                 "x": x.cpu().numpy(), "y": y.cpu().numpy(), "eps": np.array(res.eps),
                 "x_adv": res.x_adv.cpu().numpy(), "x_adv_raw": res.x_adv_raw.cpu().numpy(),
                 "success": res.success.cpu().numpy(), "norms": res.norms.cpu().numpy(),
-            })  # fmt: skip
+            })
             typer.echo(f"adversarials: {out}")
 
     @app.command("evaluate")
@@ -125,14 +125,14 @@ def register(app: typer.Typer) -> None:
             check_state_file(check_output(state, kind="file", option="--state"))
         eps_list = parse_eps(eps)
         model, card, x, y = load_target(model_dir, dataset, device, samples, threads=threads,
-                                        trust_code=trust_code)  # fmt: skip
+                                        trust_code=trust_code)
         stages = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
         try:
             report = evaluate_robustness(
                 model, x, y, norm=norm, eps=eps_list, card=card, attacks=stages,
                 generator=torch.Generator().manual_seed(seed), state_path=state,
                 progress=not quiet,
-            )  # fmt: skip
+            )
         except KeyboardInterrupt:
             typer.echo("interrupted: rerun the same command to resume", err=True)
             raise typer.Exit(130) from None

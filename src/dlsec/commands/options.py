@@ -73,7 +73,7 @@ def count(help: str, *decls: str, low: int = 1) -> Any:
 
 
 def number(help: str, *decls: str, low: float | None = None, high: float | None = None,
-           low_open: bool = False, high_open: bool = False) -> Any:  # fmt: skip
+           low_open: bool = False, high_open: bool = False) -> Any:
     """A finite float option, optionally in a range."""
     check = finite(low, high, low_open=low_open, high_open=high_open)
     return typer.Option(*decls, help=help, callback=check)

@@ -64,14 +64,14 @@ def _write(out: Path, ds: Any, result: Any) -> None:
         classes=np.array(ds.classes), bounds=np.array(ds.bounds, dtype=np.float64),
         poison_mask=result.mask.cpu().numpy(), y_clean=result.y_clean.cpu().numpy(),
         poison_info=np.array(json.dumps(info)),
-    )  # fmt: skip
+    )
     atomic_write_bytes(out, buf.getvalue())
     typer.echo(f"{result.attack}: {result.n_poisoned} of {result.mask.numel()} training samples "
-               f"poisoned ({result.rate:.1%}); wrote {out}")  # fmt: skip
+               f"poisoned ({result.rate:.1%}); wrote {out}")
 
 
 def _surrogate(ds: Any, model_dir: str | None, model: str, epochs: int, seed: int, quiet: bool,
-               *, threads: int, trust_code: bool):  # fmt: skip
+               *, threads: int, trust_code: bool):
     from dlsec.commands.options import set_threads
     from dlsec.models import load
     from dlsec.training import TrainConfig, train_model
@@ -83,7 +83,7 @@ def _surrogate(ds: Any, model_dir: str | None, model: str, epochs: int, seed: in
         return net
     set_threads(threads, device="auto", architecture=model, dataset=ds)
     net, _card, _ = train_model(ds, model, TrainConfig(epochs=epochs, lr=3e-3, seed=seed),
-                                progress=not quiet)  # fmt: skip
+                                progress=not quiet)
     return net
 
 
@@ -101,7 +101,7 @@ def random_flip_cmd(
     _check_out(out)
     ds = _load(dataset, seed)
     _write(out, ds, random_flip(ds.x_train, ds.y_train, rate=rate, num_classes=ds.num_classes,
-                                generator=_gen(seed)))  # fmt: skip
+                                generator=_gen(seed)))
 
 
 @poison_app.command("label-flip")
@@ -127,7 +127,7 @@ def targeted_flip_cmd(
     ds = _load(dataset, seed)
     _write(out, ds, targeted_flip(ds.x_train, ds.y_train, source=source, target=target,
                                   rate=rate, num_classes=ds.num_classes,
-                                  generator=_gen(seed)))  # fmt: skip
+                                  generator=_gen(seed)))
 
 
 @poison_app.command("optimized-flip")
@@ -143,9 +143,9 @@ def optimized_flip_cmd(
     _check_out(out)
     ds = _load(dataset, seed)
     net = _surrogate(ds, model_dir, model, epochs, seed, quiet, threads=threads,
-                     trust_code=trust_code)  # fmt: skip
+                     trust_code=trust_code)
     _write(out, ds, optimized_flip(ds.x_train, ds.y_train, rate=rate, surrogate=net,
-                                   num_classes=ds.num_classes))  # fmt: skip
+                                   num_classes=ds.num_classes))
 
 
 @poison_app.command("inject")
@@ -161,7 +161,7 @@ def inject_cmd(
     _check_out(out)
     ds = _load(dataset, seed)
     _write(out, ds, inject_mislabeled(ds.x_train, ds.y_train, rate=rate, label=label,
-                                      num_classes=ds.num_classes, generator=_gen(seed)))  # fmt: skip
+                                      num_classes=ds.num_classes, generator=_gen(seed)))
 
 
 @poison_app.command("backdoor")
@@ -182,7 +182,7 @@ def backdoor_cmd(
     trig = Trigger(size=trigger_size, pattern=pattern)  # type: ignore[arg-type]
     _write(out, ds, backdoor(ds.x_train, ds.y_train, target=target, rate=rate, trigger=trig,
                              bounds=ds.bounds, mode=mode,  # type: ignore[arg-type]
-                             num_classes=ds.num_classes, generator=_gen(seed)))  # fmt: skip
+                             num_classes=ds.num_classes, generator=_gen(seed)))
 
 
 @poison_app.command("feature-collision")
@@ -205,12 +205,12 @@ def feature_collision_cmd(
     if not 0 <= target_index < ds.y_test.numel():
         raise DlsecError(f"--target-index must be in 0..{ds.y_test.numel() - 1}")
     net = _surrogate(ds, model_dir, model, epochs, seed, quiet, threads=threads,
-                     trust_code=trust_code)  # fmt: skip
+                     trust_code=trust_code)
     base = (int(ds.y_test[target_index]) + 1) % ds.num_classes if base_label is None else base_label
     _write(out, ds, feature_collision(ds.x_train, ds.y_train, model=net,
                                       target_x=ds.x_test[target_index], base_label=base,
                                       bounds=ds.bounds, n_poisons=n_poisons, steps=steps,
-                                      opacity=opacity))  # fmt: skip
+                                      opacity=opacity))
 
 
 def sanitize_cmd(
@@ -249,7 +249,7 @@ def sanitize_cmd(
     res = sanitize(method, ds.x_train, ds.y_train, num_classes=ds.num_classes, make_model=make,
                    config=TrainConfig(epochs=epochs, lr=3e-3, seed=seed),
                    settings=SanitizerSettings(folds=folds), seed=seed,
-                   progress=not quiet)  # fmt: skip
+                   progress=not quiet)
     keep = res.keep()
     line = f"{method}: flagged {res.n_flagged} of {ds.y_train.numel()} training samples"
     truth = None
@@ -265,14 +265,14 @@ def sanitize_cmd(
         buf, x=ds.x_train[keep].cpu().numpy(), y=ds.y_train[keep].cpu().numpy(),
         x_test=ds.x_test.cpu().numpy(), y_test=ds.y_test.cpu().numpy(),
         classes=np.array(ds.classes), bounds=np.array(ds.bounds, dtype=np.float64),
-    )  # fmt: skip
+    )
     atomic_write_bytes(out, buf.getvalue())
     if scores_out is not None:
         atomic_write_text(scores_out, json.dumps({
             "method": method, "scores": [round(float(s), 6) for s in res.scores],
             "flagged": res.mask.tolist(),
             "metadata": {k: v for k, v in res.metadata.items() if not isinstance(v, torch.Tensor)},
-        }) + "\n")  # fmt: skip
+        }) + "\n")
     typer.echo(f"{line}; wrote {keep.numel()} kept samples to {out}")
 
 

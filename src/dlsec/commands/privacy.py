@@ -31,7 +31,7 @@ def _load_model(model_dir: Path, *, threads: int, trust_code: bool) -> tuple[Any
 
 
 def _load(model_dir: Path, dataset: str | None, seed: int, test_size: float, *, threads: int,
-          trust_code: bool) -> tuple[Any, ...]:  # fmt: skip
+          trust_code: bool) -> tuple[Any, ...]:
     from dlsec.data import load_dataset
 
     model, card = _load_model(model_dir, threads=threads, trust_code=trust_code)
@@ -76,7 +76,6 @@ def register(app: typer.Typer) -> None:
         """Membership inference on the model's training records vs its test records."""
         import torch
 
-        from dlsec.attacks.privacy._common import train_config_from_card
         from dlsec.attacks.privacy.membership import (
             balanced_membership_set,
             label_only_attack,
@@ -85,6 +84,7 @@ def register(app: typer.Typer) -> None:
             threshold_attack,
             train_shadow_models,
         )
+        from dlsec.attacks.surrogate import train_config_from_card
         from dlsec.data import stratified_split
         from dlsec.threat import LocalOracle
 
@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
             raise DlsecError(f"unknown attack {attack!r} (choose from {', '.join(MEMBERSHIP_ATTACKS)})")
         _check_out(out)
         model, card, ds = _load(model_dir, dataset, seed, test_size, threads=threads,
-                                trust_code=trust_code)  # fmt: skip
+                                trust_code=trust_code)
         idx = torch.arange(len(ds.y_train))
         val = float(card.training.get("val_fraction", 0.0) or 0.0)
         if val > 0:
@@ -174,7 +174,7 @@ def register(app: typer.Typer) -> None:
         unlabeled data, the other half measures fidelity."""
         import torch
 
-        from dlsec.attacks.privacy.extraction import extract
+        from dlsec.attacks.surrogate import extract
         from dlsec.models import save
         from dlsec.threat import LocalOracle
         from dlsec.training import predict_logits
@@ -182,7 +182,7 @@ def register(app: typer.Typer) -> None:
         _check_out(save_to, kind="dir", option="--save-to")
         _check_out(out)
         model, card, ds = _load(model_dir, dataset, seed, test_size, threads=threads,
-                                trust_code=trust_code)  # fmt: skip
+                                trust_code=trust_code)
         half = len(ds.y_test) // 2
         perm = torch.randperm(len(ds.y_test), generator=torch.Generator().manual_seed(seed))
         pool, held = ds.x_test[perm[:half]], perm[half:]

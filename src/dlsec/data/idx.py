@@ -171,7 +171,7 @@ def _read_header(stream: _IdxStream, path: Path) -> tuple[tuple[int, ...], np.dt
 def _check_declared(
     path: Path, shape: tuple[int, ...], dtype: np.dtype, header_len: int, size: int, gz: bool,
     images: bool | None,
-) -> None:  # fmt: skip
+) -> None:
     """Everything the header alone can refute: kind, file size, the gzip's capacity, the cap."""
     if images is not None:
         _check_kind(shape, dtype, path, images=images)

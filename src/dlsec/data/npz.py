@@ -47,7 +47,7 @@ _DEFLATE_MAX_RATIO = 1032  # deflate cannot compress better than this
 _READ_ERRORS = (
     OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
     NotImplementedError, KeyError,
-)  # fmt: skip
+)
 
 
 def _member(zf: zipfile.ZipFile, key: str) -> zipfile.ZipInfo | None:

@@ -9,7 +9,8 @@ Example:
 
 from __future__ import annotations
 
-from dlsec.models.card import ModelCard
+from dlsec.models.card import CardLike, ModelCard, TrainingRecord
+from dlsec.models.features import last_linear, penultimate, penultimate_features
 from dlsec.models.io import build_model, inner_network, load, read_card, read_state_dict, save
 from dlsec.models.nets import Normalized, SimpleNet, SmallCNN
 from dlsec.models.registry import (
@@ -24,17 +25,22 @@ from dlsec.models.registry import (
 
 __all__ = [
     "FACTORY_ARGUMENTS",
+    "CardLike",
     "ModelCard",
     "ModelError",
     "Normalized",
     "SimpleNet",
     "SmallCNN",
+    "TrainingRecord",
     "build_model",
     "build_network",
     "check_code_allowed",
     "inner_network",
+    "last_linear",
     "load",
     "model_names",
+    "penultimate",
+    "penultimate_features",
     "read_card",
     "read_state_dict",
     "register_model",

@@ -13,7 +13,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from dlsec import __version__
 from dlsec.models.registry import ModelError, check_input_shape
@@ -32,7 +32,54 @@ _TRAINING_TYPES: dict[str, tuple[type, ...]] = {
     "lr": (int, float), "momentum": (int, float), "weight_decay": (int, float),
     "step_gamma": (int, float), "val_fraction": (int, float),
     "optimizer": (str,), "schedule": (str,), "device": (str,), "restore_best": (bool,),
-}  # fmt: skip
+}
+
+
+@runtime_checkable
+class CardLike(Protocol):
+    """What attacks read from a model card: the input contract (a :class:`ModelCard` is one)."""
+
+    @property
+    def bounds(self) -> tuple[float, float]: ...
+
+    @property
+    def input_shape(self) -> list[int]: ...
+
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """The typed view of a card's ``training`` record: what attacks and scenarios read from it.
+
+    ``settings`` holds every recorded training setting (the keys of
+    :class:`dlsec.training.TrainConfig` among them); the named fields are the ones whose
+    meaning other code depends on, with their defaults when the card does not say.
+    """
+
+    seed: int = 0
+    val_fraction: float = 0.0
+    epochs: int | None = None
+    epochs_rule: str | None = None
+    adversarial: dict[str, Any] | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, training: dict[str, Any] | None) -> TrainingRecord:
+        t = dict(training or {})
+        adv = t.get("adversarial")
+        return cls(
+            seed=int(t.get("seed", 0) or 0),
+            val_fraction=float(t.get("val_fraction", 0.0) or 0.0),
+            epochs=int(t["epochs"]) if isinstance(t.get("epochs"), int) else None,
+            epochs_rule=str(t["epochs_rule"]) if t.get("epochs_rule") else None,
+            adversarial=adv if isinstance(adv, dict) else None,
+            settings=t,
+        )
 
 
 @dataclass
@@ -65,6 +112,11 @@ class ModelCard:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def training_record(self) -> TrainingRecord:
+        """The training record, typed (see :class:`TrainingRecord`)."""
+        return TrainingRecord.from_dict(self.training)
 
     def with_architecture(self, architecture: str) -> ModelCard:
         """A copy of this card for an ``architecture`` the caller names (its own choice, so

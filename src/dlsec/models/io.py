@@ -53,7 +53,7 @@ def build_model(
     arch = card.architecture
     if card._allowed_code != arch:
         check_code_allowed(arch, trust_code=trust_code, factory=factory,
-                           source=card._source or "model card")  # fmt: skip
+                           source=card._source or "model card")
         if code_module(arch) is not None:
             card._allowed_code = arch
     net = build_network(arch, input_shape=card.input_shape, num_classes=card.num_classes)
@@ -145,7 +145,7 @@ def load(
     """
     card = read_card(directory)
     check_code_allowed(card.architecture, trust_code=trust_code, factory=factory,
-                       source=card._source or str(directory))  # fmt: skip
+                       source=card._source or str(directory))
     if not card.weights_sha256:
         raise ModelError(f"{card._source}: the card has no weights_sha256")
     state = read_state_dict(

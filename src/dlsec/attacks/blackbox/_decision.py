@@ -9,8 +9,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dlsec.attacks.blackbox import _check_oracle
-from dlsec.attacks.evasion._base import AttackError
+from dlsec.attacks.blackbox._base import _check_oracle
+from dlsec.attacks.core import AttackError
 from dlsec.threat import Oracle
 
 _INIT_TOL = 1e-3  # the reference's tolerance for the blend bisection of the start

@@ -53,14 +53,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dlsec.attacks.blackbox import BlackBoxResult, _result
+from dlsec.attacks.blackbox._base import BlackBoxResult, _result
 from dlsec.attacks.blackbox._decision import (
     _check_decision_inputs,
     _LabelQueries,
     _rows_per_call,
     _starting_points,
 )
-from dlsec.attacks.evasion._base import AttackError
+from dlsec.attacks.core import AttackError
 from dlsec.threat import Oracle
 
 _SPHERICAL_HISTORY = 100

@@ -59,7 +59,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dlsec.attacks.blackbox import BlackBoxResult, _result
+from dlsec.attacks.blackbox._base import BlackBoxResult, _result
 from dlsec.attacks.blackbox._decision import (
     _bisect,
     _blend,
@@ -68,7 +68,7 @@ from dlsec.attacks.blackbox._decision import (
     _rows_per_call,
     _starting_points,
 )
-from dlsec.attacks.evasion._base import AttackError, lp_norms
+from dlsec.attacks.core import AttackError, lp_norms
 from dlsec.threat import Oracle
 
 _MAX_HALVINGS = 40  # step-size halvings before an iteration gives up (float32 stalls first)

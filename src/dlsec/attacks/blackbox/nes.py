@@ -34,8 +34,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from dlsec.attacks.blackbox import BlackBoxResult, _affordable, _check_oracle, _margin, _result
-from dlsec.attacks.evasion._base import AttackError, Norm, project, step_direction
+from dlsec.attacks.blackbox._base import (
+    BlackBoxResult,
+    _affordable,
+    _check_oracle,
+    _margin,
+    _result,
+)
+from dlsec.attacks.core import AttackError, Norm, project, step_direction
 from dlsec.threat import Oracle
 
 

@@ -34,8 +34,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dlsec.attacks.blackbox import BlackBoxResult, _affordable, _check_oracle, _result
-from dlsec.attacks.evasion._base import AttackError
+from dlsec.attacks.blackbox._base import BlackBoxResult, _affordable, _check_oracle, _result
+from dlsec.attacks.core import AttackError
 from dlsec.threat import Oracle
 
 

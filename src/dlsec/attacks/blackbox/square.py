@@ -49,14 +49,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.blackbox import BlackBoxResult, _affordable, _check_oracle, _margin, _result
-from dlsec.attacks.evasion._base import AttackError, Norm
+from dlsec.attacks.blackbox._base import (
+    BlackBoxResult,
+    _affordable,
+    _check_oracle,
+    _margin,
+    _result,
+)
+from dlsec.attacks.core import AttackError, Norm
 from dlsec.attacks.evasion.ensemble import register_stage
 from dlsec.threat import LocalOracle, Oracle
 
 # (fraction of the 10,000-iteration schedule, divisor of p_init) from the reference code
 _SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
-             (6000, 128), (8000, 256), (10000, 512))  # fmt: skip
+             (6000, 128), (8000, 256), (10000, 512))
 
 
 def p_selection(p_init: float, it: int, n_iters: int) -> float:

@@ -12,11 +12,11 @@ target too. How the surrogate is obtained is the *strategy* (each one a threat m
   (``lam = 0.1`` of the input range, its sign flipped every ``tau = 3`` rounds), labelled by
   the oracle, until ``budget`` labels (default 6,400) are spent: 150 -> 300 -> ... -> 4,800,
   then a random 1,600 of the next 4,800. The oracle is seen through a label-only view, even
-  when it would return scores. Reuses :func:`dlsec.attacks.privacy.extraction.extract`.
+  when it would return scores. Reuses :func:`dlsec.attacks.surrogate.extract`.
 * ``"knockoff"`` (black-box): Orekondy, Schiele & Fritz, "Knockoff Nets" (CVPR 2019): the
   surrogate learns the oracle's answers (probabilities when it gives them, labels
   otherwise) on ``budget`` out-of-distribution natural images (random patches of two
-  photographs, :func:`~dlsec.attacks.privacy.extraction.natural_image_patches`, or the
+  photographs, :func:`~dlsec.attacks.surrogate.natural_image_patches`, or the
   attacker's own ``x_pool``).
 * ``"graybox"`` (gray-box): the attacker holds labelled data of the same distribution
   (``x_attacker``, ``y_attacker``, e.g. a split disjoint from the target's training set)
@@ -49,7 +49,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 import time
@@ -60,187 +59,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.blackbox import BlackBoxResult, _affordable, _check_oracle, _result, median
-from dlsec.attacks.evasion._base import AttackError, EvasionAttack
+from dlsec.attacks.blackbox._base import BlackBoxResult, _affordable, _check_oracle, _result, median
+from dlsec.attacks.core import AttackError
+from dlsec.attacks.evasion._base import EvasionAttack
 from dlsec.attacks.evasion.registry import make_attack
-from dlsec.threat import Oracle, OracleWrapper
-from dlsec.training import TrainConfig, fit, predict_logits
+from dlsec.attacks.surrogate import SURROGATE_STRATEGIES, Surrogate, draw_seed, train_surrogate
+from dlsec.models import ModelCard
+from dlsec.threat import Oracle
+from dlsec.training import predict_logits
 
-STRATEGIES: tuple[str, ...] = ("jacobian", "knockoff", "graybox")
 DEFAULT_ATTACKS: tuple[str, ...] = ("pgd", "mifgsm", "difgsm")
-
-
-# -- surrogates ------------------------------------------------------------------------------
-@dataclass
-class Surrogate:
-    """A model the attacker trained to stand in for the target.
-
-    ``queries``: oracle queries spent on training it; ``output``: what it learned from
-    (``"label"`` or ``"scores"`` of the oracle, or ``"ground-truth"`` labels for gray-box);
-    ``training_size``: records it was trained on; ``seconds``: wall time of training.
-    """
-
-    model: nn.Module
-    strategy: str
-    queries: int
-    seconds: float
-    output: str = "label"
-    training_size: int = 0
-
-
-class _LabelsOnly(OracleWrapper):
-    """A label-only view of an oracle (queries and budget are the oracle's own)."""
-
-    def __init__(self, inner: Oracle) -> None:
-        super().__init__(inner)
-        self.output = "label"
-
-    def query(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor:
-        return self.inner.query_labels(x, ids=ids)
-
-
-def _seed_from(generator: torch.Generator) -> int:
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
-
-
-def _check_inputs(x: Tensor | None, oracle: Oracle, what: str) -> Tensor:
-    if x is None or x.shape[0] == 0:
-        raise AttackError(f"{what} needs attacker data (x_attacker)")
-    if tuple(x.shape[1:]) != tuple(oracle.input_shape):
-        raise AttackError(
-            f"attacker data of shape {tuple(x.shape[1:])} does not match the target's input "
-            f"{tuple(oracle.input_shape)}"
-        )
-    return x
-
-
-def train_surrogate(
-    strategy: str,
-    oracle: Oracle,
-    *,
-    card: Any,
-    x_attacker: Tensor | None = None,
-    y_attacker: Tensor | None = None,
-    budget: int = 6400,
-    config: TrainConfig | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    architecture: str | None = None,
-    seed_size: int = 150,
-    lam: float = 0.1,
-    tau: int = 3,
-    x_pool: Tensor | None = None,
-) -> Surrogate:
-    """Train a surrogate of the target behind ``oracle`` (see the module for the strategies).
-
-    Args:
-        strategy: ``"jacobian"``, ``"knockoff"`` or ``"graybox"``.
-        oracle: the target; the black-box strategies spend at most ``budget`` of its queries.
-        card: the attacker's guess of the target (architecture, input shape, classes).
-        x_attacker: attacker-held in-distribution records (``jacobian``: the seed set is
-            ``seed_size`` of them drawn at random; ``graybox``: the training inputs).
-        y_attacker: their true labels (``graybox`` only).
-        budget: oracle labels for ``jacobian`` / ``knockoff`` (default 6,400).
-        config: surrogate training (default: 30 epochs of Adam, lr 3e-3; ``jacobian`` and
-            ``knockoff`` retrain warm at each round with batch 128, ``graybox`` batch 64;
-            the seed is drawn from ``generator``).
-        generator: all randomness (seed subset, augmentation subsets, image patches,
-            initial weights, shuffling); default seed 0.
-        architecture: the surrogate's architecture if not the card's (e.g. ``"smallcnn"``).
-        seed_size, lam, tau: Jacobian augmentation (the paper's 150, 0.1, 3).
-        x_pool: ``knockoff``'s query images (default: ``budget`` natural image patches).
-    """
-    from dlsec.attacks.privacy._common import PrivacyAttackError, fresh_model
-    from dlsec.attacks.privacy.extraction import extract, natural_image_patches
-
-    if strategy not in STRATEGIES:
-        raise AttackError(
-            f"unknown surrogate strategy {strategy!r} (choose from {', '.join(STRATEGIES)})"
-        )
-    t0 = time.perf_counter()
-    g = generator or torch.Generator().manual_seed(0)
-    seed = _seed_from(g)
-    if architecture is not None:
-        card = card.with_architecture(architecture)  # the caller named it: consent
-    if strategy == "graybox":
-        x = _check_inputs(x_attacker, oracle, "the graybox strategy")
-        if y_attacker is None or y_attacker.shape[0] != x.shape[0]:
-            raise AttackError("the graybox strategy needs one label (y_attacker) per record")
-        cfg = config or TrainConfig(epochs=30, lr=3e-3, batch_size=64, val_fraction=0.0)
-        if config is None:
-            cfg = dataclasses.replace(cfg, seed=seed)
-        model = fresh_model(card, cfg.seed)
-        fit(model, x, y_attacker, config=cfg, progress=progress, description="surrogate")
-        return Surrogate(
-            model.eval(),
-            strategy,
-            0,
-            time.perf_counter() - t0,
-            output="ground-truth",
-            training_size=int(x.shape[0]),
-        )
-    if budget < 1:
-        raise AttackError(f"the query budget must be >= 1, got {budget}")
-    if oracle.remaining is not None and oracle.remaining < budget:
-        raise AttackError(
-            f"the oracle allows only {oracle.remaining} more queries, "
-            f"the surrogate's budget is {budget}"
-        )
-    cfg = config or TrainConfig(epochs=30, lr=3e-3, batch_size=128, val_fraction=0.0)
-    if config is None:
-        cfg = dataclasses.replace(cfg, seed=seed)
-    try:
-        if strategy == "jacobian":
-            x = _check_inputs(x_attacker, oracle, "the jacobian strategy")
-            if seed_size < 1:
-                raise AttackError(f"seed_size must be >= 1, got {seed_size}")
-            order = torch.randperm(x.shape[0], generator=g)[:seed_size].to(x.device)
-            res = extract(
-                _LabelsOnly(oracle),
-                card=card,
-                strategy="jacobian",
-                budget=budget,
-                x_pool=x[order],
-                schedule=[budget],
-                config=cfg,
-                seed_size=seed_size,
-                lam=lam,
-                tau=tau,
-                generator=g,
-                progress=progress,
-            )
-        else:
-            if x_pool is None:
-                if len(oracle.input_shape) != 3:
-                    raise AttackError(
-                        "knockoff's natural images need C x H x W inputs; pass x_pool"
-                    )
-                x_pool = natural_image_patches(
-                    budget, shape=oracle.input_shape, bounds=oracle.bounds, generator=g
-                )
-            else:
-                x_pool = _check_inputs(x_pool, oracle, "the knockoff strategy")
-            res = extract(
-                oracle,
-                card=card,
-                strategy="natural",
-                budget=budget,
-                x_pool=x_pool,
-                schedule=[budget],
-                config=cfg,
-                generator=g,
-                progress=progress,
-            )
-    except PrivacyAttackError as exc:
-        raise AttackError(str(exc)) from exc
-    return Surrogate(
-        res.substitute.eval(),
-        strategy,
-        res.queries,
-        time.perf_counter() - t0,
-        output=res.output,
-        training_size=res.queries,
-    )
 
 
 # -- crafting and sending ----------------------------------------------------------------------
@@ -363,7 +191,7 @@ def transfer_attack(
     ids = _check_oracle(oracle, x, y, ids, scores=False)
     options = attack_options or {}
     crafters = {name: _crafting_attack(name, norm, steps, full_steps, options.get(name, {}))
-                for name in names}  # fmt: skip
+                for name in names}
     if isinstance(surrogate, Surrogate):
         model, strategy = surrogate.model, surrogate.strategy
         train_q, train_s = surrogate.queries, surrogate.seconds
@@ -381,7 +209,7 @@ def transfer_attack(
     try:
         for name, attack in crafters.items():
             res = attack(model, x, y, eps=float(eps), bounds=oracle.bounds, generator=g,
-                         batch_size=batch_size, reuse=False)  # fmt: skip
+                         batch_size=batch_size, reuse=False)
             x_adv = res.x_adv[0]
             on_surrogate[name] = predict_logits(model, x_adv).argmax(1) != y
             rows = _affordable(oracle, torch.arange(n, device=device))
@@ -410,13 +238,13 @@ def transfer_attack(
 def run_transfer(
     oracle: Oracle,
     *,
-    card: Any,
+    card: ModelCard,
     x: Tensor,
     y: Tensor,
     eps: float,
     x_attacker: Tensor | None = None,
     y_attacker: Tensor | None = None,
-    strategies: Sequence[str] = STRATEGIES,
+    strategies: Sequence[str] = SURROGATE_STRATEGIES,
     attacks: Sequence[str] = DEFAULT_ATTACKS,
     budget: int = 6400,
     norm: str = "linf",
@@ -429,23 +257,23 @@ def run_transfer(
     """Train one surrogate per strategy and transfer from each; results by strategy.
 
     Each strategy draws its randomness from its own generator, seeded from ``generator``
-    and the strategy's place in :data:`STRATEGIES`, so a strategy's result does not depend
+    and the strategy's place in :data:`SURROGATE_STRATEGIES`, so a strategy's result does not depend
     on which others run. The oracle must allow ``budget`` queries per black-box strategy
     plus ``len(x)`` per crafting attack per strategy.
     ``surrogate_options[strategy]`` passes extra options to :func:`train_surrogate`.
     """
     for s in strategies:
-        if s not in STRATEGIES:
+        if s not in SURROGATE_STRATEGIES:
             raise AttackError(
-                f"unknown surrogate strategy {s!r} (choose from {', '.join(STRATEGIES)})"
+                f"unknown surrogate strategy {s!r} (choose from {', '.join(SURROGATE_STRATEGIES)})"
             )
     if not math.isfinite(eps) or eps < 0:
         raise AttackError(f"eps must be a finite number >= 0, got {eps!r}")
-    base = _seed_from(generator or torch.Generator().manual_seed(0))
+    base = draw_seed(generator or torch.Generator().manual_seed(0))
     extra = surrogate_options or {}
     out: dict[str, TransferResult] = {}
     for s in strategies:
-        g = torch.Generator().manual_seed(base + STRATEGIES.index(s))
+        g = torch.Generator().manual_seed(base + SURROGATE_STRATEGIES.index(s))
         sur = train_surrogate(
             s,
             oracle,
@@ -474,7 +302,7 @@ def run_transfer(
 
 __all__ = [
     "DEFAULT_ATTACKS",
-    "STRATEGIES",
+    "SURROGATE_STRATEGIES",
     "Surrogate",
     "TransferResult",
     "run_transfer",

@@ -7,16 +7,15 @@ Every attack is called the same way and takes a list of epsilons in one call:
     >>> res.robust_accuracy, res.success.shape                              # doctest: +SKIP
 """
 
-from dlsec.attacks.evasion._base import (
+from dlsec.attacks.core import (
     AttackError,
-    EvasionAttack,
-    EvasionResult,
     choose_targets,
     dlr_loss,
     dlr_targeted_loss,
     lp_norms,
     project,
 )
+from dlsec.attacks.evasion._base import EvasionAttack, EvasionResult
 from dlsec.attacks.evasion.apgd import APGD, APGDT
 from dlsec.attacks.evasion.bim import BIM
 from dlsec.attacks.evasion.cw import CW

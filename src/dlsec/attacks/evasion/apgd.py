@@ -36,12 +36,10 @@ from fractions import Fraction
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.evasion._base import (
+from dlsec.attacks.core import (
     AttackError,
-    EvasionAttack,
     Norm,
-    _BatchOutput,
-    _view,
+    batch_view,
     ce_loss,
     dlr_loss,
     dlr_targeted_loss,
@@ -52,6 +50,7 @@ from dlsec.attacks.evasion._base import (
     random_start,
     step_direction,
 )
+from dlsec.attacks.evasion._base import EvasionAttack, _BatchOutput
 from dlsec.attacks.evasion.registry import register_attack
 
 LOSSES = ("ce", "dlr")
@@ -221,8 +220,8 @@ class APGD(EvasionAttack):
         adv, fooled, best, g = self.run(
             model, x[idx], y[idx], eps=eps, bounds=bounds, generator=generator,
             loss_target=t_loss, success_target=t_succ,
-        )  # fmt: skip
-        out[idx] = torch.where(_view(fooled, adv), adv, best)
+        )
+        out[idx] = torch.where(batch_view(fooled, adv), adv, best)
         done[idx[fooled]] = True
         grads[idx] += g
 
@@ -298,8 +297,8 @@ class APGD(EvasionAttack):
             else:
                 n_up += (loss > loss_cur).to(torch.int64)
                 better = loss > loss_best
-                x_best = torch.where(_view(better, cur), cur, x_best)
-                grad_best = torch.where(_view(better, g), g, grad_best)
+                x_best = torch.where(batch_view(better, cur), cur, x_best)
+                grad_best = torch.where(batch_view(better, g), g, grad_best)
                 loss_best = torch.where(better, loss, loss_best)
             loss_cur, grad = loss, g
 
@@ -308,7 +307,7 @@ class APGD(EvasionAttack):
                     n_up, k - last_ckpt, self.rho, halved_at_ckpt, loss_best, best_at_ckpt
                 )
                 eta = torch.where(halve, eta / 2, eta)
-                hv = _view(halve, cur)
+                hv = batch_view(halve, cur)
                 cur = torch.where(hv, x_best, cur)
                 grad = torch.where(hv, grad_best, grad)
                 loss_cur = torch.where(halve, loss_best, loss_cur)
@@ -334,7 +333,7 @@ class APGD(EvasionAttack):
                 best_at_ckpt, halved_at_ckpt = best_at_ckpt[keep], halved_at_ckpt[keep]
 
             # the step: z = P(x_k + eta d); x_{k+1} = P(x_k + a (z - x_k) + (1 - a)(x_k - x_{k-1}))
-            e = _view(eta, cur)
+            e = batch_view(eta, cur)
             z = self._proj(cur + e * step_direction(grad, self.norm), x0, eps, bounds)
             if k > 0:
                 a = self.momentum
@@ -380,7 +379,7 @@ class APGDT(APGD):
         super().__init__(
             norm=norm, loss=loss, steps=steps, restarts=restarts, rho=rho, momentum=momentum,
             early_stop=early_stop,
-        )  # fmt: skip
+        )
         if n_targets < 1:
             raise AttackError(f"{self.name}: n_targets must be >= 1")
         self.n_targets = n_targets
@@ -414,7 +413,7 @@ class APGDT(APGD):
                 adv, fooled, best, g = self.run(
                     model, x[idx], y[idx], eps=eps, bounds=bounds, generator=generator,
                     loss_target=order[idx, rank],
-                )  # fmt: skip
+                )
                 record.add(model, y, idx, adv, fooled, best, g)
         return _BatchOutput(record.out, record.out, record.gradients, fooled=record.done)
 

@@ -11,7 +11,7 @@ Example:
 
 from __future__ import annotations
 
-from dlsec.attacks.evasion._base import Norm
+from dlsec.attacks.core import Norm
 from dlsec.attacks.evasion.pgd import PGD
 from dlsec.attacks.evasion.registry import register_attack
 
@@ -35,4 +35,4 @@ class BIM(PGD):
         super().__init__(
             norm=norm, steps=steps, alpha=alpha, alpha_ratio=1.25, random_start=False,
             loss=loss, early_stop=early_stop, last_iterate=last_iterate,
-        )  # fmt: skip
+        )

@@ -30,13 +30,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.evasion._base import (
-    AttackError,
-    EvasionAttack,
-    _BatchOutput,
-    input_gradient,
-    is_adversarial,
-)
+from dlsec.attacks.core import AttackError, input_gradient, is_adversarial
+from dlsec.attacks.evasion._base import EvasionAttack, _BatchOutput
 from dlsec.attacks.evasion.registry import register_attack
 
 
@@ -125,7 +120,7 @@ class CW(EvasionAttack):
                 hinge, gx, logits = input_gradient(
                     model, xa,
                     lambda z, c=ca, yy=ya, t=ta: c * _margin(z, yy, t).clamp_min(-kappa),
-                )  # fmt: skip
+                )
                 grads[act] += 1
                 d = xa - xa0
                 l2 = d.flatten(1).pow(2).sum(1)

@@ -34,7 +34,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.evasion._base import AttackError, EvasionAttack, Norm, _BatchOutput, _view
+from dlsec.attacks.core import AttackError, Norm, batch_view
+from dlsec.attacks.evasion._base import EvasionAttack, _BatchOutput
 from dlsec.attacks.evasion.registry import register_attack
 
 
@@ -121,8 +122,8 @@ class DeepFool(EvasionAttack):
             wl = w[torch.arange(act.numel(), device=dev), best]  # [m', D]
             fl = f.gather(1, best[:, None]).squeeze(1).abs()
             if self.norm == "l2":
-                step = wl * _view(fl / wl.pow(2).sum(1).clamp_min(1e-12), wl)
+                step = wl * batch_view(fl / wl.pow(2).sum(1).clamp_min(1e-12), wl)
             else:
-                step = wl.sign() * _view(fl / wl.abs().sum(1).clamp_min(1e-12), wl)
+                step = wl.sign() * batch_view(fl / wl.abs().sum(1).clamp_min(1e-12), wl)
             r_tot[act] += step.view(-1, *x.shape[1:])
         return _BatchOutput(out, out, grads)

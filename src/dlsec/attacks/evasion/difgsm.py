@@ -49,7 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlsec.attacks.evasion._base import AttackError, Norm, _BatchOutput
+from dlsec.attacks.core import AttackError, Norm
+from dlsec.attacks.evasion._base import _BatchOutput
 from dlsec.attacks.evasion.mifgsm import MIFGSM
 from dlsec.attacks.evasion.registry import register_attack
 
@@ -177,7 +178,7 @@ class DIFGSM(MIFGSM):
         super().__init__(
             norm=norm, steps=steps, decay=decay, alpha=alpha, random_start=random_start,
             loss=loss, early_stop=early_stop, last_iterate=last_iterate,
-        )  # fmt: skip
+        )
         if not 0.0 <= diversity_prob <= 1.0:
             raise AttackError(
                 f"{self.name}: diversity_prob must be in [0, 1], got {diversity_prob}"
@@ -203,11 +204,11 @@ class DIFGSM(MIFGSM):
     ) -> _BatchOutput:
         if self.diversity_prob == 0:
             return super()._attack(model, x, y, eps=eps, target=target, bounds=bounds,
-                                   generator=generator)  # fmt: skip
+                                   generator=generator)
         if x.dim() != 4:
             raise AttackError(f"{self.name}: input diversity needs N x C x H x W images")
         return super()._attack(_DiverseInputs(model, self, generator), x, y, eps=eps,
-                               target=target, bounds=bounds, generator=generator)  # fmt: skip
+                               target=target, bounds=bounds, generator=generator)
 
 
 __all__ = ["DIFGSM", "draw_diversity", "lift_to_top", "resize_pad"]

@@ -42,12 +42,14 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from dlsec.attacks.core import AttackError, Norm, project
 from dlsec.attacks.evasion import sanity
-from dlsec.attacks.evasion._base import AttackError, EvasionAttack, Norm, project
+from dlsec.attacks.evasion._base import EvasionAttack
 from dlsec.attacks.evasion.apgd import APGD, APGDT, nearness
 from dlsec.attacks.evasion.pgd import PGD
 from dlsec.attacks.evasion.restarts import boundary_restarts
 from dlsec.files import atomic_write_bytes
+from dlsec.models import CardLike
 
 STATE_VERSION = "2"
 # the share of the points still robust that the boundary restarts attack
@@ -230,7 +232,7 @@ def evaluate_robustness(
     *,
     norm: str = "linf",
     eps: float | Sequence[float] = (0.1,),
-    card: Any = None,
+    card: CardLike | None = None,
     bounds: tuple[float, float] | None = None,
     attacks: Sequence[str] | None = None,
     generator: torch.Generator | None = None,
@@ -259,7 +261,7 @@ def evaluate_robustness(
     if bounds is None:
         if card is None:
             raise AttackError("pass bounds=(low, high) or card= (the model card's bounds)")
-        bounds = tuple(card.bounds)
+        bounds = (float(card.bounds[0]), float(card.bounds[1]))
     assert bounds is not None
     bnd = (float(bounds[0]), float(bounds[1]))
     if norm not in ("linf", "l2"):
@@ -351,7 +353,7 @@ def evaluate_robustness(
         fooled_by=state.fooled_by, x_adv=state.x_adv, clean_correct=clean_correct,
         warnings=warnings, seconds=time.perf_counter() - start, resumed=resumed,
         check_seconds=check_seconds,
-    )  # fmt: skip
+    )
 
 
 def _run_stage(
@@ -418,7 +420,7 @@ def _after_checks(
         out += sanity.weaker_attack_check(
             model, x[still], y[still], eps=e, norm=norm, bounds=bounds, generator=gen,
             stronger=white_names,
-        )  # fmt: skip
+        )
         for si, s in enumerate(stages):
             won = int((state.fooled_by[ki] == si).sum())
             if not s.white_box and won and white:

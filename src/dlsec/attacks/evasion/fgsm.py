@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from dlsec.attacks.evasion._base import Norm
+from dlsec.attacks.core import Norm
 from dlsec.attacks.evasion.pgd import PGD
 from dlsec.attacks.evasion.registry import register_attack
 

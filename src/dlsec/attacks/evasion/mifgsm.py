@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from dlsec.attacks.evasion._base import Norm, step_direction
+from dlsec.attacks.core import Norm, step_direction
 from dlsec.attacks.evasion.pgd import PGD
 from dlsec.attacks.evasion.registry import register_attack
 
@@ -40,7 +40,7 @@ class MIFGSM(PGD):
         super().__init__(
             norm=norm, steps=steps, alpha=alpha, alpha_ratio=1.0, random_start=random_start,
             loss=loss, early_stop=early_stop, last_iterate=last_iterate,
-        )  # fmt: skip
+        )
         self.decay = decay
 
     def _direction(self, grad: Tensor, state: dict[str, Tensor]) -> Tensor:

@@ -28,11 +28,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.evasion._base import (
+from dlsec.attacks.core import (
     AttackError,
-    EvasionAttack,
     Norm,
-    _BatchOutput,
     ce_loss,
     input_gradient,
     is_adversarial,
@@ -41,6 +39,7 @@ from dlsec.attacks.evasion._base import (
     random_start,
     step_direction,
 )
+from dlsec.attacks.evasion._base import EvasionAttack, _BatchOutput
 from dlsec.attacks.evasion.registry import register_attack
 
 LossFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
@@ -137,7 +136,7 @@ class PGD(EvasionAttack):
                 break
             t = None if target is None else target[pos]
             self._run(model, x[pos], y[pos], t, pos, eps, bounds, generator,
-                      best, fooled_out, grads)  # fmt: skip
+                      best, fooled_out, grads)
         return _BatchOutput(best, best, grads, fooled_out)
 
     def _run(

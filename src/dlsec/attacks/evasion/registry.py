@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dlsec.attacks.evasion._base import AttackError, EvasionAttack
+from dlsec.attacks.core import AttackError
+from dlsec.attacks.evasion._base import EvasionAttack
 
 _ATTACKS: dict[str, Callable[..., EvasionAttack]] = {}
 

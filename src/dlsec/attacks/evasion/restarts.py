@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.evasion._base import AttackError, Norm
+from dlsec.attacks.core import AttackError, Norm
 from dlsec.attacks.evasion.apgd import APGD, APGDT, RunRecord
 
 # rows x input size of one batch of copies (a tensor of 16 MB in float32)

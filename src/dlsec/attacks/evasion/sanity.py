@@ -39,7 +39,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.evasion._base import Norm, input_gradient, margin_loss
+from dlsec.attacks.core import Norm, input_gradient, margin_loss
 from dlsec.attacks.evasion.fgsm import FGSM
 from dlsec.attacks.evasion.pgd import PGD
 

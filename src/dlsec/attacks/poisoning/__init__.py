@@ -29,9 +29,6 @@ from __future__ import annotations
 from dlsec.attacks.poisoning._base import (
     PoisonError,
     PoisonResult,
-    last_linear,
-    penultimate,
-    penultimate_features,
 )
 from dlsec.attacks.poisoning.backdoor import Trigger, apply_trigger, attack_success_rate, backdoor
 from dlsec.attacks.poisoning.experiment import (
@@ -65,11 +62,8 @@ __all__ = [
     "feature_collision",
     "flip_scores",
     "inject_mislabeled",
-    "last_linear",
     "nearest_bases",
     "optimized_flip",
-    "penultimate",
-    "penultimate_features",
     "random_flip",
     "run_collision_trials",
     "run_poisoning_experiment",

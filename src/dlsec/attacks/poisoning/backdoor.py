@@ -141,7 +141,7 @@ def backdoor(
         x_new = torch.cat([x, stamped])
         y_new = torch.cat([y, torch.full_like(y[picks], target)])
         mask = torch.cat([torch.zeros_like(y, dtype=torch.bool),
-                          torch.ones_like(y[picks], dtype=torch.bool)])  # fmt: skip
+                          torch.ones_like(y[picks], dtype=torch.bool)])
         y_clean = torch.cat([y, y[picks]])
 
     def success(model: nn.Module, x_test: Tensor, y_test: Tensor) -> float:
@@ -155,4 +155,4 @@ def backdoor(
                   "trigger": {"size": trigger.size, "pattern": trigger.pattern,
                               "corner": trigger.corner}},
         success=success,
-    )  # fmt: skip
+    )

@@ -32,8 +32,6 @@ from torch import Tensor, nn
 from dlsec.attacks.poisoning._base import (
     PoisonError,
     PoisonResult,
-    last_linear,
-    penultimate_features,
     predictions,
 )
 from dlsec.data import Dataset
@@ -47,6 +45,7 @@ from dlsec.defenses.sanitization import (
     sanitize,
     train_on,
 )
+from dlsec.models import last_linear, penultimate_features
 from dlsec.training import TrainConfig, evaluate, fit
 
 
@@ -66,7 +65,7 @@ class SanitizedRun:
         return {"method": self.method, **{f"detection_{k}": v
                 for k, v in self.detection.to_dict().items()},
                 "accuracy": self.accuracy, "success": self.success,
-                "recovered": self.recovered, "seconds": self.seconds}  # fmt: skip
+                "recovered": self.recovered, "seconds": self.seconds}
 
 
 @dataclass
@@ -100,7 +99,7 @@ class PoisoningExperiment:
                 "poisoned_accuracy": self.poisoned_accuracy,
                 "accuracy_drop": self.accuracy_drop, "clean_success": self.clean_success,
                 "poisoned_success": self.poisoned_success,
-                "sanitized": [r.to_dict() for r in self.sanitized]}  # fmt: skip
+                "sanitized": [r.to_dict() for r in self.sanitized]}
 
 
 def _success(poison: PoisonResult, model: nn.Module, ds: Dataset) -> float | None:
@@ -137,14 +136,14 @@ def run_poisoning_experiment(
     """
     config = config or TrainConfig(epochs=30, lr=3e-3)
     make = model_factory(architecture, input_shape=dataset.input_shape, classes=dataset.classes,
-                         bounds=dataset.bounds, normalization=normalization)  # fmt: skip
+                         bounds=dataset.bounds, normalization=normalization)
     if clean_model is None:
         clean_model = train_on(dataset.x_train, dataset.y_train, make_model=make, config=config,
-                               progress=progress)  # fmt: skip
+                               progress=progress)
     xt, yt = dataset.x_test, dataset.y_test
     clean_acc = evaluate(clean_model, xt, yt)["accuracy"]
     poisoned_model = train_on(poison.x, poison.y, make_model=make, config=config,
-                              progress=progress)  # fmt: skip
+                              progress=progress)
     pois_acc = evaluate(poisoned_model, xt, yt)["accuracy"]
     exp = PoisoningExperiment(
         attack=poison.attack, rate=poison.rate, n_poisoned=poison.n_poisoned,
@@ -152,23 +151,23 @@ def run_poisoning_experiment(
         clean_success=_success(poison, clean_model, dataset),
         poisoned_success=_success(poison, poisoned_model, dataset),
         poison=poison, poisoned_model=poisoned_model,
-    )  # fmt: skip
+    )
     probs = None
     if any(m in ("cleanlab", "loss") for m in sanitizers):
         folds = (settings or SanitizerSettings()).folds
         probs = cross_val_probs(poison.x, poison.y, make_model=make, config=config,
                                 num_classes=dataset.num_classes, folds=folds,
-                                progress=progress)  # fmt: skip
+                                progress=progress)
     for method in sanitizers:
         t0 = time.perf_counter()
         res = sanitize(method, poison.x, poison.y, num_classes=dataset.num_classes,
                        make_model=make, config=config, model=poisoned_model, pred_probs=probs,
-                       settings=settings, seed=seed, progress=progress)  # fmt: skip
+                       settings=settings, seed=seed, progress=progress)
         keep = res.keep().to(poison.x.device)
         if keep.numel() == 0:
             raise PoisonError(f"sanitizer {method!r} removed every sample")
         retrained = train_on(poison.x[keep], poison.y[keep.to(poison.y.device)],
-                             make_model=make, config=config, progress=progress)  # fmt: skip
+                             make_model=make, config=config, progress=progress)
         acc = evaluate(retrained, xt, yt)["accuracy"]
         drop = clean_acc - pois_acc
         exp.sanitized.append(SanitizedRun(
@@ -176,7 +175,7 @@ def run_poisoning_experiment(
             accuracy=acc, success=_success(poison, retrained, dataset),
             recovered=(acc - pois_acc) / drop if drop > 0 else None,
             seconds=time.perf_counter() - t0, result=res,
-        ))  # fmt: skip
+        ))
     return exp
 
 
@@ -245,7 +244,7 @@ def run_collision_trials(
         raise PoisonError("retrain='full' needs the victim's architecture")
     if config is None:
         config = (TrainConfig(epochs=30, lr=3e-3) if retrain == "full"
-                  else TrainConfig(epochs=60, lr=1e-2, batch_size=256))  # fmt: skip
+                  else TrainConfig(epochs=60, lr=1e-2, batch_size=256))
     ds = dataset
     device = next(model.parameters()).device
     base_head = last_linear(model)
@@ -260,10 +259,10 @@ def run_collision_trials(
             return _head_model(model, head)
         assert architecture is not None
         make = model_factory(architecture, input_shape=ds.input_shape, classes=ds.classes,
-                             bounds=ds.bounds)  # fmt: skip
+                             bounds=ds.bounds)
         return train_on(torch.cat([ds.x_train, x_extra.to(ds.x_train.device)]),
                         torch.cat([ds.y_train, y_extra.to(ds.y_train.device)]),
-                        make_model=make, config=config)  # fmt: skip
+                        make_model=make, config=config)
 
     control = victim(ds.x_train[:0], ds.y_train[:0])
     ok = (predictions(model, ds.x_test).cpu() == ds.y_test) & (
@@ -283,7 +282,7 @@ def run_collision_trials(
             )
             res = feature_collision(ds.x_train, ds.y_train, model=model, target_x=ds.x_test[t],
                                     base_label=base_label, bounds=ds.bounds, n_poisons=n_poisons,
-                                    steps=steps, lr=lr, opacity=opacity, beta=beta)  # fmt: skip
+                                    steps=steps, lr=lr, opacity=opacity, beta=beta)
             extra_x, extra_y = res.x[res.mask], res.y[res.mask]
             won = res.success(victim(extra_x, extra_y), ds.x_test, ds.y_test) == 1.0  # type: ignore[misc]
             successes += int(won)
@@ -293,7 +292,7 @@ def run_collision_trials(
             rows.append({"test_index": t, "true": true, "base": base_label, "success": won,
                          "feature_distance": float((f_p - f_t).norm()),
                          "target_feature_norm": float(f_t.norm()),
-                         "image_distance": float((extra_x[0].cpu() - base_img).norm())})  # fmt: skip
+                         "image_distance": float((extra_x[0].cpu() - base_img).norm())})
             poisons.append(extra_x[0].cpu())
             bases.append(base_img)
             targets.append(ds.x_test[t].cpu())
@@ -304,4 +303,4 @@ def run_collision_trials(
         poisons=torch.stack(poisons) if poisons else empty,
         bases=torch.stack(bases) if bases else empty,
         targets=torch.stack(targets) if targets else empty,
-    )  # fmt: skip
+    )

@@ -29,10 +29,9 @@ from torch import Tensor, nn
 from dlsec.attacks.poisoning._base import (
     PoisonError,
     PoisonResult,
-    penultimate,
-    penultimate_features,
     predictions,
 )
+from dlsec.models import penultimate, penultimate_features
 
 
 def nearest_bases(
@@ -142,11 +141,11 @@ def feature_collision(
         return float(predictions(victim, target_cpu[None]).item() == base_label)
 
     mask = torch.cat([torch.zeros_like(y, dtype=torch.bool),
-                      torch.ones(n_new, dtype=torch.bool, device=y.device)])  # fmt: skip
+                      torch.ones(n_new, dtype=torch.bool, device=y.device)])
     return PoisonResult(
         x=torch.cat([x, poisons]), y=torch.cat([y, labels]), mask=mask,
         y_clean=torch.cat([y, labels]), attack="feature-collision",
         metadata={"base_label": base_label, "n_poisons": n_new, "beta": beta, "steps": steps,
                   "opacity": opacity, "base_indices": base_idx, "target_x": target_cpu},
         success=success,
-    )  # fmt: skip
+    )

@@ -66,7 +66,7 @@ def inject_mislabeled(
     n_add = round(rate * y.numel() / (1.0 - rate))
     reps = -(-n_add // candidates.numel()) if n_add else 0
     order = torch.cat([candidates[torch.randperm(candidates.numel(), generator=g)]
-                       for _ in range(reps)])[:n_add] if reps else candidates[:0]  # fmt: skip
+                       for _ in range(reps)])[:n_add] if reps else candidates[:0]
     src = order.to(xp.device)
     y_src = yp[src].to(y.device)
     if label is None:
@@ -80,4 +80,4 @@ def inject_mislabeled(
     return PoisonResult(
         x=x_new, y=y_new, mask=mask, y_clean=torch.cat([y, y_src]), attack="inject",
         metadata={"rate": rate, "n_injected": n_add, "label": label},
-    )  # fmt: skip
+    )

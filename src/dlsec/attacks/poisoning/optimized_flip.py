@@ -98,4 +98,4 @@ def optimized_flip(
     return PoisonResult(
         x=x, y=y_new, mask=mask, y_clean=y.clone(), attack="optimized-flip",
         metadata={"rate": rate, "n_flipped": budget, "pairs": [list(p) for p in pairs]},
-    )  # fmt: skip
+    )

@@ -55,4 +55,4 @@ def random_flip(
     return PoisonResult(
         x=x, y=y_new, mask=mask, y_clean=y.clone(), attack="random-flip",
         metadata={"rate": rate, "n_flipped": n_flip, "num_classes": k},
-    )  # fmt: skip
+    )

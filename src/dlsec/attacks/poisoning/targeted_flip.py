@@ -75,4 +75,4 @@ def targeted_flip(
         x=x, y=y_new, mask=mask, y_clean=y.clone(), attack="targeted-flip",
         metadata={"source": source, "target": target, "rate": rate, "n_flipped": n_flip},
         success=pair_success(source, target),
-    )  # fmt: skip
+    )

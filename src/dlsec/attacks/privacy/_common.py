@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from dlsec.errors import DlsecError
+from dlsec.attacks.core import AttackError
 from dlsec.threat import Oracle
-from dlsec.training import TrainConfig
 
 
-class PrivacyAttackError(DlsecError):
+class PrivacyAttackError(AttackError):
     """Bad privacy-attack settings (wrong oracle output kind, empty data, bad sizes)."""
 
 
@@ -25,26 +22,6 @@ def require_scores(oracle: Oracle, attack: str) -> None:
             f"{attack} needs class scores but the oracle returns labels only "
             "(use the label-only attack, or an oracle with output='scores')"
         )
-
-
-def fresh_model(card: Any, seed: int) -> nn.Module:
-    """An untrained network of ``card``'s architecture, initial weights drawn under ``seed``.
-
-    The global RNG is left untouched (as in :func:`dlsec.training.train_model`).
-    """
-    from dlsec.models import build_model
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(card)
-
-
-def train_config_from_card(card: Any, **overrides: Any) -> TrainConfig:
-    """The target's own training recipe as recorded in its card (the attacker's best guess)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    known = {k: v for k, v in (card.training or {}).items() if k in names}
-    known.update(overrides)
-    return TrainConfig(**known)
 
 
 def shift_images(x: Tensor, dx: int, dy: int, *, fill: float) -> Tensor:

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from dlsec.attacks.privacy._common import PrivacyAttackError, model_device, require_scores
+from dlsec.models import CardLike
 from dlsec.threat import Oracle
 from dlsec.training import predict_logits
 
@@ -129,7 +130,7 @@ def _check_classes(classes: Sequence[int] | Tensor | None, k: int) -> Tensor:
 def mi_face(
     model: nn.Module,
     *,
-    card: Any,
+    card: CardLike,
     classes: Sequence[int] | Tensor | None = None,
     init: float | Tensor = 0.0,
     lr: float = 0.1,

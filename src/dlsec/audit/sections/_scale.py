@@ -12,28 +12,29 @@ section states the values it used in its ``details["settings"]``.
 from __future__ import annotations
 
 import math
-from typing import Any
+
+from dlsec.models import CardLike
 
 LARGE_INPUT_VALUES = 256  # more input values than a 16 x 16 image: "large" inputs
 
 
-def input_values(card: Any) -> int:
+def input_values(card: CardLike) -> int:
     """Values per input (``C x H x W``)."""
     return math.prod(int(v) for v in card.input_shape)
 
 
-def is_large(card: Any) -> bool:
+def is_large(card: CardLike) -> bool:
     return input_values(card) > LARGE_INPUT_VALUES
 
 
-def auto(value: int, card: Any, *, small: int, large: int) -> int:
+def auto(value: int, card: CardLike, *, small: int, large: int) -> int:
     """``value``, or when 0 (automatic) ``small`` / ``large`` by the card's input size."""
     if value > 0:
         return value
     return large if is_large(card) else small
 
 
-def size_note(card: Any) -> str:
+def size_note(card: CardLike) -> str:
     """How the defaults were chosen, for the section's stated settings."""
     n = input_values(card)
     kind = "large" if is_large(card) else "small"

@@ -136,7 +136,7 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
         res = attack(oracle, x, y, ids=ids, generator=ctx.generator(550 + i))
         within = _within(res, eps, norm) if decision else res.success
         robust = [1.0 - s for s in (res.success_at(budgets, eps=eps) if decision
-                                     else res.success_at(budgets))]  # fmt: skip
+                                     else res.success_at(budgets))]
         curves[name] = (budgets, [round(r, 6) for r in robust])
         fooled_bb |= within.to(fooled_bb.device) | ~correct
         dist = res.linf if norm == "linf" else res.l2
@@ -145,7 +145,7 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
         metrics[f"{name}_queries"] = float(oracle.queries_total)
         med_q = _queries_to_eps(res, eps) if decision else res.median_queries
         rows.append([name, "labels" if decision else "scores", budgets[-1], round(robust[-1], 4),
-                     _num(med_q), _num(med_dist), oracle.queries_total])  # fmt: skip
+                     _num(med_q), _num(med_dist), oracle.queries_total])
 
     transfer_rows, transfer_best = _transfer(ctx, options, x, y, ids, eps, norm, n)
     for strategy, (best, fooled, queries) in transfer_best.items():
@@ -176,23 +176,23 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
             caption=f"{n} test points. Score-based attacks see class probabilities, "
             "decision-based ones only labels; each curve is read off one run at the largest "
             "budget (a point counts once the attack found an adversarial within eps).",
-        ))  # fmt: skip
+        ))
     if transfer_rows:
         crafts = list(dict.fromkeys(r[1] for r in transfer_rows))
         strategies = list(dict.fromkeys(r[0] for r in transfer_rows))
         values = {c: [next(r[2] for r in transfer_rows if r[0] == s and r[1] == c)
-                      for s in strategies] for c in crafts}  # fmt: skip
+                      for s in strategies] for c in crafts}
         figures.append(bar_chart(
             strategies, values, title=f"Transfer success per surrogate ({norm}, eps {eps:g})",
             ylabel="share of points fooled", ylim=(0.0, 1.0),
             caption="Adversarials crafted on the attacker's surrogate and sent once to the model.",
-        ))  # fmt: skip
+        ))
     tables = [Table(
         "Query attacks",
         ["attack", "oracle", "budget per point", "robust accuracy", "median queries/success",
          f"median {norm} of successes", "queries spent"],
         rows, caption="Robust accuracy counts misclassified clean points as not robust.",
-    )] if rows else []  # fmt: skip
+    )] if rows else []
     if transfer_rows:
         tables.append(Table(
             "Transfer attacks",
@@ -202,12 +202,12 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
             caption="Success rate over all attacked points (misclassified ones count as "
             "fooled); agreement is the surrogate's label agreement with the model on them. "
             f"Settings: {_settings(options, card, ds, n)}.",
-        ))  # fmt: skip
+        ))
     tables.append(Table(
         "White-box vs black-box", ["view", f"robust accuracy at eps {eps:g}"],
         [["white-box PGD", wb_robust], ["all black-box attacks", bb_robust],
          ["points fooled by black-box only", only_bb]],
-    ))  # fmt: skip
+    ))
     strongest = min(curves.items(), key=lambda kv: kv[1][1][-1])[0] if curves else None
     summary = f"{norm} eps {eps:g}: black-box robust accuracy {bb_robust:.1%} "
     summary += f"(white-box PGD {wb_robust:.1%})"
@@ -222,7 +222,7 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
         details={"settings": _settings(options, card, ds, n), "eps": eps, "norm": norm,
                  "budgets": budgets,
                  "curves": {k: v[1] for k, v in curves.items()}},
-    )  # fmt: skip
+    )
 
 
 def _num(v: float) -> float | str:
@@ -272,7 +272,7 @@ def _surrogate_config(ctx: AuditContext, options: BlackBoxOptions, strategy: str
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator(salt)))
     return TrainConfig(epochs=epochs, lr=3e-3, batch_size=64 if strategy == "graybox" else 128,
                        val_fraction=0.0, seed=seed, device=str(ctx.device),
-                       measure_train_accuracy=False)  # fmt: skip
+                       measure_train_accuracy=False)
 
 
 def _settings(options: BlackBoxOptions, card, ds, n: int) -> str:
@@ -310,11 +310,11 @@ def _transfer(ctx: AuditContext, options: BlackBoxOptions, x, y, ids, eps: float
             y_attacker=y_att if strategy == "graybox" else None,
             budget=options.transfer_budget, generator=ctx.generator(570 + j),
             config=_surrogate_config(ctx, options, strategy, epochs, salt=590 + j),
-        )  # fmt: skip
+        )
         trained = oracle.queries_total
         res = transfer_attack(oracle, surrogate, x, y, eps=eps, norm=norm,
                               attacks=tuple(options.craft), ids=ids,
-                              generator=ctx.generator(580 + j))  # fmt: skip
+                              generator=ctx.generator(580 + j))
         with torch.inference_mode():
             agree = float((surrogate.model(x).argmax(1) == ctx.model(x).argmax(1)).double().mean())
         sent = oracle.queries_total - trained

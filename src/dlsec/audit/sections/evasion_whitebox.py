@@ -168,7 +168,7 @@ def _evaluate(ctx: AuditContext, model, x, y, eps: list[float], options: Evasion
         report = evaluate_robustness(
             model, x, y, norm=options.norm, eps=ens_eps, card=ctx.card,
             generator=ctx.generator(49), checks=False, progress=False,
-        )  # fmt: skip
+        )
         full = torch.zeros_like(fooled_any)
         for j, e in enumerate(ens_eps):
             for k, ek in enumerate(eps):
@@ -196,7 +196,7 @@ class _EnsembleView:
     def summary(self) -> dict:
         return {"attack": "ensemble", "stages": self.stages, "eps": self.eps,
                 "robust_accuracy": self.robust_accuracy,
-                "stage_accuracy": self.stage_accuracy}  # fmt: skip
+                "stage_accuracy": self.stage_accuracy}
 
 
 def _rows(results: dict, suffix: str) -> list[list]:
@@ -222,7 +222,7 @@ def _harden(ctx: AuditContext, options: EvasionOptions, eps: list[float]):
         ctx.dataset, ctx.card.architecture, method=options.adversarial_training, eps=at_eps,
         norm="l2" if options.norm == "l2" else "linf", config=config, normalization=ctx.card.normalization,
         progress=ctx.progress,
-    )  # fmt: skip
+    )
     return model.eval()
 
 
@@ -273,4 +273,4 @@ def _example_grid(ctx: AuditContext, res, x, y, eps) -> dict | None:
         "title": f"Adversarial examples ({res.attack}, eps {eps[k]:g})",
         "caption": "Top: clean inputs with their true labels. Middle: the perturbation, "
         "amplified to the full range. Bottom: the adversarial inputs with the model's prediction.",
-    }  # fmt: skip
+    }

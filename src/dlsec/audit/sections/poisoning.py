@@ -82,7 +82,7 @@ class _Scaled:
         large = is_large(card)
         return cls(auto(o.epochs, card, small=10, large=3),
                    auto(o.max_train, card, small=2000, large=1000),
-                   o.max_test or (1000 if large else None), not large)  # fmt: skip
+                   o.max_test or (1000 if large else None), not large)
 
     def sanitizers(self, o: PoisoningOptions, rate: float) -> list[str]:
         """The label sanitizers run against flips at ``rate``."""
@@ -102,11 +102,11 @@ def _subsample(ds, max_train: int, g: torch.Generator, max_test: int | None = No
 
     if ds.y_train.numel() > max_train:
         _, keep = stratified_split(ds.y_train, test_size=max_train / ds.y_train.numel(),
-                                   seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)))  # fmt: skip
+                                   seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
         ds = dataclasses.replace(ds, x_train=ds.x_train[keep], y_train=ds.y_train[keep])
     if max_test is not None and ds.y_test.numel() > max_test:
         _, keep = stratified_split(ds.y_test, test_size=max_test / ds.y_test.numel(),
-                                   seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)))  # fmt: skip
+                                   seed=int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
         ds = dataclasses.replace(ds, x_test=ds.x_test[keep], y_test=ds.y_test[keep])
     return ds
 
@@ -134,18 +134,18 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
         from dlsec.audit.config import ConfigError
 
         raise ConfigError(f"[poisoning] backdoor-target: {o.backdoor_target} is not a class of "
-                          f"{ctx.dataset.name} (0..{ctx.dataset.num_classes - 1})")  # fmt: skip
+                          f"{ctx.dataset.name} (0..{ctx.dataset.num_classes - 1})")
     scaled = _Scaled.of(o, ctx.card)
     ds = _subsample(ctx.dataset, scaled.max_train, ctx.generator(60), scaled.max_test)
     stated = scaled.text(ds, ctx.card)
     cfg = TrainConfig(epochs=scaled.epochs, batch_size=o.batch_size, lr=ctx.config.lr,
                       optimizer=ctx.config.optimizer,  # type: ignore[arg-type]
                       seed=ctx.config.seed, device=str(ctx.device),
-                      measure_train_accuracy=False)  # fmt: skip
+                      measure_train_accuracy=False)
     settings = SanitizerSettings(folds=o.folds)
     arch, norm = ctx.card.architecture, ctx.card.normalization
     make = model_factory(arch, input_shape=ds.input_shape, classes=ds.classes, bounds=ds.bounds,
-                         normalization=norm)  # fmt: skip
+                         normalization=norm)
     clean = train_on(ds.x_train, ds.y_train, make_model=make, config=cfg)
     metrics: dict[str, float] = {}
     rows, det_rows, warnings = [], [], []
@@ -157,10 +157,10 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
         for j, rate in enumerate(o.rates):
             if attack == "random-flip":
                 poison = random_flip(ds.x_train, ds.y_train, rate=rate, num_classes=ds.num_classes,
-                                     generator=ctx.generator(600 + j))  # fmt: skip
+                                     generator=ctx.generator(600 + j))
             elif attack == "optimized-flip":
                 poison = optimized_flip(ds.x_train, ds.y_train, rate=rate, surrogate=ctx.model,
-                                        num_classes=ds.num_classes)  # fmt: skip
+                                        num_classes=ds.num_classes)
             else:
                 warnings.append(f"unknown flip attack {attack!r} skipped")
                 break
@@ -168,7 +168,7 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
                                            sanitizers=scaled.sanitizers(o, rate),
                                            settings=settings,
                                            clean_model=clean, normalization=norm,
-                                           seed=ctx.config.seed)  # fmt: skip
+                                           seed=ctx.config.seed)
             key = f"{attack.replace('-', '_')}_{round(rate * 100)}"
             metrics[f"{key}_accuracy"] = exp.poisoned_accuracy
             metrics[f"{key}_accuracy_drop"] = exp.accuracy_drop
@@ -184,7 +184,7 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
                 row.append(_pct(r.accuracy))
                 det_rows.append([f"{attack} {rate:.0%}", r.method, r.detection.flagged,
                                  r.detection.poisoned, round(r.detection.precision, 4),
-                                 round(r.detection.recall, 4)])  # fmt: skip
+                                 round(r.detection.recall, 4)])
             row += ["–"] * (len(o.flip_sanitizers) - len(exp.sanitized))  # not run at this rate
             rows.append(row)
             if flagged_fig is None and exp.sanitized:
@@ -192,32 +192,32 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
                 idx = torch.nonzero(first.result.mask).flatten()[:20]
                 if idx.numel():
                     labels = [f"{ds.classes[int(poison.y[i])]}"
-                              f"{'*' if bool(poison.mask[i]) else ''}" for i in idx]  # fmt: skip
+                              f"{'*' if bool(poison.mask[i]) else ''}" for i in idx]
                     flagged_fig = image_grid(
                         poison.x[idx], labels, bounds=ds.bounds,
                         title=f"Samples {first.method} flags ({attack} {rate:.0%})",
                         caption="Given (poisoned) label above each image; * marks samples the "
-                        "attack really flipped.")  # fmt: skip
+                        "attack really flipped.")
     columns = ["attack", "rate", "clean model", "poisoned", *[f"+ {s}" for s in o.flip_sanitizers]]
     tables = [Table("Accuracy after label poisoning, with and without sanitization", columns,
                     rows, caption="Test accuracy of the audited architecture retrained on the "
-                    f"poisoned set, then on what each sanitizer keeps. Settings: {stated}.")]  # fmt: skip
+                    f"poisoned set, then on what each sanitizer keeps. Settings: {stated}.")]
     figures = []
     if any(xs for xs, _ in curves.values()):
         figures.append(line_chart({k: v for k, v in curves.items() if v[0]},
                                   title="Accuracy vs poison rate", xlabel="poison rate",
-                                  ylabel="test accuracy"))  # fmt: skip
+                                  ylabel="test accuracy"))
     if flagged_fig is not None:
         figures.append(flagged_fig)
 
     if len(ds.input_shape) == 3 and o.backdoor_rate > 0:
         poison = backdoor(ds.x_train, ds.y_train, target=o.backdoor_target, rate=o.backdoor_rate,
                           bounds=ds.bounds, num_classes=ds.num_classes,
-                          generator=ctx.generator(610))  # fmt: skip
+                          generator=ctx.generator(610))
         exp = run_poisoning_experiment(ds, poison, architecture=arch, config=cfg,
                                        sanitizers=o.backdoor_sanitizers, settings=settings,
                                        clean_model=clean, normalization=norm,
-                                       seed=ctx.config.seed)  # fmt: skip
+                                       seed=ctx.config.seed)
         metrics["backdoor_asr"] = float(exp.poisoned_success or 0.0)
         metrics["backdoor_clean_accuracy_drop"] = exp.accuracy_drop
         bd_rows: list[list[Any]] = [["none", _pct(exp.poisoned_accuracy), _pct(exp.poisoned_success), "–", "–"]]
@@ -228,29 +228,29 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
                             round(r.detection.precision, 4), round(r.detection.recall, 4)])
             det_rows.append([f"backdoor {o.backdoor_rate:.0%}", r.method, r.detection.flagged,
                              r.detection.poisoned, round(r.detection.precision, 4),
-                             round(r.detection.recall, 4)])  # fmt: skip
+                             round(r.detection.recall, 4)])
         tables.append(Table(
             f"Backdoor (BadNets patch, target class {ds.classes[o.backdoor_target]}, "
             f"{o.backdoor_rate:.0%} poisoned)",
             ["sanitizer", "clean accuracy", "attack success rate", "precision", "recall"], bd_rows,
             caption=f"Clean model: accuracy {_pct(exp.clean_accuracy)}, attack success "
-            f"{_pct(exp.clean_success)}."))  # fmt: skip
+            f"{_pct(exp.clean_success)}."))
         if exp.poisoned_success is not None and exp.poisoned_success > 0.5:
             warnings.append(f"a {o.backdoor_rate:.0%} backdoor reaches {exp.poisoned_success:.0%} "
-                            "attack success on this architecture")  # fmt: skip
+                            "attack success on this architecture")
         shown = torch.nonzero(poison.mask).flatten()[:10]
         figures.append(image_grid(poison.x[shown], [ds.classes[int(poison.y[i])] for i in shown],
                                   bounds=ds.bounds, title="Backdoor poisons (trigger stamped)"))
     if o.collision_targets > 0:
         trials = run_collision_trials(ds, ctx.model, n_targets=o.collision_targets,
-                                      generator=ctx.generator(620))  # fmt: skip
+                                      generator=ctx.generator(620))
         metrics["collision_success_rate"] = trials.success_rate
         tables.append(Table(
             "Clean-label feature collision (Poison Frogs, last layer retrained)",
             ["test sample", "true class", "base class", "success", "feature distance"],
             [[r["test_index"], ds.classes[r["true"]], ds.classes[r["base"]],
               "yes" if r["success"] else "no", round(r["feature_distance"], 4)]
-             for r in trials.rows]))  # fmt: skip
+             for r in trials.rows]))
         if trials.n_targets:
             k = min(5, trials.n_targets)
             imgs = torch.cat([trials.targets[:k], trials.bases[:k], trials.poisons[:k]])
@@ -261,7 +261,7 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
                                       title="Feature collision: targets, bases, poisons"))
     tables.append(Table("Detection of poisoned samples",
                         ["attack", "sanitizer", "flagged", "poisoned", "precision", "recall"],
-                        det_rows))  # fmt: skip
+                        det_rows))
     worst = max((v for k, v in metrics.items() if k.endswith("_accuracy_drop")), default=0.0)
     summary = f"worst accuracy drop from label poisoning {worst:.1%}"
     if "backdoor_asr" in metrics:
@@ -273,4 +273,4 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
                          details={"settings": stated,
                                   "training_samples": int(ds.y_train.numel()),
                                   "test_samples": int(ds.y_test.numel()),
-                                  "epochs": scaled.epochs})  # fmt: skip
+                                  "epochs": scaled.epochs})

@@ -47,7 +47,7 @@ class PrivacyOptions:
     evaluator_epochs: int = 0
 
     def __post_init__(self) -> None:
-        from dlsec.attacks.privacy.extraction import STRATEGIES
+        from dlsec.attacks.surrogate import STRATEGIES
 
         if self.members < 2 or self.shadows < 2 or self.extraction_budget < 8:
             raise ValueError("members and shadows must be >= 2, extraction-budget >= 8")
@@ -83,7 +83,6 @@ def _member_indices(ctx: AuditContext) -> torch.Tensor:
 
 
 def _membership(ctx: AuditContext, opt: PrivacyOptions) -> tuple[dict, list, list]:
-    from dlsec.attacks.privacy._common import train_config_from_card
     from dlsec.attacks.privacy.membership import (
         AttackClassifierConfig,
         balanced_membership_set,
@@ -94,6 +93,7 @@ def _membership(ctx: AuditContext, opt: PrivacyOptions) -> tuple[dict, list, lis
         train_shadow_models,
     )
     from dlsec.attacks.privacy.metrics import roc_points
+    from dlsec.attacks.surrogate import train_config_from_card
 
     ds = ctx.dataset
     idx = _member_indices(ctx)
@@ -201,7 +201,7 @@ def _inversion(ctx: AuditContext, opt: PrivacyOptions) -> tuple[dict[str, float]
 
 
 def _extraction(ctx: AuditContext, opt: PrivacyOptions) -> tuple[dict[str, float], list, list]:
-    from dlsec.attacks.privacy.extraction import default_schedule, extract
+    from dlsec.attacks.surrogate import default_schedule, extract
     from dlsec.audit.report.plots import line_chart
     from dlsec.training import TrainConfig, predict_logits
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.evasion._base import Norm
+from dlsec.attacks.core import Norm
 from dlsec.training import TrainingError
 
 
@@ -57,7 +57,7 @@ class AdversarialLoss:
         return {
             "method": self.name, "eps": self.eps, "norm": self.norm, "steps": self.steps,
             "alpha": self.step_size,
-        }  # fmt: skip
+        }
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError

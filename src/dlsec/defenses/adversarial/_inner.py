@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from torch import Tensor, nn
 
-from dlsec.attacks.evasion._base import input_gradient, project, step_direction
+from dlsec.attacks.core import input_gradient, project, step_direction
 
 
 @contextmanager

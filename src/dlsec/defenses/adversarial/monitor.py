@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from dlsec.attacks.core import Norm
 from dlsec.attacks.evasion import FGSM, PGD
-from dlsec.attacks.evasion._base import Norm
 from dlsec.training import unwrap_model
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlsec.attacks.evasion._base import ce_loss, random_start
+from dlsec.attacks.core import ce_loss, random_start
 from dlsec.defenses.adversarial._base import AdversarialLoss
 from dlsec.defenses.adversarial._inner import ascend, module_mode
 from dlsec.training import unwrap_model
@@ -52,7 +52,7 @@ class PGDTrainingLoss(AdversarialLoss):
             return ascend(
                 net, x, start, lambda logits: ce_loss(logits, y), norm=self.norm,
                 eps=self.eps, steps=self.steps, alpha=self.step_size, bounds=self.bounds,
-            )  # fmt: skip
+            )
 
     def settings(self) -> dict[str, float | int | str | bool]:
         return {**super().settings(), "random_init": self.random_init}

@@ -66,7 +66,7 @@ class TradesLoss(AdversarialLoss):
             return ascend(
                 net, x, start, lambda logits: _kl_per_sample(logits, p_clean), norm=self.norm,
                 eps=self.eps, steps=self.steps, alpha=self.step_size, bounds=self.bounds,
-            )  # fmt: skip
+            )
 
     def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         x_adv = self.adversarial(model, x)
@@ -75,5 +75,5 @@ class TradesLoss(AdversarialLoss):
         robust = F.kl_div(
             F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1),
             reduction="batchmean",
-        )  # fmt: skip
+        )
         return F.cross_entropy(logits_clean, y) + self.beta * robust

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dlsec.attacks.core import Norm
 from dlsec.attacks.evasion import PGD
-from dlsec.attacks.evasion._base import Norm
 from dlsec.defenses.adversarial._base import AdversarialLoss
 from dlsec.defenses.adversarial.fgsm_rs import FastFGSMLoss
 from dlsec.defenses.adversarial.monitor import RobustnessMonitor
@@ -160,7 +160,7 @@ def adversarial_train(
         mon = RobustnessMonitor(
             x_tr[held], y_tr[held], eps=eps, bounds=bounds, norm=norm, steps=monitor_steps,
             drop=collapse_drop, seed=seed,
-        )  # fmt: skip
+        )
 
     def hook(epoch: int, model: nn.Module, record: dict[str, float]) -> bool:
         stop = bool(on_epoch_end(epoch, model, record)) if on_epoch_end else False
@@ -170,11 +170,11 @@ def adversarial_train(
     model, card, base = train_model(
         dataset, architecture, fit_config, normalization=normalization, progress=progress,
         batch_loss=loss, on_epoch_end=hook,
-    )  # fmt: skip
+    )
     result = AdversarialTrainResult(
         history=base.history, best_epoch=len(base.history), stopped_early=base.stopped_early,
         seconds=base.seconds, method=method,
-    )  # fmt: skip
+    )
     if mon is not None:
         result.collapse_epoch = mon.collapse_epoch
         result.stopped_early = result.stopped_early or mon.collapse_epoch is not None
@@ -189,7 +189,7 @@ def adversarial_train(
     robust = PGD(norm=norm, steps=eval_steps)(
         model, dataset.x_test, dataset.y_test, eps=eps, bounds=bounds,
         generator=torch.Generator().manual_seed(seed),
-    )  # fmt: skip
+    )
     adv = {**loss.settings(), "monitor": monitor, "collapse_epoch": result.collapse_epoch}
     card.training = {**config.to_dict(), "best_epoch": result.best_epoch, "adversarial": adv}
     best = result.history[result.best_epoch - 1] if result.history else {}

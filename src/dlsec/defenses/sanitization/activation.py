@@ -76,4 +76,4 @@ def activation_clustering(
         method="activation",
         metadata={"dims": dims, "size_threshold": size_threshold, "reduce": reduce,
                   "flagged_classes": flagged_classes},
-    )  # fmt: skip
+    )

@@ -54,7 +54,7 @@ def cross_val_probs(
         train_idx = torch.nonzero(~held).flatten()
         test_idx = torch.nonzero(held).flatten()
         fit(model, x[train_idx.to(x.device)], y[train_idx.to(y.device)], config=config,
-            progress=progress, description=f"cross-validation fold {f + 1}/{folds}")  # fmt: skip
+            progress=progress, description=f"cross-validation fold {f + 1}/{folds}")
         logits = predict_logits(model, x[test_idx.to(x.device)])
         probs[test_idx] = logits.softmax(1).float().cpu()
     return probs

@@ -44,7 +44,7 @@ def model_factory(
     from dlsec.models import ModelCard, build_model
 
     card = ModelCard(architecture=architecture, input_shape=list(input_shape),
-                     classes=list(classes), bounds=bounds, normalization=normalization)  # fmt: skip
+                     classes=list(classes), bounds=bounds, normalization=normalization)
     return lambda: build_model(card, factory=architecture)  # the caller named it
 
 
@@ -81,13 +81,13 @@ def sanitize(
     features of ``model`` (a model trained on ``(x, y)``, trained here when not given);
     ``knn`` works in input space.
     """
-    from dlsec.attacks.poisoning import penultimate_features
     from dlsec.defenses.sanitization.activation import activation_clustering
     from dlsec.defenses.sanitization.confident_learning import confident_learning
     from dlsec.defenses.sanitization.crossval import cross_val_probs
     from dlsec.defenses.sanitization.knn import knn_consistency
     from dlsec.defenses.sanitization.loss import loss_outliers
     from dlsec.defenses.sanitization.spectral import spectral_signatures
+    from dlsec.models import penultimate_features
 
     s = settings or SanitizerSettings()
     if method not in SANITIZERS:
@@ -98,7 +98,7 @@ def sanitize(
         if pred_probs is None:
             pred_probs = cross_val_probs(x, y, make_model=make_model, config=config,
                                          num_classes=num_classes, folds=s.folds,
-                                         progress=progress)  # fmt: skip
+                                         progress=progress)
         if method == "cleanlab":
             return confident_learning(y, pred_probs, filter_by=s.cleanlab_filter_by)
         return loss_outliers(y, pred_probs, threshold=s.loss_threshold)
@@ -107,6 +107,6 @@ def sanitize(
     feats = penultimate_features(model, x)
     if method == "spectral":
         return spectral_signatures(feats, y, expected_rate=s.spectral_rate,
-                                   multiplier=s.spectral_multiplier)  # fmt: skip
+                                   multiplier=s.spectral_multiplier)
     return activation_clustering(feats, y, dims=s.activation_dims,
-                                 size_threshold=s.activation_size_threshold, seed=seed)  # fmt: skip
+                                 size_threshold=s.activation_size_threshold, seed=seed)

@@ -50,4 +50,4 @@ def knn_consistency(
     return SanitizationResult(
         scores=scores.cpu(), mask=(scores > threshold).cpu(), method="knn",
         metadata={"k": k, "threshold": threshold},
-    )  # fmt: skip
+    )

@@ -47,4 +47,4 @@ def loss_outliers(
     return SanitizationResult(
         scores=loss.float(), mask=mask, method="loss",
         metadata={"threshold": used, "fraction": fraction},
-    )  # fmt: skip
+    )

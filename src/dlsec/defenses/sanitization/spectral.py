@@ -58,4 +58,4 @@ def spectral_signatures(
     return SanitizationResult(
         scores=scores.float().cpu(), mask=mask.cpu(), method="spectral",
         metadata={"expected_rate": expected_rate, "multiplier": multiplier},
-    )  # fmt: skip
+    )

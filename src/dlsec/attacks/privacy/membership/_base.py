@@ -19,11 +19,12 @@ from torch import Tensor, nn
 from dlsec.attacks.privacy._common import (
     PrivacyAttackError,
     check_shifts,
-    fresh_model,
     require_scores,
     shift_images,
 )
 from dlsec.attacks.privacy.metrics import MembershipMetrics, membership_metrics
+from dlsec.attacks.surrogate import fresh_model
+from dlsec.models import ModelCard
 from dlsec.threat import Oracle
 from dlsec.training import TrainConfig, fit, resolve_device
 
@@ -263,7 +264,7 @@ def train_shadow_models(
     x: Tensor,
     y: Tensor,
     *,
-    card: Any,
+    card: ModelCard,
     n_models: int,
     config: TrainConfig,
     generator: torch.Generator,

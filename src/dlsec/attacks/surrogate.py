@@ -1,4 +1,13 @@
-"""Model extraction through the Oracle: train a substitute on the victim's answers.
+"""Surrogate training: models an attacker builds to stand in for the target.
+
+One module for what model extraction (a privacy attack: steal the model through its API)
+and transfer attacks (craft adversarials on a stand-in) share. :func:`extract` trains a
+substitute on the oracle's answers under a query strategy; :func:`train_surrogate` builds
+a transfer attack's surrogate (Jacobian augmentation, knockoff, or gray-box on labelled
+data) on top of it; :func:`fresh_model` builds an untrained model of the card's
+architecture.
+
+Model extraction through the Oracle: train a substitute on the victim's answers.
 
 Tramèr, Zhang, Juels, Reiter, Ristenpart, "Stealing Machine Learning Models via
 Prediction APIs" (USENIX Security 2016) stole models hosted by commercial APIs from
@@ -48,12 +57,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlsec.attacks.privacy._common import PrivacyAttackError, fresh_model
-from dlsec.threat import Oracle
+from dlsec.attacks.core import AttackError
+from dlsec.models import ModelCard
+from dlsec.threat import Oracle, OracleWrapper
 from dlsec.training import TrainConfig, fit, predict_logits, resolve_device
 
 Strategy = Literal["random", "natural", "jacobian", "active"]
 STRATEGIES: tuple[str, ...] = ("random", "natural", "jacobian", "active")
+SURROGATE_STRATEGIES: tuple[str, ...] = ("jacobian", "knockoff", "graybox")
 
 
 @dataclass
@@ -98,7 +109,7 @@ class _Indexed(nn.Module):
 def default_schedule(budget: int, *, rounds: int = 5) -> list[int]:
     """Query counts at which the substitute is retrained: budget / 2^k, smallest first."""
     if budget < 1:
-        raise PrivacyAttackError(f"the query budget must be >= 1, got {budget}")
+        raise AttackError(f"the query budget must be >= 1, got {budget}")
     points = sorted({max(1, budget >> k) for k in range(rounds)})
     return points
 
@@ -149,7 +160,7 @@ def _jacobian_step(sub: nn.Module, x: Tensor, labels: Tensor, lam: float,
 def extract(
     oracle: Oracle,
     *,
-    card: Any,
+    card: ModelCard,
     strategy: Strategy = "natural",
     budget: int = 10_000,
     x_pool: Tensor | None = None,
@@ -186,11 +197,11 @@ def extract(
         generator: randomness of the proposal and of subsets.
     """
     if strategy not in STRATEGIES:
-        raise PrivacyAttackError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        raise AttackError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     if strategy != "random" and (x_pool is None or len(x_pool) == 0):
-        raise PrivacyAttackError(f"the {strategy} strategy needs attacker data (x_pool)")
+        raise AttackError(f"the {strategy} strategy needs attacker data (x_pool)")
     if oracle.remaining is not None and oracle.remaining < budget:
-        raise PrivacyAttackError(
+        raise AttackError(
             f"the oracle allows only {oracle.remaining} more queries, budget is {budget}"
         )
     t0 = time.perf_counter()
@@ -322,3 +333,192 @@ __all__ = [
     "mixup_candidates",
     "natural_image_patches",
 ]
+
+
+# -- models like the card's ----------------------------------------------------------------------
+def fresh_model(card: ModelCard, seed: int) -> nn.Module:
+    """An untrained network of ``card``'s architecture, initial weights drawn under ``seed``.
+
+    The global RNG is left untouched (as in :func:`dlsec.training.train_model`).
+    """
+    from dlsec.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_model(card)
+
+
+def train_config_from_card(card: ModelCard, **overrides: Any) -> TrainConfig:
+    """The target's own training recipe as recorded in its card (the attacker's best guess)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    known = {k: v for k, v in (card.training or {}).items() if k in names}
+    known.update(overrides)
+    return TrainConfig(**known)
+
+
+# -- surrogates for transfer attacks --------------------------------------------------------------
+@dataclass
+class Surrogate:
+    """A model the attacker trained to stand in for the target.
+
+    ``queries``: oracle queries spent on training it; ``output``: what it learned from
+    (``"label"`` or ``"scores"`` of the oracle, or ``"ground-truth"`` labels for gray-box);
+    ``training_size``: records it was trained on; ``seconds``: wall time of training.
+    """
+
+    model: nn.Module
+    strategy: str
+    queries: int
+    seconds: float
+    output: str = "label"
+    training_size: int = 0
+
+
+class _LabelsOnly(OracleWrapper):
+    """A label-only view of an oracle (queries and budget are the oracle's own)."""
+
+    def __init__(self, inner: Oracle) -> None:
+        super().__init__(inner)
+        self.output = "label"
+
+    def query(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor:
+        return self.inner.query_labels(x, ids=ids)
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+
+
+def _check_inputs(x: Tensor | None, oracle: Oracle, what: str) -> Tensor:
+    if x is None or x.shape[0] == 0:
+        raise AttackError(f"{what} needs attacker data (x_attacker)")
+    if tuple(x.shape[1:]) != tuple(oracle.input_shape):
+        raise AttackError(
+            f"attacker data of shape {tuple(x.shape[1:])} does not match the target's input "
+            f"{tuple(oracle.input_shape)}"
+        )
+    return x
+
+
+def train_surrogate(
+    strategy: str,
+    oracle: Oracle,
+    *,
+    card: ModelCard,
+    x_attacker: Tensor | None = None,
+    y_attacker: Tensor | None = None,
+    budget: int = 6400,
+    config: TrainConfig | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    architecture: str | None = None,
+    seed_size: int = 150,
+    lam: float = 0.1,
+    tau: int = 3,
+    x_pool: Tensor | None = None,
+) -> Surrogate:
+    """Train a surrogate of the target behind ``oracle`` (see the module for the strategies).
+
+    Args:
+        strategy: ``"jacobian"``, ``"knockoff"`` or ``"graybox"``.
+        oracle: the target; the black-box strategies spend at most ``budget`` of its queries.
+        card: the attacker's guess of the target (architecture, input shape, classes).
+        x_attacker: attacker-held in-distribution records (``jacobian``: the seed set is
+            ``seed_size`` of them drawn at random; ``graybox``: the training inputs).
+        y_attacker: their true labels (``graybox`` only).
+        budget: oracle labels for ``jacobian`` / ``knockoff`` (default 6,400).
+        config: surrogate training (default: 30 epochs of Adam, lr 3e-3; ``jacobian`` and
+            ``knockoff`` retrain warm at each round with batch 128, ``graybox`` batch 64;
+            the seed is drawn from ``generator``).
+        generator: all randomness (seed subset, augmentation subsets, image patches,
+            initial weights, shuffling); default seed 0.
+        architecture: the surrogate's architecture if not the card's (e.g. ``"smallcnn"``).
+        seed_size, lam, tau: Jacobian augmentation (the paper's 150, 0.1, 3).
+        x_pool: ``knockoff``'s query images (default: ``budget`` natural image patches).
+    """
+    if strategy not in SURROGATE_STRATEGIES:
+        raise AttackError(
+            f"unknown surrogate strategy {strategy!r} (choose from "
+            f"{', '.join(SURROGATE_STRATEGIES)})"
+        )
+    t0 = time.perf_counter()
+    g = generator or torch.Generator().manual_seed(0)
+    seed = draw_seed(g)
+    if architecture is not None:
+        card = card.with_architecture(architecture)  # the caller named it: consent
+    if strategy == "graybox":
+        x = _check_inputs(x_attacker, oracle, "the graybox strategy")
+        if y_attacker is None or y_attacker.shape[0] != x.shape[0]:
+            raise AttackError("the graybox strategy needs one label (y_attacker) per record")
+        cfg = config or TrainConfig(epochs=30, lr=3e-3, batch_size=64, val_fraction=0.0)
+        if config is None:
+            cfg = dataclasses.replace(cfg, seed=seed)
+        model = fresh_model(card, cfg.seed)
+        fit(model, x, y_attacker, config=cfg, progress=progress, description="surrogate")
+        return Surrogate(
+            model.eval(),
+            strategy,
+            0,
+            time.perf_counter() - t0,
+            output="ground-truth",
+            training_size=int(x.shape[0]),
+        )
+    if budget < 1:
+        raise AttackError(f"the query budget must be >= 1, got {budget}")
+    if oracle.remaining is not None and oracle.remaining < budget:
+        raise AttackError(
+            f"the oracle allows only {oracle.remaining} more queries, "
+            f"the surrogate's budget is {budget}"
+        )
+    cfg = config or TrainConfig(epochs=30, lr=3e-3, batch_size=128, val_fraction=0.0)
+    if config is None:
+        cfg = dataclasses.replace(cfg, seed=seed)
+    if strategy == "jacobian":
+        x = _check_inputs(x_attacker, oracle, "the jacobian strategy")
+        if seed_size < 1:
+            raise AttackError(f"seed_size must be >= 1, got {seed_size}")
+        order = torch.randperm(x.shape[0], generator=g)[:seed_size].to(x.device)
+        res = extract(
+            _LabelsOnly(oracle),
+            card=card,
+            strategy="jacobian",
+            budget=budget,
+            x_pool=x[order],
+            schedule=[budget],
+            config=cfg,
+            seed_size=seed_size,
+            lam=lam,
+            tau=tau,
+            generator=g,
+            progress=progress,
+        )
+    else:
+        if x_pool is None:
+            if len(oracle.input_shape) != 3:
+                raise AttackError(
+                    "knockoff's natural images need C x H x W inputs; pass x_pool"
+                )
+            x_pool = natural_image_patches(
+                budget, shape=oracle.input_shape, bounds=oracle.bounds, generator=g
+            )
+        else:
+            x_pool = _check_inputs(x_pool, oracle, "the knockoff strategy")
+        res = extract(
+            oracle,
+            card=card,
+            strategy="natural",
+            budget=budget,
+            x_pool=x_pool,
+            schedule=[budget],
+            config=cfg,
+            generator=g,
+            progress=progress,
+        )
+    return Surrogate(
+        res.substitute.eval(),
+        strategy,
+        res.queries,
+        time.perf_counter() - t0,
+        output=res.output,
+        training_size=res.queries,
+    )
