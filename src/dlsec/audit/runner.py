@@ -42,7 +42,14 @@ from dlsec.data import Dataset, load_dataset
 from dlsec.errors import DlsecError
 from dlsec.files import atomic_write_text, check_output
 from dlsec.models import ModelCard, ModelError, load, read_card
-from dlsec.training import TrainConfig, configure_threads, resolve_device, train_model
+from dlsec.training import (
+    AUTO_TRAINING_SAMPLES,
+    TrainConfig,
+    configure_threads,
+    resolve_device,
+    scaled_epochs,
+    train_model,
+)
 
 REPORT_SCHEMA_VERSION = 2
 """2: ``metrics`` values may be ``null`` (a non-finite number, explained in
@@ -73,16 +80,6 @@ class _Obtained:
     card: ModelCard
     history: list[dict[str, Any]] | None
     warnings: list[str] = field(default_factory=list)
-
-
-AUTO_TRAINING_SAMPLES = 45_000
-
-
-def scaled_epochs(n_train: int) -> int:
-    """As many epochs as pass about 45,000 training samples, between 1 and 30: 30 on the
-    digits data (1,437 training images), 1 on Fashion-MNIST (60,000), where 30 epochs of
-    a CNN alone would take far longer than the audit's attacks."""
-    return max(1, min(30, round(AUTO_TRAINING_SAMPLES / max(1, n_train))))
 
 
 def audit_epochs(config: AuditConfig, n_train: int) -> int:
