@@ -42,14 +42,7 @@ from typing import Annotated  # noqa: E402
 
 import typer  # noqa: E402
 
-from dlsec.commands.options import (  # noqa: E402
-    DeviceOpt,
-    SeedOpt,
-    TestSizeOpt,
-    ThreadsOpt,
-    count,
-    number,
-)
+from dlsec.commands.options import SeedOpt  # noqa: E402
 from dlsec.errors import DlsecError  # noqa: E402
 from dlsec.training import SEED_MAX  # noqa: E402
 
@@ -121,64 +114,6 @@ def audit(
             )
             typer.echo(f"FAIL: {gate['key']} {shown}", err=True)
     raise typer.Exit(outcome.exit_code)
-
-
-@app.command()
-def train(
-    out: Annotated[Path, typer.Option(help="Directory for weights, card.json and history.json")],
-    dataset: Annotated[str, typer.Option(help="digits | fashion-mnist | mnist | idx:DIR | npz:PATH")] = "digits",
-    model: Annotated[str, typer.Option(help="A registered name or module:factory")] = "simplenet",
-    epochs: Annotated[int, count("Training epochs")] = 30,
-    batch_size: Annotated[int, count("Batch size", "--batch-size")] = 64,
-    lr: Annotated[float, number("Learning rate", low=0.0, low_open=True)] = 3e-3,
-    optimizer: Annotated[str, typer.Option(help="adam | sgd")] = "adam",
-    schedule: Annotated[str, typer.Option(help="cosine | step | none")] = "cosine",
-    weight_decay: Annotated[float, number("Weight decay", "--weight-decay", low=0.0)] = 0.0,
-    val_fraction: Annotated[float, number("Validation share of the training set", "--val-fraction", low=0.0, high=1.0, high_open=True)] = 0.1,
-    patience: Annotated[int | None, count("Early stopping patience in epochs")] = None,
-    seed: SeedOpt = 0,
-    device: DeviceOpt = "auto",
-    test_size: TestSizeOpt = 0.2,
-    adversarial: Annotated[str | None, typer.Option(help="Adversarial training: pgd | fgsm-rs | trades")] = None,
-    eps: Annotated[float | None, number("With --adversarial: the radius, in input units", low=0.0, low_open=True)] = None,
-    norm: Annotated[str, typer.Option(help="With --adversarial: linf | l2")] = "linf",
-    attack_steps: Annotated[int | None, count("With --adversarial: attack steps per batch", "--attack-steps")] = None,
-    threads: ThreadsOpt = 0,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
-) -> None:
-    """Train a model and save it (safetensors weights + JSON card + training curves)."""
-    import json
-
-    from dlsec.commands.options import set_threads
-    from dlsec.data import load_dataset
-    from dlsec.files import atomic_write_text, check_output
-    from dlsec.models import save
-    from dlsec.training import TrainConfig, is_main_process, train_model
-
-    check_output(out, kind="dir", option="--out")
-    tconf = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer,  # type: ignore[arg-type]
-        schedule=schedule, weight_decay=weight_decay, val_fraction=val_fraction,  # type: ignore[arg-type]
-        patience=patience, seed=seed, device=device,
-    )
-    ds = load_dataset(dataset, seed=seed, test_size=test_size)
-    set_threads(threads, device=device, architecture=model, dataset=ds)
-    if adversarial is not None:
-        from dlsec.commands.adversarial import run_adversarial
-
-        net, card, result = run_adversarial(
-            ds, model, tconf, method=adversarial, eps=eps, norm=norm, steps=attack_steps,
-            progress=not quiet,
-        )
-    else:
-        net, card, result = train_model(ds, model, tconf, progress=not quiet)
-    if not is_main_process():  # under torchrun only rank 0 writes
-        return
-    save(net, card, out)
-    atomic_write_text(out / "history.json", json.dumps(result.history, indent=2) + "\n")
-    typer.echo(
-        f"saved {card.architecture} to {out} (test accuracy {card.metrics['test_accuracy']:.4f})"
-    )
 
 
 @data_app.command("fetch")

@@ -1,4 +1,4 @@
-"""Helpers for the CLI tests: a saved model directory and the one-line error check."""
+"""Helpers for the CLI tests: a saved model directory; torch's thread count restored."""
 
 from __future__ import annotations
 
@@ -25,19 +25,3 @@ def _keep_torch_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
-
-
-def _one_line_error(err: str, *words: str) -> str:
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for w in words:
-        assert w in lines[0], (w, lines[0])
-    return lines[0]
-
-
-@pytest.fixture
-def one_line_error():
-    """``one_line_error(err, *words)``: ``err`` is exactly one line ``error: ...`` holding
-    every word (and no traceback); returns that line."""
-    return _one_line_error

@@ -131,7 +131,7 @@ CASES = [
     (["train", "--out", "/dev/null"], "dlsec.data.load_dataset", ["--out", "/dev/null is a device"]),
     (["train", "--out", "{file}/m"], "dlsec.data.load_dataset", ["--out", "afile.txt is a file, not a directory"]),
     pytest.param(["train", "--out", "/proc/dlsec-model"], "dlsec.data.load_dataset", ["--out", "cannot create files in /proc"], marks=PROC),
-    (["adv-train", "--eps", "0.1", "--out", "{file}"], "dlsec.data.load_dataset", ["--out", "is a file"]),
+    (["train", "--adversarial", "pgd", "--eps", "0.1", "--out", "{file}"], "dlsec.data.load_dataset", ["--out", "is a file"]),
     (["audit", "--out", "{file}"], "dlsec.audit.runner.run_audit", ["--out", "is a file; expected a directory"]),
     (["audit", "--out", "/dev/null"], "dlsec.audit.runner.run_audit", ["--out", "/dev/null is a device"]),
     (["attack", "pgd", *MODEL, "--eps", "0.1", "--out", "{dir}"], "dlsec.models.load", ["--out", "adir is a directory; expected a file"]),

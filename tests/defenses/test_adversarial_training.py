@@ -241,16 +241,57 @@ def test_cli_train_adversarial(tmp_path, capsys) -> None:
     assert "--eps is required" in capsys.readouterr().err
 
 
-def test_cli_adv_train_l2_trades(tmp_path, capsys) -> None:
+def test_cli_train_adversarial_l2_trades_and_stray_flags(tmp_path, capsys, one_line_error) -> None:
     out = tmp_path / "t"
-    args = ["adv-train", "--out", str(out), "--method", "trades", "--norm", "l2", "--eps", "1.0",
-            "--attack-steps", "3", "--epochs", "2", "--quiet"]
+    args = ["train", "--out", str(out), "--adversarial", "trades", "--norm", "l2", "--eps",
+            "1.0", "--attack-steps", "3", "--beta", "4", "--epochs", "2", "--quiet"]
     assert main(args) == 0
     assert "PGD accuracy" in capsys.readouterr().out
     _, card = load(out)
     adv = card.training["adversarial"]
-    assert (adv["method"], adv["norm"], adv["steps"], adv["beta"]) == ("trades", "l2", 3, 6.0)
-    assert main(["adv-train", "--out", str(out), "--eps", "0.1", "--method", "free", "-q"]) == 2
+    assert (adv["method"], adv["norm"], adv["steps"], adv["beta"]) == ("trades", "l2", 3, 4.0)
+    assert main(["train", "--out", str(out), "--eps", "0.1", "--adversarial", "free", "-q"]) == 2
+    one_line_error(capsys.readouterr().err, "'free'", "pgd, fgsm-rs, trades")
+    # a flag of adversarial training without --adversarial is an error, not silently ignored
+    assert main(["train", "--out", str(out), "--eps", "0.1", "--no-monitor", "-q"]) == 2
+    one_line_error(capsys.readouterr().err, "--eps, --no-monitor", "--adversarial")
+
+
+def test_cli_adv_train_is_a_deprecated_alias(tmp_path, capsys) -> None:
+    """``dlsec adv-train`` warns in one line and trains the same weights as ``dlsec train
+    --adversarial`` with the same flags."""
+    common = ["--eps", "0.2", "--epochs", "2", "--lr", "0.01", "--alpha", "0.1", "-q"]
+    assert main(["train", "--out", str(tmp_path / "new"), "--adversarial", "fgsm-rs", *common]) == 0
+    new_err = capsys.readouterr().err
+    assert main(["adv-train", "--out", str(tmp_path / "old"), "--method", "fgsm-rs", *common]) == 0
+    err = capsys.readouterr().err
+    assert "deprecated" not in new_err
+    assert err.splitlines() == [
+        "warning: dlsec adv-train is deprecated: use dlsec train --adversarial fgsm-rs "
+        "(--method becomes --adversarial; the other flags are the same)"
+    ]
+    (m_new, c_new), (m_old, c_old) = load(tmp_path / "new"), load(tmp_path / "old")
+    assert c_old.training == c_new.training and c_old.metrics == c_new.metrics
+    for key, value in m_new.state_dict().items():
+        assert torch.equal(m_old.state_dict()[key], value), key
+    # a user mistake through the alias: the warning, then the one error line
+    assert main(["adv-train", "--out", str(tmp_path / "x"), "--eps", "0.1", "--method", "free",
+                 "-q"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("warning: dlsec adv-train is deprecated")
+    assert lines[1].startswith("error: unknown adversarial training method 'free'")
+
+
+def test_deprecated_module_name_warns_and_resolves_to_the_package() -> None:
+    import importlib
+
+    import dlsec.defenses.adversarial as package
+
+    sys.modules.pop("dlsec.defenses.adversarial_training", None)
+    with pytest.warns(DeprecationWarning, match="import dlsec.defenses.adversarial"):
+        old = importlib.import_module("dlsec.defenses.adversarial_training")
+    assert old.adversarial_train is package.adversarial_train
+    assert old.METHODS is package.METHODS and sorted(old.__all__) == sorted(package.__all__)
 
 
 # -- DDP -------------------------------------------------------------------------------------

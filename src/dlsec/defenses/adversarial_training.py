@@ -1,29 +1,22 @@
-"""``dlsec.defenses.adversarial_training``: the public name of adversarial training.
+"""Deprecated name of :mod:`dlsec.defenses.adversarial` (kept for one release).
 
-The methods live one per file in :mod:`dlsec.defenses.adversarial`; this module
-re-exports them.
+Importing it warns (``DeprecationWarning``); every name resolves to the one in
+:mod:`dlsec.defenses.adversarial`.
 """
 
-from dlsec.defenses.adversarial import (
-    METHODS,
-    AdversarialLoss,
-    AdversarialTrainResult,
-    FastFGSMLoss,
-    PGDTrainingLoss,
-    RobustnessMonitor,
-    TradesLoss,
-    adversarial_train,
-    make_adversarial_loss,
+import warnings
+from typing import Any
+
+import dlsec.defenses.adversarial as _adversarial
+
+warnings.warn(
+    "dlsec.defenses.adversarial_training is deprecated: import dlsec.defenses.adversarial",
+    DeprecationWarning,
+    stacklevel=2,
 )
 
-__all__ = [
-    "METHODS",
-    "AdversarialLoss",
-    "AdversarialTrainResult",
-    "FastFGSMLoss",
-    "PGDTrainingLoss",
-    "RobustnessMonitor",
-    "TradesLoss",
-    "adversarial_train",
-    "make_adversarial_loss",
-]
+__all__ = list(_adversarial.__all__)
+
+
+def __getattr__(name: str) -> Any:
+    return getattr(_adversarial, name)
