@@ -17,13 +17,7 @@ import numpy as np
 import torch
 from machine import describe, load_average
 
-from dlsec.attacks.poisoning import (
-    backdoor,
-    optimized_flip,
-    random_flip,
-    run_collision_trials,
-    run_poisoning_experiment,
-)
+from dlsec.attacks.poisoning import backdoor, optimized_flip, random_flip
 from dlsec.data import load_dataset, stratified_split
 from dlsec.defenses.sanitization import (
     SanitizerSettings,
@@ -32,6 +26,7 @@ from dlsec.defenses.sanitization import (
     sanitize,
     train_on,
 )
+from dlsec.scenarios.poisoning import run_collision_trials, run_poisoning_experiment
 from dlsec.training import TrainConfig, evaluate, predict_logits
 
 OUT = Path(__file__).resolve().parent / "results" / "poisoning.md"

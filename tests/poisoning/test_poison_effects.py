@@ -7,14 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlsec.attacks.poisoning import (
-    backdoor,
-    optimized_flip,
-    random_flip,
-    run_collision_trials,
-    run_poisoning_experiment,
-    targeted_flip,
-)
+from dlsec.attacks.poisoning import backdoor, optimized_flip, random_flip, targeted_flip
 from dlsec.defenses.sanitization import (
     SanitizerSettings,
     detection_metrics,
@@ -22,6 +15,7 @@ from dlsec.defenses.sanitization import (
     sanitize,
     train_on,
 )
+from dlsec.scenarios.poisoning import run_collision_trials, run_poisoning_experiment
 from dlsec.training import TrainConfig, evaluate
 
 CFG = TrainConfig(epochs=20, lr=3e-3)

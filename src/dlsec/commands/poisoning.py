@@ -87,8 +87,17 @@ def _surrogate(ds: Any, model_dir: str | None, model: str, epochs: int, seed: in
     return net
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def _poison(attack: str, out: Path, dataset: str, seed: int, surrogate: dict[str, Any] | None = None,
+            **settings: Any) -> None:
+    """Check ``out``, load the data, poison it with the scenario's ``attack``, write it."""
+    from dlsec.scenarios.poisoning import poison_dataset
+
+    _check_out(out)
+    ds = _load(dataset, seed)
+    if not 0 <= settings.get("target_index", 0) < ds.y_test.numel():  # before any training
+        raise DlsecError(f"--target-index must be in 0..{ds.y_test.numel() - 1}")
+    net = None if surrogate is None else _surrogate(ds, seed=seed, **surrogate)
+    _write(out, ds, poison_dataset(attack, ds, seed=seed, surrogate=net, **settings))
 
 
 @poison_app.command("random-flip")
@@ -96,12 +105,7 @@ def random_flip_cmd(
     out: OutOpt, rate: RateOpt = 0.2, dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
 ) -> None:
     """Flip a random share of the labels to random other classes."""
-    from dlsec.attacks.poisoning import random_flip
-
-    _check_out(out)
-    ds = _load(dataset, seed)
-    _write(out, ds, random_flip(ds.x_train, ds.y_train, rate=rate, num_classes=ds.num_classes,
-                                generator=_gen(seed)))
+    _poison("random-flip", out, dataset, seed, rate=rate)
 
 
 @poison_app.command("label-flip")
@@ -121,13 +125,7 @@ def targeted_flip_cmd(
     dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
 ) -> None:
     """Relabel (a share of) one class as another, e.g. every 7 becomes 1."""
-    from dlsec.attacks.poisoning import targeted_flip
-
-    _check_out(out)
-    ds = _load(dataset, seed)
-    _write(out, ds, targeted_flip(ds.x_train, ds.y_train, source=source, target=target,
-                                  rate=rate, num_classes=ds.num_classes,
-                                  generator=_gen(seed)))
+    _poison("targeted-flip", out, dataset, seed, source=source, target=target, rate=rate)
 
 
 @poison_app.command("optimized-flip")
@@ -138,14 +136,9 @@ def optimized_flip_cmd(
     threads: ThreadsOpt = 0, trust_code: TrustCodeOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Flip the labels a surrogate says hurt most (pushes class boundaries)."""
-    from dlsec.attacks.poisoning import optimized_flip
-
-    _check_out(out)
-    ds = _load(dataset, seed)
-    net = _surrogate(ds, model_dir, model, epochs, seed, quiet, threads=threads,
-                     trust_code=trust_code)
-    _write(out, ds, optimized_flip(ds.x_train, ds.y_train, rate=rate, surrogate=net,
-                                   num_classes=ds.num_classes))
+    surrogate = {"model_dir": model_dir, "model": model, "epochs": epochs, "quiet": quiet,
+                 "threads": threads, "trust_code": trust_code}
+    _poison("optimized-flip", out, dataset, seed, surrogate, rate=rate)
 
 
 @poison_app.command("inject")
@@ -156,12 +149,7 @@ def inject_cmd(
     dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
 ) -> None:
     """Append mislabeled copies of training samples."""
-    from dlsec.attacks.poisoning import inject_mislabeled
-
-    _check_out(out)
-    ds = _load(dataset, seed)
-    _write(out, ds, inject_mislabeled(ds.x_train, ds.y_train, rate=rate, label=label,
-                                      num_classes=ds.num_classes, generator=_gen(seed)))
+    _poison("inject", out, dataset, seed, rate=rate, label=label)
 
 
 @poison_app.command("backdoor")
@@ -175,14 +163,8 @@ def backdoor_cmd(
     dataset: DatasetOpt = "digits", seed: SeedOpt = 0,
 ) -> None:
     """BadNets: stamp a trigger patch on samples and relabel them as the target."""
-    from dlsec.attacks.poisoning import Trigger, backdoor
-
-    _check_out(out)
-    ds = _load(dataset, seed)
-    trig = Trigger(size=trigger_size, pattern=pattern)  # type: ignore[arg-type]
-    _write(out, ds, backdoor(ds.x_train, ds.y_train, target=target, rate=rate, trigger=trig,
-                             bounds=ds.bounds, mode=mode,  # type: ignore[arg-type]
-                             num_classes=ds.num_classes, generator=_gen(seed)))
+    _poison("backdoor", out, dataset, seed, target=target, rate=rate, trigger_size=trigger_size,
+            pattern=pattern, mode=mode)
 
 
 @poison_app.command("feature-collision")
@@ -198,19 +180,10 @@ def feature_collision_cmd(
     threads: ThreadsOpt = 0, trust_code: TrustCodeOpt = False, quiet: QuietOpt = False,
 ) -> None:
     """Clean-label Poison Frogs: poisons that collide with a test sample in feature space."""
-    from dlsec.attacks.poisoning import feature_collision
-
-    _check_out(out)
-    ds = _load(dataset, seed)
-    if not 0 <= target_index < ds.y_test.numel():
-        raise DlsecError(f"--target-index must be in 0..{ds.y_test.numel() - 1}")
-    net = _surrogate(ds, model_dir, model, epochs, seed, quiet, threads=threads,
-                     trust_code=trust_code)
-    base = (int(ds.y_test[target_index]) + 1) % ds.num_classes if base_label is None else base_label
-    _write(out, ds, feature_collision(ds.x_train, ds.y_train, model=net,
-                                      target_x=ds.x_test[target_index], base_label=base,
-                                      bounds=ds.bounds, n_poisons=n_poisons, steps=steps,
-                                      opacity=opacity))
+    surrogate = {"model_dir": model_dir, "model": model, "epochs": epochs, "quiet": quiet,
+                 "threads": threads, "trust_code": trust_code}
+    _poison("feature-collision", out, dataset, seed, surrogate, target_index=target_index,
+            base_label=base_label, n_poisons=n_poisons, steps=steps, opacity=opacity)
 
 
 def sanitize_cmd(
@@ -225,40 +198,33 @@ def sanitize_cmd(
     """Flag suspicious training samples, write the rest; score detection when the data
     carries a ``poison_mask`` (as ``dlsec poison`` writes)."""
     from dlsec.commands.options import set_threads
-    from dlsec.defenses.sanitization import (
-        SanitizerSettings,
-        detection_metrics,
-        model_factory,
-        sanitize,
-    )
     from dlsec.files import atomic_write_bytes, atomic_write_text
-    from dlsec.training import TrainConfig
+    from dlsec.scenarios.poisoning import SANITIZERS, sanitize_dataset
 
     _check_out(out)
     if scores_out is not None:
         _check_out(scores_out, "--scores-out")
         if Path(scores_out).absolute() == Path(out).absolute():
             raise DlsecError("--scores-out: must differ from --out")
+    if method not in SANITIZERS:
+        raise DlsecError(f"--method: unknown sanitizer {method!r} (choose from "
+                         f"{', '.join(SANITIZERS)})")
     ds = _load(dataset, seed)
     if folds > ds.y_train.numel():
         raise DlsecError(
             f"--folds: must be 2..{ds.y_train.numel()} (the training samples), got {folds}"
         )
-    set_threads(threads, device="auto", architecture=model, dataset=ds)
-    make = model_factory(model, input_shape=ds.input_shape, classes=ds.classes, bounds=ds.bounds)
-    res = sanitize(method, ds.x_train, ds.y_train, num_classes=ds.num_classes, make_model=make,
-                   config=TrainConfig(epochs=epochs, lr=3e-3, seed=seed),
-                   settings=SanitizerSettings(folds=folds), seed=seed,
-                   progress=not quiet)
-    keep = res.keep()
-    line = f"{method}: flagged {res.n_flagged} of {ds.y_train.numel()} training samples"
     truth = None
     if dataset.startswith("npz:") and ds.extra.get("split") == "file":
         with np.load(Path(dataset[4:]), allow_pickle=False) as arch:
             if "poison_mask" in arch.files and arch["poison_mask"].shape == (ds.y_train.numel(),):
                 truth = torch.from_numpy(arch["poison_mask"].astype(bool))
-    if truth is not None:
-        d = detection_metrics(res.mask, truth)
+    set_threads(threads, device="auto", architecture=model, dataset=ds)
+    res, d = sanitize_dataset(ds, method, architecture=model, epochs=epochs, folds=folds,
+                              seed=seed, truth=truth, progress=not quiet)
+    keep = res.keep()
+    line = f"{method}: flagged {res.n_flagged} of {ds.y_train.numel()} training samples"
+    if d is not None:
         line += f"; precision {d.precision:.3f}, recall {d.recall:.3f} against poison_mask"
     buf = io.BytesIO()
     np.savez_compressed(

@@ -13,8 +13,8 @@ function                    attack                                           tou
 :func:`feature_collision`   Poison Frogs clean-label collisions              new rows
 =========================== ================================================ ==============
 
-:func:`run_poisoning_experiment` poisons, trains, measures, sanitizes, retrains and
-measures again; :func:`run_collision_trials` runs feature collision over many targets.
+:mod:`dlsec.scenarios.poisoning` pits them against the sanitizers (poison, train,
+measure; sanitize, retrain, measure again).
 
 Example:
     >>> from dlsec.data import load_dataset
@@ -31,13 +31,6 @@ from dlsec.attacks.poisoning._base import (
     PoisonResult,
 )
 from dlsec.attacks.poisoning.backdoor import Trigger, apply_trigger, attack_success_rate, backdoor
-from dlsec.attacks.poisoning.experiment import (
-    CollisionTrials,
-    PoisoningExperiment,
-    SanitizedRun,
-    run_collision_trials,
-    run_poisoning_experiment,
-)
 from dlsec.attacks.poisoning.feature_collision import (
     craft_collisions,
     feature_collision,
@@ -49,11 +42,8 @@ from dlsec.attacks.poisoning.random_flip import random_flip
 from dlsec.attacks.poisoning.targeted_flip import targeted_flip
 
 __all__ = [
-    "CollisionTrials",
     "PoisonError",
     "PoisonResult",
-    "PoisoningExperiment",
-    "SanitizedRun",
     "Trigger",
     "apply_trigger",
     "attack_success_rate",
@@ -65,7 +55,5 @@ __all__ = [
     "nearest_bases",
     "optimized_flip",
     "random_flip",
-    "run_collision_trials",
-    "run_poisoning_experiment",
     "targeted_flip",
 ]

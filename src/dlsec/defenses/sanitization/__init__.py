@@ -13,7 +13,7 @@ function                        finds                                 needs
 =============================== ===================================== ==================
 
 The cost is named too: every sanitizer removes clean samples along with poisons, and the
-experiment API (:func:`dlsec.attacks.poisoning.run_poisoning_experiment`) measures the
+poisoning scenario (:func:`dlsec.scenarios.poisoning.run_poisoning_experiment`) measures the
 accuracy after retraining on what is kept.
 
 Example:
