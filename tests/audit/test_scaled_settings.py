@@ -15,10 +15,11 @@ from dlsec.audit.sections.evasion_blackbox import (
     _settings,
     _surrogate_epochs,
 )
-from dlsec.audit.sections.poisoning import PoisoningOptions, _Scaled, _subsample
+from dlsec.audit.sections.poisoning import PoisoningOptions, _Scaled, scenario_options
 from dlsec.audit.sections.privacy import EXTRACTION_EVAL, PrivacyOptions, _evaluator_epochs
 from dlsec.data import Dataset
 from dlsec.models import ModelCard
+from dlsec.scenarios.poisoning import subsample
 
 DIGITS = ModelCard("simplenet", input_shape=[1, 8, 8], classes=[str(i) for i in range(10)])
 FASHION = ModelCard("smallcnn", input_shape=[1, 28, 28], classes=[str(i) for i in range(10)])
@@ -53,19 +54,19 @@ def test_poisoning_settings_by_input_size() -> None:
     explicit = PoisoningOptions(epochs=5, max_train=500, max_test=300)
     assert _Scaled.of(explicit, FASHION) == _Scaled(5, 500, 300, sanitize_every_rate=False)
     o = PoisoningOptions(rates=[0.4, 0.2])
-    assert [large.sanitizers(o, r) for r in o.rates] == [[], ["cleanlab"]]
-    small = _Scaled.of(o, DIGITS)
-    assert [small.sanitizers(o, r) for r in o.rates] == [["cleanlab"], ["cleanlab"]]
-    ds = _subsample(_dataset(3000, 2500, 28), 1000, torch.Generator().manual_seed(0), 2000)
+    assert [scenario_options(o, FASHION).label_sanitizers(r) for r in o.rates] == [[], ["cleanlab"]]
+    small = scenario_options(o, DIGITS)
+    assert [small.label_sanitizers(r) for r in o.rates] == [["cleanlab"], ["cleanlab"]]
+    ds = subsample(_dataset(3000, 2500, 28), 1000, torch.Generator().manual_seed(0), 2000)
     assert (ds.y_train.numel(), ds.y_test.numel()) == (1000, 2000)
     assert torch.bincount(ds.y_train).tolist() == [100] * 10  # stratified
-    text = _Scaled(3, 1000, 2000, sanitize_every_rate=False).text(ds, FASHION)
+    text = scenario_options(PoisoningOptions(max_test=2000), FASHION).settings_text(ds)
     assert text.startswith("each victim trains for 3 epochs on 1000 training samples (at most 1000) "
                            "and is scored on 2000 test samples; label sanitizers run at the "
                            "lowest rate only; defaults for large inputs")
-    kept = _subsample(_dataset(300, 80, 8), 2000, torch.Generator().manual_seed(0), None)
+    kept = subsample(_dataset(300, 80, 8), 2000, torch.Generator().manual_seed(0), None)
     assert (kept.y_train.numel(), kept.y_test.numel()) == (300, 80)  # untouched
-    assert "the whole test set; label sanitizers run at every rate" in small.text(kept, DIGITS)
+    assert "the whole test set; label sanitizers run at every rate" in small.settings_text(kept)
 
 
 @pytest.mark.parametrize(
