@@ -13,10 +13,11 @@ Example:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -47,10 +48,21 @@ class BudgetExhausted(OracleError):
 
 @dataclass(frozen=True)
 class ThreatModel:
-    """What the attacker knows and may do.
+    """What the attacker knows and may do: the one object that carries the threat from a
+    config file or the command line into a scenario (``ScenarioContext.threat``).
 
-    ``eps`` is one or more perturbation budgets measured in ``norm`` in input space;
-    ``bounds`` is the valid input range, taken from the model card (never assumed).
+    ``knowledge`` is ``white-box`` (weights and gradients), ``gray-box`` (the architecture
+    and training recipe, not the weights) or ``black-box`` (queries through an
+    :class:`Oracle`); ``eps`` is one or more perturbation radii measured in ``norm`` in
+    input units, a tuple (one number is taken as a tuple of one); ``targeted`` asks for a
+    chosen wrong class instead of any; ``bounds`` is the valid input range, the model
+    card's (:meth:`from_card`), never assumed. A wrong value is a
+    :class:`ThreatModelError` naming the field.
+
+    Example:
+        >>> tm = ThreatModel.from_card(card, knowledge="black-box", eps=[0.05, 0.1])  # doctest: +SKIP
+        >>> tm.eps, tm.largest_eps, tm.with_eps(0.2).eps                               # doctest: +SKIP
+        ((0.05, 0.1), 0.1, (0.2,))
     """
 
     knowledge: Knowledge = "white-box"
@@ -64,19 +76,49 @@ class ThreatModel:
             raise ThreatModelError(f"knowledge must be one of {', '.join(KNOWLEDGE)}, got {self.knowledge!r}")
         if self.norm not in NORMS:
             raise ThreatModelError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        eps = tuple(float(e) for e in (self.eps if isinstance(self.eps, Sequence) else [self.eps]))
+        raw = self.eps if isinstance(self.eps, Sequence) else [self.eps]
+        try:
+            eps = tuple(float(e) for e in raw)
+        except (TypeError, ValueError):
+            raise ThreatModelError(f"eps must be numbers, got {raw!r}") from None
         if not eps or any(not math.isfinite(e) or e < 0 for e in eps):
             raise ThreatModelError(f"eps must be finite and >= 0, got {list(eps)}")
         object.__setattr__(self, "eps", eps)
+        if not isinstance(self.targeted, bool):
+            raise ThreatModelError(f"targeted must be true or false, got {self.targeted!r}")
         lo, hi = (float(b) for b in self.bounds)
         if not lo < hi:
             raise ThreatModelError(f"bounds must satisfy low < high, got {[lo, hi]}")
         object.__setattr__(self, "bounds", (lo, hi))
 
     @classmethod
-    def from_card(cls, card: CardLike, **kwargs: Any) -> ThreatModel:
-        """A threat model whose bounds are the model card's."""
-        return cls(bounds=(float(card.bounds[0]), float(card.bounds[1])), **kwargs)
+    def from_card(
+        cls,
+        card: CardLike,
+        *,
+        knowledge: Knowledge | str = "white-box",
+        norm: Norm | str = "linf",
+        eps: float | Sequence[float] = (0.1,),
+        targeted: bool = False,
+    ) -> ThreatModel:
+        """A threat model whose bounds are the model card's; the other fields as given
+        (strings from a config file or a flag are checked, not trusted)."""
+        return cls(
+            knowledge=cast(Knowledge, knowledge),
+            norm=cast(Norm, norm),
+            eps=cast(tuple[float, ...], eps),
+            targeted=targeted,
+            bounds=(float(card.bounds[0]), float(card.bounds[1])),
+        )
+
+    @property
+    def largest_eps(self) -> float:
+        """The largest radius (the one a single-radius evaluation reports)."""
+        return max(self.eps)
+
+    def with_eps(self, eps: float | Sequence[float]) -> ThreatModel:
+        """The same threat at other radii (e.g. one radius of a sweep)."""
+        return dataclasses.replace(self, eps=cast(tuple[float, ...], eps))
 
 
 @runtime_checkable

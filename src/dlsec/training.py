@@ -1,8 +1,11 @@
 """The one fit/evaluate loop every trainer in dlsec builds on.
 
-Adversarial training, DP-SGD, shadow models, surrogates and federated clients all call
-:func:`fit`; they change what one batch's loss is (``batch_loss``), how the optimizer is
-made (``make_optimizer``) or what happens after an epoch (``on_epoch_end``), never the loop.
+Every model dlsec trains goes through :func:`fit`: the audited model, adversarial training
+(PGD-AT, FGSM-RS and TRADES swap ``batch_loss``; the robustness monitor is an
+``on_epoch_end`` hook), shadow models, extraction and transfer surrogates, retrained
+poisoning victims and the sanitizers' cross-validated models. A new trainer changes what
+one batch's loss is (``batch_loss``), how the optimizer is made (``make_optimizer``) or
+what happens after an epoch (``on_epoch_end``), never the loop.
 
 Example:
     >>> from dlsec.data import load_dataset

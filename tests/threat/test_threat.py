@@ -47,6 +47,47 @@ def test_threat_model_validation() -> None:
         ThreatModel(knowledge="grey")  # type: ignore[arg-type]
 
 
+def test_threat_model_from_card_checks_strings_and_takes_the_cards_bounds() -> None:
+    from dlsec.models import CardLike
+
+    class Card:  # only what CardLike promises
+        bounds = (-1.0, 2.0)
+        input_shape = (1, 8, 8)
+        classes = [str(i) for i in range(10)]
+        num_classes = 10
+
+    card: CardLike = Card()
+    tm = ThreatModel.from_card(card, knowledge="black-box", norm="l2", eps=0.5, targeted=True)
+    assert (tm.knowledge, tm.norm, tm.eps, tm.targeted) == ("black-box", "l2", (0.5,), True)
+    assert tm.bounds == (-1.0, 2.0)
+    assert ThreatModel.from_card(card).eps == (0.1,)  # the defaults: white-box, linf, 0.1
+    # strings from a config file or a flag are checked, naming the field
+    with pytest.raises(ThreatModelError, match="norm must be one of linf, l2, l1, l0, got 'L2'"):
+        ThreatModel.from_card(card, norm="L2")
+    with pytest.raises(ThreatModelError, match="knowledge"):
+        ThreatModel.from_card(card, knowledge="grey-box")
+    with pytest.raises(ThreatModelError, match="eps must be numbers"):
+        ThreatModel.from_card(card, eps=["0.1", "wide"])
+    with pytest.raises(ThreatModelError, match="eps must be finite"):
+        ThreatModel.from_card(card, eps=[])
+    with pytest.raises(ThreatModelError, match="eps must be finite"):
+        ThreatModel.from_card(card, eps=float("nan"))
+    with pytest.raises(ThreatModelError, match="targeted"):
+        ThreatModel.from_card(card, targeted="yes")  # type: ignore[arg-type]
+
+
+def test_threat_model_radii() -> None:
+    tm = ThreatModel(norm="l2", eps=(0.5, 2.0, 1.0), bounds=(0.0, 1.0))
+    assert tm.largest_eps == 2.0
+    one = tm.with_eps(0.25)
+    assert one.eps == (0.25,) and (one.norm, one.bounds) == ("l2", (0.0, 1.0))
+    assert tm.eps == (0.5, 2.0, 1.0)  # frozen: with_eps made a new one
+    with pytest.raises(ThreatModelError, match="eps"):
+        tm.with_eps(-1.0)
+    with pytest.raises(AttributeError):
+        tm.eps = (0.3,)  # type: ignore[misc]
+
+
 def test_output_kinds_exact() -> None:
     probs = torch.softmax(X @ _Fixed().w.detach(), dim=1)
     assert torch.allclose(_oracle(output="scores").query(X), probs)
