@@ -283,9 +283,14 @@ def test_trace_gives_monotone_success_matching_the_final_distances(bb_net, point
 def test_eps_stops_points_once_within(bb_net, points) -> None:
     x, y = points[0][:20], points[1][:20]
     full = HopSkipJump(max_queries=3000)(_label_oracle(bb_net), x, y, generator=_gen())
-    early = HopSkipJump(max_queries=3000, eps=1.0)(_label_oracle(bb_net), x, y, generator=_gen())
+    early = HopSkipJump(max_queries=3000)(_label_oracle(bb_net), x, y, eps=1.0, generator=_gen())
     assert early.success_at([3000], eps=1.0) == full.success_at([3000], eps=1.0) == [0.95]
     assert early.queries_total < 0.2 * full.queries_total  # measured 7,575 vs 60,000
+    assert early.success_rate == 0.95  # with eps, success means "within eps"
+    sweep = HopSkipJump(max_queries=3000)(_label_oracle(bb_net), x, y, eps=[2.0, 1.0],
+                                          generator=_gen())
+    assert sweep.queries_total == early.queries_total  # one run, stopped at the smallest
+    assert sweep.results[1].success_rate == 0.95 <= sweep.results[0].success_rate
     within = early.trace_dist <= 1.0
     reached = within.any(0)
     first = within.to(torch.int64).argmax(0)
@@ -325,7 +330,7 @@ def test_targeted_from_x_init(digits, bb_net, points) -> None:
 def test_bad_arguments_raise_attack_error(bb_net, points) -> None:
     x, y = points[0][:4], points[1][:4]
     for kwargs in ({"norm": "l1"}, {"max_queries": 0}, {"init_evals": 0},
-                   {"max_evals": 10, "init_evals": 100}, {"gamma": 0.0}, {"eps": -1.0},
+                   {"max_evals": 10, "init_evals": 100}, {"gamma": 0.0},
                    {"batch_size": 0}, {"init_tries": -1}):
         with pytest.raises(AttackError):
             HopSkipJump(**kwargs)
@@ -337,6 +342,7 @@ def test_bad_arguments_raise_attack_error(bb_net, points) -> None:
         ((x, y), {"target": y[:2]}),
         ((x, y), {"x_init": x[:2]}),
         ((x, y), {"ids": torch.arange(3)}),
+        ((x, y), {"eps": -1.0}),
     ]
     for args, kwargs in bad:
         with pytest.raises(AttackError):

@@ -51,7 +51,7 @@ def test_nes_pgd_fools_digits_and_counts_exactly(bb_net, bb_points, counting, no
     model, card = bb_net
     x, y = bb_points
     counter = counting(LocalOracle(model, card=card), y)
-    res = NESAttack(eps=eps, norm=norm, max_queries=1000)(counter, x, y, generator=_gen())
+    res = NESAttack(norm=norm, max_queries=1000)(counter, x, y, generator=_gen(), eps=eps)
     # measured: linf 96% (median 154 queries), l2 100% (median 154)
     assert res.success_rate >= 0.9
     assert (res.linf if norm == "linf" else res.l2).max() <= eps + 1e-5
@@ -69,12 +69,12 @@ def test_budgets_are_enforced_and_seeds_reproduce(bb_net, bb_points) -> None:
     model, card = bb_net
     x, y = bb_points[0][:20], bb_points[1][:20]
     capped = LocalOracle(model, card=card, budget=20 + 3 * 51 + 50)
-    res = NESAttack(eps=0.05, max_queries=1000)(capped, x, y, generator=_gen())
+    res = NESAttack(max_queries=1000)(capped, x, y, generator=_gen(), eps=0.05)
     assert capped.queries_total == res.queries_total == 20 + 3 * 51  # no partial iteration
-    small = NESAttack(eps=0.05, max_queries=120)(LocalOracle(model, card=card), x, y)
+    small = NESAttack(max_queries=120)(LocalOracle(model, card=card), x, y, eps=0.05)
     assert int(small.queries.max()) <= 120
-    runs = [NESAttack(eps=0.1, max_queries=300)(LocalOracle(model, card=card), x, y,
-                                                generator=_gen(s)) for s in (1, 1, 2)]
+    runs = [NESAttack(max_queries=300)(LocalOracle(model, card=card), x, y,
+                                                generator=_gen(s), eps=0.1) for s in (1, 1, 2)]
     assert torch.equal(runs[0].x_adv, runs[1].x_adv)
     assert not torch.equal(runs[0].x_adv, runs[2].x_adv)
 
@@ -83,8 +83,8 @@ def test_nes_refuses_labels_and_bad_arguments(bb_net) -> None:
     model, card = bb_net
     x, y = torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.int64)
     with pytest.raises(AttackError, match="score"):
-        NESAttack(eps=0.1)(LocalOracle(model, card=card, output="label"), x, y)
+        NESAttack()(LocalOracle(model, card=card, output="label"), x, y, eps=0.1)
     with pytest.raises(AttackError, match="samples"):
-        NESAttack(eps=0.1, samples=3)
+        NESAttack(samples=3)
     with pytest.raises(AttackError, match="norm"):
-        NESAttack(eps=0.1, norm="l0")
+        NESAttack(norm="l0")

@@ -40,7 +40,7 @@ def test_simba_lowers_accuracy_and_counts_exactly(net, points, basis, counting) 
     model, card = net
     x, y = points
     counter = counting(LocalOracle(model, card=card), y)
-    res = SimBA(eps=0.2, basis=basis)(counter, x, y, generator=_gen())
+    res = SimBA(basis=basis)(counter, x, y, generator=_gen(), eps=0.2)
     with torch.inference_mode():
         acc = float((model(res.x_adv).argmax(1) == y).double().mean())
     # accuracy on these points falls from 100% to at most 5% (measured: 0% both)
@@ -67,8 +67,8 @@ def test_dct_basis_needs_fewer_queries_than_pixels(net, points) -> None:
     model, card = net
     x, y = points
     med = {
-        b: SimBA(eps=0.2, basis=b)(
-            LocalOracle(model, card=card), x, y, generator=_gen()
+        b: SimBA(basis=b)(
+            LocalOracle(model, card=card), x, y, generator=_gen(), eps=0.2,
         ).median_queries
         for b in ("pixel", "dct")
     }
@@ -80,13 +80,13 @@ def test_budget_and_seed(net, points) -> None:
     model, card = net
     x, y = points[0][:20], points[1][:20]
     oracle = LocalOracle(model, card=card)
-    res = SimBA(eps=0.2, max_queries=4)(oracle, x, y, generator=_gen())
+    res = SimBA(max_queries=4)(oracle, x, y, generator=_gen(), eps=0.2)
     assert int(res.queries.max()) <= 4 and oracle.queries_total == res.queries_total
     capped = LocalOracle(model, card=card, budget=33)
-    res = SimBA(eps=0.2)(capped, x, y, generator=_gen())
+    res = SimBA()(capped, x, y, generator=_gen(), eps=0.2)
     assert capped.queries_total == res.queries_total == 33
     a, b, c = (
-        SimBA(eps=0.2, basis="dct")(LocalOracle(model, card=card), x, y, generator=_gen(s))
+        SimBA(basis="dct")(LocalOracle(model, card=card), x, y, generator=_gen(s), eps=0.2)
         for s in (5, 5, 6)
     )
     assert torch.equal(a.x_adv, b.x_adv) and torch.equal(a.queries, b.queries)
@@ -98,7 +98,7 @@ def test_label_only_oracle_is_refused(net, points) -> None:
 
     model, card = net
     with pytest.raises(AttackError, match="score"):
-        SimBA()(LocalOracle(model, card=card, output="label"), *points)
+        SimBA()(LocalOracle(model, card=card, output="label"), *points, eps=0.2)
 
 
 def test_dct_steps_are_unit_low_frequency_directions(net) -> None:
@@ -106,8 +106,8 @@ def test_dct_steps_are_unit_low_frequency_directions(net) -> None:
     x = torch.full((12, 1, 8, 8), 0.5)  # no clipping: each kept step is exactly eps long
     with torch.inference_mode():
         y = model(x).argmax(1)
-    res = SimBA(eps=0.2, basis="dct", max_queries=3)(
-        LocalOracle(model, card=card), x, y, generator=_gen()
+    res = SimBA(basis="dct", max_queries=3)(
+        LocalOracle(model, card=card), x, y, generator=_gen(), eps=0.2,
     )
     # 3 queries: the start, then one or two directions; kept steps are orthogonal, eps long
     steps = (res.l2 / 0.2) ** 2

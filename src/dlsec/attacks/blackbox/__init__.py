@@ -12,18 +12,22 @@ again once it is fooled, and the queries each attack reports equal the oracle's 
 * :mod:`~dlsec.attacks.blackbox.transfer`: surrogates (Jacobian augmentation, knockoff,
   gray-box) and adversarials crafted on them, sent once to the model.
 
-Decision-based attacks (labels only) start from a misclassified point and shrink the
-perturbation; their results carry a *trace* (the best distance found after each
-iteration and the queries spent by then) so that success at any smaller budget and
-radius can be read off one run (:meth:`BlackBoxResult.success_at`).
+One calling convention (:class:`BlackBoxAttack`), the white-box one with an oracle for a
+model: the object holds the algorithm's settings (``max_queries`` per point, ...); the
+call takes ``eps``, one value (a :class:`BlackBoxResult`) or a list (a
+:class:`BlackBoxSweep`). Decision-based attacks (labels only) start from a misclassified
+point and shrink the perturbation; their results carry a *trace* (the best distance found
+after each iteration and the queries spent by then) so that success at any smaller budget
+and radius can be read off one run (:meth:`BlackBoxResult.success_at`).
 
 Example:
-    >>> oracle = LocalOracle(model, card=card, output="scores")        # doctest: +SKIP
-    >>> res = SquareAttack(eps=0.2, max_queries=1000)(oracle, x, y)     # doctest: +SKIP
-    >>> res.success_rate, res.median_queries                            # doctest: +SKIP
+    >>> oracle = LocalOracle(model, card=card, output="scores")             # doctest: +SKIP
+    >>> res = SquareAttack(max_queries=1000)(oracle, x, y, eps=0.2)          # doctest: +SKIP
+    >>> res.success_rate, res.median_queries                                 # doctest: +SKIP
+    >>> SquareAttack(max_queries=1000)(oracle, x, y, eps=[0.1, 0.2]).success_rate  # doctest: +SKIP
 """
 
-from dlsec.attacks.blackbox._base import BlackBoxResult, median
+from dlsec.attacks.blackbox._base import BlackBoxAttack, BlackBoxResult, BlackBoxSweep, median
 from dlsec.attacks.blackbox.boundary import BoundaryAttack
 from dlsec.attacks.blackbox.hsja import HopSkipJump
 from dlsec.attacks.blackbox.nes import NESAttack
@@ -31,7 +35,9 @@ from dlsec.attacks.blackbox.simba import SimBA
 from dlsec.attacks.blackbox.square import SquareAttack
 
 __all__ = [
+    "BlackBoxAttack",
     "BlackBoxResult",
+    "BlackBoxSweep",
     "BoundaryAttack",
     "HopSkipJump",
     "NESAttack",

@@ -1,10 +1,14 @@
-"""What the black-box attacks share: the result type, oracle checks, the global-budget cut
-and the score margin. The package face (``dlsec.attacks.blackbox``) re-exports the public part."""
+"""What the black-box attacks share: the calling convention (:class:`BlackBoxAttack`), the
+result types, oracle checks, the global-budget cut and the score margin. The package face
+(``dlsec.attacks.blackbox``) re-exports the public part."""
 
 from __future__ import annotations
 
+import abc
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, overload
 
 import torch
 from torch import Tensor
@@ -64,6 +68,26 @@ class BlackBoxResult:
             out.append(float(ok.double().mean()) if ok.numel() else 0.0)
         return out
 
+    def at_eps(self, eps: float) -> BlackBoxResult:
+        """A decision-based result read at radius ``eps``: ``success`` is "an adversarial
+        within eps was found" (``x_adv``, the closest found, is then within eps); the
+        queries, norms and trace stay those of the run."""
+        if self.trace_dist is None:
+            raise AttackError("at_eps applies to decision-based results (with a trace)")
+        within = self.trace_dist.amin(0) <= eps * (1 + 1e-6)
+        return BlackBoxResult(self.x_adv, self.success & within, self.queries, self.linf,
+                              self.l2, self.trace_queries, self.trace_dist)
+
+    def queries_to(self, eps: float) -> Tensor:
+        """Per point, the queries a decision-based run had spent when its best adversarial
+        first came within ``eps`` (``-1`` where it never did)."""
+        if self.trace_dist is None or self.trace_queries is None:
+            raise AttackError("queries_to applies to decision-based results (with a trace)")
+        inside = self.trace_dist <= eps * (1 + 1e-6)  # T x N
+        first = inside.to(torch.int64).argmax(0)
+        spent = self.trace_queries.gather(0, first.view(1, -1)).squeeze(0)
+        return torch.where(inside.any(0), spent, torch.full_like(spent, -1))
+
     @property
     def success_rate(self) -> float:
         return float(self.success.double().mean()) if self.success.numel() else 0.0
@@ -83,6 +107,123 @@ class BlackBoxResult:
         """Mean queries over the successful points (``nan`` when none succeeded)."""
         q = self.queries[self.success]
         return float(q.double().mean()) if q.numel() else float("nan")
+
+
+@dataclass
+class BlackBoxSweep:
+    """One black-box attack at several radii: ``results[i]`` is the outcome at ``eps[i]``
+    (in the order asked). ``queries_total``: what the whole sweep cost the oracle (the sum
+    of the runs for score-based attacks; the one run of a decision-based attack)."""
+
+    eps: list[float]
+    results: list[BlackBoxResult]
+    queries_total: int
+
+    @property
+    def success_rate(self) -> list[float]:
+        return [r.success_rate for r in self.results]
+
+    @property
+    def robust_rate(self) -> list[float]:
+        """Share of the points not fooled at each eps (robust accuracy when every point was
+        classified correctly to begin with)."""
+        return [1.0 - r.success_rate for r in self.results]
+
+    def __getitem__(self, i: int) -> BlackBoxResult:
+        return self.results[i]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+
+AttackKind = Literal["score", "decision"]
+
+
+class BlackBoxAttack(abc.ABC):
+    """Base of the black-box evasion attacks: the object holds the algorithm's settings
+    (``max_queries`` per point, ...), the call takes the oracle, the points and ``eps``.
+
+    ``attack(oracle, x, y, *, eps, generator=None, ids=None)``: one ``eps`` gives a
+    :class:`BlackBoxResult`; a sequence gives a :class:`BlackBoxSweep` from one call.
+
+    * Score-based attacks (``kind = "score"``) run once per eps, in the order given, each
+      run from the generator's state at the call (so ``sweep.results[i]`` equals a call
+      with ``eps[i]`` alone). No point is skipped at a smaller eps: a random search at
+      another radius is another search, so reusing a larger radius's outcome is not exact.
+    * Decision-based attacks (``kind = "decision"``) are minimum-norm attacks: ``eps`` is
+      the radius at which a point stops (``None``: never, a pure minimum-norm run; then
+      ``success`` means an adversarial was found). A sequence runs ONCE, stopping points
+      at the smallest eps, and reads every eps off the run's trace
+      (:meth:`BlackBoxResult.at_eps`); with one eps or a list, ``success`` is "an
+      adversarial within eps was found".
+    """
+
+    kind: ClassVar[AttackKind] = "score"
+    max_queries: int
+
+    @overload
+    def __call__(self, oracle: Oracle, x: Tensor, y: Tensor, *, eps: float | None = ...,
+                 generator: torch.Generator | None = ..., ids: Tensor | None = ...,
+                 **options: Any) -> BlackBoxResult: ...
+
+    @overload
+    def __call__(self, oracle: Oracle, x: Tensor, y: Tensor, *, eps: Sequence[float],
+                 generator: torch.Generator | None = ..., ids: Tensor | None = ...,
+                 **options: Any) -> BlackBoxSweep: ...
+
+    def __call__(
+        self,
+        oracle: Oracle,
+        x: Tensor,
+        y: Tensor,
+        *,
+        eps: float | Sequence[float] | None = None,
+        generator: torch.Generator | None = None,
+        ids: Tensor | None = None,
+        **options: Any,
+    ) -> BlackBoxResult | BlackBoxSweep:
+        """Attack ``(x, y)`` through ``oracle`` at ``eps`` (one value or a sequence);
+        ``ids`` attribute queries to samples (default ``0..N-1``); ``options`` are the
+        attack's own call options (decision-based: ``target``, ``x_init``)."""
+        if eps is None or isinstance(eps, int | float):
+            e = self._check_eps(eps)
+            res = self._run(oracle, x, y, e, ids, generator, **options)
+            return res if e is None or self.kind == "score" else res.at_eps(e)
+        eps_list = [self._check_eps(float(e)) for e in eps]
+        if not eps_list:
+            raise AttackError("eps: give one value or a non-empty list")
+        if self.kind == "decision":
+            return self._read_off(oracle, x, y, eps_list, ids, generator, **options)
+        state = generator.get_state() if generator is not None else None
+        results, spent = [], oracle.queries_total
+        for e in eps_list:
+            if generator is not None and state is not None:
+                generator.set_state(state)
+            results.append(self._run(oracle, x, y, e, ids, generator, **options))
+        return BlackBoxSweep(eps_list, results, oracle.queries_total - spent)
+
+    def _check_eps(self, eps: float | None) -> float | None:
+        if eps is None:
+            if self.kind == "score":
+                raise AttackError(f"{type(self).__name__} needs eps (one value or a list)")
+            return None
+        if isinstance(eps, bool) or not math.isfinite(float(eps)) or eps < 0:
+            raise AttackError(f"eps must be finite and >= 0, got {eps!r}")
+        return float(eps)
+
+    def _read_off(self, oracle: Oracle, x: Tensor, y: Tensor, eps: list[float],
+                  ids: Tensor | None, generator: torch.Generator | None,
+                  **options: Any) -> BlackBoxSweep:
+        """One decision-based run stopping at the smallest eps; each eps read off its trace."""
+        spent = oracle.queries_total
+        run = self._run(oracle, x, y, min(eps), ids, generator, **options)
+        return BlackBoxSweep(eps, [run.at_eps(e) for e in eps], oracle.queries_total - spent)
+
+    @abc.abstractmethod
+    def _run(self, oracle: Oracle, x: Tensor, y: Tensor, eps: float | None,
+             ids: Tensor | None, generator: torch.Generator | None,
+             **options: Any) -> BlackBoxResult:
+        """The attack at one eps (``None`` only for decision-based attacks)."""
 
 
 def _result(

@@ -27,7 +27,8 @@ closest adversarial kept; the candidate success rate is then their mean.
 
 Defaults (the paper's / Foolbox's): ``spherical_step=0.01``, ``source_step=0.01``,
 ``step_adaptation=1.5``, ``update_stats_every_k=10``, ``source_step_convergence=1e-7``;
-``max_queries=5_000`` per point. ``eps`` stops a point once its L2 distance is ``<= eps``.
+``max_queries=5_000`` per point. ``eps`` (at call time) stops a point once its L2 distance
+is ``<= eps``; a list of eps is one run stopped at the smallest.
 
 Queries and batching: one oracle call per step for every point still active (its
 candidates, plus its spherical check on check steps), through ``oracle.query_labels``
@@ -53,7 +54,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dlsec.attacks.blackbox._base import BlackBoxResult, _result
+from dlsec.attacks.blackbox._base import BlackBoxAttack, BlackBoxResult, _result
 from dlsec.attacks.blackbox._decision import (
     _check_decision_inputs,
     _LabelQueries,
@@ -61,6 +62,7 @@ from dlsec.attacks.blackbox._decision import (
     _starting_points,
 )
 from dlsec.attacks.core import AttackError
+from dlsec.attacks.registry import register_attack
 from dlsec.threat import Oracle
 
 _SPHERICAL_HISTORY = 100
@@ -88,8 +90,11 @@ class _History:
         self.data[:, rows] = math.nan
 
 
+@register_attack("boundary")
 @dataclass
-class BoundaryAttack:
+class BoundaryAttack(BlackBoxAttack):
+    kind = "decision"
+
     """The decision-based Boundary Attack, L2 (see the module docstring).
 
     Args:
@@ -101,7 +106,6 @@ class BoundaryAttack:
         update_stats_every_k: steps between spherical checks / adaptations (default 10).
         source_step_convergence: a point stops once its source step is below (1e-7).
         init_tries: uniform-noise draws tried per point to find a start (default 100).
-        eps: stop a point once its L2 distance is ``<= eps`` (default ``None``: never).
         batch_size: rows per oracle call (default: about 2^22 input values per call).
     """
 
@@ -113,7 +117,6 @@ class BoundaryAttack:
     update_stats_every_k: int = 10
     source_step_convergence: float = 1e-7
     init_tries: int = 100
-    eps: float | None = None
     batch_size: int | None = None
     norm: Literal["l2"] = "l2"
 
@@ -130,24 +133,23 @@ class BoundaryAttack:
         if self.candidates < 1 or self.update_stats_every_k < 1 or self.init_tries < 0:
             raise AttackError("candidates and update_stats_every_k must be >= 1, "
                               "init_tries >= 0")
-        if self.eps is not None and (not math.isfinite(self.eps) or self.eps < 0):
-            raise AttackError(f"eps must be finite and >= 0, got {self.eps}")
         if self.batch_size is not None and self.batch_size < 1:
             raise AttackError(f"batch_size must be >= 1, got {self.batch_size}")
 
-    def __call__(
+    def _run(
         self,
         oracle: Oracle,
         x: Tensor,
         y: Tensor,
+        eps: float | None,
+        ids: Tensor | None,
+        generator: torch.Generator | None,
         *,
-        ids: Tensor | None = None,
-        generator: torch.Generator | None = None,
         target: Tensor | None = None,
         x_init: Tensor | None = None,
     ) -> BlackBoxResult:
         """Attack ``(x, y)`` through ``oracle`` (labels only); the arguments are those of
-        :meth:`HopSkipJump.__call__ <dlsec.attacks.blackbox.hsja.HopSkipJump.__call__>`."""
+        :meth:`HopSkipJump._run <dlsec.attacks.blackbox.hsja.HopSkipJump._run>`."""
         ids = _check_decision_inputs(oracle, x, y, ids, target, x_init)
         dev, dt = x.device, x.dtype
         n = x.shape[0]
@@ -174,8 +176,8 @@ class BoundaryAttack:
         while not q.exhausted:
             step += 1
             live = ok & ~clean & (src >= self.source_step_convergence)
-            if self.eps is not None:
-                live &= dist > self.eps
+            if eps is not None:
+                live &= dist > eps
             rows = torch.nonzero(live & (q.left(torch.arange(n, device=dev)) > 0)).flatten()
             if rows.numel() == 0:
                 break

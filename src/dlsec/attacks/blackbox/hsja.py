@@ -27,8 +27,10 @@ Algorithm (per point, all points advanced in lock-step, see below):
    (``v`` the normalized estimate for L2, its sign for Linf) is adversarial; then step 2.
 
 Defaults (the paper's): ``gamma=1.0``, ``init_evals=100``, ``max_evals=10_000``;
-``max_queries=5_000`` per point. ``eps`` stops a point once its distance is ``<= eps``
-(a threshold attack), which saves queries when only success at that radius matters.
+``max_queries=5_000`` per point. ``eps`` (at call time, see
+:class:`~dlsec.attacks.blackbox.BlackBoxAttack`) stops a point once its distance is
+``<= eps`` (a threshold attack), which saves queries when only success at that radius
+matters; a list of eps is one run stopped at the smallest, read off the trace per eps.
 
 Queries and batching: every model call goes through ``oracle.query_labels`` with ``ids``,
 so per-point counts are exact. All points advance in lock-step: each phase (start, every
@@ -47,6 +49,7 @@ Example:
     >>> oracle = LocalOracle(model, card=card, output="label")          # doctest: +SKIP
     >>> res = HopSkipJump(norm="l2", max_queries=5000)(oracle, x, y,    # doctest: +SKIP
     ...                                                generator=torch.Generator().manual_seed(0))
+    >>> sweep = HopSkipJump(max_queries=5000)(oracle, x, y, eps=[0.5, 1.0])  # doctest: +SKIP
     >>> res.l2[res.success].median(), res.success_at([1000, 5000], eps=1.0)  # doctest: +SKIP
 """
 
@@ -59,7 +62,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dlsec.attacks.blackbox._base import BlackBoxResult, _result
+from dlsec.attacks.blackbox._base import BlackBoxAttack, BlackBoxResult, _result
 from dlsec.attacks.blackbox._decision import (
     _bisect,
     _blend,
@@ -69,13 +72,17 @@ from dlsec.attacks.blackbox._decision import (
     _starting_points,
 )
 from dlsec.attacks.core import AttackError, lp_norms
+from dlsec.attacks.registry import register_attack
 from dlsec.threat import Oracle
 
 _MAX_HALVINGS = 40  # step-size halvings before an iteration gives up (float32 stalls first)
 
 
+@register_attack("hsja")
 @dataclass
-class HopSkipJump:
+class HopSkipJump(BlackBoxAttack):
+    kind = "decision"
+
     """Decision-based HopSkipJumpAttack, L2 or Linf (see the module docstring).
 
     Args:
@@ -86,7 +93,6 @@ class HopSkipJump:
         gamma: sets the bisection tolerance ``theta`` (default 1.0).
         init_tries: uniform-noise draws tried per point to find a start (default 100).
         max_iter: iterations at most (default ``None``: until the query budget ends).
-        eps: stop a point once its distance is ``<= eps`` (default ``None``: never).
         batch_size: rows per oracle call (default: about 2^22 input values per call).
     """
 
@@ -97,7 +103,6 @@ class HopSkipJump:
     gamma: float = 1.0
     init_tries: int = 100
     max_iter: int | None = None
-    eps: float | None = None
     batch_size: int | None = None
 
     def __post_init__(self) -> None:
@@ -111,19 +116,18 @@ class HopSkipJump:
             raise AttackError(f"gamma must be finite and > 0, got {self.gamma}")
         if self.init_tries < 0 or (self.max_iter is not None and self.max_iter < 0):
             raise AttackError("init_tries and max_iter must be >= 0")
-        if self.eps is not None and (not math.isfinite(self.eps) or self.eps < 0):
-            raise AttackError(f"eps must be finite and >= 0, got {self.eps}")
         if self.batch_size is not None and self.batch_size < 1:
             raise AttackError(f"batch_size must be >= 1, got {self.batch_size}")
 
-    def __call__(
+    def _run(
         self,
         oracle: Oracle,
         x: Tensor,
         y: Tensor,
+        eps: float | None,
+        ids: Tensor | None,
+        generator: torch.Generator | None,
         *,
-        ids: Tensor | None = None,
-        generator: torch.Generator | None = None,
         target: Tensor | None = None,
         x_init: Tensor | None = None,
     ) -> BlackBoxResult:
@@ -186,8 +190,8 @@ class HopSkipJump:
         while self.max_iter is None or t < self.max_iter:
             t += 1
             live = ok & ~clean
-            if self.eps is not None:
-                live &= best_dist > self.eps
+            if eps is not None:
+                live &= best_dist > eps
             rows = torch.nonzero(live).flatten()
             if q.exhausted or rows.numel() == 0:
                 break

@@ -22,19 +22,19 @@ new iterate); a point whose remaining budget cannot pay a whole iteration stops,
 fooled point is never queried again.
 
 Example:
-    >>> res = NESAttack(eps=0.2, max_queries=2000)(oracle, x, y, generator=g)  # doctest: +SKIP
+    >>> res = NESAttack(max_queries=2000)(oracle, x, y, eps=0.2, generator=g)  # doctest: +SKIP
     >>> res.success_rate, res.median_queries                                    # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from dlsec.attacks.blackbox._base import (
+    BlackBoxAttack,
     BlackBoxResult,
     _affordable,
     _check_oracle,
@@ -42,6 +42,7 @@ from dlsec.attacks.blackbox._base import (
     _result,
 )
 from dlsec.attacks.core import AttackError, Norm, project, step_direction
+from dlsec.attacks.registry import register_attack
 from dlsec.threat import Oracle
 
 
@@ -73,11 +74,12 @@ def nes_gradient(
     return (diff * u).sum(1) / (samples * sigma)
 
 
+@register_attack("nes")
 @dataclass
-class NESAttack:
-    """PGD on NES gradient estimates from oracle scores (see the module docstring)."""
+class NESAttack(BlackBoxAttack):
+    """PGD on NES gradient estimates from oracle scores (see the module docstring); ``eps``
+    (at call time) is the radius of the ball in ``norm``."""
 
-    eps: float
     norm: Norm = "linf"
     max_queries: int = 10_000
     samples: int = 50
@@ -88,8 +90,6 @@ class NESAttack:
     def __post_init__(self) -> None:
         if self.norm not in ("linf", "l2"):
             raise AttackError(f"NESAttack supports the linf and l2 norms, got {self.norm!r}")
-        if not math.isfinite(self.eps) or self.eps < 0:
-            raise AttackError(f"eps must be finite and >= 0, got {self.eps}")
         if self.max_queries < 1:
             raise AttackError(f"max_queries must be >= 1, got {self.max_queries}")
         if self.samples < 2 or self.samples % 2:
@@ -97,23 +97,26 @@ class NESAttack:
         if not self.sigma > 0 or not 0 <= self.momentum < 1:
             raise AttackError("sigma must be > 0 and momentum in [0, 1)")
 
-    def __call__(
+    def _run(
         self,
         oracle: Oracle,
         x: Tensor,
         y: Tensor,
-        *,
-        ids: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        eps: float | None,
+        ids: Tensor | None,
+        generator: torch.Generator | None,
+        **options: object,
     ) -> BlackBoxResult:
-        """Attack ``(x, y)`` through ``oracle``; ``ids`` attribute queries to samples."""
+        if options:
+            raise AttackError(f"NESAttack takes no options {sorted(options)}")
+        assert eps is not None  # score-based: BlackBoxAttack checked it
         ids = _check_oracle(oracle, x, y, ids)
         dev = x.device
         y = y.to(dev)
         lo, hi = oracle.bounds
         n = x.shape[0]
         sigma = self.sigma * (hi - lo)
-        alpha = self.eps / 4 if self.alpha is None else self.alpha
+        alpha = eps / 4 if self.alpha is None else self.alpha
         queries = torch.zeros(n, dtype=torch.int64, device=dev)
         fooled = torch.zeros(n, dtype=torch.bool, device=dev)
         x_adv = x.clone()
@@ -123,7 +126,7 @@ class NESAttack:
             fooled[rows] = oracle.query_labels(x[rows], ids=ids[rows.cpu()]).to(dev) != y[rows]
             queries[rows] += 1
         cost = self.samples + 1
-        while self.eps > 0:
+        while eps > 0:
             ready = ~fooled & (queries > 0) & (queries + cost <= self.max_queries)
             rows = torch.nonzero(ready).flatten()
             left = oracle.remaining
@@ -137,7 +140,7 @@ class NESAttack:
             g = self.momentum * grad[rows] + (1 - self.momentum) * est
             grad[rows] = g
             xo = x[rows]
-            delta = project(xr - alpha * step_direction(g, self.norm) - xo, self.norm, self.eps)
+            delta = project(xr - alpha * step_direction(g, self.norm) - xo, self.norm, eps)
             x_new = (xo + delta).clamp(lo, hi)
             x_adv[rows] = x_new
             out = oracle.query_labels(x_new, ids=ids[rows.cpu()]).to(dev)

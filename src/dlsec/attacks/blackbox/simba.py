@@ -9,8 +9,9 @@ class drops, the step is kept; otherwise ``x + eps q`` is tried and kept if it d
 Bases: ``"pixel"`` (the standard basis, a random order) or ``"dct"`` (2-D DCT-II basis
 functions per channel, low frequencies first: a random order within the lowest
 ``freq_dims x freq_dims`` block, then each further band of ``stride`` frequencies in a
-random order, as in the reference's block order). Defaults: ``eps=0.2`` (the paper's
-pixel step), ``max_queries=10_000`` per point. Once every direction is used the attack
+random order, as in the reference's block order). ``eps`` (at call time) is SimBA's step
+along each direction, not a radius (the paper's pixel step is 0.2); ``max_queries=10_000``
+per point. Once every direction is used the attack
 makes another pass in the same order, from the point reached; it stops a point when a
 whole pass (the last ``d`` directions) gained nothing, as a further pass would try the
 same candidates again. Each L2 step is ``eps``, so the L2 norm is ``eps * sqrt(steps kept)`` (before
@@ -21,7 +22,7 @@ queried once fooled, and a candidate that the input bounds clip back onto the cu
 point (a step down from a pixel already at the lower bound) is not sent.
 
 Example:
-    >>> res = SimBA(eps=0.2, basis="dct")(oracle, x, y, generator=g)   # doctest: +SKIP
+    >>> res = SimBA(basis="dct")(oracle, x, y, eps=0.2, generator=g)   # doctest: +SKIP
     >>> res.success_rate, res.queries                                 # doctest: +SKIP
 """
 
@@ -34,8 +35,15 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dlsec.attacks.blackbox._base import BlackBoxResult, _affordable, _check_oracle, _result
+from dlsec.attacks.blackbox._base import (
+    BlackBoxAttack,
+    BlackBoxResult,
+    _affordable,
+    _check_oracle,
+    _result,
+)
 from dlsec.attacks.core import AttackError
+from dlsec.attacks.registry import register_attack
 from dlsec.threat import Oracle
 
 
@@ -59,11 +67,12 @@ def _dct_order(shape: tuple[int, int, int], init: int, stride: int, n: int, gen,
     return key.argsort(1)
 
 
+@register_attack("simba")
 @dataclass
-class SimBA:
-    """SimBA with the pixel or DCT basis (see the module docstring)."""
+class SimBA(BlackBoxAttack):
+    """SimBA with the pixel or DCT basis (see the module docstring); ``eps`` (at call time)
+    is the step along each basis direction."""
 
-    eps: float = 0.2
     basis: Literal["pixel", "dct"] = "pixel"
     max_queries: int = 10_000
     freq_dims: int | None = None
@@ -72,21 +81,23 @@ class SimBA:
     def __post_init__(self) -> None:
         if self.basis not in ("pixel", "dct"):
             raise AttackError(f"basis must be pixel or dct, got {self.basis!r}")
-        if not math.isfinite(self.eps) or self.eps <= 0:
-            raise AttackError(f"eps must be finite and > 0, got {self.eps}")
         if self.max_queries < 1 or self.stride < 1:
             raise AttackError("max_queries and stride must be >= 1")
 
-    def __call__(
+    def _run(
         self,
         oracle: Oracle,
         x: Tensor,
         y: Tensor,
-        *,
-        ids: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        eps: float | None,
+        ids: Tensor | None,
+        generator: torch.Generator | None,
+        **options: object,
     ) -> BlackBoxResult:
-        """Attack ``(x, y)`` through ``oracle``; ``ids`` attribute queries to samples."""
+        if options:
+            raise AttackError(f"SimBA takes no options {sorted(options)}")
+        if eps is None or eps <= 0:
+            raise AttackError(f"SimBA's eps (its step) must be > 0, got {eps}")
         ids = _check_oracle(oracle, x, y, ids)
         if self.basis == "dct" and x.dim() != 4:
             raise AttackError("the DCT basis needs image batches N x C x H x W")
@@ -107,7 +118,7 @@ class SimBA:
         def step(rows: Tensor, k: Tensor) -> Tensor:
             """``eps * q`` for each row's direction index ``k``."""
             flat = torch.zeros(rows.numel(), d, device=dev, dtype=x.dtype)
-            flat[torch.arange(rows.numel(), device=dev), k] = self.eps
+            flat[torch.arange(rows.numel(), device=dev), k] = eps
             q = flat.view(-1, *x.shape[1:])
             if self.basis == "dct":  # coefficients -> image: D_h^T Q D_w
                 q = dh.t() @ q @ dw

@@ -36,8 +36,9 @@ patterns, exact on any CPU or GPU and independent of the batch an input was sent
 
 Example:
     >>> oracle = LocalOracle(model, card=card)                        # doctest: +SKIP
-    >>> res = SquareAttack(eps=0.2, max_queries=1000)(oracle, x, y,   # doctest: +SKIP
-    ...                                                generator=torch.Generator().manual_seed(0))
+    >>> res = SquareAttack(max_queries=1000)(oracle, x, y, eps=0.2,   # doctest: +SKIP
+    ...                                      generator=torch.Generator().manual_seed(0))
+    >>> sweep = SquareAttack(max_queries=1000)(oracle, x, y, eps=[0.1, 0.2])  # doctest: +SKIP
     >>> res.success_rate, res.median_queries                           # doctest: +SKIP
 """
 
@@ -47,9 +48,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dlsec.attacks.blackbox._base import (
+    BlackBoxAttack,
     BlackBoxResult,
     _affordable,
     _check_oracle,
@@ -57,8 +59,8 @@ from dlsec.attacks.blackbox._base import (
     _result,
 )
 from dlsec.attacks.core import AttackError, Norm
-from dlsec.attacks.evasion.ensemble import register_stage
-from dlsec.threat import LocalOracle, Oracle
+from dlsec.attacks.registry import register_attack
+from dlsec.threat import Oracle
 
 # (fraction of the 10,000-iteration schedule, divisor of p_init) from the reference code
 _SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64),
@@ -174,11 +176,12 @@ def _norm(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return t.pow(2).sum(dims, keepdim=True).sqrt()
 
 
+@register_attack("square")
 @dataclass
-class SquareAttack:
-    """Score-based Square Attack, Linf or L2 (see the module docstring for the algorithm)."""
+class SquareAttack(BlackBoxAttack):
+    """Score-based Square Attack, Linf or L2 (see the module docstring for the algorithm);
+    ``eps`` (at call time) is the radius of the ball in ``norm``."""
 
-    eps: float
     max_queries: int = 10_000
     p_init: float | None = None
     norm: Norm = "linf"
@@ -187,8 +190,6 @@ class SquareAttack:
     def __post_init__(self) -> None:
         if self.norm not in ("linf", "l2"):
             raise AttackError(f"SquareAttack supports the linf and l2 norms, got {self.norm!r}")
-        if not math.isfinite(self.eps) or self.eps < 0:
-            raise AttackError(f"eps must be finite and >= 0, got {self.eps}")
         if self.max_queries < 1:
             raise AttackError(f"max_queries must be >= 1, got {self.max_queries}")
         if self.p_init is None:
@@ -196,16 +197,20 @@ class SquareAttack:
         if not 0 < self.p_init <= 1:
             raise AttackError(f"p_init must be in (0, 1], got {self.p_init}")
 
-    def __call__(
+    def _run(
         self,
         oracle: Oracle,
         x: Tensor,
         y: Tensor,
-        *,
-        ids: Tensor | None = None,
-        generator: torch.Generator | None = None,
+        eps: float | None,
+        ids: Tensor | None,
+        generator: torch.Generator | None,
+        **options: object,
     ) -> BlackBoxResult:
-        """Attack ``(x, y)`` through ``oracle``; ``ids`` attribute queries to samples."""
+        if options:
+            raise AttackError(f"SquareAttack takes no options {sorted(options)}")
+        assert eps is not None  # score-based: BlackBoxAttack checked it
+        self._eps = eps
         ids = _check_oracle(oracle, x, y, ids)
         if x.dim() != 4:
             raise AttackError(
@@ -234,7 +239,7 @@ class SquareAttack:
             margin[rows] = _margin(scores, y[rows])
             fooled[rows] = scores.argmax(1) != y[rows]
             queries[rows] += 1
-        for it in range(self.max_queries - 1 if self.eps > 0 else 0):
+        for it in range(self.max_queries - 1 if eps > 0 else 0):
             rows = torch.nonzero(~fooled & (queries > 0) & (queries < self.max_queries)).flatten()
             rows = _affordable(oracle, rows)
             if rows.numel() == 0:
@@ -271,7 +276,7 @@ class SquareAttack:
     def _init(self, x: Tensor) -> Tensor:
         n, c, h, w = x.shape
         if self.norm == "linf":
-            return self._signs(n, c, 1, w, like=x) * self.eps
+            return self._signs(n, c, 1, w, like=x) * self._eps
         # a grid of two-lobed bumps of side h // 5 with random signs per tile and channel
         s = max(h // 5, 1)
         delta = torch.zeros_like(x)
@@ -282,7 +287,7 @@ class SquareAttack:
                 bump = bump[: h - top, : w - left].to(x.device, x.dtype)
                 sign = self._signs(n, c, 1, 1, like=x)
                 delta[:, :, top : top + bump.shape[0], left : left + bump.shape[1]] += bump * sign
-        return delta / _norm(delta, (1, 2, 3)).clamp_min(1e-12) * self.eps
+        return delta / _norm(delta, (1, 2, 3)).clamp_min(1e-12) * self._eps
 
     # -- one candidate per row ---------------------------------------------------------------
     def _linf_step(self, xr: Tensor, delta: Tensor, p: float, lo: float, hi: float) -> Tensor:
@@ -291,12 +296,12 @@ class SquareAttack:
         window = _windows(m, s, h, w, self._gen, self._gen_dev, xr.device)
         best = (xr + delta).clamp(lo, hi)
         signs = self._signs(m, c, 1, 1, like=xr)
-        cand = torch.where(window, signs * self.eps, delta)
+        cand = torch.where(window, signs * self._eps, delta)
         moved = (((xr + cand).clamp(lo, hi) - best).abs() >= 1e-7) & window
         still = ~moved.flatten(1).any(1)
         if bool(still.any()):  # the square already holds these signs: the opposite ones move it
             flip = torch.where(still.view(m, 1, 1, 1), -signs, signs)
-            cand = torch.where(window, flip * self.eps, delta)
+            cand = torch.where(window, flip * self._eps, delta)
         return (xr + cand).clamp(lo, hi)
 
     def _l2_step(self, xr: Tensor, delta: Tensor, p: float, lo: float, hi: float) -> Tensor:
@@ -311,40 +316,9 @@ class SquareAttack:
         norm_both = _norm(delta * (win1 | win2), (2, 3))  # m x c x 1 x 1
         bump = _place(l2_bump(s).to(xr.device, xr.dtype), win1, flip)
         new = bump * self._signs(m, c, 1, 1, like=xr) + delta * win1 / (1e-10 + norm_win1)
-        budget = ((self.eps**2 - norm_img**2).clamp_min(0) / c + norm_both**2).sqrt()
+        budget = ((self._eps**2 - norm_img**2).clamp_min(0) / c + norm_both**2).sqrt()
         new = new / _norm(new, (2, 3)).clamp_min(1e-12) * budget
         cand = torch.where(win1, new, torch.where(win2, torch.zeros_like(delta), delta))
-        cand = cand / _norm(cand, (1, 2, 3)).clamp_min(1e-12) * self.eps
+        cand = cand / _norm(cand, (1, 2, 3)).clamp_min(1e-12) * self._eps
         return (xr + cand).clamp(lo, hi)
 
-
-ENSEMBLE_TOTAL_QUERIES = 20_000
-ENSEMBLE_MIN_QUERIES = 100
-ENSEMBLE_MAX_QUERIES = 1_000
-
-
-@register_stage("square", white_box=False)
-def _square_stage(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    norm: Norm,
-    eps: float,
-    bounds: tuple[float, float],
-    generator: torch.Generator,
-) -> Tensor:
-    """The robustness ensemble's Square stage, through a :class:`LocalOracle`.
-
-    It runs only on the points still robust after the white-box stages, with a modest
-    budget so the default audit stays fast: ``ENSEMBLE_TOTAL_QUERIES`` spread over the
-    points, between ``ENSEMBLE_MIN_QUERIES`` and ``ENSEMBLE_MAX_QUERIES`` per point.
-    Linf only; for other norms it returns ``x`` unchanged.
-    """
-    if norm != "linf" or x.shape[0] == 0 or x.dim() != 4:
-        return x
-    with torch.inference_mode():
-        k = int(model(x[:1]).shape[1])
-    oracle = LocalOracle(model, num_classes=k, input_shape=tuple(x.shape[1:]), bounds=bounds)
-    budget = min(ENSEMBLE_MAX_QUERIES, max(ENSEMBLE_MIN_QUERIES, ENSEMBLE_TOTAL_QUERIES // len(x)))
-    return SquareAttack(eps=eps, max_queries=budget)(oracle, x, y, generator=generator).x_adv

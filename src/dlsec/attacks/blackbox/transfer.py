@@ -54,7 +54,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor, nn
@@ -62,9 +62,8 @@ from torch import Tensor, nn
 from dlsec.attacks.blackbox._base import BlackBoxResult, _affordable, _check_oracle, _result, median
 from dlsec.attacks.core import AttackError
 from dlsec.attacks.evasion._base import EvasionAttack
-from dlsec.attacks.evasion.registry import make_attack
-from dlsec.attacks.surrogate import SURROGATE_STRATEGIES, Surrogate, draw_seed, train_surrogate
-from dlsec.models import ModelCard
+from dlsec.attacks.registry import attack_kind, make_attack
+from dlsec.attacks.surrogate import SURROGATE_STRATEGIES, Surrogate, train_surrogate
 from dlsec.threat import Oracle
 from dlsec.training import predict_logits
 
@@ -132,18 +131,30 @@ class TransferResult:
 
 def _crafting_attack(name: str, norm: str, steps: int, full_steps: bool,
                      options: Mapping[str, Any]) -> EvasionAttack:
+    if attack_kind(name) != "white-box":
+        raise AttackError(f"{name} is a black-box attack; transfer crafting needs a white-box one")
     kwargs = {"norm": norm, **options}
     if full_steps and "last_iterate" in inspect.signature(type(make_attack(name))).parameters:
         kwargs.setdefault("last_iterate", True)
     attack = make_attack(name, **kwargs)
     if "steps" not in options and "steps" in inspect.signature(type(attack)).parameters:
         attack = make_attack(name, steps=steps, **kwargs)
-    if attack.minimal:
+    if not isinstance(attack, EvasionAttack) or attack.minimal:
         raise AttackError(
             f"{name} is a minimum-norm attack; transfer crafting needs an "
             "eps-bounded one (fgsm, bim, pgd, mifgsm, difgsm, apgd)"
         )
     return attack
+
+
+@overload
+def transfer_attack(oracle: Oracle, surrogate: Surrogate | nn.Module, x: Tensor, y: Tensor, *,
+                    eps: float, **kwargs: Any) -> TransferResult: ...
+
+
+@overload
+def transfer_attack(oracle: Oracle, surrogate: Surrogate | nn.Module, x: Tensor, y: Tensor, *,
+                    eps: Sequence[float], **kwargs: Any) -> list[TransferResult]: ...
 
 
 def transfer_attack(
@@ -152,7 +163,7 @@ def transfer_attack(
     x: Tensor,
     y: Tensor,
     *,
-    eps: float,
+    eps: float | Sequence[float],
     norm: str = "linf",
     attacks: Sequence[str] = DEFAULT_ATTACKS,
     steps: int = 10,
@@ -161,7 +172,7 @@ def transfer_attack(
     full_steps: bool = True,
     attack_options: Mapping[str, Mapping[str, Any]] | None = None,
     batch_size: int = 1024,
-) -> TransferResult:
+) -> TransferResult | list[TransferResult]:
     """Craft on ``surrogate`` with each of ``attacks``, send each adversarial to ``oracle`` once.
 
     Args:
@@ -169,7 +180,8 @@ def transfer_attack(
         surrogate: a :class:`Surrogate` (its training queries are added to the cost) or a
             plain module.
         x, y: the points and their true labels (pass points the target gets right).
-        eps: the perturbation budget in ``norm`` (``"linf"`` or ``"l2"``), in input units.
+        eps: the radius in ``norm`` (``"linf"`` or ``"l2"``), in input units; a list
+            crafts every radius in one call per attack and returns one result per eps.
         attacks: registered white-box attack names (default ``pgd``, ``mifgsm``,
             ``difgsm``); ``steps`` (default 10) goes to those that take steps.
         ids: per-point sample ids for the oracle's per-sample counts (default ``0..N-1``).
@@ -179,8 +191,11 @@ def transfer_attack(
         attack_options: extra constructor options per attack name.
         batch_size: points crafted together.
     """
-    if not isinstance(eps, int | float) or not math.isfinite(eps) or eps < 0:
-        raise AttackError(f"eps must be a finite number >= 0, got {eps!r}")
+    one = isinstance(eps, int | float)
+    eps_list = [eps] if isinstance(eps, int | float) else list(eps)
+    if not eps_list or any(isinstance(e, bool) or not isinstance(e, int | float)
+                           or not math.isfinite(e) or e < 0 for e in eps_list):
+        raise AttackError(f"eps must be finite numbers >= 0, got {eps!r}")
     if norm not in ("linf", "l2"):
         raise AttackError(f"norm must be linf or l2, got {norm!r}")
     names = list(attacks)
@@ -201,111 +216,46 @@ def transfer_attack(
     g = generator or torch.Generator().manual_seed(0)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
-    n = x.shape[0]
     was_training = model.training
     model.eval()
-    results: dict[str, BlackBoxResult] = {}
-    on_surrogate: dict[str, Tensor] = {}
+    results: list[dict[str, BlackBoxResult]] = [{} for _ in eps_list]
+    on_surrogate: list[dict[str, Tensor]] = [{} for _ in eps_list]
     try:
         for name, attack in crafters.items():
-            res = attack(model, x, y, eps=float(eps), bounds=oracle.bounds, generator=g,
-                         batch_size=batch_size, reuse=False)
-            x_adv = res.x_adv[0]
-            on_surrogate[name] = predict_logits(model, x_adv).argmax(1) != y
-            rows = _affordable(oracle, torch.arange(n, device=device))
-            success = torch.zeros(n, dtype=torch.bool, device=device)
-            queries = torch.zeros(n, dtype=torch.int64, device=device)
-            if rows.numel():
-                labels = oracle.query_labels(x_adv[rows], ids=ids[rows.cpu()])
-                success[rows] = labels.to(device) != y[rows]
-                queries[rows] = 1
-            results[name] = _result(x, x_adv, success, queries)
+            res = attack(model, x, y, eps=[float(e) for e in eps_list], bounds=oracle.bounds,
+                         generator=g, batch_size=batch_size, reuse=False)
+            for k in range(len(eps_list)):
+                x_adv = res.x_adv[k]
+                on_surrogate[k][name] = predict_logits(model, x_adv).argmax(1) != y
+                results[k][name] = _send(oracle, x, x_adv, y, ids)
     finally:
         model.train(was_training)
-    return TransferResult(
-        strategy=strategy,
-        eps=float(eps),
-        norm=norm,
-        results=results,
-        surrogate_success=on_surrogate,
-        surrogate_queries=train_q,
-        surrogate_seconds=train_s,
-        seconds=time.perf_counter() - t0,
-        details={"steps": steps, "full_steps": full_steps},
-    )
+    seconds = time.perf_counter() - t0
+    out = [TransferResult(strategy=strategy, eps=float(e), norm=norm, results=results[k],
+                          surrogate_success=on_surrogate[k], surrogate_queries=train_q,
+                          surrogate_seconds=train_s, seconds=seconds,
+                          details={"steps": steps, "full_steps": full_steps})
+           for k, e in enumerate(eps_list)]
+    return out[0] if one else out
 
 
-def run_transfer(
-    oracle: Oracle,
-    *,
-    card: ModelCard,
-    x: Tensor,
-    y: Tensor,
-    eps: float,
-    x_attacker: Tensor | None = None,
-    y_attacker: Tensor | None = None,
-    strategies: Sequence[str] = SURROGATE_STRATEGIES,
-    attacks: Sequence[str] = DEFAULT_ATTACKS,
-    budget: int = 6400,
-    norm: str = "linf",
-    steps: int = 10,
-    ids: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    surrogate_options: Mapping[str, Mapping[str, Any]] | None = None,
-) -> dict[str, TransferResult]:
-    """Train one surrogate per strategy and transfer from each; results by strategy.
-
-    Each strategy draws its randomness from its own generator, seeded from ``generator``
-    and the strategy's place in :data:`SURROGATE_STRATEGIES`, so a strategy's result does not depend
-    on which others run. The oracle must allow ``budget`` queries per black-box strategy
-    plus ``len(x)`` per crafting attack per strategy.
-    ``surrogate_options[strategy]`` passes extra options to :func:`train_surrogate`.
-    """
-    for s in strategies:
-        if s not in SURROGATE_STRATEGIES:
-            raise AttackError(
-                f"unknown surrogate strategy {s!r} (choose from {', '.join(SURROGATE_STRATEGIES)})"
-            )
-    if not math.isfinite(eps) or eps < 0:
-        raise AttackError(f"eps must be a finite number >= 0, got {eps!r}")
-    base = draw_seed(generator or torch.Generator().manual_seed(0))
-    extra = surrogate_options or {}
-    out: dict[str, TransferResult] = {}
-    for s in strategies:
-        g = torch.Generator().manual_seed(base + SURROGATE_STRATEGIES.index(s))
-        sur = train_surrogate(
-            s,
-            oracle,
-            card=card,
-            x_attacker=x_attacker,
-            y_attacker=y_attacker,
-            budget=budget,
-            generator=g,
-            progress=progress,
-            **extra.get(s, {}),
-        )
-        out[s] = transfer_attack(
-            oracle,
-            sur,
-            x,
-            y,
-            eps=eps,
-            norm=norm,
-            attacks=attacks,
-            steps=steps,
-            ids=ids,
-            generator=g,
-        )
-    return out
-
+def _send(oracle: Oracle, x: Tensor, x_adv: Tensor, y: Tensor, ids: Tensor) -> BlackBoxResult:
+    """Send each adversarial once (as far as the oracle's budget pays); the verdicts."""
+    n, device = x.shape[0], x.device
+    rows = _affordable(oracle, torch.arange(n, device=device))
+    success = torch.zeros(n, dtype=torch.bool, device=device)
+    queries = torch.zeros(n, dtype=torch.int64, device=device)
+    if rows.numel():
+        labels = oracle.query_labels(x_adv[rows], ids=ids[rows.cpu()])
+        success[rows] = labels.to(device) != y[rows]
+        queries[rows] = 1
+    return _result(x, x_adv, success, queries)
 
 __all__ = [
     "DEFAULT_ATTACKS",
     "SURROGATE_STRATEGIES",
     "Surrogate",
     "TransferResult",
-    "run_transfer",
     "train_surrogate",
     "transfer_attack",
 ]

@@ -1,0 +1,244 @@
+"""The black-box evasion threat: an attacker who sees only the model's API.
+
+* :func:`query_attacks`: score-based (Square, SimBA, NES, on the oracle's probabilities)
+  and decision-based (HopSkipJump, Boundary, on labels only) attacks built by name, each
+  run ONCE over the threat's epsilons (:class:`dlsec.attacks.blackbox.BlackBoxAttack`),
+  with robust accuracy against the queries spent per point read off that run.
+* :func:`evaluate`: the audit's view: the query attacks, the transfer attacks
+  (:mod:`dlsec.scenarios.transfer`) and a white-box PGD on the same points and radius.
+  Black-box attacks use less information than white-box ones, so when they fool clearly
+  more points the gradients are masked and the white-box numbers overstate robustness.
+
+The attacked points are the first ``samples`` test points (:meth:`ScenarioContext.
+attacker_split`); each attack draws from the stream ``"blackbox/<attack>"``.
+
+Example:
+    >>> ctx = ScenarioContext(model, card, dataset, ThreatModel.from_card(card, eps=(0.1,)))
+    >>> res = query_attacks(ctx, QueryOptions(attacks=("square",), max_queries=1000))  # doctest: +SKIP
+    >>> res.metrics["square_robust_accuracy"]                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dlsec.attacks import attack_kind, attack_names, make_attack
+from dlsec.attacks.blackbox import BlackBoxAttack, BlackBoxResult, BlackBoxSweep, median
+from dlsec.errors import DlsecError
+from dlsec.scenarios.context import ScenarioContext
+from dlsec.scenarios.result import ScenarioResult, Table
+from dlsec.scenarios.transfer import TransferOptions, transfer_threat
+
+# watch(oracle, label, most queries): a context the attack runs in (a CLI progress bar)
+Watch = Callable[[Any, str, int], AbstractContextManager[Any]]
+
+
+class ScenarioError(DlsecError):
+    """Options a black-box scenario cannot run with."""
+
+
+def query_attack_names() -> list[str]:
+    """The registered score- and decision-based attacks."""
+    return attack_names("score") + attack_names("decision")
+
+
+def ladder(max_queries: int) -> list[int]:
+    """Query counts a curve is read at: a 1-3-10 ladder up to ``max_queries``."""
+    steps = [b for b in (10, 30, 100, 300, 1000, 3000, 10_000, 30_000) if b < max_queries]
+    return [*steps, max_queries]
+
+
+@dataclass
+class QueryOptions:
+    """``attacks``: score- or decision-based names; ``samples``: the first test points
+    attacked; ``max_queries``: per point (every attack runs once at this budget);
+    ``budgets``: query counts the curves are read at (default :func:`ladder`);
+    ``settings``: extra constructor settings per attack (e.g. ``{"simba": {"basis":
+    "dct"}}``); ``early_stop``: decision-based attacks stop a point at the smallest eps
+    (``False``: minimum-norm runs); ``watch``: a context each attack runs in."""
+
+    attacks: Sequence[str] = ("square", "hsja")
+    samples: int = 50
+    max_queries: int = 1000
+    budgets: Sequence[int] = ()
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    early_stop: bool = True
+    watch: Watch | None = None
+
+
+def _points(ctx: ScenarioContext, samples: int) -> tuple[Tensor, Tensor]:
+    idx, _ = ctx.attacker_split(samples)
+    ds = ctx.dataset
+    return ds.x_test[idx].to(ctx.device), ds.y_test[idx].to(ctx.device)
+
+
+def _build(name: str, norm: str, max_queries: int, settings: Mapping[str, Any]) -> BlackBoxAttack:
+    kind = attack_kind(name) if name in attack_names() else None
+    if kind not in ("score", "decision"):
+        raise ScenarioError(f"unknown query attack {name!r} (choose from "
+                            f"{', '.join(query_attack_names())})")
+    opts = {"max_queries": max_queries, **settings}
+    if name != "simba":  # SimBA's eps is its step; it takes no norm
+        opts.setdefault("norm", norm)
+    attack = make_attack(name, **opts)
+    assert isinstance(attack, BlackBoxAttack)
+    return attack
+
+
+def query_attacks(ctx: ScenarioContext, options: QueryOptions) -> ScenarioResult:
+    """Run each of ``options.attacks`` over ``ctx.threat.eps`` (see the module).
+
+    Metrics per attack (at the last eps): ``<name>_robust_accuracy``, ``<name>_queries``
+    (what it cost the oracle). ``figures["curves"][name]`` holds per eps the robust
+    accuracy at each of ``budgets``; ``artifacts``: ``x``, ``y``, ``sweeps`` (a
+    :class:`BlackBoxSweep` per attack) and ``correct`` (the model's clean verdicts)."""
+    assert ctx.threat is not None
+    eps, norm = [float(e) for e in ctx.threat.eps], ctx.threat.norm
+    if options.max_queries < 1:
+        raise ScenarioError(f"max_queries must be >= 1, got {options.max_queries}")
+    budgets = sorted(set(options.budgets or ladder(options.max_queries)))
+    x, y = _points(ctx, options.samples)
+    ids = torch.arange(len(y))
+    with torch.inference_mode():
+        correct = ctx.model(x).argmax(1) == y
+    metrics: dict[str, float] = {"clean_accuracy": round(float(correct.double().mean()), 6)}
+    curves: dict[str, dict[float, list[float]]] = {}
+    sweeps: dict[str, BlackBoxSweep] = {}
+    rows: list[list[Any]] = []
+    for name in options.attacks:
+        attack = _build(name, norm, options.max_queries, options.settings.get(name, {}))
+        decision = attack.kind == "decision"
+        oracle = ctx.oracle(output="label" if decision else "scores")
+        watch = options.watch or (lambda *_: nullcontext())
+        with watch(oracle, name, options.max_queries * len(y)):
+            if decision and not options.early_stop:
+                run = attack(oracle, x, y, eps=None, ids=ids, generator=ctx.generator(f"blackbox/{name}"))
+                sweep = BlackBoxSweep(eps, [run.at_eps(e) for e in eps], oracle.queries_total)
+            else:
+                sweep = attack(oracle, x, y, eps=eps, ids=ids,
+                               generator=ctx.generator(f"blackbox/{name}"))
+        sweeps[name] = sweep
+        curves[name] = {e: [round(1.0 - s, 6) for s in _success_at(r, budgets, e)]
+                        for e, r in zip(eps, sweep.results, strict=True)}
+        metrics[f"{name}_robust_accuracy"] = curves[name][eps[-1]][-1]
+        metrics[f"{name}_queries"] = float(oracle.queries_total)
+        for e, r in zip(eps, sweep.results, strict=True):
+            dist = r.linf if norm == "linf" else r.l2
+            rows.append([name, "labels" if decision else "scores", e, options.max_queries,
+                         round(1.0 - r.success_rate, 4), _num(_median_queries(r, e)),
+                         _num(median(dist[r.success])), oracle.queries_total])
+    tables = [Table(
+        "Query attacks",
+        ["attack", "oracle", "eps", "max queries per point", "robust accuracy",
+         "median queries/success", f"median {norm} of successes", "queries spent"],
+        rows, caption="Robust accuracy counts misclassified clean points as not robust.",
+    )] if rows else []
+    summary = f"{norm} eps {eps[-1]:g}: " + ", ".join(
+        f"{n} {metrics[f'{n}_robust_accuracy']:.1%}" for n in options.attacks)
+    return ScenarioResult(
+        name="blackbox", summary=summary, metrics=metrics, tables=tables,
+        figures={"curves": curves, "budgets": budgets, "norm": norm, "eps": eps},
+        details={"budgets": budgets, "eps": eps, "norm": norm,
+                 "curves": {n: c[eps[-1]] for n, c in curves.items()}},
+        artifacts={"x": x, "y": y, "correct": correct, "sweeps": sweeps},
+    )
+
+
+def _success_at(res: BlackBoxResult, budgets: list[int], eps: float) -> list[float]:
+    if res.trace_dist is None:
+        return res.success_at(budgets)
+    return res.success_at(budgets, eps=eps)
+
+
+def _median_queries(res: BlackBoxResult, eps: float) -> float:
+    """Median queries per success; decision-based: until the adversarial was within eps."""
+    if res.trace_dist is None:
+        return res.median_queries
+    spent = res.queries_to(eps)
+    return median(spent[spent >= 0])
+
+
+def _num(v: float) -> float | str:
+    return "—" if v != v else round(v, 4)
+
+
+def whitebox_fooled(ctx: ScenarioContext, x: Tensor, y: Tensor, eps: float) -> Tensor:
+    """Points white-box PGD (40 steps, random start) fools at ``eps`` in the threat's norm."""
+    assert ctx.threat is not None
+    pgd = make_attack("pgd", norm=ctx.threat.norm, steps=40)
+    res = pgd(ctx.model, x, y, eps=[eps], card=ctx.card, generator=ctx.generator("blackbox/pgd"))
+    return res.success[0].to(x.device)
+
+
+def evaluate(ctx: ScenarioContext, query: QueryOptions, transfer: TransferOptions | None, *,
+             masking_margin: float = 0.05) -> ScenarioResult:
+    """Query attacks, transfer attacks and the white-box comparison at one eps (the
+    threat's last): metrics, tables, figure data and a ``[gradient-masking]`` warning when
+    black-box attacks leave ``masking_margin`` less robust accuracy than white-box PGD."""
+    assert ctx.threat is not None
+    eps = float(ctx.threat.eps[-1])
+    result = query_attacks(ctx, query) if query.attacks else None
+    x, y = _points(ctx, query.samples)
+    with torch.inference_mode():
+        correct = ctx.model(x).argmax(1) == y
+    metrics: dict[str, float] = {"clean_accuracy": round(float(correct.double().mean()), 6),
+                                 "eps": eps}
+    tables: list[Table] = []
+    figures: dict[str, Any] = {}
+    fooled = ~correct
+    if result is not None:
+        metrics |= result.metrics
+        tables += result.tables
+        figures["queries"] = result.figures
+        for sweep in result.artifacts["sweeps"].values():
+            fooled |= sweep.results[-1].success.to(fooled.device)
+    best_transfer: dict[str, float] = {}
+    if transfer is not None and transfer.strategies:
+        t = transfer_threat(ctx, transfer)
+        metrics |= t.metrics
+        tables += t.tables
+        figures["transfer"] = t.figures
+        for strategy, mask in t.artifacts["fooled"].items():
+            if mask.shape == fooled.shape:  # not when the attacker took half the points
+                fooled |= mask.to(fooled.device)
+            best_transfer[strategy] = t.metrics[f"transfer_{strategy}_success_rate"]
+    wb_fooled = whitebox_fooled(ctx, x, y, eps) | ~correct
+    wb_robust = float((~wb_fooled).double().mean())
+    bb_robust = float((~fooled).double().mean())
+    gap = wb_robust - bb_robust
+    only_bb = int((fooled & ~wb_fooled).sum())
+    metrics |= {"whitebox_robust_accuracy": round(wb_robust, 6),
+                "blackbox_robust_accuracy": round(bb_robust, 6), "masking_gap": round(gap, 6)}
+    warnings = []
+    if gap > masking_margin:
+        warnings.append(
+            f"[gradient-masking] black-box attacks leave {bb_robust:.1%} robust at eps {eps:g} "
+            f"but white-box PGD {wb_robust:.1%}: {only_bb} point(s) fall to black-box attacks "
+            "only. The gradients mislead white-box attacks; trust the lower number."
+        )
+    tables.append(Table(
+        "White-box vs black-box", ["view", f"robust accuracy at eps {eps:g}"],
+        [["white-box PGD", wb_robust], ["all black-box attacks", bb_robust],
+         ["points fooled by black-box only", only_bb]],
+    ))
+    summary = f"{ctx.threat.norm} eps {eps:g}: black-box robust accuracy {bb_robust:.1%} "
+    summary += f"(white-box PGD {wb_robust:.1%})"
+    if query.attacks:
+        strongest = min(query.attacks, key=lambda n: metrics[f"{n}_robust_accuracy"])
+        summary += f"; strongest query attack {strongest}"
+    if best_transfer:
+        s, best = max(best_transfer.items(), key=lambda kv: kv[1])
+        summary += f"; best transfer {s} {best:.1%}"
+    details = dict(result.details) if result is not None else {}
+    return ScenarioResult(name="blackbox", summary=summary, metrics=metrics, tables=tables,
+                          figures=figures, warnings=warnings, details=details)
+
+
+__all__ = ["QueryOptions", "ScenarioError", "evaluate", "ladder", "query_attack_names",
+           "query_attacks", "whitebox_fooled"]
