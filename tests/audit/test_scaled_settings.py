@@ -16,9 +16,11 @@ from dlsec.audit.sections.evasion_blackbox import (
     _surrogate_epochs,
 )
 from dlsec.audit.sections.poisoning import PoisoningOptions, _Scaled, scenario_options
-from dlsec.audit.sections.privacy import EXTRACTION_EVAL, PrivacyOptions, _evaluator_epochs
+from dlsec.audit.sections.privacy import PrivacyOptions
 from dlsec.data import Dataset
 from dlsec.models import ModelCard
+from dlsec.scenarios.extraction import EXTRACTION_EVAL
+from dlsec.scenarios.inversion import evaluator_epochs
 from dlsec.scenarios.poisoning import subsample
 
 DIGITS = ModelCard("simplenet", input_shape=[1, 8, 8], classes=[str(i) for i in range(10)])
@@ -100,8 +102,8 @@ def test_blackbox_surrogate_settings_by_input_size() -> None:
 
 def test_privacy_evaluator_epochs() -> None:
     assert EXTRACTION_EVAL == 2000
-    assert _evaluator_epochs(PrivacyOptions(), _dataset(1437, 10, 8)) == 10
-    assert _evaluator_epochs(PrivacyOptions(), _dataset(60_000, 10, 1)) == 1
-    assert _evaluator_epochs(PrivacyOptions(evaluator_epochs=4), _dataset(60_000, 10, 1)) == 4
+    assert evaluator_epochs(PrivacyOptions().evaluator_epochs, 1437) == 10
+    assert evaluator_epochs(0, 60_000) == 1
+    assert evaluator_epochs(PrivacyOptions(evaluator_epochs=4).evaluator_epochs, 60_000) == 4
     with pytest.raises(ConfigError, match="evaluator-epochs must be >= 1"):
         validate_options("privacy", PrivacyOptions, {"evaluator-epochs": -1})

@@ -1,0 +1,149 @@
+"""Membership inference: were these records in the model's training data?
+
+The model's own training records (the card's training record says which: the training split
+minus its validation share) against as many test records, so chance is AUC 0.5. Attacks by
+name (:data:`MEMBERSHIP_ATTACKS`): the loss, confidence and entropy thresholds, the
+shadow-model attack (Shokri), LiRA online and offline (Carlini et al. 2022) and label-only.
+Shadow models follow the target's own recipe from its card; when the audit chose the
+target's epochs by its training set's size (``epochs_rule``), the shadows' epochs follow
+the same rule for their half of the records.
+
+Seed streams: ``membership/set`` (which records), ``membership/shadows`` (the shadows'
+halves), ``membership/label-only`` (the label-only attack's noise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from dlsec.attacks.privacy.membership import (
+    AttackClassifierConfig,
+    MembershipResult,
+    balanced_membership_set,
+    label_only_attack,
+    lira,
+    shadow_attack,
+    threshold_attack,
+    train_shadow_models,
+)
+from dlsec.attacks.privacy.metrics import roc_points
+from dlsec.attacks.surrogate import train_config_from_card
+from dlsec.errors import DlsecError
+from dlsec.scenarios.context import ScenarioContext
+from dlsec.scenarios.result import ScenarioResult, Table
+from dlsec.training import scaled_epochs
+
+MEMBERSHIP_ATTACKS = ("loss", "confidence", "entropy", "shadow", "lira", "lira-offline",
+                      "label-only")
+_SHADOW_ATTACKS = ("shadow", "lira", "lira-offline")
+
+
+@dataclass
+class MembershipOptions:
+    """``attacks``: names from :data:`MEMBERSHIP_ATTACKS`; ``members``: members tested (as
+    many non-members); ``shadows``: shadow models (shadow, LiRA); ``label_only_noise``: noisy
+    views per record of the label-only attack; ``stacked``: train the shadows as one batched
+    module (None: where the architecture allows)."""
+
+    attacks: tuple[str, ...] = MEMBERSHIP_ATTACKS
+    members: int = 200
+    shadows: int = 8
+    label_only_noise: int = 20
+    stacked: bool | None = None
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.attacks if a not in MEMBERSHIP_ATTACKS]
+        if bad or not self.attacks:
+            raise DlsecError(f"unknown membership attack {', '.join(map(repr, bad)) or '(none)'} "
+                             f"(choose from {', '.join(MEMBERSHIP_ATTACKS)})")
+        if self.members < 1 or self.shadows < 2 or self.label_only_noise < 1:
+            raise DlsecError("members and label-only noise must be >= 1, shadows >= 2")
+
+
+def run_membership(ctx: ScenarioContext, options: MembershipOptions | None = None
+                   ) -> ScenarioResult:
+    """The named attacks on a balanced membership set; metrics, table and ROC data.
+
+    ``artifacts["results"]``: one :class:`MembershipResult` per attack, in order.
+    """
+    opt = options or MembershipOptions()
+    ds = ctx.dataset
+    idx = ctx.member_indices()
+    x, y, is_member = balanced_membership_set(
+        ds.x_train[idx], ds.y_train[idx], ds.x_test, ds.y_test, n=opt.members,
+        generator=ctx.generator("membership/set"),
+    )
+    oracle = ctx.oracle(output="scores")
+    details: dict = {"members": int(is_member.sum()), "attacks": list(opt.attacks)}
+    shadows = None
+    if any(a in _SHADOW_ATTACKS for a in opt.attacks):
+        cfg = train_config_from_card(ctx.card, device=str(ctx.device),
+                                     measure_train_accuracy=False)
+        record = ctx.card.training_record
+        if record.epochs_rule:
+            # the target's epochs were chosen by its training set's size: the shadows'
+            # recipe applies the same rule to theirs (each trains on half the records)
+            cfg = dataclasses.replace(cfg, epochs=scaled_epochs(len(y) // 2))
+        shadows = train_shadow_models(x, y, card=ctx.card, n_models=opt.shadows, config=cfg,
+                                      generator=ctx.generator("membership/shadows"),
+                                      progress=ctx.progress, stacked=opt.stacked)
+        details.update(shadows=opt.shadows, shadow_epochs=cfg.epochs, shadow_records=len(y) // 2,
+                       shadow_epochs_scaled=bool(record.epochs_rule))
+    results: list[MembershipResult] = []
+    for name in opt.attacks:
+        if name in ("loss", "confidence", "entropy"):
+            results.append(threshold_attack(oracle, x, y, signal=name,  # type: ignore[arg-type]
+                                            is_member=is_member))
+        elif name == "shadow":
+            assert shadows is not None
+            results.append(shadow_attack(
+                oracle, x, y, shadows=shadows, is_member=is_member,
+                config=AttackClassifierConfig(epochs=20, batch_size=256)))
+        elif name in ("lira", "lira-offline"):
+            assert shadows is not None
+            results.append(lira(oracle, shadows, is_member=is_member, online=name == "lira"))
+        else:
+            results.append(label_only_attack(
+                ctx.oracle(output="label"), x, y, is_member=is_member,
+                noise_samples=opt.label_only_noise,
+                generator=ctx.generator("membership/label-only")))
+    return _result(results, is_member, details)
+
+
+def _result(results: list[MembershipResult], is_member, details: dict) -> ScenarioResult:
+    curves = {}
+    rows = []
+    metrics: dict[str, float] = {}
+    for r in results:
+        assert r.metrics is not None
+        fpr, tpr, _ = roc_points(r.scores, is_member)
+        curves[r.attack] = (fpr.tolist(), tpr.tolist())
+        key = r.attack.replace("-", "_")
+        m = r.metrics
+        metrics[f"{key}_auc"] = round(m.auc, 6)
+        metrics[f"{key}_tpr_at_0_1_fpr"] = round(m.tpr_at_0_1_fpr, 6)
+        metrics[f"{key}_tpr_at_1_fpr"] = round(m.tpr_at_1_fpr, 6)
+        rows.append([r.attack, round(m.auc, 4), round(m.tpr_at_0_1_fpr, 4),
+                     round(m.tpr_at_1_fpr, 4), round(m.advantage, 4), r.queries])
+    best = max(results, key=lambda r: r.metrics.auc if r.metrics else 0.0)
+    assert best.metrics is not None
+    metrics["membership_auc"] = round(best.metrics.auc, 6)
+    metrics["membership_advantage"] = round(max(r.metrics.advantage for r in results
+                                                if r.metrics), 6)
+    details.update(best=best.attack, best_auc=best.metrics.auc,
+                   best_tpr_at_1_fpr=best.metrics.tpr_at_1_fpr)
+    summary = (f"best attack {best.attack}: AUC {best.metrics.auc:.3f}, "
+               f"TPR {best.metrics.tpr_at_1_fpr:.1%} at 1% FPR")
+    warnings = ([f"membership leaks: {best.attack} reaches AUC {best.metrics.auc:.3f}"]
+                if best.metrics.auc > 0.6 else [])
+    table = Table("Membership inference",
+                  ["attack", "AUC", "TPR @ 0.1% FPR", "TPR @ 1% FPR", "advantage", "queries"],
+                  rows, caption=f"{details['members']} members and as many non-members "
+                  "(chance: AUC 0.5).")
+    return ScenarioResult(name="membership", summary=summary, metrics=metrics, tables=[table],
+                          figures={"roc": curves}, warnings=warnings, details=details,
+                          artifacts={"results": results})
+
+
+__all__ = ["MEMBERSHIP_ATTACKS", "MembershipOptions", "run_membership"]
