@@ -73,7 +73,7 @@ def weights_sha256(model: nn.Module) -> str:
 
 def _train(name: str):
     from dlsec.data import load_dataset
-    from dlsec.defenses.adversarial_training import adversarial_train
+    from dlsec.defenses.adversarial import adversarial_train
     from dlsec.training import TrainConfig, train_model
 
     if name == "digits-simplenet-pgd-at":
@@ -361,7 +361,7 @@ def bench_ensemble(eps_list: list[float], trained) -> list[str]:
     "standard") on the PGD-AT model, each once per epsilon, side by side."""
     import torchattacks
 
-    from dlsec.attacks.evasion.ensemble import evaluate_robustness
+    from dlsec.scenarios.whitebox import evaluate_robustness
 
     model, card, x, y, _ = trained
     threads = bench_threads(model)
@@ -471,7 +471,7 @@ def bn_target():
 def bench_checks(eps_runs: list[list[float]]) -> list[str]:
     """evaluate_robustness with and without its sanity checks, side by side (off, then on,
     for each epsilon list), on the BatchNorm CNN."""
-    from dlsec.attacks.evasion.ensemble import evaluate_robustness
+    from dlsec.scenarios.whitebox import evaluate_robustness
 
     model, x, y = bn_target()
     threads = bench_threads(model)

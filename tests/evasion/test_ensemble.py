@@ -7,8 +7,9 @@ import importlib
 import pytest
 import torch
 
-from dlsec.attacks.evasion import APGD, default_attacks, evaluate_robustness, lp_norms
-from dlsec.attacks.evasion import ensemble as ens
+from dlsec.attacks.evasion import APGD, lp_norms
+from dlsec.scenarios.whitebox import default_attacks, evaluate_robustness
+from dlsec.scenarios.whitebox import ensemble as ens
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -48,7 +49,7 @@ def test_ensemble_is_at_least_as_strong_as_reference_autoattack(digits) -> None:
     # targets x 100 iterations, FAB-T with 9 targets, Square with 5,000 queries) on a
     # PGD-AT model trained here (seeded)
     pyautoattack = importlib.import_module("pyautoattack")
-    from dlsec.defenses.adversarial_training import adversarial_train
+    from dlsec.defenses.adversarial import adversarial_train
     from dlsec.training import TrainConfig
 
     threads = torch.get_num_threads()
@@ -168,3 +169,22 @@ def test_a_registered_black_box_stage_joins_and_is_flagged(digits, digits_net, m
     assert any(w.startswith("[black-box]") for w in rep.warnings), rep.warnings
     with pytest.raises(ens.AttackError, match="unknown ensemble attack 'nope'"):
         evaluate_robustness(model, x, y, eps=0.1, card=card, attacks=("nope",), progress=False)
+
+
+def test_square_is_a_black_box_ensemble_stage(digits, digits_net) -> None:
+    model, card = digits_net
+    stage = ens.get_stage("square")
+    assert not stage.white_box
+    x, y = digits.x_test[:40], digits.y_test[:40]
+    cand = stage.run(model, x, y, norm="linf", eps=0.2, bounds=card.bounds, generator=_gen())
+    assert float((cand - x).abs().max()) <= 0.2 + 1e-6
+    assert float(cand.min()) >= 0 and float(cand.max()) <= 1
+    with torch.inference_mode():
+        fooled = model(cand).argmax(1) != y
+    assert float(fooled.double().mean()) >= 0.8
+    # the same seed gives the same candidates
+    again = stage.run(model, x, y, norm="linf", eps=0.2, bounds=card.bounds, generator=_gen())
+    assert torch.equal(cand, again)
+    # other norms are not Square's: the stage leaves the points alone
+    same = stage.run(model, x, y, norm="l2", eps=1.0, bounds=card.bounds, generator=_gen())
+    assert torch.equal(same, x)

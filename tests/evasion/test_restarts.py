@@ -8,10 +8,11 @@ import math
 import torch
 from torch import nn
 
-from dlsec.attacks.evasion import ensemble as ens
-from dlsec.attacks.evasion import evaluate_robustness, lp_norms
+from dlsec.attacks.evasion import lp_norms
 from dlsec.attacks.evasion.apgd import RunRecord, first_row_per_value, nearness
-from dlsec.attacks.evasion.restarts import boundary_restarts
+from dlsec.scenarios.whitebox import ensemble as ens
+from dlsec.scenarios.whitebox import evaluate_robustness
+from dlsec.scenarios.whitebox.restarts import boundary_restarts
 
 
 def _gen(seed: int = 0) -> torch.Generator:

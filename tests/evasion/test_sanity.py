@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlsec.attacks.evasion import ensemble as ens
-from dlsec.attacks.evasion import evaluate_robustness, sanity
+from dlsec.scenarios.whitebox import checks as sanity
+from dlsec.scenarios.whitebox import ensemble as ens
+from dlsec.scenarios.whitebox import evaluate_robustness
 
 
 class _Softmax(nn.Module):

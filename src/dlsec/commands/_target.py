@@ -6,11 +6,15 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dlsec.errors import DlsecError
+
+if TYPE_CHECKING:
+    from dlsec.data import Dataset
+    from dlsec.models import ModelCard
 
 ModelDirOpt = Annotated[Path, typer.Option("--model-dir", help="A saved model (card.json + weights)")]
 
@@ -29,6 +33,41 @@ def parse_eps(text: str) -> list[float]:
     return values
 
 
+def load_model_data(
+    model_dir: Path,
+    dataset: str | None,
+    device: str,
+    *,
+    threads: int = 0,
+    trust_code: bool = False,
+) -> tuple[Any, ModelCard, Dataset]:
+    """The saved model, its card and the dataset it is attacked on (split with the seed it
+    trained with); sets the CPU threads for that model
+    (:func:`dlsec.commands.options.set_threads`)."""
+    from dlsec.commands.options import set_threads
+    from dlsec.data import load_dataset
+    from dlsec.models import load
+    from dlsec.training import resolve_device
+
+    model, card = load(model_dir, device=resolve_device(device), trust_code=trust_code)
+    set_threads(threads, device=device, model=model)
+    spec = dataset or card.dataset
+    if not spec:
+        raise EvasionCommandError("--dataset: the model card names no dataset; pass one")
+    ds = load_dataset(spec, seed=card.training_record.seed)
+    if tuple(ds.input_shape) != tuple(card.input_shape):
+        raise EvasionCommandError(
+            f"--dataset: {spec} inputs {tuple(ds.input_shape)} do not fit the model "
+            f"{tuple(card.input_shape)}"
+        )
+    return model, card, ds
+
+
+def check_samples(samples: int | None) -> None:
+    if samples is not None and samples < 1:
+        raise EvasionCommandError(f"--samples: must be >= 1, got {samples}")
+
+
 def load_target(
     model_dir: Path,
     dataset: str | None,
@@ -38,27 +77,10 @@ def load_target(
     threads: int = 0,
     trust_code: bool = False,
 ) -> tuple:
-    """The saved model, its card and the test points it is attacked on; sets the CPU
-    threads for that model (:func:`dlsec.commands.options.set_threads`)."""
-    from dlsec.commands.options import set_threads
-    from dlsec.data import load_dataset
-    from dlsec.models import load
-    from dlsec.training import resolve_device
-
-    if samples is not None and samples < 1:
-        raise EvasionCommandError(f"--samples: must be >= 1, got {samples}")
-    model, card = load(model_dir, device=resolve_device(device), trust_code=trust_code)
-    set_threads(threads, device=device, model=model)
-    spec = dataset or card.dataset
-    if not spec:
-        raise EvasionCommandError("--dataset: the model card names no dataset; pass one")
-    seed = int(card.training.get("seed", 0)) if isinstance(card.training, dict) else 0
-    ds = load_dataset(spec, seed=seed)
-    if tuple(ds.input_shape) != tuple(card.input_shape):
-        raise EvasionCommandError(
-            f"--dataset: {spec} inputs {tuple(ds.input_shape)} do not fit the model "
-            f"{tuple(card.input_shape)}"
-        )
+    """:func:`load_model_data` and the first ``samples`` test points (all by default)."""
+    check_samples(samples)
+    model, card, ds = load_model_data(model_dir, dataset, device, threads=threads,
+                                      trust_code=trust_code)
     n = len(ds.y_test) if samples is None else min(samples, len(ds.y_test))
     return model, card, ds.x_test[:n], ds.y_test[:n]
 

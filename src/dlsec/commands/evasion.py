@@ -1,4 +1,5 @@
-"""``dlsec attack NAME`` (white-box evasion attacks on a saved model)."""
+"""``dlsec attack NAME`` and ``dlsec evaluate``: evasion attacks and the robustness ensemble on
+a saved model (flags -> threat model + scenario context -> :mod:`dlsec.scenarios.whitebox`)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import typer
 from dlsec.commands._target import (
     EvasionCommandError,
     ModelDirOpt,
-    load_target,
+    check_samples,
+    load_model_data,
     parse_eps,
     save_npz,
 )
 from dlsec.commands.options import DeviceOpt, SeedOpt, ThreadsOpt, TrustCodeOpt, count
+from dlsec.scenarios import ScenarioContext
+from dlsec.threat import ThreatModel
 
 
 def register(app: typer.Typer) -> None:
@@ -25,7 +29,7 @@ def register(app: typer.Typer) -> None:
         eps: Annotated[str | None, typer.Option(help="Comma-separated epsilons, e.g. 0.05,0.1,0.2 (optional for hsja and boundary)")] = None,
         out: Annotated[Path | None, typer.Option(help="Write adversarials to this .npz")] = None,
         dataset: Annotated[str | None, typer.Option(help="Default: the dataset named in the card")] = None,
-        norm: Annotated[str | None, typer.Option(help="linf | l2 (default: linf; l2 for cw and boundary)")] = None,
+        norm: Annotated[str | None, typer.Option(help="linf | l2 (default: linf; l2 for cw, deepfool and boundary)")] = None,
         steps: Annotated[int | None, count("Iterations (iterative attacks)")] = None,
         samples: Annotated[int | None, count("Attack the first N test points")] = None,
         targeted: Annotated[bool, typer.Option(help="Targeted attack")] = False,
@@ -34,7 +38,8 @@ def register(app: typer.Typer) -> None:
         device: DeviceOpt = "auto",
         threads: ThreadsOpt = 0,
         trust_code: TrustCodeOpt = False,
-        budget: Annotated[int, count("Black-box attacks: oracle queries per point")] = 1000,
+        max_queries: Annotated[int | None, count("square, simba, nes, hsja, boundary: oracle queries per point (default 1000)")] = None,
+        budget: Annotated[int | None, count("transfer: the oracle labels the surrogate trains on (default 1000); deprecated for the other black-box attacks (use --max-queries)")] = None,
         basis: Annotated[str, typer.Option(help="SimBA: pixel | dct")] = "pixel",
         surrogate: Annotated[str, typer.Option(help="transfer: jacobian | knockoff | graybox")] = "jacobian",
         craft: Annotated[str, typer.Option(help="transfer: white-box attacks run on the surrogate")] = "pgd,mifgsm,difgsm",
@@ -44,24 +49,28 @@ def register(app: typer.Typer) -> None:
 
         White-box attacks use gradients. Black-box attacks see the model only through an
         oracle: ``square``, ``simba`` and ``nes`` read its scores and spend at most
-        ``--budget`` queries per point; ``hsja`` and ``boundary`` read labels only, spend
-        ``--budget`` queries per point and report the smallest adversarials found;
-        ``transfer`` trains a ``--surrogate`` on at most ``--budget`` oracle labels, crafts
-        adversarials on it with ``--craft`` and sends each once to the model.
+        ``--max-queries`` queries per point; ``hsja`` and ``boundary`` read labels only,
+        spend ``--max-queries`` queries per point and report the smallest adversarials
+        found; ``transfer`` trains a ``--surrogate`` on at most ``--budget`` oracle labels,
+        crafts adversarials on it with ``--craft`` and sends each once to the model.
         """
         import numpy as np
-        import torch
 
-        from dlsec.attacks.evasion import make_attack
         from dlsec.commands._blackbox import BLACK_BOX, DECISION_BASED, run_black_box
         from dlsec.files import check_output
+        from dlsec.scenarios.whitebox import single_attack
 
         if out is not None:
             check_output(out, kind="file", option="--out")
         eps_list = parse_eps(eps) if eps is not None else None
         if name in BLACK_BOX:
+            if budget is not None and name != "transfer":
+                typer.echo(f"warning: --budget for {name} is deprecated: use --max-queries "
+                           "(queries per point); --budget is the oracle's total", err=True)
+                max_queries, budget = max_queries or budget, None
             run_black_box(name, model_dir, eps_list, out=out, dataset=dataset, samples=samples,
-                          seed=seed, device=device, budget=budget, basis=basis,
+                          seed=seed, device=device, max_queries=max_queries or 1000,
+                          budget=budget or 1000, basis=basis,
                           norm=norm or ("l2" if name == "boundary" else "linf"),
                           surrogate=surrogate, craft=craft, threads=threads,
                           trust_code=trust_code, progress=not quiet)
@@ -70,24 +79,20 @@ def register(app: typer.Typer) -> None:
             raise EvasionCommandError(
                 f"--eps: {name} needs epsilons (only {' and '.join(DECISION_BASED)} go without)"
             )
-        kwargs: dict[str, Any] = {} if norm is None else {"norm": norm}
-        if steps is not None:
-            kwargs["steps"] = steps
-        atk = make_attack(name, **kwargs)
-        model, card, x, y = load_target(model_dir, dataset, device, samples, threads=threads,
-                                        trust_code=trust_code)
-        tgt: Any = int(target) if target.lstrip("-").isdigit() else target
-        if isinstance(tgt, int) and not 0 <= tgt < card.num_classes:
-            raise EvasionCommandError(
-                f"--target: a class index must be in 0..{card.num_classes - 1}, got {target}"
-            )
-        res = atk(model, x, y, eps=eps_list, targeted=targeted, target=tgt, card=card,
-                  generator=torch.Generator().manual_seed(seed))
-        typer.echo(f"{name} ({atk.norm}) on {len(y)} points, clean accuracy "
-                   f"{float(res.clean_correct.double().mean()):.4f}")
+        norm = norm or ("l2" if name in ("cw", "deepfool") else "linf")
+        if norm not in ("linf", "l2"):
+            raise EvasionCommandError(f"--norm: norm must be linf or l2, got {norm!r}")
+        tgt: str | int = int(target) if target.lstrip("-").isdigit() else target
+        check_samples(samples)
+        ctx = _context(model_dir, dataset, device, threads, trust_code, seed, quiet,
+                       norm=norm, eps=tuple(eps_list), targeted=targeted)
+        result = single_attack(ctx, name, samples=samples, steps=steps, target=tgt)
+        res = result.artifacts["result"]
+        typer.echo(result.summary)
         for e, ra, sr in zip(res.eps, res.robust_accuracy, res.success_rate, strict=True):
             typer.echo(f"  eps {e:g}: robust accuracy {ra:.4f}, success rate {sr:.4f}")
         if out is not None:
+            x, y = result.artifacts["x"], result.artifacts["y"]
             save_npz(out, {
                 "x": x.cpu().numpy(), "y": y.cpu().numpy(), "eps": np.array(res.eps),
                 "x_adv": res.x_adv.cpu().numpy(), "x_adv_raw": res.x_adv_raw.cpu().numpy(),
@@ -114,33 +119,50 @@ def register(app: typer.Typer) -> None:
         """Robust accuracy under the AutoAttack-style ensemble, with the sanity checks."""
         import json
 
-        import torch
-
-        from dlsec.attacks.evasion.ensemble import check_state_file, evaluate_robustness
         from dlsec.files import atomic_write_text, check_output
+        from dlsec.scenarios.whitebox import check_state_file, ensemble_evaluation
 
         if out is not None:
             check_output(out, kind="file", option="--out")
         if state is not None:
             check_state_file(check_output(state, kind="file", option="--state"))
         eps_list = parse_eps(eps)
-        model, card, x, y = load_target(model_dir, dataset, device, samples, threads=threads,
-                                        trust_code=trust_code)
+        if norm not in ("linf", "l2"):
+            raise EvasionCommandError(f"--norm: norm must be linf or l2, got {norm!r}")
+        check_samples(samples)
+        ctx = _context(model_dir, dataset, device, threads, trust_code, seed, quiet,
+                       norm=norm, eps=tuple(eps_list))
         stages = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
         try:
-            report = evaluate_robustness(
-                model, x, y, norm=norm, eps=eps_list, card=card, attacks=stages,
-                generator=torch.Generator().manual_seed(seed), state_path=state,
-                progress=not quiet,
-            )
+            result = ensemble_evaluation(ctx, samples=samples, stages=stages, state_path=state)
         except KeyboardInterrupt:
             typer.echo("interrupted: rerun the same command to resume", err=True)
             raise typer.Exit(130) from None
-        typer.echo(f"{len(y)} points, clean accuracy {report.clean_accuracy:.4f} ({norm})")
+        report = result.artifacts["report"]
+        typer.echo(f"{len(result.artifacts['y'])} points, clean accuracy "
+                   f"{report.clean_accuracy:.4f} ({norm})")
         for k, e in enumerate(report.eps):
             stages_txt = ", ".join(f"{n} {acc[k]:.4f}" for n, acc in report.stage_accuracy.items())
             typer.echo(f"  eps {e:g}: robust accuracy {report.robust_accuracy[k]:.4f}  ({stages_txt})")
-        for w in report.warnings:
+        for w in result.warnings:
             typer.echo(f"warning: {w}", err=True)
         if out is not None:
-            atomic_write_text(out, json.dumps(report.summary(), indent=2) + "\n")
+            atomic_write_text(out, json.dumps(result.details, indent=2) + "\n")
+
+
+def _context(
+    model_dir: Path,
+    dataset: str | None,
+    device: str,
+    threads: int,
+    trust_code: bool,
+    seed: int,
+    quiet: bool,
+    **threat: Any,
+) -> ScenarioContext:
+    """The saved model, its data and the threat the flags describe, as a scenario context."""
+    model, card, ds = load_model_data(model_dir, dataset, device, threads=threads,
+                                      trust_code=trust_code)
+    tm = ThreatModel.from_card(card, **threat)
+    return ScenarioContext(model=model, card=card, dataset=ds, threat=tm, seed=seed,
+                           device=next(model.parameters()).device, progress=not quiet)

@@ -1,4 +1,6 @@
-"""White-box evasion attacks: one file per attack, shared geometry in ``_base``.
+"""White-box evasion attacks: one file per attack, over the shared geometry of
+:mod:`dlsec.attacks.core`; ``_base`` holds the result and the epsilon-sweep driver.
+The AutoAttack-style ensemble and its checks are evaluation: :mod:`dlsec.scenarios.whitebox`.
 
 Every attack is called the same way and takes a list of epsilons in one call:
 
@@ -21,17 +23,10 @@ from dlsec.attacks.evasion.bim import BIM
 from dlsec.attacks.evasion.cw import CW
 from dlsec.attacks.evasion.deepfool import DeepFool
 from dlsec.attacks.evasion.difgsm import DIFGSM
-from dlsec.attacks.evasion.ensemble import (
-    RobustnessReport,
-    available_stages,
-    default_attacks,
-    evaluate_robustness,
-    register_stage,
-)
 from dlsec.attacks.evasion.fgsm import FGSM
 from dlsec.attacks.evasion.mifgsm import MIFGSM
 from dlsec.attacks.evasion.pgd import PGD
-from dlsec.attacks.evasion.registry import attack_names, make_attack, register_attack
+from dlsec.attacks.registry import attack_names, make_attack, register_attack
 
 __all__ = [
     "APGD",
@@ -46,17 +41,12 @@ __all__ = [
     "DeepFool",
     "EvasionAttack",
     "EvasionResult",
-    "RobustnessReport",
     "attack_names",
-    "available_stages",
     "choose_targets",
-    "default_attacks",
     "dlr_loss",
     "dlr_targeted_loss",
-    "evaluate_robustness",
     "lp_norms",
     "make_attack",
     "project",
     "register_attack",
-    "register_stage",
 ]

@@ -99,9 +99,10 @@ class EvasionAttack(abc.ABC):
 
     Subclasses implement :meth:`_attack` for one epsilon on a batch of points that are
     still robust. :meth:`__call__` handles the rest: bounds from the card, targets, a
-    list of epsilons in one call (in increasing order, attacking at a larger epsilon only
-    the points a smaller one did not fool, since its adversarial stays valid), batching,
-    and the final success check.
+    list of epsilons in one call (from the largest down: a point a larger ball cannot fool
+    is not attacked in the smaller ones, and a point fooled in a larger ball is first tried
+    with its adversarial projected onto the smaller one; see :meth:`_sweep_bounded`),
+    batching, and the final success check.
 
     Minimum-norm attacks (``minimal = True``, e.g. C&W, DeepFool) run once without an
     epsilon; their raw adversarial is then projected onto each epsilon ball.

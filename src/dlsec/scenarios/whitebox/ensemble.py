@@ -1,14 +1,14 @@
 """A robustness evaluation in the manner of AutoAttack (Croce & Hein 2020, "Reliable
 evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks").
 
-Threat model: white-box (plus black-box stages where registered), Linf or L2 ball of each
+Threat model: white-box (plus the black-box Square stage), Linf or L2 ball of each
 epsilon, inside the card's input bounds; untargeted.
 
 Stages run one after another, each only on the points still robust: by default APGD-CE
 (100 iterations), then APGD-T (targeted DLR, 9 target classes, 100 iterations each), then
 boundary restarts (:mod:`.restarts`: two more runs of APGD-CE and APGD-T from new random
 starts, on the tenth of the survivors that came nearest the decision boundary), then the
-black-box Square attack once a module registers it (see :func:`register_stage`).
+black-box Square attack (Linf; through a :class:`dlsec.threat.LocalOracle`).
 Each stage's candidates are scored by how near the boundary they brought each point (the
 untargeted DLR loss, from the forward pass that checks them); a stage registered with
 ``nearest`` runs only on that share of the survivors, the nearest first.
@@ -16,7 +16,7 @@ Epsilons run in increasing order and an adversarial found at a smaller epsilon i
 for the larger ones (the balls are nested), so each stage attacks only what is left.
 
 The result is robust accuracy per epsilon, overall and after each stage, the
-adversarials, and the evaluation's sanity warnings (:mod:`.sanity`). With ``state_path``
+adversarials, and the evaluation's sanity warnings (:mod:`.checks`). With ``state_path``
 the evaluation is resumable: after each (epsilon, stage) the per-point state is written
 atomically (safetensors: tensors only, never a pickle) and a rerun with the same model,
 points and settings continues where it stopped, with the same result.
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib
 import json
 import math
 import time
@@ -42,14 +41,15 @@ from typing import Any, Protocol, cast
 import torch
 from torch import Tensor, nn
 
+from dlsec.attacks.blackbox import SquareAttack
 from dlsec.attacks.core import AttackError, Norm, project
-from dlsec.attacks.evasion import sanity
-from dlsec.attacks.evasion._base import EvasionAttack
-from dlsec.attacks.evasion.apgd import APGD, APGDT, nearness
-from dlsec.attacks.evasion.pgd import PGD
-from dlsec.attacks.evasion.restarts import boundary_restarts
+from dlsec.attacks.evasion import APGD, APGDT, PGD, EvasionAttack
+from dlsec.attacks.evasion.apgd import nearness
 from dlsec.files import atomic_write_bytes
 from dlsec.models import CardLike
+from dlsec.scenarios.whitebox import checks as sanity
+from dlsec.scenarios.whitebox.restarts import boundary_restarts
+from dlsec.threat import LocalOracle
 
 STATE_VERSION = "2"
 # the share of the points still robust that the boundary restarts attack
@@ -85,23 +85,13 @@ class Stage:
 
 
 _STAGES: dict[str, Stage] = {}
-# Modules that may register stages when imported (e.g. the black-box Square attack).
-STAGE_MODULES: tuple[str, ...] = (
-    "dlsec.attacks.blackbox",
-    "dlsec.attacks.blackbox.square",
-    "dlsec.attacks.evasion.square",
-)
 
 
 def register_stage(
     name: str, *, white_box: bool = True, nearest: float = 0.0
 ) -> Callable[[StageFn], StageFn]:
-    """Register an ensemble stage under ``name`` (``nearest``: see :class:`Stage`).
-
-    A black-box attack joins the ensemble by registering itself with
-    ``white_box=False`` in a module listed in :data:`STAGE_MODULES` (imported on demand);
-    the default ensemble then includes ``"square"`` as soon as it is registered.
-    """
+    """Register an ensemble stage under ``name`` (``nearest``: see :class:`Stage`); a
+    black-box stage registers with ``white_box=False`` (see :func:`_square_stage`)."""
 
     def deco(fn: StageFn) -> StageFn:
         if name in _STAGES:
@@ -114,34 +104,19 @@ def register_stage(
     return deco
 
 
-def _load_plugins() -> None:
-    for mod in STAGE_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:  # only a missing plug-in module is tolerated
-            if exc.name is None or not mod.startswith(exc.name):
-                raise
-
-
 def available_stages() -> list[str]:
-    _load_plugins()
     return sorted(_STAGES)
 
 
 def get_stage(name: str) -> Stage:
-    if name not in _STAGES:
-        _load_plugins()
     if name not in _STAGES:
         raise AttackError(f"unknown ensemble attack {name!r} (known: {', '.join(sorted(_STAGES))})")
     return _STAGES[name]
 
 
 def default_attacks() -> tuple[str, ...]:
-    """AutoAttack's order: APGD-CE, APGD-T, boundary restarts, then Square when a module
-    provides it."""
-    _load_plugins()
-    white = ("apgd-ce", "apgd-t", "apgd-restarts")
-    return (*white, "square") if "square" in _STAGES else white
+    """AutoAttack's order: APGD-CE, APGD-T, boundary restarts, then Square."""
+    return ("apgd-ce", "apgd-t", "apgd-restarts", "square")
 
 
 def _white_box_stage(name: str, make: Callable[[Norm], EvasionAttack]) -> None:
@@ -180,6 +155,36 @@ def _restarts_stage(
     generator: torch.Generator,
 ) -> Tensor:
     return boundary_restarts(model, x, y, norm=norm, eps=eps, bounds=bounds, generator=generator)
+
+
+# The Square stage's queries: SQUARE_TOTAL_QUERIES spread over the points it attacks, between
+# SQUARE_MIN_QUERIES and SQUARE_MAX_QUERIES per point, so the default audit stays fast.
+SQUARE_TOTAL_QUERIES = 20_000
+SQUARE_MIN_QUERIES = 100
+SQUARE_MAX_QUERIES = 1_000
+
+
+@register_stage("square", white_box=False)
+def _square_stage(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    norm: Norm,
+    eps: float,
+    bounds: tuple[float, float],
+    generator: torch.Generator,
+) -> Tensor:
+    """The black-box Square attack (Linf), through a :class:`LocalOracle`, on the points
+    still robust after the white-box stages; for other norms it returns ``x`` unchanged."""
+    if norm != "linf" or x.shape[0] == 0 or x.dim() != 4:
+        return x
+    with torch.inference_mode():
+        k = int(model(x[:1]).shape[1])
+    oracle = LocalOracle(model, num_classes=k, input_shape=tuple(x.shape[1:]), bounds=bounds)
+    q = min(SQUARE_MAX_QUERIES, max(SQUARE_MIN_QUERIES, SQUARE_TOTAL_QUERIES // len(x)))
+    attack = SquareAttack(max_queries=q, p_init=0.05, norm="linf")
+    return attack(oracle, x, y, eps=eps, generator=generator).x_adv
 
 
 # -- the report ---------------------------------------------------------------------------------

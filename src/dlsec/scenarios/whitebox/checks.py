@@ -3,8 +3,8 @@
 A gradient attack that fails tells you about the model only when its gradients are
 informative. Following AutoAttack's checks (Croce & Hein 2020) and Carlini et al. 2019
 ("On Evaluating Adversarial Robustness"), each check returns human-readable warnings
-(empty when all is well); :func:`dlsec.attacks.evasion.evaluate_robustness` puts them in
-its report. Each warning starts with a short code in brackets so tools can match it:
+(empty when all is well); :func:`dlsec.scenarios.whitebox.evaluate_robustness` puts them
+in its report. Each warning starts with a short code in brackets so tools can match it:
 
 - ``[probabilities]`` the model returns probabilities (rows in [0, 1] summing to 1), not
   logits: the softmax saturates and cross-entropy gradients vanish.
@@ -40,8 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from dlsec.attacks.core import Norm, input_gradient, margin_loss
-from dlsec.attacks.evasion.fgsm import FGSM
-from dlsec.attacks.evasion.pgd import PGD
+from dlsec.attacks.evasion import FGSM, PGD
 
 
 def _forward(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:

@@ -8,7 +8,7 @@ Whether APGD fools a point that is barely robust depends on its random start: me
 on PGD-AT digits models, the points one seed fools and another does not are among the
 survivors whose best iterate came nearest the boundary (the highest untargeted DLR
 loss), and they are what separates two AutoAttack-style runs. The robustness ensemble
-(:func:`dlsec.attacks.evasion.evaluate_robustness`) therefore gives that small share of
+(:func:`dlsec.scenarios.whitebox.evaluate_robustness`) therefore gives that small share of
 its survivors ``restarts`` more runs of APGD-CE and of APGD-T on each target, instead of
 restarting every point as AutoAttack's "plus" version does.
 
@@ -30,7 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from dlsec.attacks.core import AttackError, Norm
-from dlsec.attacks.evasion.apgd import APGD, APGDT, RunRecord
+from dlsec.attacks.evasion import APGD, APGDT
+from dlsec.attacks.evasion.apgd import RunRecord
 
 # rows x input size of one batch of copies (a tensor of 16 MB in float32)
 BATCH_ELEMENTS = 2**22

@@ -1,0 +1,40 @@
+"""White-box evasion evaluation: the AutoAttack-style ensemble (:mod:`.ensemble`, with its
+boundary restarts in :mod:`.restarts`), the gradient-masking checks (:mod:`.checks`) and
+the scenario functions the front-ends call (:mod:`.robustness`).
+
+Example:
+    >>> from dlsec.scenarios.whitebox import evaluate_robustness
+    >>> rep = evaluate_robustness(model, x, y, eps=[0.05, 0.1], card=card)   # doctest: +SKIP
+"""
+
+from dlsec.scenarios.whitebox.ensemble import (
+    RobustnessReport,
+    available_stages,
+    check_state_file,
+    default_attacks,
+    evaluate_robustness,
+    register_stage,
+)
+from dlsec.scenarios.whitebox.robustness import (
+    WhiteBoxOptions,
+    build_attack,
+    ensemble_evaluation,
+    eps_grid,
+    robustness,
+    single_attack,
+)
+
+__all__ = [
+    "RobustnessReport",
+    "WhiteBoxOptions",
+    "available_stages",
+    "build_attack",
+    "check_state_file",
+    "default_attacks",
+    "ensemble_evaluation",
+    "eps_grid",
+    "evaluate_robustness",
+    "register_stage",
+    "robustness",
+    "single_attack",
+]
