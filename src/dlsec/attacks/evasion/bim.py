@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dlsec.attacks.core import Norm
 from dlsec.attacks.evasion.pgd import PGD
-from dlsec.attacks.evasion.registry import register_attack
+from dlsec.attacks.registry import register_attack
 
 
 @register_attack("bim")

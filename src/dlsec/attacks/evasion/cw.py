@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from dlsec.attacks.core import AttackError, input_gradient, is_adversarial
 from dlsec.attacks.evasion._base import EvasionAttack, _BatchOutput
-from dlsec.attacks.evasion.registry import register_attack
+from dlsec.attacks.registry import register_attack
 
 
 def _margin(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:

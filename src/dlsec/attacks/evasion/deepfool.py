@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from dlsec.attacks.core import AttackError, Norm, batch_view
 from dlsec.attacks.evasion._base import EvasionAttack, _BatchOutput
-from dlsec.attacks.evasion.registry import register_attack
+from dlsec.attacks.registry import register_attack
 
 
 @register_attack("deepfool")

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from dlsec.attacks.core import AttackError, Norm
 from dlsec.attacks.evasion._base import _BatchOutput
 from dlsec.attacks.evasion.mifgsm import MIFGSM
-from dlsec.attacks.evasion.registry import register_attack
+from dlsec.attacks.registry import register_attack
 
 
 def resize_pad(

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from dlsec.attacks.core import Norm, step_direction
 from dlsec.attacks.evasion.pgd import PGD
-from dlsec.attacks.evasion.registry import register_attack
+from dlsec.attacks.registry import register_attack
 
 
 @register_attack("mifgsm")

@@ -40,7 +40,7 @@ from dlsec.attacks.core import (
     step_direction,
 )
 from dlsec.attacks.evasion._base import EvasionAttack, _BatchOutput
-from dlsec.attacks.evasion.registry import register_attack
+from dlsec.attacks.registry import register_attack
 
 LossFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 
