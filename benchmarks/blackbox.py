@@ -306,7 +306,7 @@ def seed_all() -> None:
 
 # -- dlsec -------------------------------------------------------------------------------------
 def run_dlsec(label: str, attack, net, card, x0, y0, *, output: str, norm: str,
-              radius: float, attribute: bool) -> Outcome:
+              radius: float, attribute: bool, eps: float | None = None) -> Outcome:
     from dlsec.threat import LocalOracle
 
     counted = Counted(net)
@@ -318,7 +318,7 @@ def run_dlsec(label: str, attack, net, card, x0, y0, *, output: str, norm: str,
     ids = torch.arange(x0.shape[0])
     seed_all()
     t0 = time.perf_counter()
-    res = attack(oracle, x0, y0, ids=ids, generator=torch.Generator().manual_seed(SEED))
+    res = attack(oracle, x0, y0, eps=eps, ids=ids, generator=torch.Generator().manual_seed(SEED))
     wall = time.perf_counter() - t0 - tracker.overhead
     if counted.tracker is not None:
         wall -= counted.tracker.overhead
@@ -436,9 +436,9 @@ def compare(t: Target, net, card, x0, y0) -> list[Comparison]:
     e = t.linf_eps
     for p, why in ((0.05, "the paper's"), (0.8, "ART's default")):
         ours = run_dlsec(f"dlsec SquareAttack (p_init {p})",
-                         SquareAttack(eps=e, norm="linf", max_queries=SQUARE_Q, p_init=p),
+                         SquareAttack(norm="linf", max_queries=SQUARE_Q, p_init=p),
                          net, card, x0, y0, output="scores", norm="linf", radius=e,
-                         attribute=True)
+                         attribute=True, eps=e)
         art = run_art_batch(f"ART SquareAttack (p_init {p})",
                             lambda c, p=p: ArtSquare(c, norm=np.inf, eps=e, max_iter=SQUARE_Q,
                                                      p_init=p, nb_restarts=1, batch_size=1024,
@@ -449,8 +449,8 @@ def compare(t: Target, net, card, x0, y0) -> list[Comparison]:
 
     # Square L2
     e = t.l2_eps
-    ours = run_dlsec("dlsec SquareAttack", SquareAttack(eps=e, norm="l2", max_queries=SQUARE_Q),
-                     net, card, x0, y0, output="scores", norm="l2", radius=e, attribute=True)
+    ours = run_dlsec("dlsec SquareAttack", SquareAttack(norm="l2", max_queries=SQUARE_Q),
+                     net, card, x0, y0, output="scores", norm="l2", radius=e, attribute=True, eps=e)
     arts = []
     for p in (0.1,):
         try:
@@ -469,9 +469,9 @@ def compare(t: Target, net, card, x0, y0) -> list[Comparison]:
     iters = (SIMBA_Q - 1) // 2
     for basis, art_name in (("pixel", "px"), ("dct", "dct")):
         ours = run_dlsec(f"dlsec SimBA-{basis}",
-                         SimBA(eps=SIMBA_STEP, basis=basis, max_queries=SIMBA_Q, freq_dims=freq),
+                         SimBA(basis=basis, max_queries=SIMBA_Q, freq_dims=freq),
                          net, card, x0, y0, output="scores", norm="l2", radius=math.inf,
-                         attribute=False)
+                         attribute=False, eps=SIMBA_STEP)
         art = run_art_points(
             f"ART SimBA-{basis} ({iters} iterations)",
             lambda c, a=art_name: ArtSimBA(c, attack=a, max_iter=iters, epsilon=SIMBA_STEP,
@@ -487,7 +487,7 @@ def compare(t: Target, net, card, x0, y0) -> list[Comparison]:
         ours = run_dlsec("dlsec HopSkipJump", hsja(norm="l2", max_queries=HSJA_Q), net, card,
                          x0, y0, output="label", norm="l2", radius=e, attribute=False)
         stop = run_dlsec(f"dlsec HopSkipJump (eps={e:g}: stops once within)",
-                         hsja(norm="l2", max_queries=HSJA_Q, eps=e), net, card, x0, y0,
+                         hsja(norm="l2", max_queries=HSJA_Q), net, card, x0, y0, eps=e,
                          output="label", norm="l2", radius=e, attribute=False)
         art = run_art_points(
             f"ART HopSkipJump ({HSJA_ART_ITERS} iterations)",
@@ -499,8 +499,8 @@ def compare(t: Target, net, card, x0, y0) -> list[Comparison]:
 
     # NES (no ART counterpart)
     e = t.linf_eps
-    ours = run_dlsec("dlsec NES (Linf)", NESAttack(eps=e, norm="linf", max_queries=NES_Q),
-                     net, card, x0, y0, output="scores", norm="linf", radius=e, attribute=False)
+    ours = run_dlsec("dlsec NES (Linf)", NESAttack(norm="linf", max_queries=NES_Q),
+                     net, card, x0, y0, output="scores", norm="linf", radius=e, attribute=False, eps=e)
     out.append(Comparison(f"NES Linf, eps {e:g}, {NES_Q} queries (no ART counterpart)", [ours],
                           [], kind="nes"))
     return out

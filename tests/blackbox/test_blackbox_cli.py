@@ -28,7 +28,7 @@ def _spent(printed: str) -> int:
 def test_score_based_commands(model_dir, tmp_path, capsys, name, norm, eps) -> None:
     out = tmp_path / f"{name}.npz"
     assert main(["attack", name, "--model-dir", str(model_dir), "--eps", eps, "--norm", norm,
-                 "--samples", "40", "--budget", "600", "--out", str(out)]) == 0
+                 "--samples", "40", "--max-queries", "600", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     data = np.load(out, allow_pickle=False)
     assert data["queries"].sum() == _spent(printed) and int(data["queries"].max()) <= 600
@@ -41,7 +41,7 @@ def test_score_based_commands(model_dir, tmp_path, capsys, name, norm, eps) -> N
 def test_hsja_command_reports_distances_and_robust_accuracy(model_dir, tmp_path, capsys) -> None:
     out = tmp_path / "hsja.npz"
     assert main(["attack", "hsja", "--model-dir", str(model_dir), "--norm", "l2",
-                 "--eps", "0.5,2.0", "--samples", "20", "--budget", "1000",
+                 "--eps", "0.5,2.0", "--samples", "20", "--max-queries", "1000",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "labels oracle" in printed and "median l2 distance" in printed
@@ -70,7 +70,7 @@ def test_transfer_command(model_dir, tmp_path, capsys) -> None:
 @pytest.mark.parametrize("args,message", [
     (["attack", "square"], "--eps"),
     (["attack", "boundary", "--norm", "linf"], "L2 attack"),
-    (["attack", "hsja", "--budget", "0"], "--budget"),
+    (["attack", "hsja", "--max-queries", "0"], "--max-queries"),
     (["attack", "transfer", "--eps", "0.1", "--surrogate", "psychic"], "psychic"),
     (["attack", "transfer", "--eps", "0.1", "--craft", ","], "--craft"),
     (["attack", "nes", "--eps", "0.1", "--norm", "l1"], "--norm"),

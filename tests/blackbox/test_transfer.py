@@ -17,13 +17,14 @@ import torch
 from dlsec.attacks.blackbox.transfer import (
     SURROGATE_STRATEGIES,
     Surrogate,
-    run_transfer,
     train_surrogate,
     transfer_attack,
 )
 from dlsec.attacks.evasion import AttackError
 from dlsec.data import stratified_split
-from dlsec.threat import BaseOracle, LocalOracle, OracleWrapper
+from dlsec.scenarios import ScenarioContext
+from dlsec.scenarios.transfer import TransferOptions, transfer_threat
+from dlsec.threat import BaseOracle, LocalOracle, OracleWrapper, ThreatModel
 from dlsec.training import TrainConfig, train_model
 
 EPS = 0.2  # the smallest of 0.1, 0.15, 0.2, ... where the Jacobian target holds reliably
@@ -216,47 +217,30 @@ def test_jacobian_on_a_score_oracle_learns_labels_only(setting):
     assert sur.training_size == 400
 
 
-def test_same_seed_same_result(setting, points):
-    model, card, xa, ya = setting
-    x, y = points[0][:40], points[1][:40]
+def test_transfer_scenario_same_seed_same_result(setting, digits):
+    """The scenario: named seed streams per strategy, so the same run seed gives the same
+    adversarials, another seed others, and a strategy does not depend on the others run."""
+    model, card, _, _ = setting
 
-    def once(seed: int):
-        oracle = LocalOracle(model, card=card, output="label")
-        return run_transfer(
-            oracle,
-            card=card,
-            x=x,
-            y=y,
-            eps=EPS,
-            x_attacker=xa,
-            y_attacker=ya,
-            strategies=("jacobian", "graybox"),
-            budget=400,
-            surrogate_options={"jacobian": {"seed_size": 50}},
-            generator=torch.Generator().manual_seed(seed),
-        )
+    def once(seed: int, strategies=("jacobian", "graybox")):
+        ctx = ScenarioContext(model=model, card=card, dataset=digits, seed=seed,
+                              threat=ThreatModel.from_card(card, eps=(EPS,)))
+        return transfer_threat(ctx, TransferOptions(strategies=strategies, samples=40,
+                                                    budget=400, surrogate_epochs=10))
 
     a, b, c = once(0), once(0), once(1)
+    ra, rb, rc = (r.artifacts["results"] for r in (a, b, c))
     for s in ("jacobian", "graybox"):
         for name in ATTACKS:
-            assert torch.equal(a[s].results[name].x_adv, b[s].results[name].x_adv)
-            assert torch.equal(a[s].results[name].success, b[s].results[name].success)
-    assert not torch.equal(a["jacobian"].results["pgd"].x_adv, c["jacobian"].results["pgd"].x_adv)
-    # a strategy's result does not depend on which other strategies run
-    alone = run_transfer(
-        LocalOracle(model, card=card),
-        card=card,
-        x=x,
-        y=y,
-        eps=EPS,
-        x_attacker=xa,
-        y_attacker=ya,
-        strategies=("graybox",),
-        generator=torch.Generator().manual_seed(0),
-    )
-    assert torch.equal(
-        alone["graybox"].results["difgsm"].x_adv, a["graybox"].results["difgsm"].x_adv
-    )
+            assert torch.equal(ra[s][0].results[name].x_adv, rb[s][0].results[name].x_adv)
+            assert torch.equal(ra[s][0].results[name].success, rb[s][0].results[name].success)
+    assert not torch.equal(ra["jacobian"][0].results["pgd"].x_adv,
+                           rc["jacobian"][0].results["pgd"].x_adv)
+    assert a.metrics["transfer_graybox_queries"] == 3 * 40  # its own labels, 1 per point sent
+    assert a.metrics["transfer_jacobian_queries"] <= 400 + 3 * 40
+    alone = once(0, ("graybox",)).artifacts["results"]
+    assert torch.equal(alone["graybox"][0].results["difgsm"].x_adv,
+                       ra["graybox"][0].results["difgsm"].x_adv)
 
 
 def test_bad_settings_raise(setting, points):
@@ -266,12 +250,10 @@ def test_bad_settings_raise(setting, points):
     sur = Surrogate(model=model, strategy="given", queries=0, seconds=0.0)
     with pytest.raises(AttackError, match="strategy"):
         train_surrogate("shadow", oracle, card=card, x_attacker=xa)
-    with pytest.raises(AttackError, match="strategy"):
-        run_transfer(oracle, card=card, x=x, y=y, eps=EPS, strategies=("jacobian", "nope"))
     with pytest.raises(AttackError, match="eps"):
         transfer_attack(oracle, sur, x, y, eps=-0.1)
-    with pytest.raises(AttackError, match="eps"):
-        run_transfer(oracle, card=card, x=x, y=y, eps=-0.1)
+    with pytest.raises(AttackError, match="black-box"):
+        transfer_attack(oracle, sur, x, y, eps=EPS, attacks=("square",))
     with pytest.raises(AttackError, match="unknown attack"):
         transfer_attack(oracle, sur, x, y, eps=EPS, attacks=("nope",))
     with pytest.raises(AttackError, match="minimum-norm"):
