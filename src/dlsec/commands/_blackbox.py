@@ -92,7 +92,7 @@ def run_black_box(
     model, card, x, y = load_target(model_dir, dataset, device, samples, threads=threads,
                                     trust_code=trust_code)
     ds = load_dataset(dataset or card.dataset, seed=card.training_record.seed)
-    threat = ThreatModel.from_card(card, knowledge="black-box", norm=norm,  # type: ignore[arg-type]
+    threat = ThreatModel.from_card(card, knowledge="black-box", norm=norm,
                                    eps=tuple(eps_list or [0.0]))
     ctx = ScenarioContext(model=model, card=card, dataset=ds, threat=threat, seed=seed,
                           device=x.device, progress=progress)

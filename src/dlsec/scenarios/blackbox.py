@@ -30,6 +30,7 @@ from torch import Tensor
 
 from dlsec.attacks import attack_kind, attack_names, make_attack
 from dlsec.attacks.blackbox import BlackBoxAttack, BlackBoxResult, BlackBoxSweep, median
+from dlsec.attacks.evasion import EvasionAttack
 from dlsec.errors import DlsecError
 from dlsec.scenarios.context import ScenarioContext
 from dlsec.scenarios.result import ScenarioResult, Table
@@ -172,6 +173,7 @@ def whitebox_fooled(ctx: ScenarioContext, x: Tensor, y: Tensor, eps: float) -> T
     """Points white-box PGD (40 steps, random start) fools at ``eps`` in the threat's norm."""
     assert ctx.threat is not None
     pgd = make_attack("pgd", norm=ctx.threat.norm, steps=40)
+    assert isinstance(pgd, EvasionAttack)
     res = pgd(ctx.model, x, y, eps=[eps], card=ctx.card, generator=ctx.generator("blackbox/pgd"))
     return res.success[0].to(x.device)
 

@@ -189,7 +189,9 @@ class BlackBoxAttack(abc.ABC):
             e = self._check_eps(eps)
             res = self._run(oracle, x, y, e, ids, generator, **options)
             return res if e is None or self.kind == "score" else res.at_eps(e)
-        eps_list = [self._check_eps(float(e)) for e in eps]
+        eps_list = [float(e) for e in eps]
+        for e in eps_list:
+            self._check_eps(e)
         if not eps_list:
             raise AttackError("eps: give one value or a non-empty list")
         if self.kind == "decision":
@@ -222,7 +224,7 @@ class BlackBoxAttack(abc.ABC):
     @abc.abstractmethod
     def _run(self, oracle: Oracle, x: Tensor, y: Tensor, eps: float | None,
              ids: Tensor | None, generator: torch.Generator | None,
-             **options: Any) -> BlackBoxResult:
+             **options: Any) -> BlackBoxResult:  # decision-based: target=, x_init=
         """The attack at one eps (``None`` only for decision-based attacks)."""
 
 

@@ -136,7 +136,7 @@ class BoundaryAttack(BlackBoxAttack):
         if self.batch_size is not None and self.batch_size < 1:
             raise AttackError(f"batch_size must be >= 1, got {self.batch_size}")
 
-    def _run(
+    def _run(  # type: ignore[override]  # the options a decision-based attack takes
         self,
         oracle: Oracle,
         x: Tensor,

@@ -149,12 +149,20 @@ def _crafting_attack(name: str, norm: str, steps: int, full_steps: bool,
 
 @overload
 def transfer_attack(oracle: Oracle, surrogate: Surrogate | nn.Module, x: Tensor, y: Tensor, *,
-                    eps: float, **kwargs: Any) -> TransferResult: ...
+                    eps: float, norm: str = ..., attacks: Sequence[str] = ...,
+                    steps: int = ..., ids: Tensor | None = ...,
+                    generator: torch.Generator | None = ..., full_steps: bool = ...,
+                    attack_options: Mapping[str, Mapping[str, Any]] | None = ...,
+                    batch_size: int = ...) -> TransferResult: ...
 
 
 @overload
 def transfer_attack(oracle: Oracle, surrogate: Surrogate | nn.Module, x: Tensor, y: Tensor, *,
-                    eps: Sequence[float], **kwargs: Any) -> list[TransferResult]: ...
+                    eps: Sequence[float], norm: str = ..., attacks: Sequence[str] = ...,
+                    steps: int = ..., ids: Tensor | None = ...,
+                    generator: torch.Generator | None = ..., full_steps: bool = ...,
+                    attack_options: Mapping[str, Mapping[str, Any]] | None = ...,
+                    batch_size: int = ...) -> list[TransferResult]: ...
 
 
 def transfer_attack(
