@@ -72,7 +72,7 @@ def test_evaluate_command(model_dir: Path, tmp_path: Path, capsys) -> None:
 def test_black_box_attack_command(model_dir: Path, tmp_path: Path, capsys, name: str) -> None:
     out = tmp_path / f"{name}.npz"
     args = ["attack", name, "--model-dir", str(model_dir), "--eps", "0.2", "--samples", "60",
-            "--budget", "500", "--out", str(out)]
+            "--max-queries", "500", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     spent = int(printed.split("queries spent ")[1].split()[0])
@@ -81,3 +81,25 @@ def test_black_box_attack_command(model_dir: Path, tmp_path: Path, capsys, name:
     assert int(data["queries"].max()) <= 500
     assert data["success"][0].mean() >= 0.85
     assert np.abs(data["x_adv"][0] - data["x"]).max() <= 0.2 + 1e-6
+
+
+def test_budget_for_a_query_attack_is_a_deprecated_max_queries(
+    model_dir: Path, tmp_path: Path, capsys
+) -> None:
+    runs = {}
+    for flag in ("--max-queries", "--budget"):
+        out = tmp_path / f"{flag.strip('-')}.npz"
+        args = ["attack", "square", "--model-dir", str(model_dir), "--eps", "0.1", "--samples",
+                "30", flag, "200", "--out", str(out), "-q"]
+        assert main(args) == 0
+        runs[flag] = (np.load(out, allow_pickle=False), capsys.readouterr())
+    new, old = runs["--max-queries"], runs["--budget"]
+    assert old[1].err.strip().splitlines() == [
+        "warning: --budget for square is deprecated: use --max-queries (queries per point); "
+        "--budget is the oracle's total"
+    ]
+    assert "deprecated" not in new[1].err
+    assert int(old[0]["queries"].max()) <= 200 < int(old[0]["queries"].sum())
+    for key in ("x_adv", "success", "queries"):  # the same attack, the same seed
+        assert np.array_equal(new[0][key], old[0][key]), key
+    assert new[0]["success"].mean() >= 0.2  # it fooled points (14 of 30 when written)
