@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import torch
@@ -20,6 +20,10 @@ import typer
 from dlsec.commands.options import ThreadsOpt, TrustCodeOpt, count, share
 from dlsec.errors import DlsecError
 from dlsec.training import SEED_MAX
+
+if TYPE_CHECKING:
+    from dlsec.data import Dataset
+    from dlsec.scenarios.poisoning import PoisonResult
 
 poison_app = typer.Typer(
     help="Poison a dataset's training split and write it as .npz (with the poison mask).",
@@ -42,35 +46,35 @@ def _check_out(out: Path, option: str = "--out") -> None:
     check_output(out, kind="file", option=option)
 
 
-def _load(dataset: str, seed: int) -> Any:
+def _load(dataset: str, seed: int) -> Dataset:
     from dlsec.data import load_dataset
 
     return load_dataset(dataset, seed=seed)
 
 
-def _json_ready(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in meta.items() if not isinstance(v, torch.Tensor)}
-
-
-def _write(out: Path, ds: Any, result: Any) -> None:
+def _save_npz(out: Path, ds: Dataset, x: torch.Tensor, y: torch.Tensor, **extra: Any) -> None:
+    """Write training ``(x, y)`` with ``ds``'s test split, classes and bounds (atomically)."""
     from dlsec.files import atomic_write_bytes
 
-    info = {"attack": result.attack, "source_dataset": ds.name, **_json_ready(result.metadata)}
     buf = io.BytesIO()
     np.savez_compressed(
-        buf,
-        x=result.x.detach().cpu().numpy(), y=result.y.cpu().numpy(),
-        x_test=ds.x_test.cpu().numpy(), y_test=ds.y_test.cpu().numpy(),
-        classes=np.array(ds.classes), bounds=np.array(ds.bounds, dtype=np.float64),
-        poison_mask=result.mask.cpu().numpy(), y_clean=result.y_clean.cpu().numpy(),
-        poison_info=np.array(json.dumps(info)),
+        buf, x=x.detach().cpu().numpy(), y=y.cpu().numpy(), x_test=ds.x_test.cpu().numpy(),
+        y_test=ds.y_test.cpu().numpy(), classes=np.array(ds.classes),
+        bounds=np.array(ds.bounds, dtype=np.float64), **extra,
     )
     atomic_write_bytes(out, buf.getvalue())
+
+
+def _write(out: Path, ds: Dataset, result: PoisonResult) -> None:
+    meta = {k: v for k, v in result.metadata.items() if not isinstance(v, torch.Tensor)}
+    info = {"attack": result.attack, "source_dataset": ds.name, **meta}
+    _save_npz(out, ds, result.x, result.y, poison_mask=result.mask.cpu().numpy(),
+              y_clean=result.y_clean.cpu().numpy(), poison_info=np.array(json.dumps(info)))
     typer.echo(f"{result.attack}: {result.n_poisoned} of {result.mask.numel()} training samples "
                f"poisoned ({result.rate:.1%}); wrote {out}")
 
 
-def _surrogate(ds: Any, model_dir: str | None, model: str, epochs: int, seed: int, quiet: bool,
+def _surrogate(ds: Dataset, model_dir: str | None, model: str, epochs: int, seed: int, quiet: bool,
                *, threads: int, trust_code: bool):
     from dlsec.commands.options import set_threads
     from dlsec.models import load
@@ -198,7 +202,7 @@ def sanitize_cmd(
     """Flag suspicious training samples, write the rest; score detection when the data
     carries a ``poison_mask`` (as ``dlsec poison`` writes)."""
     from dlsec.commands.options import set_threads
-    from dlsec.files import atomic_write_bytes, atomic_write_text
+    from dlsec.files import atomic_write_text
     from dlsec.scenarios.poisoning import SANITIZERS, sanitize_dataset
 
     _check_out(out)
@@ -226,13 +230,7 @@ def sanitize_cmd(
     line = f"{method}: flagged {res.n_flagged} of {ds.y_train.numel()} training samples"
     if d is not None:
         line += f"; precision {d.precision:.3f}, recall {d.recall:.3f} against poison_mask"
-    buf = io.BytesIO()
-    np.savez_compressed(
-        buf, x=ds.x_train[keep].cpu().numpy(), y=ds.y_train[keep].cpu().numpy(),
-        x_test=ds.x_test.cpu().numpy(), y_test=ds.y_test.cpu().numpy(),
-        classes=np.array(ds.classes), bounds=np.array(ds.bounds, dtype=np.float64),
-    )
-    atomic_write_bytes(out, buf.getvalue())
+    _save_npz(out, ds, ds.x_train[keep], ds.y_train[keep])
     if scores_out is not None:
         atomic_write_text(scores_out, json.dumps({
             "method": method, "scores": [round(float(s), 6) for s in res.scores],

@@ -1,26 +1,19 @@
-"""Poisoning, wired once: poison a training set, train on it, measure; sanitize, retrain,
-measure again. The audit's Poisoning section, ``dlsec poison``/``dlsec sanitize`` and
-benchmarks/poisoning.py all run through here.
+"""Poisoning, wired once (the audit's Poisoning section, ``dlsec poison``/``dlsec sanitize``
+and benchmarks/poisoning.py run through here): poison, train, measure; sanitize, retrain,
+measure again.
 
-* :func:`run_poisoning_experiment` takes a dataset and a :class:`PoisonResult` and reports
-  the clean model's accuracy, the poisoned model's accuracy and attack success, and, for
-  each sanitizer, its detection precision/recall against the attack's mask and the
-  accuracy and attack success after retraining on the samples it keeps. Every model is
-  trained with :func:`dlsec.training.fit` from the same initial weights (``config.seed``).
-* :func:`run_collision_trials` runs clean-label feature collision against many targets, in
-  the paper's transfer-learning setting (the victim retrains the last layer on features of
-  a fixed network) or end to end.
-* :func:`poison_dataset` builds a poisoning attack by name (:data:`POISON_ATTACKS`) and
-  poisons a dataset's training split; :func:`sanitize_dataset` runs a sanitizer by name
-  (:data:`SANITIZERS`) and scores it against a known poison mask. Neither needs a model
-  under audit.
-* :func:`run_poisoning` is the audit's experiment on a :class:`ScenarioContext`: the
-  audited architecture retrained on label flips at each rate (with and without the label
-  sanitizers), a BadNets backdoor (with and without the representation sanitizers) and
-  feature collision with the audited model as the feature extractor.
+* :func:`run_poisoning_experiment`: the clean and the poisoned model's accuracy and attack
+  success, and for each sanitizer its detection precision/recall against the attack's mask
+  and the accuracy and attack success after retraining on what it keeps (every model
+  trained with :func:`dlsec.training.fit` from the same initial weights, ``config.seed``).
+* :func:`run_collision_trials`: clean-label feature collision against many targets, the
+  victim retraining the last layer on a fixed network's features (the paper's setting) or
+  end to end.
+* :func:`poison_dataset` / :func:`sanitize_dataset`: an attack (:data:`POISON_ATTACKS`) or
+  a sanitizer (:data:`SANITIZERS`) by name on a dataset, with no model under audit.
+* :func:`run_poisoning`: the audit's experiment on a :class:`ScenarioContext`.
 
-Seeds are named streams of the run seed (``poisoning/random-flip``, ``poisoning/victim``,
-...), so two uses cannot draw the same numbers by accident.
+Seeds are named streams of the run seed (``poisoning/random-flip``, ``poisoning/victim``).
 
 Example:
     >>> ds = load_dataset("digits")
@@ -96,12 +89,6 @@ class SanitizedRun:
     seconds: float
     result: SanitizationResult = field(repr=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"method": self.method, **{f"detection_{k}": v
-                for k, v in self.detection.to_dict().items()},
-                "accuracy": self.accuracy, "success": self.success,
-                "recovered": self.recovered, "seconds": self.seconds}
-
 
 @dataclass
 class PoisoningExperiment:
@@ -127,14 +114,6 @@ class PoisoningExperiment:
             if r.method == method:
                 return r
         raise KeyError(method)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"attack": self.attack, "rate": self.rate, "n_poisoned": self.n_poisoned,
-                "clean_accuracy": self.clean_accuracy,
-                "poisoned_accuracy": self.poisoned_accuracy,
-                "accuracy_drop": self.accuracy_drop, "clean_success": self.clean_success,
-                "poisoned_success": self.poisoned_success,
-                "sanitized": [r.to_dict() for r in self.sanitized]}
 
 
 def _success(poison: PoisonResult, model: nn.Module, ds: Dataset) -> float | None:

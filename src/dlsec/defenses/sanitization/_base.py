@@ -51,9 +51,6 @@ class Detection:
     poisoned: int
     true_positives: int
 
-    def to_dict(self) -> dict[str, float]:
-        return {k: float(v) for k, v in self.__dict__.items()}
-
 
 def detection_metrics(flagged: Tensor, poisoned: Tensor) -> Detection:
     """Precision, recall and F1 of ``flagged`` against ``poisoned`` (both bool ``N``).
