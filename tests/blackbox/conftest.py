@@ -1,5 +1,6 @@
-"""Black-box fixtures: the digits SimpleNet every black-box test attacks (trained once per
-session), 100 test points it classifies correctly, and an independent counting oracle."""
+"""Black-box fixtures: the digits SimpleNet every black-box test attacks (the root
+conftest's, trained once per session), 100 test points it classifies correctly, and an
+independent counting oracle."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import pytest
 import torch
 
 from dlsec.threat import BaseOracle, OracleWrapper
-from dlsec.training import TrainConfig, train_model
 
 
 class CountingOracle(OracleWrapper):
@@ -46,12 +46,10 @@ def counting():
 
 
 @pytest.fixture(scope="session")
-def bb_net(digits):
-    """(model, card): the undefended digits SimpleNet, 30 epochs of Adam, seed 0."""
-    model, card, _ = train_model(
-        digits, "simplenet", TrainConfig(epochs=30, lr=3e-3), progress=False
-    )
-    return model, card
+def bb_net(digits_net):
+    """(model, card): the undefended digits SimpleNet, 30 epochs of Adam, seed 0 (the
+    session's one ``digits_net``, tests/conftest.py)."""
+    return digits_net
 
 
 @pytest.fixture(scope="session")

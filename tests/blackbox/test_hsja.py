@@ -10,24 +10,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from hand_models import Linear
 from torch import nn
 
 from dlsec.attacks.blackbox import median
 from dlsec.attacks.blackbox.hsja import HopSkipJump
 from dlsec.attacks.evasion import CW, AttackError
 from dlsec.threat import LocalOracle
-
-
-class _Linear(nn.Module):
-    def __init__(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        super().__init__()
-        self.lin = nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            self.lin.weight.copy_(w)
-            self.lin.bias.copy_(b)
-
-    def forward(self, x):
-        return self.lin(x.flatten(1))
 
 
 class _Constant(nn.Module):
@@ -73,7 +62,7 @@ def test_reaches_the_exact_minimum_on_a_linear_model() -> None:
     g = torch.Generator().manual_seed(0)
     d = 16
     w, b = torch.randn(2, d, generator=g), torch.zeros(2)
-    model = _Linear(w, b)
+    model = Linear(w, b)
     x = torch.rand(20, d, generator=g) - 0.5
     with torch.no_grad():
         y = model(x).argmax(1)

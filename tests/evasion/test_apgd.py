@@ -6,22 +6,11 @@ import importlib
 
 import pytest
 import torch
+from hand_models import Linear
 from torch import nn
 
 from dlsec.attacks.evasion import APGD, APGDT, PGD, AttackError
 from dlsec.attacks.evasion.apgd import checkpoints, halving_rule
-
-
-class _Linear(nn.Module):
-    def __init__(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        super().__init__()
-        self.lin = nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            self.lin.weight.copy_(w)
-            self.lin.bias.copy_(b)
-
-    def forward(self, x):
-        return self.lin(x.flatten(1))
 
 
 def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -41,7 +30,7 @@ def _stalled_problem():
     # only: the loss is maximal at the ball's corner, reached in the first step (2 eps
     # long); every later step stays there and the loss never rises again
     w = torch.tensor([[1.0, -2.0, 0.5, 1.5], [-1.0, 1.0, -0.5, 0.5]])
-    model = _Linear(w, torch.tensor([3.0, 0.0]))
+    model = Linear(w, torch.tensor([3.0, 0.0]))
     x = torch.full((3, 4), 0.5)
     y = torch.zeros(3, dtype=torch.int64)
     return model, x, y
@@ -159,7 +148,7 @@ def test_same_seed_same_result(digits, digits_net) -> None:
 
 
 def test_dlr_needs_enough_classes() -> None:
-    model = _Linear(torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), torch.zeros(2))
+    model = Linear(torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), torch.zeros(2))
     x, y = torch.full((4, 3), 0.5), torch.zeros(4, dtype=torch.int64)  # class 0, correct
     with pytest.raises(AttackError, match="at least 3 classes"):
         APGD(loss="dlr")(model, x, y, eps=0.1, bounds=(0.0, 1.0))

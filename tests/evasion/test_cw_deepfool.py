@@ -6,27 +6,15 @@ import importlib
 
 import pytest
 import torch
-from torch import nn
+from hand_models import Linear
 
 from dlsec.attacks.evasion import CW, AttackError, DeepFool, lp_norms
-
-
-class _Linear(nn.Module):
-    def __init__(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        super().__init__()
-        self.lin = nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            self.lin.weight.copy_(w)
-            self.lin.bias.copy_(b)
-
-    def forward(self, x):
-        return self.lin(x.flatten(1))
 
 
 def _binary(seed: int = 0, n: int = 10, d: int = 6):
     g = torch.Generator().manual_seed(seed)
     w, b = torch.randn(2, d, generator=g), torch.randn(2, generator=g)
-    model = _Linear(w, b)
+    model = Linear(w, b)
     x = torch.rand(n, d, generator=g) - 0.5
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -55,7 +43,7 @@ def test_deepfool_is_the_projection_onto_the_hyperplane_on_a_linear_model() -> N
 def test_deepfool_picks_the_nearest_boundary_among_many_classes() -> None:
     g = torch.Generator().manual_seed(1)
     w, b = torch.randn(5, 8, generator=g), torch.randn(5, generator=g)
-    model = _Linear(w, b)
+    model = Linear(w, b)
     x = torch.rand(20, 8, generator=g) - 0.5
     with torch.no_grad():
         z = model(x)

@@ -7,28 +7,16 @@ import importlib
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from hand_models import Linear
 
 from dlsec.attacks.evasion import BIM, FGSM, MIFGSM, PGD, AttackError
 from dlsec.models import ModelCard
 
 
-class _Linear(nn.Module):
-    def __init__(self, w: torch.Tensor, b: torch.Tensor) -> None:
-        super().__init__()
-        self.lin = nn.Linear(w.shape[1], w.shape[0])
-        with torch.no_grad():
-            self.lin.weight.copy_(w)
-            self.lin.bias.copy_(b)
-
-    def forward(self, x):
-        return self.lin(x.flatten(1))
-
-
 def test_fgsm_equals_closed_form_on_a_linear_model() -> None:
     torch.manual_seed(0)
     w, b = torch.randn(3, 5), torch.randn(3)
-    model = _Linear(w, b)
+    model = Linear(w, b)
     x = torch.rand(8, 5) * 0.6 + 0.2
     y = torch.randint(0, 3, (8,))
     eps = 0.1
@@ -47,7 +35,7 @@ def test_fgsm_equals_closed_form_on_a_linear_model() -> None:
 
 def test_bounds_come_from_the_card_not_zero_one() -> None:
     torch.manual_seed(0)
-    model = _Linear(torch.randn(3, 4), torch.zeros(3))
+    model = Linear(torch.randn(3, 4), torch.zeros(3))
     x = torch.rand(16, 4) * 2 - 1
     y = torch.randint(0, 3, (16,))
     card = ModelCard("x", input_shape=[4], classes=["a", "b", "c"], bounds=(-1.0, 1.0))
