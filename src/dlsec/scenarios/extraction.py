@@ -103,10 +103,10 @@ def run_extraction(ctx: ScenarioContext, options: ExtractionOptions | None = Non
         metrics["extraction_fidelity"] = round(max(scores), 6)
     if labels:
         metrics["extraction_fidelity_labels"] = round(labels[-1], 6)
-    best = max(metrics.get("extraction_fidelity", 0.0), metrics.get(
-        "extraction_fidelity_labels", 0.0))
-    summary = (f"a substitute agrees with the model on {best:.1%} of held-out inputs after "
-               f"{opt.budget} queries")
+    kind = "score" if scores else "label"
+    fidelity = max(scores) if scores else labels[-1]
+    summary = (f"a substitute agrees with the model on {fidelity:.1%} of held-out inputs after "
+               f"{opt.budget} {kind} queries")
     warnings = []
     if metrics.get("extraction_fidelity", 0.0) > 0.9:
         warnings.append("the model can be stolen through its scores: "

@@ -74,8 +74,8 @@ def run_inversion(ctx: ScenarioContext, options: InversionOptions | None = None
     ds, card = ctx.dataset, ctx.card
     found: dict[str, InversionResult] = {}
     if opt.white_box:
-        kw = {} if opt.white_box_iters is None else {"max_iter": opt.white_box_iters}
-        found["white-box"] = mi_face(ctx.model, card=card, **kw)
+        found["white-box"] = (mi_face(ctx.model, card=card) if opt.white_box_iters is None
+                              else mi_face(ctx.model, card=card, max_iter=opt.white_box_iters))
     if opt.black_box_iters > 0:
         found["black-box"] = mi_face_black_box(ctx.oracle(output="scores"),
                                                max_iter=opt.black_box_iters,

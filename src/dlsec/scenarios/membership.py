@@ -65,7 +65,8 @@ def run_membership(ctx: ScenarioContext, options: MembershipOptions | None = Non
                    ) -> ScenarioResult:
     """The named attacks on a balanced membership set; metrics, table and ROC data.
 
-    ``artifacts["results"]``: one :class:`MembershipResult` per attack, in order.
+    ``artifacts["results"]``: one :class:`MembershipResult` per attack, in order;
+    ``artifacts["records"]``: the records tested, ``(x, y, is_member)``.
     """
     opt = options or MembershipOptions()
     ds = ctx.dataset
@@ -108,7 +109,9 @@ def run_membership(ctx: ScenarioContext, options: MembershipOptions | None = Non
                 ctx.oracle(output="label"), x, y, is_member=is_member,
                 noise_samples=opt.label_only_noise,
                 generator=ctx.generator("membership/label-only")))
-    return _result(results, is_member, details)
+    out = _result(results, is_member, details)
+    out.artifacts["records"] = (x, y, is_member)
+    return out
 
 
 def _result(results: list[MembershipResult], is_member, details: dict) -> ScenarioResult:

@@ -115,9 +115,7 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
                               caption="Share of held-out test inputs on which the stolen "
                               "substitute predicts what the audited model predicts."))
     tables += ext.tables
-    risks.append(["model extraction",
-                  f"a substitute agrees with the model on {ext.metrics['extraction_fidelity']:.1%}"
-                  f" of held-out inputs after {opt.extraction_budget} score queries"])
+    risks.append(["model extraction", ext.summary])
     warnings += ext.warnings
     tables.insert(0, Table("Risk summary", ["threat", "finding"], risks))
     return SectionResult(

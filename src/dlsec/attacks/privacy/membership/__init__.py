@@ -3,7 +3,7 @@
 Every attack returns a :class:`MembershipResult` with one score per record (higher =
 member) and, given the ground truth, the metrics of :mod:`dlsec.attacks.privacy.metrics`.
 
-* :func:`loss_attack`, :func:`confidence_attack`, :func:`entropy_attack` — thresholds
+* :func:`threshold_attack` (loss, confidence, entropy; :func:`loss_attack`) — thresholds
   on one signal (Yeom et al. 2018; Salem et al. 2019);
 * :func:`shadow_attack` — shadow models and an attack classifier (Shokri et al. 2017);
 * :func:`lira` — the likelihood-ratio attack, online and offline (Carlini et al. 2022);
@@ -29,8 +29,6 @@ from dlsec.attacks.privacy.membership.label_only import label_only_attack
 from dlsec.attacks.privacy.membership.lira import lira, lira_scores
 from dlsec.attacks.privacy.membership.shadow import AttackClassifierConfig, shadow_attack
 from dlsec.attacks.privacy.membership.threshold import (
-    confidence_attack,
-    entropy_attack,
     loss_attack,
     threshold_attack,
 )
@@ -40,8 +38,6 @@ __all__ = [
     "MembershipResult",
     "ShadowModels",
     "balanced_membership_set",
-    "confidence_attack",
-    "entropy_attack",
     "label_only_attack",
     "lira",
     "lira_scores",

@@ -71,14 +71,3 @@ def loss_attack(oracle: Oracle, x: Tensor, y: Tensor, *, is_member: Tensor | Non
     """Yeom et al.'s loss-threshold attack (see :func:`threshold_attack`)."""
     return threshold_attack(oracle, x, y, signal="loss", is_member=is_member)
 
-
-def confidence_attack(oracle: Oracle, x: Tensor, y: Tensor, *, is_member: Tensor | None = None
-                      ) -> MembershipResult:
-    """True-class confidence threshold (see :func:`threshold_attack`)."""
-    return threshold_attack(oracle, x, y, signal="confidence", is_member=is_member)
-
-
-def entropy_attack(oracle: Oracle, x: Tensor, y: Tensor, *, is_member: Tensor | None = None
-                   ) -> MembershipResult:
-    """Prediction-entropy threshold (see :func:`threshold_attack`)."""
-    return threshold_attack(oracle, x, y, signal="entropy", is_member=is_member)
