@@ -15,13 +15,13 @@ from dlsec.audit.sections.evasion_blackbox import (
     _settings,
     _surrogate_epochs,
 )
-from dlsec.audit.sections.poisoning import PoisoningOptions, _Scaled, scenario_options
+from dlsec.audit.sections.poisoning import PoisoningOptions, sizes
 from dlsec.audit.sections.privacy import PrivacyOptions
 from dlsec.data import Dataset
 from dlsec.models import ModelCard
 from dlsec.scenarios.extraction import EXTRACTION_EVAL
 from dlsec.scenarios.inversion import evaluator_epochs
-from dlsec.scenarios.poisoning import subsample
+from dlsec.scenarios.poisoning import Sizes, subsample
 
 DIGITS = ModelCard("simplenet", input_shape=[1, 8, 8], classes=[str(i) for i in range(10)])
 FASHION = ModelCard("smallcnn", input_shape=[1, 28, 28], classes=[str(i) for i in range(10)])
@@ -50,25 +50,26 @@ def test_input_size_rule() -> None:
 
 
 def test_poisoning_settings_by_input_size() -> None:
-    assert _Scaled.of(PoisoningOptions(), DIGITS) == _Scaled(10, 2000, None)
-    large = _Scaled.of(PoisoningOptions(), FASHION)
-    assert large == _Scaled(3, 1000, 1000, sanitize_every_rate=False)
+    assert sizes(PoisoningOptions(), DIGITS) == Sizes(10, 2000, None)
+    large = sizes(PoisoningOptions(), FASHION)
+    assert large == Sizes(3, 1000, 1000, sanitize_every_rate=False)
     explicit = PoisoningOptions(epochs=5, max_train=500, max_test=300)
-    assert _Scaled.of(explicit, FASHION) == _Scaled(5, 500, 300, sanitize_every_rate=False)
+    assert sizes(explicit, FASHION) == Sizes(5, 500, 300, sanitize_every_rate=False)
     o = PoisoningOptions(rates=[0.4, 0.2])
-    assert [scenario_options(o, FASHION).label_sanitizers(r) for r in o.rates] == [[], ["cleanlab"]]
-    small = scenario_options(o, DIGITS)
-    assert [small.label_sanitizers(r) for r in o.rates] == [["cleanlab"], ["cleanlab"]]
+    assert [large.label_sanitizers(o, r) for r in o.rates] == [[], ["cleanlab"]]
+    small = sizes(o, DIGITS)
+    assert [small.label_sanitizers(o, r) for r in o.rates] == [["cleanlab"], ["cleanlab"]]
     ds = subsample(_dataset(3000, 2500, 28), 1000, torch.Generator().manual_seed(0), 2000)
     assert (ds.y_train.numel(), ds.y_test.numel()) == (1000, 2000)
     assert torch.bincount(ds.y_train).tolist() == [100] * 10  # stratified
-    text = scenario_options(PoisoningOptions(max_test=2000), FASHION).settings_text(ds)
+    text = Sizes(3, 1000, 2000, sanitize_every_rate=False).text(ds, size_note(FASHION))
     assert text.startswith("each victim trains for 3 epochs on 1000 training samples (at most 1000) "
                            "and is scored on 2000 test samples; label sanitizers run at the "
                            "lowest rate only; defaults for large inputs")
     kept = subsample(_dataset(300, 80, 8), 2000, torch.Generator().manual_seed(0), None)
     assert (kept.y_train.numel(), kept.y_test.numel()) == (300, 80)  # untouched
-    assert "the whole test set; label sanitizers run at every rate" in small.settings_text(kept)
+    text = small.text(kept, size_note(DIGITS))
+    assert "the whole test set; label sanitizers run at every rate" in text
 
 
 @pytest.mark.parametrize(

@@ -404,44 +404,68 @@ def _seed31(seed: int, stream: str) -> int:
 
 # -- the audit's experiment -------------------------------------------------------------------
 @dataclass
-class PoisoningScenarioOptions:
-    """What :func:`run_poisoning` runs, every value resolved (front-ends choose defaults).
+class PoisoningOptions:
+    """What :func:`run_poisoning` runs (the keys of the audit's ``[poisoning]`` table).
 
-    Victims are the audited architecture retrained for ``epochs`` (batches of
-    ``batch_size``) on a stratified subsample of at most ``max_train`` training samples and
-    scored on ``max_test`` test samples (None: all). The label sanitizers run at every rate,
-    or with ``sanitize_every_rate=False`` at the lowest only. ``note`` ends the stated
-    settings (e.g. how the defaults were chosen).
+    ``epochs``, ``max_train`` and ``max_test`` at 0 are automatic: the front-end resolves
+    them into :class:`Sizes` (the audit scales them to the input size).
     """
 
-    rates: Sequence[float] = (0.2, 0.4)
-    flip_attacks: Sequence[str] = FLIP_ATTACKS
-    flip_sanitizers: Sequence[str] = ("cleanlab",)
+    rates: list[float] = field(default_factory=lambda: [0.2, 0.4])
+    flip_attacks: list[str] = field(default_factory=lambda: list(FLIP_ATTACKS))
+    flip_sanitizers: list[str] = field(default_factory=lambda: ["cleanlab"])
     backdoor_rate: float = 0.05
     backdoor_target: int = 0
-    backdoor_sanitizers: Sequence[str] = ("spectral", "activation")
+    backdoor_sanitizers: list[str] = field(default_factory=lambda: ["spectral", "activation"])
     collision_targets: int = 2
-    epochs: int = 10
+    epochs: int = 0
     batch_size: int = 128
     folds: int = 3
-    max_train: int = 2000
-    max_test: int | None = None
+    max_train: int = 0
+    max_test: int = 0
+
+    def __post_init__(self) -> None:
+        if any(not 0 < r < 1 for r in self.rates) or not 0 <= self.backdoor_rate < 1:
+            raise ValueError("rates: each in (0, 1); backdoor-rate in [0, 1) (0: no backdoor)")
+        bad = [a for a in self.flip_attacks if a not in FLIP_ATTACKS]
+        if bad or (self.flip_attacks and not self.rates):
+            raise ValueError(f"flip-attacks: random-flip and/or optimized-flip with rates, got {bad}")
+        bad = [m for m in (*self.flip_sanitizers, *self.backdoor_sanitizers) if m not in SANITIZERS]
+        if bad:
+            raise ValueError(f"sanitizers: unknown {bad} (choose from {list(SANITIZERS)})")
+        if self.backdoor_target < 0 or self.collision_targets < 0:
+            raise ValueError("backdoor-target and collision-targets must be >= 0")
+        if self.epochs < 0 or self.batch_size < 1 or self.folds < 2:
+            raise ValueError("epochs and batch-size must be >= 1, folds >= 2 (epochs 0: "
+                             "automatic)")
+        if any(v < 0 or 0 < v < 10 for v in (self.max_train, self.max_test)):
+            raise ValueError("max-train and max-test must be >= 10 (0: automatic)")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The victims' budget: ``epochs`` on at most ``max_train`` training samples, scored on
+    ``max_test`` test samples (None: all); the label sanitizers run at every rate, or with
+    ``sanitize_every_rate=False`` at the lowest only."""
+
+    epochs: int
+    max_train: int
+    max_test: int | None
     sanitize_every_rate: bool = True
-    note: str = ""
 
-    def label_sanitizers(self, rate: float) -> list[str]:
+    def label_sanitizers(self, o: PoisoningOptions, rate: float) -> list[str]:
         """The label sanitizers run against flips at ``rate``."""
-        every = self.sanitize_every_rate or rate == min(self.rates)
-        return list(self.flip_sanitizers) if every else []
+        every = self.sanitize_every_rate or rate == min(o.rates)
+        return list(o.flip_sanitizers) if every else []
 
-    def settings_text(self, ds: Dataset) -> str:
+    def text(self, ds: Dataset, note: str = "") -> str:
         """The settings as the report states them, for the (subsampled) data ``ds``."""
         test = "the whole test set" if self.max_test is None else f"{ds.y_test.numel()} test samples"
         where = "every rate" if self.sanitize_every_rate else "the lowest rate only"
         text = (f"each victim trains for {self.epochs} epochs on {ds.y_train.numel()} training "
                 f"samples (at most {self.max_train}) and is scored on {test}; label "
                 f"sanitizers run at {where}")
-        return f"{text}; {self.note}" if self.note else text
+        return f"{text}; {note}" if note else text
 
 
 def subsample(ds: Dataset, max_train: int, g: torch.Generator,
@@ -483,11 +507,11 @@ def _detection_row(what: str, r: SanitizedRun) -> list[Any]:
 class _Run:
     """State of one :func:`run_poisoning` call (the parts append to it)."""
 
-    def __init__(self, ctx: ScenarioContext, o: PoisoningScenarioOptions) -> None:
-        self.ctx, self.o = ctx, o
-        self.ds = subsample(ctx.dataset, o.max_train, ctx.generator("poisoning/subsample"),
-                            o.max_test)
-        self.cfg = victim_config(ctx.card, epochs=o.epochs, batch_size=o.batch_size,
+    def __init__(self, ctx: ScenarioContext, o: PoisoningOptions, sizes: Sizes) -> None:
+        self.ctx, self.o, self.sizes = ctx, o, sizes
+        self.ds = subsample(ctx.dataset, sizes.max_train, ctx.generator("poisoning/subsample"),
+                            sizes.max_test)
+        self.cfg = victim_config(ctx.card, epochs=sizes.epochs, batch_size=o.batch_size,
                                  seed=_seed31(ctx.seed, "poisoning/victim"), device=ctx.device)
         self.arch, self.norm = ctx.card.architecture, ctx.card.normalization
         make = model_factory(self.arch, input_shape=self.ds.input_shape, classes=self.ds.classes,
@@ -495,6 +519,7 @@ class _Run:
         self.clean = train_on(self.ds.x_train, self.ds.y_train, make_model=make, config=self.cfg)
         self.res = ScenarioResult(name="poisoning")
         self.detections: list[list[Any]] = []
+        self.stated = ""
 
     def experiment(self, poison: PoisonResult, sanitizers: Sequence[str]) -> PoisoningExperiment:
         return run_poisoning_experiment(
@@ -518,7 +543,7 @@ class _Run:
                 else:
                     poison = optimized_flip(ds.x_train, ds.y_train, rate=rate,
                                             surrogate=ctx.model, num_classes=ds.num_classes)
-                exp = self.experiment(poison, o.label_sanitizers(rate))
+                exp = self.experiment(poison, self.sizes.label_sanitizers(o, rate))
                 key = f"{attack.replace('-', '_')}_{round(rate * 100)}"
                 metrics[f"{key}_accuracy"] = exp.poisoned_accuracy
                 metrics[f"{key}_accuracy_drop"] = exp.accuracy_drop
@@ -542,7 +567,7 @@ class _Run:
         self.res.tables.append(Table(
             "Accuracy after label poisoning, with and without sanitization", columns, rows,
             caption="Test accuracy of the audited architecture retrained on the poisoned set, "
-            f"then on what each sanitizer keeps. Settings: {o.settings_text(ds)}."))
+            f"then on what each sanitizer keeps. Settings: {self.stated}."))
         if any(xs for xs, _ in curves.values()):
             self.res.figures["accuracy_vs_rate"] = {
                 "kind": "line", "series": {k: v for k, v in curves.items() if v[0]},
@@ -613,18 +638,21 @@ class _Run:
                 imgs, labels, "Feature collision: targets, bases, poisons", ds.bounds, ncols=k)
 
 
-def run_poisoning(ctx: ScenarioContext, options: PoisoningScenarioOptions) -> ScenarioResult:
+def run_poisoning(ctx: ScenarioContext, options: PoisoningOptions, sizes: Sizes, *,
+                  note: str = "") -> ScenarioResult:
     """What poisoned training data does to the audited architecture, and what each sanitizer
     repairs: label flips (:data:`FLIP_ATTACKS`, the audited model as optimized flipping's
     surrogate) at each rate, a BadNets backdoor on image inputs (``backdoor_rate`` > 0), and
     feature collision against ``collision_targets`` test samples with the audited model as
-    the fixed feature extractor. Figures are data: ``kind`` "line" (``series``) or "images".
+    the fixed feature extractor, within ``sizes``; ``note`` ends the stated settings.
+    Figures are data: ``kind`` "line" (``series``) or "images".
     """
     o = options
     if o.backdoor_rate > 0 and not 0 <= o.backdoor_target < ctx.dataset.num_classes:
         raise PoisonError(f"backdoor target {o.backdoor_target} is not a class "
                           f"(0..{ctx.dataset.num_classes - 1})")
-    run = _Run(ctx, o)
+    run = _Run(ctx, o, sizes)
+    run.stated = sizes.text(run.ds, note)
     run.flips()
     if len(run.ds.input_shape) == 3 and o.backdoor_rate > 0:
         run.backdoor()
@@ -640,9 +668,9 @@ def run_poisoning(ctx: ScenarioContext, options: PoisoningScenarioOptions) -> Sc
         res.summary += f"; backdoor attack success {metrics['backdoor_asr']:.0%}"
     if "collision_success_rate" in metrics:
         res.summary += f"; feature collision {metrics['collision_success_rate']:.0%}"
-    res.details = {"settings": o.settings_text(run.ds),
+    res.details = {"settings": run.stated,
                    "training_samples": int(run.ds.y_train.numel()),
-                   "test_samples": int(run.ds.y_test.numel()), "epochs": o.epochs}
+                   "test_samples": int(run.ds.y_test.numel()), "epochs": sizes.epochs}
     return res
 
 
@@ -655,8 +683,9 @@ __all__ = [
     "PoisonError",
     "PoisonResult",
     "PoisoningExperiment",
-    "PoisoningScenarioOptions",
+    "PoisoningOptions",
     "SanitizedRun",
+    "Sizes",
     "Trigger",
     "poison_dataset",
     "run_collision_trials",
