@@ -41,7 +41,7 @@ def hostile(tmp_path: Path, monkeypatch):
 MD = ["--model-dir", "{model}"]
 COMMANDS = [
     ["attack", "fgsm", *MD, "--eps", "0.1", "--samples", "5"],
-    ["attack", "square", *MD, "--eps", "0.1", "--samples", "5", "--budget", "10", "-q"],
+    ["attack", "square", *MD, "--eps", "0.1", "--samples", "5", "--max-queries", "10", "-q"],
     ["evaluate", *MD, "--eps", "0.1", "--samples", "5", "--attacks", "apgd-ce", "-q"],
     ["privacy", "membership", *MD, "--attack", "loss", "--members", "20"],
     ["privacy", "invert", *MD, "--max-iter", "2"],

@@ -58,19 +58,23 @@ def register(app: typer.Typer) -> None:
 
         from dlsec.commands._blackbox import BLACK_BOX, DECISION_BASED, run_black_box
         from dlsec.files import check_output
-        from dlsec.scenarios.whitebox import single_attack
+        from dlsec.scenarios.whitebox import make_white_box, single_attack
 
         if out is not None:
             check_output(out, kind="file", option="--out")
         eps_list = parse_eps(eps) if eps is not None else None
         if name in BLACK_BOX:
+            for flag, value in (("--max-queries", max_queries), ("--budget", budget)):
+                if value is not None and value < 1:
+                    raise EvasionCommandError(f"{flag}: must be >= 1, got {value}")
             if budget is not None and name != "transfer":
                 typer.echo(f"warning: --budget for {name} is deprecated: use --max-queries "
                            "(queries per point); --budget is the oracle's total", err=True)
-                max_queries, budget = max_queries or budget, None
+                max_queries, budget = budget if max_queries is None else max_queries, None
             run_black_box(name, model_dir, eps_list, out=out, dataset=dataset, samples=samples,
-                          seed=seed, device=device, max_queries=max_queries or 1000,
-                          budget=budget or 1000, basis=basis,
+                          seed=seed, device=device,
+                          max_queries=1000 if max_queries is None else max_queries,
+                          budget=1000 if budget is None else budget, basis=basis,
                           norm=norm or ("l2" if name == "boundary" else "linf"),
                           surrogate=surrogate, craft=craft, threads=threads,
                           trust_code=trust_code, progress=not quiet)
@@ -84,8 +88,13 @@ def register(app: typer.Typer) -> None:
             raise EvasionCommandError(f"--norm: norm must be linf or l2, got {norm!r}")
         tgt: str | int = int(target) if target.lstrip("-").isdigit() else target
         check_samples(samples)
+        make_white_box(name, norm, steps=steps)  # a bad name or setting, before any work
         ctx = _context(model_dir, dataset, device, threads, trust_code, seed, quiet,
                        norm=norm, eps=tuple(eps_list), targeted=targeted)
+        if isinstance(tgt, int) and not 0 <= tgt < ctx.card.num_classes:
+            raise EvasionCommandError(
+                f"--target: a class index must be in 0..{ctx.card.num_classes - 1}, got {target}"
+            )
         result = single_attack(ctx, name, samples=samples, steps=steps, target=tgt)
         res = result.artifacts["result"]
         typer.echo(result.summary)

@@ -4,10 +4,11 @@ scenario :func:`dlsec.scenarios.whitebox.robustness`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dlsec.audit.context import AuditContext
-from dlsec.audit.result import SectionResult
+from dlsec.audit.result import Figure, SectionResult
 from dlsec.audit.sections import register_section
 from dlsec.scenarios.whitebox import WhiteBoxOptions, eps_grid, robustness
 from dlsec.threat import ThreatModel
@@ -27,8 +28,8 @@ class EvasionOptions(WhiteBoxOptions):
     def __post_init__(self) -> None:
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"norm: must be linf or l2, got {self.norm!r}")
-        if any(not 0 <= e < float("inf") for e in self.eps):
-            raise ValueError("eps: values must be finite and >= 0")
+        if any(not 0 <= e < float("inf") for e in (*self.eps, *self.ensemble_eps, self.at_eps)):
+            raise ValueError("eps, ensemble-eps and at-eps: values must be finite and >= 0")
         super().__post_init__()
         self.check_attacks(self.norm)
 
@@ -39,10 +40,10 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
     from dlsec.audit.runner import train_config
 
     eps = sorted(float(e) for e in options.eps) or eps_grid(options.norm, ctx.card.bounds)
-    threat = ThreatModel.from_card(ctx.card, norm=options.norm, eps=tuple(eps))  # type: ignore[arg-type]
+    threat = ThreatModel.from_card(ctx.card, norm=options.norm, eps=tuple(eps))
     config = train_config(ctx.config, ctx.dataset) if options.adversarial_training else None
     result = robustness(ctx.scenario(threat), options, train_config=config)
-    plots = {"line_chart": line_chart, "image_grid": image_grid}
+    plots: dict[str, Callable[..., Figure]] = {"line_chart": line_chart, "image_grid": image_grid}
     figures = [
         plots[data["kind"]](**{k: v for k, v in data.items() if k != "kind"})
         for data in result.figures.values()

@@ -17,9 +17,9 @@ from dlsec.scenarios.whitebox.ensemble import (
 )
 from dlsec.scenarios.whitebox.robustness import (
     WhiteBoxOptions,
-    build_attack,
     ensemble_evaluation,
     eps_grid,
+    make_white_box,
     robustness,
     single_attack,
 )
@@ -28,12 +28,12 @@ __all__ = [
     "RobustnessReport",
     "WhiteBoxOptions",
     "available_stages",
-    "build_attack",
     "check_state_file",
     "default_attacks",
     "ensemble_evaluation",
     "eps_grid",
     "evaluate_robustness",
+    "make_white_box",
     "register_stage",
     "robustness",
     "single_attack",

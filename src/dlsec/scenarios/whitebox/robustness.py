@@ -25,12 +25,12 @@ import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.core import AttackError
+from dlsec.attacks.core import AttackError, TargetSpec
 from dlsec.attacks.evasion import EvasionAttack, EvasionResult
 from dlsec.attacks.registry import attack_kind, make_attack
 from dlsec.scenarios.context import ScenarioContext
@@ -42,6 +42,7 @@ from dlsec.training import TrainConfig
 LINF_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 L2_EPS = (0.25, 0.5, 1.0, 2.0, 3.0)
 AT_METHODS = ("pgd", "fgsm-rs", "trades")
+STEPPED = ("pgd", "bim", "mifgsm")  # the attacks whose steps the audit sets
 
 
 def eps_grid(norm: str, bounds: tuple[float, float]) -> list[float]:
@@ -87,20 +88,24 @@ class WhiteBoxOptions:
         """Unknown names and unsupported norms, before any work (:class:`ValueError`)."""
         for name in self.attacks:
             try:
-                build_attack(name, norm, steps=self.steps)
+                self.attack(name, norm)
             except AttackError as exc:
                 raise ValueError(f"attacks: {exc}") from None
 
+    def attack(self, name: str, norm: str) -> EvasionAttack:
+        """The attack ``name`` as configured (``steps`` for pgd, bim and mifgsm)."""
+        if name in ("cw", "deepfool") and norm != "l2":
+            raise AttackError(f'{name} is an L2 attack; set norm = "l2" to use it')
+        return make_white_box(name, norm, steps=self.steps if name in STEPPED else None)
 
-def build_attack(name: str, norm: str, *, steps: int | None = None) -> EvasionAttack:
-    """The white-box attack ``name`` in ``norm`` (``steps`` for the iterative ones that take
-    it); :class:`AttackError` for a black-box or unknown name or a norm it cannot take."""
+
+def make_white_box(name: str, norm: str, *, steps: int | None = None) -> EvasionAttack:
+    """The registered white-box attack ``name`` in ``norm`` (with ``steps``, if given);
+    :class:`AttackError` for a black-box or unknown name or a setting it does not take."""
     if attack_kind(name) != "white-box":
         raise AttackError(f"{name} is a black-box attack, not a white-box one")
-    if name in ("cw", "deepfool") and norm != "l2":
-        raise AttackError(f'{name} is an L2 attack; set norm = "l2" to use it')
     settings: dict[str, Any] = {"norm": norm}
-    if steps is not None and name in ("pgd", "bim", "mifgsm"):
+    if steps is not None:
         settings["steps"] = steps
     attack = make_attack(name, **settings)
     assert isinstance(attack, EvasionAttack)
@@ -219,7 +224,7 @@ def _evaluate(
     assert ctx.threat is not None
     results = {}
     for name in options.attacks:
-        attack = build_attack(name, norm, steps=options.steps)
+        attack = options.attack(name, norm)
         results[name] = attack(model, x, y, eps=eps, bounds=ctx.threat.bounds,
                                generator=ctx.generator(f"whitebox/{name}"))
     fooled_any = torch.stack([r.success for r in results.values()]).any(0)
@@ -389,18 +394,12 @@ def single_attack(
     points. ``artifacts``: the :class:`EvasionResult` (``"result"``) and the points."""
     assert ctx.threat is not None
     norm = _threat_norm(ctx)
-    settings: dict[str, Any] = {"norm": norm}
-    if steps is not None:
-        settings["steps"] = steps
-    if attack_kind(name) != "white-box":
-        raise AttackError(f"{name} is a black-box attack, not a white-box one")
-    attack = make_attack(name, **settings)
-    assert isinstance(attack, EvasionAttack)
+    attack = make_white_box(name, norm, steps=steps)
     if isinstance(target, int) and not 0 <= target < ctx.card.num_classes:
         raise AttackError(f"target: a class index must be in 0..{ctx.card.num_classes - 1}")
     x, y = _points(ctx, samples)
     res = attack(ctx.model, x, y, eps=list(ctx.threat.eps), targeted=ctx.threat.targeted,
-                 target=target, bounds=ctx.threat.bounds,
+                 target=cast(TargetSpec, target), bounds=ctx.threat.bounds,
                  generator=ctx.generator(f"whitebox/{name}"))
     clean = float(res.clean_correct.double().mean())
     metrics = _metrics(clean, res.eps, res.robust_accuracy)
@@ -416,9 +415,9 @@ def single_attack(
 
 __all__ = [
     "WhiteBoxOptions",
-    "build_attack",
     "ensemble_evaluation",
     "eps_grid",
+    "make_white_box",
     "robustness",
     "single_attack",
 ]
