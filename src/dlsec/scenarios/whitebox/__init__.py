@@ -9,11 +9,9 @@ Example:
 
 from dlsec.scenarios.whitebox.ensemble import (
     RobustnessReport,
-    available_stages,
     check_state_file,
     default_attacks,
     evaluate_robustness,
-    register_stage,
 )
 from dlsec.scenarios.whitebox.robustness import (
     WhiteBoxOptions,
@@ -27,14 +25,12 @@ from dlsec.scenarios.whitebox.robustness import (
 __all__ = [
     "RobustnessReport",
     "WhiteBoxOptions",
-    "available_stages",
     "check_state_file",
     "default_attacks",
     "ensemble_evaluation",
     "eps_grid",
     "evaluate_robustness",
     "make_white_box",
-    "register_stage",
     "robustness",
     "single_attack",
 ]

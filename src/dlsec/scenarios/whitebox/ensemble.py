@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -56,21 +56,10 @@ STATE_VERSION = "2"
 RESTART_SHARE = 0.1
 
 
-class StageFn(Protocol):
-    """One ensemble stage: returns candidate adversarials for ``x`` (same shape); the
-    ensemble projects them onto the ball and the bounds and checks them itself."""
-
-    def __call__(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        norm: Norm,
-        eps: float,
-        bounds: tuple[float, float],
-        generator: torch.Generator,
-    ) -> Tensor: ...
+# One ensemble stage: ``run(model, x, y, *, norm, eps, bounds, generator)`` returns candidate
+# adversarials for ``x`` (same shape); the ensemble projects them onto the ball and the
+# bounds and checks them itself.
+StageFn = Callable[..., Tensor]
 
 
 @dataclass(frozen=True)
@@ -102,10 +91,6 @@ def register_stage(
         return fn
 
     return deco
-
-
-def available_stages() -> list[str]:
-    return sorted(_STAGES)
 
 
 def get_stage(name: str) -> Stage:

@@ -162,7 +162,11 @@ def robustness(
     series["all attacks"] = (eps, ev.robust_all)
     details: dict[str, Any] = {name: r.summary() for name, r in ev.results.items()}
     if ev.report is not None:
-        details["ensemble"] = _ensemble_details(ev.report)
+        rep = ev.report
+        details["ensemble"] = {
+            "attack": "ensemble", "stages": " -> ".join(rep.attacks), "eps": rep.eps,
+            "robust_accuracy": rep.robust_accuracy, "stage_accuracy": rep.stage_accuracy,
+        }
     summary_after = ""
     if options.adversarial_training:
         method = options.adversarial_training
@@ -255,13 +259,6 @@ def _rows(ev: _Evaluation, suffix: str) -> list[list[Any]]:
             ra = ev.report.robust_accuracy[k]
             rows.append(["ensemble" + suffix, e, ra, 1.0 - ra, "—"])
     return rows
-
-
-def _ensemble_details(report: RobustnessReport) -> dict[str, Any]:
-    return {
-        "attack": "ensemble", "stages": " -> ".join(report.attacks), "eps": report.eps,
-        "robust_accuracy": report.robust_accuracy, "stage_accuracy": report.stage_accuracy,
-    }
 
 
 def _harden(
