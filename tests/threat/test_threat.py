@@ -51,10 +51,11 @@ def test_threat_model_from_card_checks_strings_and_takes_the_cards_bounds() -> N
     from dlsec.models import CardLike
 
     class Card:  # only what CardLike promises
-        bounds = (-1.0, 2.0)
-        input_shape = (1, 8, 8)
-        classes = [str(i) for i in range(10)]
-        num_classes = 10
+        def __init__(self) -> None:
+            self.bounds = (-1.0, 2.0)
+            self.input_shape = [1, 8, 8]
+            self.classes = [str(i) for i in range(10)]
+            self.num_classes = 10
 
     card: CardLike = Card()
     tm = ThreatModel.from_card(card, knowledge="black-box", norm="l2", eps=0.5, targeted=True)

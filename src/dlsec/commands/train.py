@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from dlsec.commands.options import DeviceOpt, SeedOpt, TestSizeOpt, ThreadsOpt, count, number
-from dlsec.training import TrainConfig, TrainingError
+from dlsec.training import TrainConfig, TrainingError, TrainResult
 
 OutOpt = Annotated[Path, typer.Option(help="Directory for weights, card.json and history.json")]
 DatasetOpt = Annotated[str, typer.Option(help="digits | fashion-mnist | mnist | idx:DIR | npz:PATH")]
@@ -99,6 +99,7 @@ def _train(
     check_output(out, kind="dir", option="--out")
     ds = load_dataset(dataset, seed=config.seed, test_size=test_size)
     set_threads(threads, device=config.device, architecture=model, dataset=ds)
+    result: TrainResult
     if adversarial:
         from dlsec.scenarios.hardening import adversarial_training
 
