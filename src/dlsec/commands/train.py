@@ -161,8 +161,7 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = 0,
         quiet: QuietOpt = False,
     ) -> None:
-        """Train a model and save it (safetensors weights + JSON card + training curves);
-        with --adversarial, train it adversarially (the card gains its PGD accuracy)."""
+        """Train a model and save it (weights, card, curves); --adversarial trains it adversarially."""
         settings = _adversarial_settings(
             adversarial, eps=eps, norm=norm, attack_steps=attack_steps, alpha=alpha, beta=beta,
             no_random_init=no_random_init, no_monitor=no_monitor,
@@ -203,8 +202,7 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = 0,
         quiet: QuietOpt = False,
     ) -> None:
-        """Deprecated: use dlsec train --adversarial METHOD (the same flags; --method
-        becomes --adversarial)."""
+        """Deprecated: use dlsec train --adversarial METHOD (same flags; --method is --adversarial)."""
         typer.echo(
             "warning: dlsec adv-train is deprecated: use dlsec train --adversarial "
             f"{method} (--method becomes --adversarial; the other flags are the same)",
