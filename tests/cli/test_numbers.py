@@ -97,7 +97,8 @@ def test_out_of_range_is_one_line_before_any_work(
     one_line_error,
 ) -> None:
     for work in ("dlsec.models.load", "dlsec.audit.runner.run_audit",
-                 "dlsec.defenses.sanitization.sanitize", "dlsec.training.fit"):
+                 "dlsec.defenses.sanitization.sanitize", "dlsec.scenarios.poisoning.sanitize",
+                 "dlsec.training.fit"):
         monkeypatch.setattr(work, _boom)
     monkeypatch.chdir(tmp_path)
     assert main([a.format(model=model_dir, tmp=tmp_path) for a in args]) == 2
