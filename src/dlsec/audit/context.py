@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -14,7 +13,7 @@ from dlsec.audit.result import SectionResult
 from dlsec.data import Dataset
 from dlsec.models import ModelCard
 from dlsec.scenarios import ScenarioContext
-from dlsec.threat import LocalOracle, ThreatModel
+from dlsec.threat import ThreatModel
 
 
 @dataclass
@@ -30,17 +29,6 @@ class AuditContext:
     history: list[dict[str, float]] | None = None
     results: dict[str, SectionResult] = field(default_factory=dict)
     progress: bool = True
-
-    def generator(self, salt: int = 0) -> torch.Generator:
-        """A CPU generator seeded from the audit seed (plus ``salt`` to separate uses)."""
-        return torch.Generator().manual_seed(self.config.seed * 1_000_003 + salt)
-
-    def oracle(self, **kwargs: Any) -> LocalOracle:
-        """A fresh black-box view of the audited model (see :class:`dlsec.threat.BaseOracle`)."""
-        return LocalOracle(self.model, card=self.card, **kwargs)
-
-    def threat_model(self, **kwargs: Any) -> ThreatModel:
-        return ThreatModel.from_card(self.card, **kwargs)
 
     def scenario(self, threat: ThreatModel | None = None) -> ScenarioContext:
         """The context a scenario runs in: this audit's model, card, data, seed and device."""
