@@ -1,19 +1,7 @@
 """Poisoning, wired once (the audit's Poisoning section, ``dlsec poison``/``dlsec sanitize``
 and benchmarks/poisoning.py run through here): poison, train, measure; sanitize, retrain,
-measure again.
-
-* :func:`run_poisoning_experiment`: the clean and the poisoned model's accuracy and attack
-  success, and for each sanitizer its detection precision/recall against the attack's mask
-  and the accuracy and attack success after retraining on what it keeps (every model
-  trained with :func:`dlsec.training.fit` from the same initial weights, ``config.seed``).
-* :func:`run_collision_trials`: clean-label feature collision against many targets, the
-  victim retraining the last layer on a fixed network's features (the paper's setting) or
-  end to end.
-* :func:`poison_dataset` / :func:`sanitize_dataset`: an attack (:data:`POISON_ATTACKS`) or
-  a sanitizer (:data:`SANITIZERS`) by name on a dataset, with no model under audit.
-* :func:`run_poisoning`: the audit's experiment on a :class:`ScenarioContext`.
-
-Seeds are named streams of the run seed (``poisoning/random-flip``, ``poisoning/victim``).
+measure again. Seeds are named streams of the run seed (``poisoning/random-flip``,
+``poisoning/victim``).
 
 Example:
     >>> ds = load_dataset("digits")
@@ -46,6 +34,7 @@ from dlsec.attacks.poisoning import (
     random_flip,
     targeted_flip,
 )
+from dlsec.attacks.poisoning._base import predictions
 from dlsec.attacks.surrogate import train_config_from_card
 from dlsec.data import Dataset, stratified_split
 from dlsec.defenses.sanitization import (
@@ -59,10 +48,10 @@ from dlsec.defenses.sanitization import (
     sanitize,
     train_on,
 )
-from dlsec.models import ModelCard, last_linear, penultimate_features
+from dlsec.models import last_linear, penultimate_features
 from dlsec.scenarios.context import ScenarioContext, stream_seed
 from dlsec.scenarios.result import ScenarioResult, Table
-from dlsec.training import TrainConfig, evaluate, fit, predict_logits
+from dlsec.training import TrainConfig, evaluate, fit
 
 POISON_ATTACKS = ("random-flip", "targeted-flip", "optimized-flip", "inject", "backdoor",
                   "feature-collision")
@@ -71,10 +60,6 @@ FLIP_ATTACKS = ("random-flip", "optimized-flip")
 """The label flips the audit's experiment runs at each rate."""
 SURROGATE_ATTACKS = ("optimized-flip", "feature-collision")
 """Attacks that need a trained model (a surrogate of the victim)."""
-
-
-def _predictions(model: nn.Module, x: Tensor) -> Tensor:
-    return predict_logits(model, x, batch_size=1024).argmax(1)
 
 
 @dataclass
@@ -278,8 +263,8 @@ def run_collision_trials(
                         make_model=make, config=config)
 
     control = victim(ds.x_train[:0], ds.y_train[:0])
-    ok = (_predictions(model, ds.x_test).cpu() == ds.y_test) & (
-        _predictions(control, ds.x_test).cpu() == ds.y_test
+    ok = (predictions(model, ds.x_test).cpu() == ds.y_test) & (
+        predictions(control, ds.x_test).cpu() == ds.y_test
     )
     pool = torch.nonzero(ok).flatten()
     pool = pool[torch.randperm(pool.numel(), generator=g)][:n_targets]
@@ -304,7 +289,6 @@ def run_collision_trials(
             base_img = ds.x_train[res.metadata["base_indices"][0]].cpu()
             rows.append({"test_index": t, "true": true, "base": base_label, "success": won,
                          "feature_distance": float((f_p - f_t).norm()),
-                         "target_feature_norm": float(f_t.norm()),
                          "image_distance": float((extra_x[0].cpu() - base_img).norm())})
             poisons.append(extra_x[0].cpu())
             bases.append(base_img)
@@ -482,13 +466,6 @@ def subsample(ds: Dataset, max_train: int, g: torch.Generator,
     return ds
 
 
-def victim_config(card: ModelCard, *, epochs: int, batch_size: int, seed: int,
-                  device: torch.device | str) -> TrainConfig:
-    """The audited model's own training recipe from its card, for ``epochs`` epochs."""
-    return train_config_from_card(card, epochs=epochs, batch_size=batch_size, seed=seed,
-                                  device=str(device), measure_train_accuracy=False)
-
-
 def _pct(v: float | None) -> str:
     return "–" if v is None else f"{v:.1%}"
 
@@ -511,8 +488,9 @@ class _Run:
         self.ctx, self.o, self.sizes = ctx, o, sizes
         self.ds = subsample(ctx.dataset, sizes.max_train, ctx.generator("poisoning/subsample"),
                             sizes.max_test)
-        self.cfg = victim_config(ctx.card, epochs=sizes.epochs, batch_size=o.batch_size,
-                                 seed=_seed31(ctx.seed, "poisoning/victim"), device=ctx.device)
+        self.cfg = train_config_from_card(  # the audited model's own training recipe
+            ctx.card, epochs=sizes.epochs, batch_size=o.batch_size, measure_train_accuracy=False,
+            seed=_seed31(ctx.seed, "poisoning/victim"), device=str(ctx.device))
         self.arch, self.norm = ctx.card.architecture, ctx.card.normalization
         make = model_factory(self.arch, input_shape=self.ds.input_shape, classes=self.ds.classes,
                              bounds=self.ds.bounds, normalization=self.norm)
@@ -674,24 +652,7 @@ def run_poisoning(ctx: ScenarioContext, options: PoisoningOptions, sizes: Sizes,
     return res
 
 
-__all__ = [
-    "FLIP_ATTACKS",
-    "POISON_ATTACKS",
-    "SANITIZERS",
-    "SURROGATE_ATTACKS",
-    "CollisionTrials",
-    "PoisonError",
-    "PoisonResult",
-    "PoisoningExperiment",
-    "PoisoningOptions",
-    "SanitizedRun",
-    "Sizes",
-    "Trigger",
-    "poison_dataset",
-    "run_collision_trials",
-    "run_poisoning",
-    "run_poisoning_experiment",
-    "sanitize_dataset",
-    "subsample",
-    "victim_config",
-]
+__all__ = ["FLIP_ATTACKS", "POISON_ATTACKS", "SANITIZERS", "SURROGATE_ATTACKS", "CollisionTrials",
+           "PoisonError", "PoisonResult", "PoisoningExperiment", "PoisoningOptions",
+           "SanitizedRun", "Sizes", "Trigger", "poison_dataset", "run_collision_trials",
+           "run_poisoning", "run_poisoning_experiment", "sanitize_dataset", "subsample"]

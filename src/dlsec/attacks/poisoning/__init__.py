@@ -26,10 +26,7 @@ Example:
 
 from __future__ import annotations
 
-from dlsec.attacks.poisoning._base import (
-    PoisonError,
-    PoisonResult,
-)
+from dlsec.attacks.poisoning._base import PoisonError, PoisonResult
 from dlsec.attacks.poisoning.backdoor import Trigger, apply_trigger, attack_success_rate, backdoor
 from dlsec.attacks.poisoning.feature_collision import (
     craft_collisions,

@@ -26,11 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.poisoning._base import (
-    PoisonError,
-    PoisonResult,
-    predictions,
-)
+from dlsec.attacks.poisoning._base import PoisonError, PoisonResult, predictions
 from dlsec.models import penultimate, penultimate_features
 
 

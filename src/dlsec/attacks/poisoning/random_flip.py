@@ -18,12 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dlsec.attacks.poisoning._base import (
-    PoisonResult,
-    check_labels,
-    check_rate,
-    random_other_label,
-)
+from dlsec.attacks.poisoning._base import PoisonResult, check_labels, check_rate, random_other_label
 
 
 def random_flip(
