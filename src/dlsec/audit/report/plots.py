@@ -7,6 +7,10 @@ byte-identical base64, which keeps ``report.json`` and ``report.html`` reproduci
 text (titles, labels, class names) is drawn literally: ``$``, ``_``, ``^``, ``%`` and
 braces are never read as mathtext or LaTeX.
 
+Common arguments: ``title`` is shown in the report (and drawn on every plot but an image
+grid), ``caption`` is shown under the figure in the report, ``xlabel``/``ylabel`` label
+the axes.
+
 Example:
     >>> fig = bar_chart(["clean", "pgd"], [0.97, 0.12], title="Accuracy", ylim=(0, 1))
     >>> fig.png_base64[:8]
@@ -18,8 +22,7 @@ from __future__ import annotations
 import base64
 import io
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import matplotlib
@@ -75,39 +78,12 @@ _STYLE: dict[Any, Any] = {  # keys are rcParams names
 }
 
 
-@contextmanager
-def _style() -> Iterator[None]:
-    with matplotlib.rc_context(_STYLE):
-        yield
-
-
-def _new_figure(figsize: tuple[float, float] = _DEFAULT_SIZE) -> MplFigure:
-    fig = MplFigure(figsize=figsize, dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def figure_to_png_base64(fig: MplFigure) -> str:
-    """Encode a matplotlib figure as a base64 PNG, deterministically.
-
-    The PNG carries no ``Software`` (matplotlib version) metadata and is rendered at
-    :data:`DPI`, so the same figure gives byte-identical output.
-
-    Args:
-        fig: a :class:`matplotlib.figure.Figure`.
-
-    Returns:
-        The PNG bytes, base64-encoded as ASCII text (no ``data:`` prefix).
-    """
+    """A matplotlib figure as a base64 PNG (ASCII text, no ``data:`` prefix), rendered at
+    :data:`DPI` without ``Software`` metadata: the same figure gives byte-identical output."""
     buf = io.BytesIO()
-    fig.savefig(
-        buf,
-        format="png",
-        dpi=DPI,
-        metadata={"Software": None},
-        bbox_inches="tight",
-        pad_inches=0.08,
-    )
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None}, bbox_inches="tight",
+                pad_inches=0.08)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -118,8 +94,9 @@ def _make(
     caption: str,
     figsize: tuple[float, float] = _DEFAULT_SIZE,
 ) -> Figure:
-    with _style():
-        fig = _new_figure(figsize)
+    with matplotlib.rc_context(_STYLE):
+        fig = MplFigure(figsize=figsize, dpi=DPI)
+        FigureCanvasAgg(fig)
         draw(fig)
         png = figure_to_png_base64(fig)
     return Figure(title=title, png_base64=png, caption=caption)
@@ -146,15 +123,10 @@ def image_grid(
     Args:
         images: ``N×C×H×W`` (``C`` is 1 or 3) or ``N×H×W``, in the model's input space.
         labels: one label per image (e.g. ``"7→1"`` for an adversarial example).
-        title: figure title (shown in the report, not drawn on the image).
-        caption: text shown under the figure in the report.
         ncols: tiles per row (fewer when there are fewer images).
         bounds: the input bounds ``(low, high)``; pixels are mapped to ``[0, 1]`` from
             these and clipped, so take them from the model card.
         cmap: colormap for single-channel images.
-
-    Returns:
-        The encoded figure.
 
     Raises:
         ValueError: on an empty batch, a bad shape, a label count that does not match, or
@@ -211,6 +183,12 @@ def image_grid(
     return _make(draw, title=title, caption=caption, figsize=figsize)
 
 
+def _label(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+
+
 def _rotate_if_crowded(ax: Axes, labels: Sequence[str]) -> None:
     lengths = [len(str(s)) for s in labels]
     if sum(lengths) > 60 or max(lengths, default=0) > 10:
@@ -229,26 +207,14 @@ def bar_chart(
     caption: str = "",
     ylim: tuple[float, float] | None = None,
 ) -> Figure:
-    """A bar chart; a mapping of series draws them side by side with a legend.
-
-    Args:
-        labels: one label per bar (per group, with several series).
-        values: the bar heights, or ``{series name: heights}``.
-        title: figure title (also drawn on the plot).
-        xlabel, ylabel: axis labels.
-        caption: text shown under the figure in the report.
-        ylim: fixed y range, e.g. ``(0, 1)`` for accuracies.
-
-    Raises:
-        ValueError: when a series length does not match ``labels``.
-    """
+    """A bar chart of ``values`` (heights, or ``{series name: heights}`` drawn side by side
+    with a legend), one label per bar (per group); ``ylim`` fixes the y range, e.g.
+    ``(0, 1)`` for accuracies. ValueError when a series length does not match ``labels``."""
     series = dict(values) if isinstance(values, Mapping) else {"": values}
     data = {name: _as_float_array(v).reshape(-1) for name, v in series.items()}
     for name, v in data.items():
         if v.shape[0] != len(labels):
-            raise ValueError(
-                f"series {name!r} has {v.shape[0]} values for {len(labels)} labels"
-            )
+            raise ValueError(f"series {name!r} has {v.shape[0]} values for {len(labels)} labels")
     k = max(len(data), 1)
     width = 0.8 / k
     pos = np.arange(len(labels), dtype=np.float64)
@@ -260,9 +226,7 @@ def bar_chart(
             ax.bar(pos + offset, v, width=width, label=name or None, color=f"C{j}")
         ax.set_xticks(pos, [str(s) for s in labels])
         _rotate_if_crowded(ax, labels)
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        _label(ax, title, xlabel, ylabel)
         if ylim is not None:
             ax.set_ylim(*ylim)
         ax.grid(axis="y", alpha=0.3)
@@ -284,19 +248,9 @@ def line_chart(
     logy: bool = False,
     markers: bool = True,
 ) -> Figure:
-    """One line per series, e.g. robust accuracy against epsilon for several attacks.
-
-    Args:
-        series: ``{name: (x values, y values)}``.
-        title: figure title (also drawn on the plot).
-        xlabel, ylabel: axis labels.
-        caption: text shown under the figure in the report.
-        logx, logy: logarithmic axes.
-        markers: draw a marker at every point.
-
-    Raises:
-        ValueError: when the x and y of a series differ in length.
-    """
+    """One line per series ``{name: (x values, y values)}``, e.g. robust accuracy against
+    epsilon for several attacks; ``logx``/``logy`` make an axis logarithmic, ``markers``
+    marks every point. ValueError when the x and y of a series differ in length."""
     data = {}
     for name, (xs, ys) in series.items():
         xa, ya = _as_float_array(xs).reshape(-1), _as_float_array(ys).reshape(-1)
@@ -312,9 +266,7 @@ def line_chart(
             ax.set_xscale("log")
         if logy:
             ax.set_yscale("log")
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        _label(ax, title, xlabel, ylabel)
         ax.grid(alpha=0.3)
         if len(data) > 1:
             ax.legend()
@@ -334,25 +286,13 @@ def heatmap(
     annotate: bool = True,
     fmt: str | None = None,
 ) -> Figure:
-    """A 2-D heatmap with optional cell values, e.g. a confusion matrix.
+    """A 2-D heatmap of ``matrix`` (rows × columns, e.g. a confusion matrix) with tick labels.
 
-    Args:
-        matrix: 2-D array-like (rows × columns).
-        row_labels, col_labels: tick labels.
-        title: figure title (also drawn on the plot).
-        xlabel, ylabel: axis labels (for a confusion matrix: "predicted", "true").
-        caption: text shown under the figure in the report.
-        annotate: print each cell's value in it.
-        fmt: format of the cell values; default ``"d"`` for integer data and ``".2f"``
-            otherwise.
-
-    Raises:
-        ValueError: when the matrix is not 2-D or the labels do not match its shape.
+    ``annotate`` prints each cell's value, formatted with ``fmt`` (default ``"d"`` for
+    integer data, ``".2f"`` otherwise). ValueError when the matrix is not 2-D or the labels
+    do not match its shape.
     """
-    if isinstance(matrix, torch.Tensor):
-        m = matrix.detach().cpu().numpy()
-    else:
-        m = np.asarray(matrix)
+    m = matrix.detach().cpu().numpy() if isinstance(matrix, torch.Tensor) else np.asarray(matrix)
     if m.ndim != 2:
         raise ValueError(f"heatmap needs a 2-D matrix, got shape {m.shape}")
     if m.shape != (len(row_labels), len(col_labels)):
@@ -381,9 +321,7 @@ def heatmap(
         _rotate_if_crowded(ax, col_labels)
         for spine in ax.spines.values():
             spine.set_visible(False)
-        ax.set_title(title)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        _label(ax, title, xlabel, ylabel)
         if annotate:
             mid = vmin + (vmax - vmin) / 2
             for i in range(nr):
@@ -413,16 +351,9 @@ def roc_curve(
     With ``log=True`` (the default) both axes are logarithmic, as in Carlini et al.,
     "Membership Inference Attacks From First Principles" (S&P 2022): it shows the
     true-positive rate at the low false-positive rates that matter to an attacker. Each
-    legend entry carries the curve's AUC.
-
-    Args:
-        curves: ``{name: (fpr, tpr)}``, each as returned by ``sklearn.metrics.roc_curve``.
-        title: figure title (also drawn on the plot).
-        caption: text shown under the figure in the report.
-        log: logarithmic axes.
-
-    Raises:
-        ValueError: when a curve's fpr and tpr differ in length.
+    legend entry carries the curve's AUC. ``curves`` is ``{name: (fpr, tpr)}``, each as
+    ``sklearn.metrics.roc_curve`` returns them. ValueError when a curve's fpr and tpr
+    differ in length.
     """
     data = {}
     for name, (fpr, tpr) in curves.items():
@@ -435,24 +366,16 @@ def roc_curve(
 
     def draw(fig: MplFigure) -> None:
         ax = fig.add_subplot()
-        if log:
-            chance = np.logspace(np.log10(low), 0.0, 50)
-            ax.plot(chance, chance, linestyle="--", color="0.6", linewidth=1.0, label="chance")
-        else:
-            ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1.0, label="chance")
+        chance = np.logspace(np.log10(low), 0.0, 50) if log else np.array([0.0, 1.0])
+        ax.plot(chance, chance, linestyle="--", color="0.6", linewidth=1.0, label="chance")
         for j, (name, (f, t)) in enumerate(data.items()):
             ax.plot(f, t, label=f"{name} (AUC {_auc(f, t):.3f})", color=f"C{j}")
         if log:
             ax.set_xscale("log")
             ax.set_yscale("log")
-            ax.set_xlim(low, 1.0)
-            ax.set_ylim(low, 1.0)
-        else:
-            ax.set_xlim(0.0, 1.0)
-            ax.set_ylim(0.0, 1.0)
-        ax.set_title(title)
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
+        ax.set_xlim(low if log else 0.0, 1.0)
+        ax.set_ylim(low if log else 0.0, 1.0)
+        _label(ax, title, "false positive rate", "true positive rate")
         ax.grid(alpha=0.3, which="both" if log else "major")
         ax.legend(loc="lower right")
 
