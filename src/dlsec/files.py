@@ -128,7 +128,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: object)
         raise OutputError(f"cannot write {path}: {exc.strerror}") from None
     callers_error = False
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, mode, **kwargs) as fh:  # type: ignore[call-overload]
             try:
                 yield fh
@@ -146,7 +146,8 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: object)
         raise
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read by setting it and setting it back)."""
     mask = os.umask(0)
     os.umask(mask)
     return mask

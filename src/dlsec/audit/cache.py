@@ -29,7 +29,7 @@ from torch import nn
 
 from dlsec.audit.result import SectionResult
 from dlsec.errors import DlsecError
-from dlsec.files import OutputError, atomic_write_text
+from dlsec.files import OutputError, atomic_write_text, current_umask
 from dlsec.models import ModelCard, ModelError, save
 
 CACHE_FORMAT = 2
@@ -232,7 +232,7 @@ def install_model(
     old: Path | None = None
     moved_aside = False
     try:
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; give the usual permissions
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700; give the usual permissions
         card = save(model, card, tmp)
         write_json(tmp / HISTORY, history)
         write_json(tmp / TRAIN_KEY, {"key": key, "weights_sha256": card.weights_sha256})
@@ -252,12 +252,6 @@ def install_model(
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_cached_model(model_dir: Path, key: str, load: Any) -> CachedModel | None:

@@ -71,30 +71,19 @@ class SectionResult:
             isinstance(non_finite, dict) and all(isinstance(v, str) for v in non_finite.values()),
             "non_finite must map paths to text",
         )
-        tables = d.get("tables", [])
+        tables, figures = d.get("tables", []), d.get("figures", [])
         _expect(isinstance(tables, list), "tables must be a list")
+        _expect(isinstance(figures, list), "figures must be a list")
         for t in tables:
             _expect(
-                isinstance(t, dict)
-                and set(t) <= {"title", "columns", "rows", "caption"}
-                and isinstance(t.get("title"), str)
-                and isinstance(t.get("caption", ""), str)
+                _has_text(t, Table, ("title",))
                 and _is_list_of(t.get("columns"), str)
-                and isinstance(t.get("rows"), list)
-                and all(isinstance(r, list) for r in t["rows"]),
+                and _is_list_of(t.get("rows"), list),
                 "a table needs a title, text columns and a list of rows",
             )
-        figures = d.get("figures", [])
-        _expect(isinstance(figures, list), "figures must be a list")
         for f in figures:
-            _expect(
-                isinstance(f, dict)
-                and set(f) <= {"title", "png_base64", "caption"}
-                and all(isinstance(f.get(k, ""), str) for k in ("title", "png_base64", "caption"))
-                and "title" in f
-                and "png_base64" in f,
-                "a figure needs a title and a base64 PNG",
-            )
+            _expect(_has_text(f, Figure, ("title", "png_base64")),
+                    "a figure needs a title and a base64 PNG")
         d = dict(d)
         d["tables"] = [Table(**t) for t in tables]
         d["figures"] = [Figure(**f) for f in figures]
@@ -108,6 +97,16 @@ def _expect(ok: bool, message: str) -> None:
 
 def _is_list_of(value: Any, kind: type) -> bool:
     return isinstance(value, list) and all(isinstance(v, kind) for v in value)
+
+
+def _has_text(obj: Any, kind: type, required: tuple[str, ...]) -> bool:
+    """``obj`` is a dict of ``kind``'s fields holding the ``required`` ones, its text fields
+    (the required ones and ``caption``) being text."""
+    names = {f.name for f in dataclasses.fields(kind)}
+    return (
+        isinstance(obj, dict) and set(obj) <= names and set(required) <= set(obj)
+        and all(isinstance(obj.get(k, ""), str) for k in (*required, "caption"))
+    )
 
 
 def _is_number_or_null(value: Any) -> bool:

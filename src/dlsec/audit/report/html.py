@@ -19,7 +19,7 @@ from typing import Any
 
 import jinja2
 
-__all__ = ["format_value", "main_metrics", "render_html"]
+__all__ = ["format_value", "gate_value", "main_metrics", "render_html"]
 
 _TEMPLATE = "report.html.j2"
 _STYLESHEET = "report.css"
@@ -27,11 +27,8 @@ _MAIN_METRICS = 4
 
 
 def format_value(value: Any) -> str:
-    """Format a metric or table cell for display: floats to 4 significant digits.
-
-    Booleans print as ``yes``/``no``, ``None`` as an em dash, integers in full, and
-    anything else with ``str``.
-    """
+    """A metric or table cell for display: floats to 4 significant digits, booleans as
+    ``yes``/``no``, ``None`` as an em dash, integers in full, anything else with ``str``."""
     if value is None:
         return "—"
     if isinstance(value, bool):
@@ -53,6 +50,12 @@ def main_metrics(section: Mapping[str, Any], n: int = _MAIN_METRICS) -> list[tup
     """The first ``n`` metrics of a section dict as ``(key, formatted value)`` pairs."""
     metrics = section.get("metrics") or {}
     return [(str(k), format_value(v)) for k, v in list(metrics.items())[:n]]
+
+
+def gate_value(gate: Mapping[str, Any]) -> str:
+    """A gate's value for display; a null value shows why (its ``reason``)."""
+    value = gate.get("value")
+    return str(gate.get("reason") or "null") if value is None else format_value(value)
 
 
 def _read_resource(name: str) -> str:
@@ -139,14 +142,8 @@ def _metric_value(value: Any, non_finite: str | None) -> str:
 
 
 def _gate_view(raw: Mapping[str, Any]) -> dict[str, Any]:
-    passed = raw.get("passed")
-    value = raw.get("value")
-    return {
-        "key": str(raw.get("key", "")),
-        "threshold": format_value(raw.get("threshold")),
-        "value": str(raw.get("reason") or "null") if value is None else format_value(value),
-        "passed": bool(passed),
-    }
+    return {"key": str(raw.get("key", "")), "threshold": format_value(raw.get("threshold")),
+            "value": gate_value(raw), "passed": bool(raw.get("passed"))}
 
 
 def _verdict(passed: Any) -> dict[str, str]:
@@ -156,16 +153,10 @@ def _verdict(passed: Any) -> dict[str, str]:
 
 
 def render_html(report: Mapping[str, Any]) -> str:
-    """Render a report dict as a self-contained HTML page.
-
-    Args:
-        report: the report dict (the content of ``report.json``): ``title``,
-            ``dlsec_version``, ``config``, ``dataset``, ``model``, ``sections`` (each a
-            :meth:`SectionResult.to_dict` or a :class:`SectionResult`), ``gates`` and
-            ``passed``. Missing keys render as empty.
-
-    Returns:
-        The HTML page. It inlines its stylesheet and images and references no URL.
+    """The report dict (``report.json``'s content: ``title``, ``dlsec_version``, ``config``,
+    ``dataset``, ``model``, ``sections`` (each a :meth:`SectionResult.to_dict` or a
+    :class:`SectionResult`), ``gates``, ``passed``; missing keys render as empty) as one
+    HTML page that inlines its stylesheet and images and references no URL.
 
     Example:
         >>> page = render_html({"title": "audit", "sections": [], "passed": True})

@@ -9,20 +9,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dlsec.audit.report.html import format_value, main_metrics
+from dlsec.audit.report.html import format_value, gate_value, main_metrics
 
 __all__ = ["print_summary"]
 
 
 def print_summary(report: Mapping[str, Any], console: Console | None = None) -> None:
-    """Print the sections, their key metrics, the gates and the PASS/FAIL verdict.
-
-    Args:
-        report: the report dict (the content of ``report.json``).
-        console: where to print; a new stdout :class:`~rich.console.Console` by default.
-
-    Text from the report is printed literally (never parsed as rich markup).
-    """
+    """Print the report dict's sections, their key metrics, the gates and the PASS/FAIL
+    verdict on ``console`` (default: stdout), literally (never parsed as rich markup)."""
     console = console if console is not None else Console()
     title = str(report.get("title") or "dlsec audit")
 
@@ -53,13 +47,9 @@ def print_summary(report: Mapping[str, Any], console: Console | None = None) -> 
         table.add_column("Value", justify="right")
         table.add_column("Result")
         for g in gates:
-            ok = bool(g.get("passed"))
             table.add_row(
-                Text(str(g.get("key", ""))),
-                format_value(g.get("threshold")),
-                format_value(g.get("value")) if g.get("value") is not None
-                else str(g.get("reason") or "null"),
-                Text("pass", style="green") if ok else Text("FAIL", style="red bold"),
+                Text(str(g.get("key", ""))), format_value(g.get("threshold")), gate_value(g),
+                Text("pass", style="green") if g.get("passed") else Text("FAIL", style="red bold"),
             )
         console.print(table)
 
