@@ -14,7 +14,9 @@ function                    attack                                           tou
 =========================== ================================================ ==============
 
 :mod:`dlsec.scenarios.poisoning` pits them against the sanitizers (poison, train,
-measure; sanitize, retrain, measure again).
+measure; sanitize, retrain, measure again). Every attack takes the training set ``x, y``;
+``num_classes`` defaults to ``y.max() + 1`` and ``generator`` (CPU, choosing the samples
+and labels) to seed 0.
 
 Example:
     >>> from dlsec.data import load_dataset
@@ -38,19 +40,6 @@ from dlsec.attacks.poisoning.optimized_flip import flip_scores, optimized_flip
 from dlsec.attacks.poisoning.random_flip import random_flip
 from dlsec.attacks.poisoning.targeted_flip import targeted_flip
 
-__all__ = [
-    "PoisonError",
-    "PoisonResult",
-    "Trigger",
-    "apply_trigger",
-    "attack_success_rate",
-    "backdoor",
-    "craft_collisions",
-    "feature_collision",
-    "flip_scores",
-    "inject_mislabeled",
-    "nearest_bases",
-    "optimized_flip",
-    "random_flip",
-    "targeted_flip",
-]
+__all__ = ["PoisonError", "PoisonResult", "Trigger", "apply_trigger", "attack_success_rate",
+           "backdoor", "craft_collisions", "feature_collision", "flip_scores", "inject_mislabeled",
+           "nearest_bases", "optimized_flip", "random_flip", "targeted_flip"]

@@ -1,11 +1,4 @@
-"""What every poisoning attack shares: the result type, rate checks and feature access.
-
-A poisoning attack transforms a training set. It returns the poisoned inputs and labels
-together with a boolean mask of the rows it touched (relabelled, perturbed or added), so a
-sanitizer's detection can be scored against the truth, and optionally a ``success``
-function that measures the attack's own goal on a trained model (backdoor attack success
-rate, targeted misclassification).
-"""
+"""What every poisoning attack shares: the result type, rate and label checks, predictions."""
 
 from __future__ import annotations
 
@@ -84,6 +77,17 @@ def random_other_label(y: Tensor, num_classes: int, generator: torch.Generator) 
     """A uniformly random label different from each ``y`` (same device as ``y``)."""
     shift = torch.randint(1, num_classes, y.shape, generator=generator).to(y.device)
     return (y + shift) % num_classes
+
+
+def flipped(x: Tensor, y: Tensor, idx: Tensor, labels: Tensor | int, attack: str,
+            metadata: dict[str, Any], success: SuccessFn | None = None) -> PoisonResult:
+    """``(x, y)`` with the labels at ``idx`` set to ``labels`` (only those rows masked)."""
+    y_new = y.clone()
+    y_new[idx] = labels
+    mask = torch.zeros(y.numel(), dtype=torch.bool, device=y.device)
+    mask[idx] = True
+    return PoisonResult(x=x, y=y_new, mask=mask, y_clean=y.clone(), attack=attack,
+                        metadata=metadata, success=success)
 
 
 def predictions(model: nn.Module, x: Tensor, *, batch_size: int = 1024) -> Tensor:

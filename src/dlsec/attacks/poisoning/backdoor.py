@@ -9,16 +9,13 @@ the Machine Learning Model Supply Chain" (2017).
 
 Defaults: a checkerboard patch (alternating the upper and lower input bound) in the
 bottom-right corner, side ``max(2, min(H, W) // 9)`` pixels (2 on 8x8 digits, 3 on 28x28).
-
-Example:
-    >>> trig = Trigger(size=2)
-    >>> res = backdoor(x, y, target=0, rate=0.05, trigger=trig, bounds=(0.0, 1.0))  # doctest: +SKIP
-    >>> asr = res.success(model_trained_on(res.x, res.y), x_test, y_test)        # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -112,8 +109,6 @@ def backdoor(
         bounds: the input bounds (take them from the dataset or model card).
         mode: ``"replace"`` stamps and relabels existing samples (BadNets); ``"inject"``
             appends stamped, relabelled copies and keeps the originals.
-        num_classes: number of classes (default ``y.max() + 1``).
-        generator: CPU generator choosing the poisoned samples (default seed 0).
     """
     check_rate(rate)
     k = check_labels(y, num_classes)
@@ -144,15 +139,9 @@ def backdoor(
                           torch.ones_like(y[picks], dtype=torch.bool)])
         y_clean = torch.cat([y, y[picks]])
 
-    def success(model: nn.Module, x_test: Tensor, y_test: Tensor) -> float:
-        return attack_success_rate(
-            model, x_test, y_test, target=target, trigger=trigger, bounds=bounds
-        )
-
     return PoisonResult(
         x=x_new, y=y_new, mask=mask, y_clean=y_clean, attack="backdoor",
         metadata={"target": target, "rate": rate, "n_poisoned": n_poison, "mode": mode,
-                  "trigger": {"size": trigger.size, "pattern": trigger.pattern,
-                              "corner": trigger.corner}},
-        success=success,
+                  "trigger": dataclasses.asdict(trigger)},
+        success=partial(attack_success_rate, target=target, trigger=trigger, bounds=bounds),
     )

@@ -15,10 +15,6 @@ linear layer. When the victim retrains the last layer on the poisoned set, the t
 Clean-Label Poisoning Attacks on Neural Networks" (NeurIPS 2018); defaults follow the
 paper: ``beta = 0.25 * F^2 / D^2`` (F feature size, D input size); ``opacity`` blends
 the target into the bases ("watermarking", 0.3 in the paper's end-to-end experiments).
-
-Example:
-    >>> res = feature_collision(x, y, model=net, target_x=x_test[0], base_x=x[y == 3][:5],
-    ...                         base_label=3, bounds=(0.0, 1.0))           # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -6,12 +6,6 @@ input from ``pool`` (by default the training set itself, i.e. the attacker draws
 same distribution) with a wrong label: a random other class, or one fixed ``label``.
 ``rate`` is the share of the *resulting* training set that is injected. Reference: the
 poisoning taxonomy of Biggio and Roli, "Wild Patterns" (Pattern Recognition 2018).
-
-Example:
-    >>> res = inject_mislabeled(x, y, rate=0.2, generator=torch.Generator().manual_seed(0))
-    ...                                                                # doctest: +SKIP
-    >>> res.x.shape[0] == round(x.shape[0] / 0.8)                     # doctest: +SKIP
-    True
 """
 
 from __future__ import annotations
@@ -47,8 +41,6 @@ def inject_mislabeled(
             drawn without replacement while the pool lasts.
         label: give every injected row this label (rows of that class are not drawn);
             default a random class other than the pool label.
-        num_classes: number of classes (default ``y.max() + 1``).
-        generator: CPU generator (default seed 0).
     """
     check_rate(rate)
     k = check_labels(y, num_classes)

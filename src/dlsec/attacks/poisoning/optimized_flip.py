@@ -20,9 +20,6 @@ In the spirit of the greedy, surrogate-guided flips of Xiao, Xiao and Eckert, "A
 Label Flips Attack on Support Vector Machines" (ECAI 2012), and the margin-based choice of
 Paudice, Muñoz-González and Lupu, "Label Sanitization against Label Flipping Poisoning
 Attacks" (2018).
-
-Example:
-    >>> res = optimized_flip(x, y, rate=0.2, surrogate=clean_model)   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.poisoning._base import PoisonResult, check_labels, check_rate
+from dlsec.attacks.poisoning._base import PoisonResult, check_labels, check_rate, flipped
 
 
 def flip_scores(surrogate: nn.Module, x: Tensor, y: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
@@ -65,7 +62,6 @@ def optimized_flip(
         x, y: the training set (``x`` is returned unchanged).
         rate: share of the samples to flip, in ``[0, 1)``.
         surrogate: a model trained on clean data of the task (the attacker's own).
-        num_classes: number of classes (default ``y.max() + 1``).
     """
     check_rate(rate)
     k = check_labels(y, num_classes)
@@ -90,12 +86,6 @@ def optimized_flip(
         taken = set(chosen)
         chosen += [i for i in order if i not in taken][: budget - len(chosen)]
     idx = torch.tensor(chosen, dtype=torch.int64, device=y.device)
-    y_new = y.clone()
-    y_new[idx] = target.to(y.device)[idx]
-    mask = torch.zeros(n, dtype=torch.bool, device=y.device)
-    mask[idx] = True
     pairs = sorted({(y_cpu[i], t_cpu[i]) for i in chosen})
-    return PoisonResult(
-        x=x, y=y_new, mask=mask, y_clean=y.clone(), attack="optimized-flip",
-        metadata={"rate": rate, "n_flipped": budget, "pairs": [list(p) for p in pairs]},
-    )
+    return flipped(x, y, idx, target.to(y.device)[idx], "optimized-flip",
+                   {"rate": rate, "n_flipped": budget, "pairs": [list(p) for p in pairs]})

@@ -5,12 +5,6 @@ set (a careless or malicious annotator, a crowd-sourced labelling pool); inputs 
 untouched. The goal is lower test accuracy. Reference: Biggio, Nelson and Laskov,
 "Support Vector Machines Under Adversarial Label Noise" (ACML 2011), the uniform-noise
 baseline against which optimized flips are compared.
-
-Example:
-    >>> g = torch.Generator().manual_seed(0)
-    >>> res = random_flip(x, y, rate=0.2, generator=g)          # doctest: +SKIP
-    >>> (res.y != y).float().mean()                              # doctest: +SKIP
-    tensor(0.2000)
 """
 
 from __future__ import annotations
@@ -18,7 +12,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dlsec.attacks.poisoning._base import PoisonResult, check_labels, check_rate, random_other_label
+from dlsec.attacks.poisoning._base import (
+    PoisonResult,
+    check_labels,
+    check_rate,
+    flipped,
+    random_other_label,
+)
 
 
 def random_flip(
@@ -34,8 +34,6 @@ def random_flip(
     Args:
         x, y: the training set (``x`` is returned unchanged).
         rate: share of the samples to flip, in ``[0, 1)``.
-        num_classes: number of classes (default ``y.max() + 1``).
-        generator: CPU generator for the choice of samples and labels (default seed 0).
     """
     check_rate(rate)
     k = check_labels(y, num_classes)
@@ -43,11 +41,5 @@ def random_flip(
     n = y.numel()
     n_flip = round(rate * n)
     idx = torch.randperm(n, generator=g)[:n_flip].to(y.device)
-    y_new = y.clone()
-    y_new[idx] = random_other_label(y[idx], k, g)
-    mask = torch.zeros(n, dtype=torch.bool, device=y.device)
-    mask[idx] = True
-    return PoisonResult(
-        x=x, y=y_new, mask=mask, y_clean=y.clone(), attack="random-flip",
-        metadata={"rate": rate, "n_flipped": n_flip, "num_classes": k},
-    )
+    return flipped(x, y, idx, random_other_label(y[idx], k, g), "random-flip",
+                   {"rate": rate, "n_flipped": n_flip, "num_classes": k})

@@ -5,11 +5,6 @@ Threat model: the attacker relabels training samples of one class, e.g. every 7 
 Inputs are untouched. Success is the share of the source class's test samples the model
 predicts as the target class. Reference: the class-pair flips of Tolpegin et al., "Data
 Poisoning Attacks Against Federated Learning Systems" (ESORICS 2020).
-
-Example:
-    >>> res = targeted_flip(x, y, source=7, target=1, rate=1.0)   # doctest: +SKIP
-    >>> bool((res.y[y == 7] == 1).all())                          # doctest: +SKIP
-    True
 """
 
 from __future__ import annotations
@@ -22,6 +17,7 @@ from dlsec.attacks.poisoning._base import (
     PoisonResult,
     check_labels,
     check_rate,
+    flipped,
     predictions,
 )
 
@@ -55,8 +51,6 @@ def targeted_flip(
         x, y: the training set (``x`` is returned unchanged).
         source, target: the class pair (default share 1.0: the whole source class).
         rate: share of the *source class* to flip, in ``[0, 1]``.
-        num_classes: number of classes (default ``y.max() + 1``).
-        generator: CPU generator choosing which source samples flip (default seed 0).
     """
     check_rate(rate, allow_one=True)
     k = check_labels(y, num_classes)
@@ -67,12 +61,6 @@ def targeted_flip(
     n_flip = round(rate * candidates.numel())
     perm = torch.randperm(candidates.numel(), generator=g).to(y.device)
     idx = candidates[perm[:n_flip]]
-    y_new = y.clone()
-    y_new[idx] = target
-    mask = torch.zeros(y.numel(), dtype=torch.bool, device=y.device)
-    mask[idx] = True
-    return PoisonResult(
-        x=x, y=y_new, mask=mask, y_clean=y.clone(), attack="targeted-flip",
-        metadata={"source": source, "target": target, "rate": rate, "n_flipped": n_flip},
-        success=pair_success(source, target),
-    )
+    return flipped(x, y, idx, target, "targeted-flip",
+                   {"source": source, "target": target, "rate": rate, "n_flipped": n_flip},
+                   pair_success(source, target))
