@@ -1,11 +1,11 @@
-"""What the privacy attacks share: their error, oracle checks, fresh models and image shifts."""
+"""What the privacy attacks share: their error, the oracle check and image shifts."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dlsec.attacks.core import AttackError
 from dlsec.threat import Oracle
@@ -44,12 +44,8 @@ def shift_images(x: Tensor, dx: int, dy: int, *, fill: float) -> Tensor:
 
 def shift_grid(radius: int) -> list[tuple[int, int]]:
     """All integer shifts ``(dx, dy)`` with ``|dx| + |dy| <= radius``, the identity first."""
-    grid = [(0, 0)]
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            if (dx, dy) != (0, 0) and abs(dx) + abs(dy) <= radius:
-                grid.append((dx, dy))
-    return grid
+    r = range(-radius, radius + 1)
+    return [(0, 0)] + [(dx, dy) for dy in r for dx in r if 0 < abs(dx) + abs(dy) <= radius]
 
 
 def check_shifts(shifts: Sequence[tuple[int, int]], x: Tensor) -> list[tuple[int, int]]:
@@ -58,7 +54,3 @@ def check_shifts(shifts: Sequence[tuple[int, int]], x: Tensor) -> list[tuple[int
         raise PrivacyAttackError("shift augmentations need N x C x H x W image inputs")
     return shifts
 
-
-def model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")

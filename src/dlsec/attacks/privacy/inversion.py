@@ -15,16 +15,8 @@ variation prior (``tv_weight``, default 0, the paper's plain cost).
   the gradient of ``f_c`` is estimated from ``2 * samples`` queries per step with
   antithetic Gaussian directions (NES, Ilyas et al. 2018).
 
-Quality measures: :func:`inversion_quality` — the accuracy of an independently trained
-evaluation model on the reconstructions, and their cosine similarity to each class's
-mean training input.
-
 Threat model: the attacker knows the classes and the input shape and bounds; white-box
-also the weights. No training data is used.
-
-Example:
-    >>> res = mi_face(model, card=card)                                       # doctest: +SKIP
-    >>> res.images.shape, res.confidence                                      # doctest: +SKIP
+also the weights. No training data is used (only :func:`inversion_quality` does).
 """
 
 from __future__ import annotations
@@ -37,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.privacy._common import PrivacyAttackError, model_device, require_scores
+from dlsec.attacks.privacy._common import PrivacyAttackError, require_scores
 from dlsec.models import CardLike
 from dlsec.threat import Oracle
 from dlsec.training import predict_logits
@@ -64,30 +56,36 @@ def _tv(x: Tensor) -> Tensor:
     return (dh + dw) / x[0].numel()
 
 
-def _start(shape: Sequence[int], n: int, bounds: tuple[float, float], init: float | Tensor,
-           device: torch.device) -> Tensor:
-    lo, hi = bounds
-    if isinstance(init, Tensor):
-        return init.to(device).expand(n, *shape).clone().clamp(lo, hi)
-    return torch.full((n, *shape), lo + float(init) * (hi - lo), device=device)
+def _check_classes(classes: Sequence[int] | Tensor | None, k: int) -> Tensor:
+    c = torch.arange(k) if classes is None else torch.as_tensor(classes, dtype=torch.int64)
+    if c.numel() == 0 or int(c.min()) < 0 or int(c.max()) >= k:
+        raise PrivacyAttackError(f"classes must be in 0..{k - 1}")
+    return c
 
 
 def _descend(
     confidence_grad: Any,
-    x: Tensor,
-    classes: Tensor,
+    c: Tensor,
     *,
+    shape: Sequence[int],
     bounds: tuple[float, float],
+    init: float | Tensor,
+    device: torch.device,
     lr: float,
     max_iter: int,
     window: int,
     threshold: float,
     tv_weight: float,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The MI-Face loop shared by both variants; ``confidence_grad(x, idx)`` returns
-    ``(f_c(x), d f_c / dx)`` for the still-active rows ``idx``."""
+) -> tuple[Tensor, Tensor]:
+    """The MI-Face loop shared by both variants, from ``init`` (see :func:`mi_face`):
+    the best images and the iterations per class of ``c``. ``confidence_grad(x, c)``
+    returns ``(f_c(x), d f_c / dx)`` for the still-active rows."""
     lo, hi = bounds
-    n = x.shape[0]
+    n = c.numel()
+    if isinstance(init, Tensor):
+        x = init.to(device).expand(n, *shape).clone().clamp(lo, hi)
+    else:
+        x = torch.full((n, *shape), lo + float(init) * (hi - lo), device=device)
     active = torch.ones(n, dtype=torch.bool, device=x.device)
     best = x.clone()
     best_cost = torch.full((n,), float("inf"), device=x.device)
@@ -98,7 +96,7 @@ def _descend(
         if idx.numel() == 0:
             break
         xa = x[idx]
-        f, grad = confidence_grad(xa, classes[idx])
+        f, grad = confidence_grad(xa, c[idx])
         cost = 1.0 - f
         if tv_weight > 0:
             xt = xa.detach().clone().requires_grad_(True)
@@ -117,14 +115,7 @@ def _descend(
         step = (xa + lr * grad).clamp(lo, hi)  # grad is d(-cost)/dx, ascend the confidence
         x[idx] = torch.where(done.view(-1, *([1] * (x.dim() - 1))), xa, step)
         active[idx[done]] = False
-    return best, iters, best_cost
-
-
-def _check_classes(classes: Sequence[int] | Tensor | None, k: int) -> Tensor:
-    c = torch.arange(k) if classes is None else torch.as_tensor(classes, dtype=torch.int64)
-    if c.numel() == 0 or int(c.min()) < 0 or int(c.max()) >= k:
-        raise PrivacyAttackError(f"classes must be in 0..{k - 1}")
-    return c
+    return best, iters
 
 
 def mi_face(
@@ -145,10 +136,8 @@ def mi_face(
     paper's and ART's blank start) or a tensor of the input shape.
     """
     t0 = time.perf_counter()
-    device = model_device(model)
+    device = next(model.parameters(), torch.empty(0, device="cpu")).device
     c = _check_classes(classes, card.num_classes).to(device)
-    bounds = (float(card.bounds[0]), float(card.bounds[1]))
-    x = _start(card.input_shape, c.numel(), bounds, init, device)
     was_training = model.training
     model.eval()
 
@@ -158,8 +147,10 @@ def mi_face(
         (grad,) = torch.autograd.grad(f.sum(), xg)
         return f.detach(), grad
 
-    best, iters, _ = _descend(confidence_grad, x, c, bounds=bounds, lr=lr, max_iter=max_iter,
-                              window=window, threshold=threshold, tv_weight=tv_weight)
+    best, iters = _descend(confidence_grad, c, shape=card.input_shape, init=init, device=device,
+                           bounds=(float(card.bounds[0]), float(card.bounds[1])), lr=lr,
+                           max_iter=max_iter, window=window, threshold=threshold,
+                           tv_weight=tv_weight)
     model.train(was_training)
     conf = torch.softmax(predict_logits(model, best), 1).gather(1, c.view(-1, 1)).squeeze(1)
     return InversionResult(images=best.detach(), classes=c, confidence=conf, iterations=iters,
@@ -190,9 +181,7 @@ def mi_face_black_box(
     t0 = time.perf_counter()
     g = generator or torch.Generator().manual_seed(0)
     c = _check_classes(classes, oracle.num_classes)
-    bounds = oracle.bounds
-    lo, hi = bounds
-    x = _start(oracle.input_shape, c.numel(), bounds, init, torch.device("cpu"))
+    lo, hi = oracle.bounds
     before = oracle.queries_total
     s = sigma * (hi - lo)
 
@@ -210,11 +199,12 @@ def mi_face_black_box(
         grad = (diff * u).mean(1) / (2 * s)
         return f0, grad
 
-    best, iters, _ = _descend(confidence_grad, x, c, bounds=bounds, lr=lr, max_iter=max_iter,
-                              window=window, threshold=threshold, tv_weight=tv_weight)
-    queries_attack = oracle.queries_total - before
+    best, iters = _descend(confidence_grad, c, shape=oracle.input_shape, init=init,
+                           device=torch.device("cpu"), bounds=oracle.bounds, lr=lr,
+                           max_iter=max_iter, window=window, threshold=threshold,
+                           tv_weight=tv_weight)
     return InversionResult(images=best, classes=c, confidence=torch.full((c.numel(),), float("nan")),
-                           iterations=iters, queries=queries_attack,
+                           iterations=iters, queries=oracle.queries_total - before,
                            seconds=time.perf_counter() - t0, details={"variant": "black-box"})
 
 

@@ -9,12 +9,6 @@ member) and, given the ground truth, the metrics of :mod:`dlsec.attacks.privacy.
 * :func:`lira` — the likelihood-ratio attack, online and offline (Carlini et al. 2022);
 * :func:`label_only_attack` — robustness to augmentation, labels only
   (Choquette-Choo et al. 2021).
-
-Example:
-    >>> g = torch.Generator().manual_seed(0)                                        # doctest: +SKIP
-    >>> shadows = train_shadow_models(pool_x, pool_y, card=card, n_models=16,
-    ...                               config=config, generator=g)                   # doctest: +SKIP
-    >>> lira(LocalOracle(model, card=card), shadows, is_member=m).metrics.auc       # doctest: +SKIP
 """
 
 from dlsec.attacks.privacy.membership._base import (
@@ -28,10 +22,7 @@ from dlsec.attacks.privacy.membership._base import (
 from dlsec.attacks.privacy.membership.label_only import label_only_attack
 from dlsec.attacks.privacy.membership.lira import lira, lira_scores
 from dlsec.attacks.privacy.membership.shadow import AttackClassifierConfig, shadow_attack
-from dlsec.attacks.privacy.membership.threshold import (
-    loss_attack,
-    threshold_attack,
-)
+from dlsec.attacks.privacy.membership.threshold import loss_attack, threshold_attack
 
 __all__ = [
     "AttackClassifierConfig",

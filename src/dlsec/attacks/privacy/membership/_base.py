@@ -55,28 +55,14 @@ class MembershipResult:
         return out
 
 
-def finish(
-    attack: str,
-    scores: Tensor,
-    is_member: Tensor | None,
-    *,
-    queries: int,
-    t0: float,
-    **details: Any,
-) -> MembershipResult:
-    metrics = None
+def finish(attack: str, scores: Tensor, is_member: Tensor | None, *, queries: int, t0: float,
+           **details: Any) -> MembershipResult:
     if is_member is not None:
         is_member = torch.as_tensor(is_member).bool().cpu()
-        metrics = membership_metrics(scores.cpu(), is_member)
-    return MembershipResult(
-        attack=attack,
-        scores=scores.detach().cpu(),
-        is_member=is_member,
-        metrics=metrics,
-        queries=queries,
-        seconds=time.perf_counter() - t0,
-        details=dict(details),
-    )
+    metrics = None if is_member is None else membership_metrics(scores.cpu(), is_member)
+    return MembershipResult(attack=attack, scores=scores.detach().cpu(), is_member=is_member,
+                            metrics=metrics, queries=queries, seconds=time.perf_counter() - t0,
+                            details=details)
 
 
 # -- signals -----------------------------------------------------------------------------------
@@ -183,21 +169,15 @@ class ShadowModels:
     def probabilities(self, x: Tensor, *, shifts: Sequence[tuple[int, int]] = ((0, 0),),
                       fill: float = 0.0, batch_size: int = 4096) -> Tensor:
         """Softmax outputs ``[models, N, views, K]`` (float32, as an oracle would return)."""
-        shifts = check_shifts(shifts, x)
-        outs = []
-        for model in self.models:
-            model.eval()
+        views = [shift_images(x, dx, dy, fill=fill) for dx, dy in check_shifts(shifts, x)]
+
+        def softmax(model: nn.Module, xs: Tensor) -> Tensor:
             dev = next(model.parameters()).device
-            views = []
-            for dx, dy in shifts:
-                xs = shift_images(x, dx, dy, fill=fill)
-                parts = [
-                    torch.softmax(model(xs[i : i + batch_size].to(dev)).float(), 1)
-                    for i in range(0, xs.shape[0], batch_size)
-                ]
-                views.append(torch.cat(parts))
-            outs.append(torch.stack(views, 1))
-        return torch.stack(outs)
+            return torch.cat([torch.softmax(model(xs[i : i + batch_size].to(dev)).float(), 1)
+                              for i in range(0, xs.shape[0], batch_size)])
+
+        return torch.stack([torch.stack([softmax(m.eval(), v) for v in views], 1)
+                            for m in self.models])
 
 
 class _StackedModels(nn.Module):

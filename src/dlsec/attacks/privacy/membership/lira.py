@@ -19,12 +19,6 @@ is fitted separately and the per-view scores are averaged.
 Threat model: black-box with class scores; the attacker has a pool from the target's
 distribution that contains the tested records, and knows the architecture and training
 recipe. Queries: one per tested record and view.
-
-Example:
-    >>> shadows = train_shadow_models(pool_x, pool_y, card=card, n_models=16,
-    ...                               config=cfg, generator=g)                   # doctest: +SKIP
-    >>> res = lira(oracle, shadows, is_member=m, online=True)                    # doctest: +SKIP
-    >>> res.metrics.tpr_at_0_1_fpr                                              # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -15,8 +15,6 @@ target's distribution (disjoint from the records tested) and knows the architect
 and training recipe. One query per tested record.
 
 Example:
-    >>> shadows = train_shadow_models(x_aux, y_aux, card=card, n_models=4,
-    ...                               config=cfg, generator=g)                  # doctest: +SKIP
     >>> res = shadow_attack(oracle, x, y, shadows=shadows, is_member=m)        # doctest: +SKIP
 """
 

@@ -11,11 +11,6 @@ label of each record it tests (except for entropy). One query per tested record.
 The result carries per-sample scores; the ROC over all thresholds gives the metrics,
 so no threshold has to be calibrated (Yeom's own choice of a single threshold is the
 target's mean training loss).
-
-Example:
-    >>> oracle = LocalOracle(model, card=card, output="scores")            # doctest: +SKIP
-    >>> res = loss_attack(oracle, x, y, is_member=is_member)                  # doctest: +SKIP
-    >>> res.metrics.auc, res.queries                                          # doctest: +SKIP
 """
 
 from __future__ import annotations
