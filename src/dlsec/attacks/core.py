@@ -10,8 +10,9 @@ always in the units the threat model states. Nothing assumes [0, 1].
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +21,15 @@ from torch import Tensor, nn
 from dlsec.errors import DlsecError
 from dlsec.threat import Norm
 
+if TYPE_CHECKING:
+    from dlsec.models import CardLike
+
 __all__ = [
     "AttackError",
     "Norm",
     "TargetSpec",
     "batch_view",
+    "card_bounds",
     "ce_loss",
     "choose_targets",
     "dlr_loss",
@@ -33,6 +38,7 @@ __all__ = [
     "is_adversarial",
     "lp_norms",
     "margin_loss",
+    "module_mode",
     "project",
     "random_start",
     "step_direction",
@@ -43,6 +49,26 @@ TargetSpec = Literal["random", "least-likely"] | Tensor | int | None
 
 class AttackError(DlsecError):
     """Bad attack settings."""
+
+
+def card_bounds(bounds: tuple[float, float] | None, card: CardLike | None) -> tuple[float, float]:
+    """``bounds`` as floats, else the card's; :class:`AttackError` when neither is given."""
+    if bounds is None:
+        if card is None:
+            raise AttackError("pass bounds=(low, high) or card= (the model card's bounds)")
+        bounds = card.bounds
+    return float(bounds[0]), float(bounds[1])
+
+
+@contextmanager
+def module_mode(model: nn.Module, *, training: bool) -> Iterator[nn.Module]:
+    """Put ``model`` in train or eval mode for a block, then restore its mode."""
+    was_training = model.training
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 # -- geometry ----------------------------------------------------------------------------------

@@ -18,9 +18,11 @@ from dlsec.attacks.core import (
     AttackError,
     Norm,
     TargetSpec,
+    card_bounds,
     choose_targets,
     is_adversarial,
     lp_norms,
+    module_mode,
     project,
 )
 from dlsec.models import CardLike
@@ -114,75 +116,41 @@ class EvasionAttack(abc.ABC):
     last_iterate: bool = False  # attack every point, even one misclassified to begin with
 
     def __call__(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        eps: float | Sequence[float] = (),
-        targeted: bool = False,
-        target: TargetSpec = "random",
-        bounds: tuple[float, float] | None = None,
-        card: CardLike | None = None,
-        generator: torch.Generator | None = None,
-        batch_size: int = 1024,
-        reuse: bool = True,
+        self, model: nn.Module, x: Tensor, y: Tensor, *, eps: float | Sequence[float] = (),
+        targeted: bool = False, target: TargetSpec = "random",
+        bounds: tuple[float, float] | None = None, card: CardLike | None = None,
+        generator: torch.Generator | None = None, batch_size: int = 1024, reuse: bool = True,
     ) -> EvasionResult:
-        if bounds is None:
-            if card is None:
-                raise AttackError("pass bounds=(low, high) or card= (the model card's bounds)")
-            bounds = (float(card.bounds[0]), float(card.bounds[1]))
-        lo, hi = float(bounds[0]), float(bounds[1])
+        bnd = card_bounds(bounds, card)
         eps_list = [float(e) for e in ([eps] if isinstance(eps, int | float) else eps)]
         if self.minimal and not eps_list:
             eps_list = [math.inf]
         if not eps_list or any(e < 0 or math.isnan(e) for e in eps_list):
             raise AttackError(f"eps must be one or more numbers >= 0, got {eps!r}")
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try:
-            return self._sweep(
-                model, x.to(device), y.to(device), eps_list, targeted, target,
-                (lo, hi), generator, batch_size, reuse,
-            )
-        finally:
-            model.train(was_training)
-
-    # the sweep -------------------------------------------------------------------------------
-    def _sweep(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        eps_list: list[float],
-        targeted: bool,
-        target: TargetSpec,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
-        batch_size: int,
-        reuse: bool,
-    ) -> EvasionResult:
+        x, y = x.to(device), y.to(device)
         n, k = x.shape[0], len(eps_list)
-        with torch.inference_mode():
-            clean_logits = torch.cat([model(x[i : i + batch_size]) for i in range(0, n, batch_size)])
-        clean_correct = clean_logits.argmax(1) == y
-        targets = choose_targets(clean_logits, y, target, generator=generator) if targeted else None
-        x_adv = x.unsqueeze(0).repeat(k, *([1] * x.dim()))
-        success = torch.zeros(k, n, dtype=torch.bool, device=x.device)
-        grads = torch.zeros(k, n, dtype=torch.int64, device=x.device)
-        already = is_adversarial(clean_logits, y, targets)  # fooled with no perturbation
-        if self.last_iterate:  # every point takes every step; its final iterate is the answer
-            already = torch.zeros_like(already)
-
-        if self.minimal:
-            x_raw = x_adv.clone()
-            self._sweep_minimal(model, x, y, eps_list, targets, bounds, generator, batch_size,
-                                already, x_adv, x_raw, success, grads)
-        else:  # bounded attacks: raw and clipped adversarials are the same
-            self._sweep_bounded(model, x, y, eps_list, targets, bounds, generator, batch_size,
-                                already, x_adv, success, grads, reuse=reuse)
-            x_raw = x_adv.clone()
+        with module_mode(model, training=False):
+            with torch.inference_mode():
+                clean_logits = torch.cat(
+                    [model(x[i : i + batch_size]) for i in range(0, n, batch_size)]
+                )
+            clean_correct = clean_logits.argmax(1) == y
+            targets = (
+                choose_targets(clean_logits, y, target, generator=generator) if targeted else None
+            )
+            x_adv = x.unsqueeze(0).repeat(k, *([1] * x.dim()))
+            success = torch.zeros(k, n, dtype=torch.bool, device=x.device)
+            grads = torch.zeros(k, n, dtype=torch.int64, device=x.device)
+            already = is_adversarial(clean_logits, y, targets)  # fooled with no perturbation
+            if self.last_iterate:  # every point takes every step; its final iterate is the answer
+                already = torch.zeros_like(already)
+            args = (model, x, y, eps_list, targets, bnd, generator, batch_size, already, x_adv)
+            if self.minimal:
+                x_raw = self._sweep_minimal(*args, success, grads)
+            else:  # bounded attacks: raw and clipped adversarials are the same
+                self._sweep_bounded(*args, success, grads, reuse=reuse)
+                x_raw = x_adv.clone()
         norms = torch.stack([lp_norms(x_adv[i] - x, self.norm) for i in range(k)])
         return EvasionResult(
             attack=self.name, norm=self.norm, targeted=targeted, eps=eps_list, x_adv=x_adv,
@@ -191,20 +159,9 @@ class EvasionAttack(abc.ABC):
         )
 
     def _sweep_bounded(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        eps_list: list[float],
-        targets: Tensor | None,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
-        batch_size: int,
-        already: Tensor,
-        x_adv: Tensor,
-        success: Tensor,
-        grads: Tensor,
-        *,
+        self, model: nn.Module, x: Tensor, y: Tensor, eps_list: list[float],
+        targets: Tensor | None, bounds: tuple[float, float], generator: torch.Generator | None,
+        batch_size: int, already: Tensor, x_adv: Tensor, success: Tensor, grads: Tensor, *,
         reuse: bool,
     ) -> None:
         """An epsilon sweep that spends at most one full attack per point on a robust verdict.
@@ -244,22 +201,13 @@ class EvasionAttack(abc.ABC):
             prev = ki
 
     def _sweep_minimal(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        eps_list: list[float],
-        targets: Tensor | None,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
-        batch_size: int,
-        already: Tensor,
-        x_adv: Tensor,
-        x_raw: Tensor,
-        success: Tensor,
-        grads: Tensor,
-    ) -> None:
-        """Minimum-norm attacks run once; their adversarial is projected onto each ball."""
+        self, model: nn.Module, x: Tensor, y: Tensor, eps_list: list[float],
+        targets: Tensor | None, bounds: tuple[float, float], generator: torch.Generator | None,
+        batch_size: int, already: Tensor, x_adv: Tensor, success: Tensor, grads: Tensor,
+    ) -> Tensor:
+        """Minimum-norm attacks run once; their adversarial is projected onto each ball.
+        Returns the raw adversarials."""
+        x_raw = x_adv.clone()
         todo = ~already
         raw, g, _ = self._run_batches(
             model, x, y, math.inf, targets, bounds, generator, batch_size, todo
@@ -273,17 +221,12 @@ class EvasionAttack(abc.ABC):
                 delta = project(delta, self.norm, e)
             x_adv[ki][todo] = (x[todo] + delta).clamp(*bounds)
             self._mark(model, x_adv[ki], y, targets, todo, None, success[ki], batch_size)
+        return x_raw
 
     @staticmethod
     def _mark(
-        model: nn.Module,
-        x_adv: Tensor,
-        y: Tensor,
-        targets: Tensor | None,
-        todo: Tensor,
-        fooled: Tensor | None,
-        success: Tensor,
-        batch_size: int,
+        model: nn.Module, x_adv: Tensor, y: Tensor, targets: Tensor | None, todo: Tensor,
+        fooled: Tensor | None, success: Tensor, batch_size: int,
     ) -> None:
         """Set ``success`` for the ``todo`` points: from the attack's own verdict when it gave
         one, else with one forward pass."""
@@ -298,15 +241,8 @@ class EvasionAttack(abc.ABC):
                 success[b] = is_adversarial(model(x_adv[b]), y[b], t)
 
     def _run_batches(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        eps: float,
-        targets: Tensor | None,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
-        batch_size: int,
+        self, model: nn.Module, x: Tensor, y: Tensor, eps: float, targets: Tensor | None,
+        bounds: tuple[float, float], generator: torch.Generator | None, batch_size: int,
         mask: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """Attack the points in ``mask`` batch by batch: (adversarials, gradients, fooled)."""
@@ -330,14 +266,7 @@ class EvasionAttack(abc.ABC):
 
     @abc.abstractmethod
     def _attack(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        eps: float,
-        target: Tensor | None,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
+        self, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, target: Tensor | None,
+        bounds: tuple[float, float], generator: torch.Generator | None,
     ) -> _BatchOutput:
         """Attack one batch at one epsilon; return adversarials inside the ball and bounds."""

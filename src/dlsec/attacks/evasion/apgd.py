@@ -96,11 +96,7 @@ def checkpoints(steps: int) -> list[int]:
 
 
 def halving_rule(
-    increases: Tensor,
-    window: int,
-    rho: float,
-    halved_last: Tensor,
-    best: Tensor,
+    increases: Tensor, window: int, rho: float, halved_last: Tensor, best: Tensor,
     best_last: Tensor,
 ) -> Tensor:
     """Which points halve their step at a checkpoint (Croce & Hein 2020, section 3.1).
@@ -135,15 +131,8 @@ class APGD(EvasionAttack):
     name = "apgd"
 
     def __init__(
-        self,
-        *,
-        norm: Norm = "linf",
-        loss: str = "ce",
-        steps: int = 100,
-        restarts: int = 1,
-        rho: float = 0.75,
-        momentum: float = 0.75,
-        early_stop: bool = True,
+        self, *, norm: Norm = "linf", loss: str = "ce", steps: int = 100, restarts: int = 1,
+        rho: float = 0.75, momentum: float = 0.75, early_stop: bool = True,
     ) -> None:
         if norm not in ("linf", "l2"):
             raise AttackError(f"{self.name}: norm must be linf or l2, got {norm!r}")
@@ -178,65 +167,29 @@ class APGD(EvasionAttack):
             )
 
     def _attack(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        eps: float,
-        target: Tensor | None,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
+        self, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, target: Tensor | None,
+        bounds: tuple[float, float], generator: torch.Generator | None,
     ) -> _BatchOutput:
-        out = x.clone()
-        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        grads = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
+        record = RunRecord(x)
         for _ in range(self.restarts):
-            self._run_restart(model, x, y, target, target, eps, bounds, generator, out, done, grads)
-            if bool(done.all()):
+            idx = torch.nonzero(~record.done).flatten()
+            if idx.numel() == 0:
                 break
-        return _BatchOutput(out, out, grads, fooled=done)
-
-    def _run_restart(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        loss_target: Tensor | None,
-        success_target: Tensor | None,
-        eps: float,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
-        out: Tensor,
-        done: Tensor,
-        grads: Tensor,
-    ) -> None:
-        """One APGD run on the points not yet ``done``; writes into ``out``/``done``/``grads``."""
-        idx = torch.nonzero(~done).flatten()
-        if idx.numel() == 0:
-            return
-        t_loss = None if loss_target is None else loss_target[idx]
-        t_succ = None if success_target is None else success_target[idx]
-        adv, fooled, best, g = self.run(
-            model, x[idx], y[idx], eps=eps, bounds=bounds, generator=generator,
-            loss_target=t_loss, success_target=t_succ,
-        )
-        out[idx] = torch.where(batch_view(fooled, adv), adv, best)
-        done[idx[fooled]] = True
-        grads[idx] += g
+            t = None if target is None else target[idx]
+            adv, fooled, best, g = self.run(
+                model, x[idx], y[idx], eps=eps, bounds=bounds, generator=generator,
+                loss_target=t, success_target=t,
+            )
+            record.out[idx] = torch.where(batch_view(fooled, adv), adv, best)
+            record.done[idx[fooled]] = True
+            record.gradients[idx] += g
+        return _BatchOutput(record.out, record.out, record.gradients, fooled=record.done)
 
     # one APGD run ----------------------------------------------------------------------------
     def run(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        eps: float,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None = None,
-        loss_target: Tensor | None = None,
-        success_target: Tensor | None = None,
+        self, model: nn.Module, x: Tensor, y: Tensor, *, eps: float,
+        bounds: tuple[float, float], generator: torch.Generator | None = None,
+        loss_target: Tensor | None = None, success_target: Tensor | None = None,
         trace: list[Tensor] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Run APGD once on a batch.
@@ -365,16 +318,8 @@ class APGDT(APGD):
     """
 
     def __init__(
-        self,
-        *,
-        norm: Norm = "linf",
-        loss: str = "dlr",
-        steps: int = 100,
-        restarts: int = 1,
-        n_targets: int = 9,
-        rho: float = 0.75,
-        momentum: float = 0.75,
-        early_stop: bool = True,
+        self, *, norm: Norm = "linf", loss: str = "dlr", steps: int = 100, restarts: int = 1,
+        n_targets: int = 9, rho: float = 0.75, momentum: float = 0.75, early_stop: bool = True,
     ) -> None:
         super().__init__(
             norm=norm, loss=loss, steps=steps, restarts=restarts, rho=rho, momentum=momentum,
@@ -386,15 +331,8 @@ class APGDT(APGD):
         self.name = "apgd-t"
 
     def _attack(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        eps: float,
-        target: Tensor | None,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
+        self, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, target: Tensor | None,
+        bounds: tuple[float, float], generator: torch.Generator | None,
     ) -> _BatchOutput:
         if target is not None:  # a targeted call: one given target per point
             return super()._attack(
@@ -431,13 +369,7 @@ class RunRecord:
         self.score = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
 
     def add(
-        self,
-        model: nn.Module,
-        y: Tensor,
-        pt: Tensor,
-        adv: Tensor,
-        fooled: Tensor,
-        best: Tensor,
+        self, model: nn.Module, y: Tensor, pt: Tensor, adv: Tensor, fooled: Tensor, best: Tensor,
         gradients: Tensor,
     ) -> None:
         """Record runs on the points ``pt`` (indices into the batch; a point may appear

@@ -23,14 +23,8 @@ class BIM(PGD):
     name = "bim"
 
     def __init__(
-        self,
-        *,
-        norm: Norm = "linf",
-        steps: int = 10,
-        alpha: float | None = None,
-        loss: str = "ce",
-        early_stop: bool = True,
-        last_iterate: bool = False,
+        self, *, norm: Norm = "linf", steps: int = 10, alpha: float | None = None,
+        loss: str = "ce", early_stop: bool = True, last_iterate: bool = False,
     ) -> None:
         super().__init__(
             norm=norm, steps=steps, alpha=alpha, alpha_ratio=1.25, random_start=False,

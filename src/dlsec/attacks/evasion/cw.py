@@ -61,14 +61,8 @@ class CW(EvasionAttack):
     minimal = True
 
     def __init__(
-        self,
-        *,
-        steps: int = 1000,
-        search_steps: int = 9,
-        initial_const: float = 1e-3,
-        lr: float = 0.01,
-        confidence: float = 0.0,
-        abort_early: bool = True,
+        self, *, steps: int = 1000, search_steps: int = 9, initial_const: float = 1e-3,
+        lr: float = 0.01, confidence: float = 0.0, abort_early: bool = True,
     ) -> None:
         if steps < 1 or search_steps < 1:
             raise AttackError("cw: steps and search_steps must be >= 1")
@@ -82,15 +76,8 @@ class CW(EvasionAttack):
         self.abort_early = abort_early
 
     def _attack(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        eps: float,
-        target: Tensor | None,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
+        self, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, target: Tensor | None,
+        bounds: tuple[float, float], generator: torch.Generator | None,
     ) -> _BatchOutput:
         n, dev, dt = x.shape[0], x.device, x.dtype
         lo, hi = bounds
@@ -124,11 +111,8 @@ class CW(EvasionAttack):
                 grads[act] += 1
                 d = xa - xa0
                 l2 = d.flatten(1).pow(2).sum(1)
-                ok = (
-                    _margin(logits, ya, ta) < -kappa
-                    if kappa > 0
-                    else is_adversarial(logits, ya, ta)
-                )
+                ok = (_margin(logits, ya, ta) < -kappa if kappa > 0
+                      else is_adversarial(logits, ya, ta))
                 found[act] |= ok
                 better = ok & (l2 < best_l2[act])
                 if bool(better.any()):

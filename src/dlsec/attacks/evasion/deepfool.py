@@ -66,15 +66,8 @@ class DeepFool(EvasionAttack):
         self.candidates = candidates
 
     def _attack(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        eps: float,
-        target: Tensor | None,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
+        self, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, target: Tensor | None,
+        bounds: tuple[float, float], generator: torch.Generator | None,
     ) -> _BatchOutput:
         if target is not None:
             raise AttackError("deepfool is untargeted; call it with targeted=False")
@@ -109,9 +102,7 @@ class DeepFool(EvasionAttack):
                 )  # [k, m, ...]: the gradient of f'_j for every point
             grads[act] += k
             f, w = f.detach()[keep], jac.transpose(0, 1)[keep].flatten(2)  # [m', k, D]
-            # a coordinate at a bound cannot move further out: drop it from the step (else
-            # clipping eats the step and the overshoot, and the iterate creeps up to the
-            # boundary and stops on it, where rounding decides whether it fools the model)
+            # a coordinate at a bound cannot move further out (see the module docstring)
             at = xa.detach()[keep].flatten(1).unsqueeze(1)  # [m', 1, D]
             blocked = ((at <= bounds[0]) & (w < 0)) | ((at >= bounds[1]) & (w > 0))
             w = w.masked_fill(blocked, 0.0)

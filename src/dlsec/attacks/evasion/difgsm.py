@@ -70,10 +70,7 @@ def resize_pad(
 
 
 def draw_diversity(
-    shape: tuple[int, ...] | torch.Size,
-    *,
-    resize_rate: float,
-    diversity_prob: float,
+    shape: tuple[int, ...] | torch.Size, *, resize_rate: float, diversity_prob: float,
     generator: torch.Generator | None = None,
 ) -> tuple[tuple[int, int], int, int] | None:
     """One random transform for images of ``shape`` (``... x H x W``): ``None`` (keep the
@@ -129,12 +126,8 @@ class _DiverseInputs(nn.Module):
         if not x.requires_grad:
             return self.net(x)
         a = self.attack
-        draw = draw_diversity(
-            x.shape,
-            resize_rate=a.resize_rate,
-            diversity_prob=a.diversity_prob,
-            generator=self.generator,
-        )
+        draw = draw_diversity(x.shape, resize_rate=a.resize_rate,
+                              diversity_prob=a.diversity_prob, generator=self.generator)
         if draw is None:
             return self.net(x)
         size, top, left = draw
@@ -161,19 +154,10 @@ class DIFGSM(MIFGSM):
     name = "difgsm"
 
     def __init__(
-        self,
-        *,
-        norm: Norm = "linf",
-        steps: int = 10,
-        decay: float = 1.0,
-        alpha: float | None = None,
-        diversity_prob: float = 0.5,
-        resize_rate: float = 0.9,
-        pad_value: float = 0.0,
-        random_start: bool = False,
-        loss: str = "ce",
-        early_stop: bool = True,
-        last_iterate: bool = False,
+        self, *, norm: Norm = "linf", steps: int = 10, decay: float = 1.0,
+        alpha: float | None = None, diversity_prob: float = 0.5, resize_rate: float = 0.9,
+        pad_value: float = 0.0, random_start: bool = False, loss: str = "ce",
+        early_stop: bool = True, last_iterate: bool = False,
     ) -> None:
         super().__init__(
             norm=norm, steps=steps, decay=decay, alpha=alpha, random_start=random_start,
@@ -192,15 +176,8 @@ class DIFGSM(MIFGSM):
         self.pad_value = pad_value
 
     def _attack(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        eps: float,
-        target: Tensor | None,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
+        self, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, target: Tensor | None,
+        bounds: tuple[float, float], generator: torch.Generator | None,
     ) -> _BatchOutput:
         if self.diversity_prob == 0:
             return super()._attack(model, x, y, eps=eps, target=target, bounds=bounds,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from dlsec.attacks.core import Norm, step_direction
+from dlsec.attacks.core import Norm, batch_view, step_direction
 from dlsec.attacks.evasion.pgd import PGD
 from dlsec.attacks.registry import register_attack
 
@@ -26,16 +26,9 @@ class MIFGSM(PGD):
     name = "mifgsm"
 
     def __init__(
-        self,
-        *,
-        norm: Norm = "linf",
-        steps: int = 10,
-        decay: float = 1.0,
-        alpha: float | None = None,
-        random_start: bool = False,
-        loss: str = "ce",
-        early_stop: bool = True,
-        last_iterate: bool = False,
+        self, *, norm: Norm = "linf", steps: int = 10, decay: float = 1.0,
+        alpha: float | None = None, random_start: bool = False, loss: str = "ce",
+        early_stop: bool = True, last_iterate: bool = False,
     ) -> None:
         super().__init__(
             norm=norm, steps=steps, alpha=alpha, alpha_ratio=1.0, random_start=random_start,
@@ -44,7 +37,7 @@ class MIFGSM(PGD):
         self.decay = decay
 
     def _direction(self, grad: Tensor, state: dict[str, Tensor]) -> Tensor:
-        l1 = grad.abs().flatten(1).sum(1).clamp_min(1e-12).view(-1, *([1] * (grad.dim() - 1)))
+        l1 = batch_view(grad.abs().flatten(1).sum(1).clamp_min(1e-12), grad)
         momentum = state.get("momentum")
         momentum = grad / l1 if momentum is None else self.decay * momentum + grad / l1
         state["momentum"] = momentum

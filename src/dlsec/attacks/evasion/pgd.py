@@ -76,17 +76,9 @@ class PGD(EvasionAttack):
     name = "pgd"
 
     def __init__(
-        self,
-        *,
-        norm: Norm = "linf",
-        steps: int = 40,
-        alpha: float | None = None,
-        alpha_ratio: float = 2.5,
-        random_start: bool = True,
-        restarts: int = 1,
-        loss: str = "ce",
-        early_stop: bool = True,
-        last_iterate: bool = False,
+        self, *, norm: Norm = "linf", steps: int = 40, alpha: float | None = None,
+        alpha_ratio: float = 2.5, random_start: bool = True, restarts: int = 1,
+        loss: str = "ce", early_stop: bool = True, last_iterate: bool = False,
     ) -> None:
         if norm not in ("linf", "l2"):
             raise AttackError(f"{self.name}: norm must be linf or l2, got {norm!r}")
@@ -116,15 +108,8 @@ class PGD(EvasionAttack):
         return step_direction(grad, self.norm)
 
     def _attack(
-        self,
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        eps: float,
-        target: Tensor | None,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
+        self, model: nn.Module, x: Tensor, y: Tensor, *, eps: float, target: Tensor | None,
+        bounds: tuple[float, float], generator: torch.Generator | None,
     ) -> _BatchOutput:
         n = x.shape[0]
         best = x.clone()
@@ -140,18 +125,9 @@ class PGD(EvasionAttack):
         return _BatchOutput(best, best, grads, fooled_out)
 
     def _run(
-        self,
-        model: nn.Module,
-        x0: Tensor,
-        y: Tensor,
-        t: Tensor | None,
-        pos: Tensor,
-        eps: float,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
-        best: Tensor,
-        fooled_out: Tensor,
-        grads: Tensor,
+        self, model: nn.Module, x0: Tensor, y: Tensor, t: Tensor | None, pos: Tensor,
+        eps: float, bounds: tuple[float, float], generator: torch.Generator | None,
+        best: Tensor, fooled_out: Tensor, grads: Tensor,
     ) -> None:
         """One restart on the working set; writes results into ``best``/``fooled_out``/``grads``.
 

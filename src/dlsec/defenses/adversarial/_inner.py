@@ -3,28 +3,16 @@
 Training needs only the adversarial batch, with no per-sample bookkeeping: every point
 takes every step (no early stop, no best iterate), as in the papers. The geometry
 (random start, step direction, projection) is the evasion attacks' own, from
-:mod:`dlsec.attacks.evasion._base`.
+:mod:`dlsec.attacks.core`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from torch import Tensor, nn
 
 from dlsec.attacks.core import input_gradient, project, step_direction
-
-
-@contextmanager
-def module_mode(model: nn.Module, *, training: bool) -> Iterator[nn.Module]:
-    """Put ``model`` in train or eval mode for a block, then restore its mode."""
-    was_training = model.training
-    model.train(training)
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def ascend(

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dlsec.attacks.core import ce_loss, random_start
+from dlsec.attacks.core import ce_loss, module_mode, random_start
 from dlsec.defenses.adversarial._base import AdversarialLoss
-from dlsec.defenses.adversarial._inner import ascend, module_mode
+from dlsec.defenses.adversarial._inner import ascend
 from dlsec.training import unwrap_model
 
 

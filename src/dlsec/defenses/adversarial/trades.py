@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dlsec.attacks.core import module_mode
 from dlsec.defenses.adversarial._base import AdversarialLoss
-from dlsec.defenses.adversarial._inner import ascend, module_mode
+from dlsec.defenses.adversarial._inner import ascend
 from dlsec.training import TrainingError, unwrap_model
 
 

@@ -39,7 +39,7 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.core import Norm, input_gradient, margin_loss
+from dlsec.attacks.core import Norm, input_gradient, margin_loss, module_mode
 from dlsec.attacks.evasion import FGSM, PGD
 
 
@@ -113,16 +113,11 @@ def model_checks(
     ``logits``: the model's outputs on ``x`` if already computed (e.g. the evaluation's
     clean pass); the checks then cost one forward pass and one gradient on ``x``.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with module_mode(model, training=False):
         first = _forward(model, x) if logits is None else logits
         out = check_probabilities(first)
         out += check_deterministic(model, x, reference=first)
-        out += check_gradients(model, x, y)
-    finally:
-        model.train(was_training)
-    return out
+        return out + check_gradients(model, x, y)
 
 
 def check_curve(
@@ -158,15 +153,8 @@ def large_eps(norm: str, bounds: tuple[float, float], shape: Sequence[int]) -> f
 
 
 def large_eps_check(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    norm: str,
-    bounds: tuple[float, float],
-    max_accuracy: float = 0.05,
-    steps: int = 20,
-    known_fooled: Tensor | None = None,
+    model: nn.Module, x: Tensor, y: Tensor, *, norm: str, bounds: tuple[float, float],
+    max_accuracy: float = 0.05, steps: int = 20, known_fooled: Tensor | None = None,
 ) -> list[str]:
     """Run a small PGD (``steps`` steps on the logit margin, from the clean point, each
     point dropped once fooled) at :func:`large_eps`; warn when accuracy stays above
@@ -193,14 +181,8 @@ def large_eps_check(
 
 
 def weaker_attack_check(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float,
-    norm: str,
-    bounds: tuple[float, float],
-    generator: torch.Generator | None = None,
+    model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str,
+    bounds: tuple[float, float], generator: torch.Generator | None = None,
     stronger: str = "the ensemble",
 ) -> list[str]:
     """Run FGSM and a 10-step PGD on points a stronger attack left robust at ``eps``;
@@ -208,10 +190,7 @@ def weaker_attack_check(
     if x.shape[0] == 0 or eps <= 0:
         return []
     out = []
-    weak = {
-        "FGSM": FGSM(norm=cast(Norm, norm)),
-        "PGD-10": PGD(norm=cast(Norm, norm), steps=10),
-    }
+    weak = {"FGSM": FGSM(norm=cast(Norm, norm)), "PGD-10": PGD(norm=cast(Norm, norm), steps=10)}
     for label, attack in weak.items():
         res = attack(model, x, y, eps=eps, bounds=bounds, generator=generator)
         fooled = int(res.success[0].sum())

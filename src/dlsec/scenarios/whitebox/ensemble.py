@@ -4,11 +4,10 @@ evaluation of adversarial robustness with an ensemble of diverse parameter-free 
 Threat model: white-box (plus the black-box Square stage), Linf or L2 ball of each
 epsilon, inside the card's input bounds; untargeted.
 
-Stages run one after another, each only on the points still robust: by default APGD-CE
-(100 iterations), then APGD-T (targeted DLR, 9 target classes, 100 iterations each), then
-boundary restarts (:mod:`.restarts`: two more runs of APGD-CE and APGD-T from new random
-starts, on the tenth of the survivors that came nearest the decision boundary), then the
-black-box Square attack (Linf; through a :class:`dlsec.threat.LocalOracle`).
+Stages run one after another, each only on the points still robust: by default APGD-CE,
+then APGD-T, then boundary restarts (:mod:`.restarts`, on the tenth of the survivors that
+came nearest the decision boundary), then the black-box Square attack (Linf; through a
+:class:`dlsec.threat.LocalOracle`).
 Each stage's candidates are scored by how near the boundary they brought each point (the
 untargeted DLR loss, from the forward pass that checks them); a stage registered with
 ``nearest`` runs only on that share of the survivors, the nearest first.
@@ -42,7 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from dlsec.attacks.blackbox import SquareAttack
-from dlsec.attacks.core import AttackError, Norm, project
+from dlsec.attacks.core import AttackError, Norm, card_bounds, module_mode, project
 from dlsec.attacks.evasion import APGD, APGDT, PGD, EvasionAttack
 from dlsec.attacks.evasion.apgd import nearness
 from dlsec.files import atomic_write_bytes
@@ -108,14 +107,8 @@ def _white_box_stage(name: str, make: Callable[[Norm], EvasionAttack]) -> None:
     """Register an :class:`EvasionAttack` as a stage: its adversarial at the one epsilon."""
 
     def run(
-        model: nn.Module,
-        x: Tensor,
-        y: Tensor,
-        *,
-        norm: Norm,
-        eps: float,
-        bounds: tuple[float, float],
-        generator: torch.Generator,
+        model: nn.Module, x: Tensor, y: Tensor, *, norm: Norm, eps: float,
+        bounds: tuple[float, float], generator: torch.Generator,
     ) -> Tensor:
         return make(norm)(model, x, y, eps=eps, bounds=bounds, generator=generator).x_adv[0]
 
@@ -130,14 +123,8 @@ _white_box_stage("pgd", lambda norm: PGD(norm=norm, steps=40))
 
 @register_stage("apgd-restarts", nearest=RESTART_SHARE)
 def _restarts_stage(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    norm: Norm,
-    eps: float,
-    bounds: tuple[float, float],
-    generator: torch.Generator,
+    model: nn.Module, x: Tensor, y: Tensor, *, norm: Norm, eps: float,
+    bounds: tuple[float, float], generator: torch.Generator,
 ) -> Tensor:
     return boundary_restarts(model, x, y, norm=norm, eps=eps, bounds=bounds, generator=generator)
 
@@ -151,14 +138,8 @@ SQUARE_MAX_QUERIES = 1_000
 
 @register_stage("square", white_box=False)
 def _square_stage(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    norm: Norm,
-    eps: float,
-    bounds: tuple[float, float],
-    generator: torch.Generator,
+    model: nn.Module, x: Tensor, y: Tensor, *, norm: Norm, eps: float,
+    bounds: tuple[float, float], generator: torch.Generator,
 ) -> Tensor:
     """The black-box Square attack (Linf), through a :class:`LocalOracle`, on the points
     still robust after the white-box stages; for other norms it returns ``x`` unchanged."""
@@ -216,21 +197,11 @@ class RobustnessReport:
 
 # -- the evaluation -----------------------------------------------------------------------------
 def evaluate_robustness(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    norm: str = "linf",
-    eps: float | Sequence[float] = (0.1,),
-    card: CardLike | None = None,
-    bounds: tuple[float, float] | None = None,
-    attacks: Sequence[str] | None = None,
-    generator: torch.Generator | None = None,
-    state_path: str | Path | None = None,
-    checks: bool = True,
-    check_points: int = 32,
-    batch_size: int = 1024,
-    progress: bool = True,
+    model: nn.Module, x: Tensor, y: Tensor, *, norm: str = "linf",
+    eps: float | Sequence[float] = (0.1,), card: CardLike | None = None,
+    bounds: tuple[float, float] | None = None, attacks: Sequence[str] | None = None,
+    generator: torch.Generator | None = None, state_path: str | Path | None = None,
+    checks: bool = True, check_points: int = 32, batch_size: int = 1024, progress: bool = True,
 ) -> RobustnessReport:
     """Robust accuracy of ``model`` on ``(x, y)`` per epsilon under an attack ensemble.
 
@@ -248,12 +219,7 @@ def evaluate_robustness(
         progress: show a progress bar.
     """
     start = time.perf_counter()
-    if bounds is None:
-        if card is None:
-            raise AttackError("pass bounds=(low, high) or card= (the model card's bounds)")
-        bounds = (float(card.bounds[0]), float(card.bounds[1]))
-    assert bounds is not None
-    bnd = (float(bounds[0]), float(bounds[1]))
+    bnd = card_bounds(bounds, card)
     if norm not in ("linf", "l2"):
         raise AttackError(f"norm must be linf or l2, got {norm!r}")
     eps_list = [float(e) for e in ([eps] if isinstance(eps, int | float) else eps)]
@@ -271,9 +237,7 @@ def evaluate_robustness(
     n, k_eps, n_st = x.shape[0], len(eps_list), len(stages)
     order = sorted(range(k_eps), key=lambda i: eps_list[i])
     seeds = _stage_seeds(generator, k_eps, n_st)
-    was_training = model.training
-    model.eval()
-    try:
+    with module_mode(model, training=False):
         with torch.inference_mode():
             clean_logits = torch.cat(
                 [model(x[i : i + batch_size]) for i in range(0, n, batch_size)]
@@ -334,8 +298,6 @@ def evaluate_robustness(
                 model, x, y, state, stages, eps_list, robust_acc, norm, bnd, seeds, check_points
             )
             check_seconds += time.perf_counter() - check_start
-    finally:
-        model.train(was_training)
     return RobustnessReport(
         norm=norm, eps=eps_list, attacks=names,
         clean_accuracy=float(clean_correct.double().mean()) if n else 0.0,
@@ -347,17 +309,8 @@ def evaluate_robustness(
 
 
 def _run_stage(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    state: _State,
-    ki: int,
-    si: int,
-    stage: Stage,
-    norm: str,
-    eps: float,
-    bounds: tuple[float, float],
-    seeds: Tensor,
+    model: nn.Module, x: Tensor, y: Tensor, state: _State, ki: int, si: int, stage: Stage,
+    norm: str, eps: float, bounds: tuple[float, float], seeds: Tensor,
 ) -> None:
     idx = torch.nonzero(state.fooled_by[ki] == -1).flatten()
     if idx.numel() == 0 or eps <= 0:
@@ -380,17 +333,9 @@ def _run_stage(
 
 
 def _after_checks(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    state: _State,
-    stages: list[Stage],
-    eps_list: list[float],
-    robust_acc: list[float],
-    norm: str,
-    bounds: tuple[float, float],
-    seeds: Tensor,
-    check_points: int,
+    model: nn.Module, x: Tensor, y: Tensor, state: _State, stages: list[Stage],
+    eps_list: list[float], robust_acc: list[float], norm: str, bounds: tuple[float, float],
+    seeds: Tensor, check_points: int,
 ) -> list[str]:
     out = sanity.check_curve(eps_list, robust_acc)
     m = min(check_points, x.shape[0])
@@ -428,14 +373,8 @@ def _stage_seeds(generator: torch.Generator | None, k: int, s: int) -> Tensor:
 
 
 def _fingerprint(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    norm: str,
-    eps: list[float],
-    names: list[str],
-    bounds: tuple[float, float],
-    seeds: Tensor,
+    model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: list[float], names: list[str],
+    bounds: tuple[float, float], seeds: Tensor,
 ) -> str:
     h = hashlib.sha256()
     meta = {"norm": norm, "eps": eps, "attacks": names, "bounds": bounds, "v": STATE_VERSION}

@@ -38,17 +38,9 @@ BATCH_ELEMENTS = 2**22
 
 
 def boundary_restarts(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    norm: Norm,
-    eps: float,
-    bounds: tuple[float, float],
-    generator: torch.Generator | None = None,
-    restarts: int = 2,
-    n_targets: int = 9,
-    steps: int = 100,
+    model: nn.Module, x: Tensor, y: Tensor, *, norm: Norm, eps: float,
+    bounds: tuple[float, float], generator: torch.Generator | None = None, restarts: int = 2,
+    n_targets: int = 9, steps: int = 100,
 ) -> Tensor:
     """``restarts`` more runs of APGD-CE and of APGD-T on each of ``n_targets`` targets
     (fewer when the model has fewer classes; none below the 4 the targeted DLR loss
@@ -76,16 +68,8 @@ def boundary_restarts(
 
 
 def _copies(
-    attack: APGD,
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    rows: Tensor,
-    targets: Tensor | None,
-    record: RunRecord,
-    eps: float,
-    bounds: tuple[float, float],
-    generator: torch.Generator | None,
+    attack: APGD, model: nn.Module, x: Tensor, y: Tensor, rows: Tensor, targets: Tensor | None,
+    record: RunRecord, eps: float, bounds: tuple[float, float], generator: torch.Generator | None,
 ) -> None:
     """Run ``attack`` on the copies ``x[rows]`` (targeted loss on ``targets``, if given) in
     batches of at most :data:`BATCH_ELEMENTS` values, skipping points already fooled."""

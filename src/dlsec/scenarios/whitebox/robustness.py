@@ -37,6 +37,7 @@ from dlsec.scenarios.context import ScenarioContext
 from dlsec.scenarios.result import ScenarioResult, Table
 from dlsec.scenarios.whitebox.checks import check_curve, large_eps_check, model_checks
 from dlsec.scenarios.whitebox.ensemble import RobustnessReport, evaluate_robustness
+from dlsec.threat import ThreatModel
 from dlsec.training import TrainConfig
 
 LINF_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
@@ -104,9 +105,7 @@ def make_white_box(name: str, norm: str, *, steps: int | None = None) -> Evasion
     :class:`AttackError` for a black-box or unknown name or a setting it does not take."""
     if attack_kind(name) != "white-box":
         raise AttackError(f"{name} is a black-box attack, not a white-box one")
-    settings: dict[str, Any] = {"norm": norm}
-    if steps is not None:
-        settings["steps"] = steps
+    settings: dict[str, Any] = {"norm": norm} | ({} if steps is None else {"steps": steps})
     attack = make_attack(name, **settings)
     assert isinstance(attack, EvasionAttack)
     return attack
@@ -124,11 +123,12 @@ def _metrics(clean: float, eps: list[float], robust: list[float]) -> dict[str, f
     }
 
 
-def _threat_norm(ctx: ScenarioContext) -> str:
+def _threat(ctx: ScenarioContext) -> tuple[ThreatModel, str]:
+    """The context's threat model and its norm (linf or l2, else :class:`AttackError`)."""
     assert ctx.threat is not None
     if ctx.threat.norm not in ("linf", "l2"):
         raise AttackError(f"norm must be linf or l2, got {ctx.threat.norm!r}")
-    return ctx.threat.norm
+    return ctx.threat, ctx.threat.norm
 
 
 # -- the audit's evaluation -----------------------------------------------------------------
@@ -148,11 +148,10 @@ def robustness(
     cannot be trusted, an example grid, and with ``options.adversarial_training`` the same
     for a copy trained adversarially (``train_config``: the training settings, default
     :class:`TrainConfig`; its epochs are ``options.at_epochs``)."""
-    norm = _threat_norm(ctx)
-    assert ctx.threat is not None
+    threat, norm = _threat(ctx)
     options.check_attacks(norm)
     x, y = _points(ctx, options.samples)
-    eps = sorted(ctx.threat.eps)
+    eps = sorted(threat.eps)
     ev = _evaluate(ctx, ctx.model, x, y, eps, options)
     metrics = _metrics(ev.clean, eps, ev.robust_all)
     rows = _rows(ev, "")
@@ -215,21 +214,16 @@ def robustness(
 
 
 def _evaluate(
-    ctx: ScenarioContext,
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    eps: list[float],
+    ctx: ScenarioContext, model: nn.Module, x: Tensor, y: Tensor, eps: list[float],
     options: WhiteBoxOptions,
 ) -> _Evaluation:
     """Run every configured attack (and the ensemble); a point is robust at eps only if no
     attack fooled it."""
-    norm = _threat_norm(ctx)
-    assert ctx.threat is not None
+    threat, norm = _threat(ctx)
     results = {}
     for name in options.attacks:
         attack = options.attack(name, norm)
-        results[name] = attack(model, x, y, eps=eps, bounds=ctx.threat.bounds,
+        results[name] = attack(model, x, y, eps=eps, bounds=threat.bounds,
                                generator=ctx.generator(f"whitebox/{name}"))
     fooled_any = torch.stack([r.success for r in results.values()]).any(0)
     clean = float(next(iter(results.values())).clean_correct.double().mean())
@@ -237,7 +231,7 @@ def _evaluate(
     if options.ensemble:
         ens_eps = sorted(options.ensemble_eps) if options.ensemble_eps else [eps[len(eps) // 2]]
         report = evaluate_robustness(
-            model, x, y, norm=norm, eps=ens_eps, bounds=ctx.threat.bounds,
+            model, x, y, norm=norm, eps=ens_eps, bounds=threat.bounds,
             generator=ctx.generator("whitebox/ensemble"), checks=False, progress=False,
         )
         for j, e in enumerate(ens_eps):
@@ -262,10 +256,7 @@ def _rows(ev: _Evaluation, suffix: str) -> list[list[Any]]:
 
 
 def _harden(
-    ctx: ScenarioContext,
-    options: WhiteBoxOptions,
-    eps: list[float],
-    norm: str,
+    ctx: ScenarioContext, options: WhiteBoxOptions, eps: list[float], norm: str,
     train_config: TrainConfig | None,
 ) -> nn.Module:
     """A copy of the audited architecture trained adversarially on the same data."""
@@ -283,12 +274,8 @@ def _harden(
 
 
 def _warnings(
-    ctx: ScenarioContext,
-    results: dict[str, EvasionResult],
-    x: Tensor,
-    y: Tensor,
-    eps: list[float],
-    norm: str,
+    ctx: ScenarioContext, results: dict[str, EvasionResult], x: Tensor, y: Tensor,
+    eps: list[float], norm: str,
 ) -> list[str]:
     """Signs that the evaluation may be unreliable (the checks of :mod:`.checks`, plus
     weaker-vs-stronger on the results at hand)."""
@@ -351,11 +338,10 @@ def ensemble_evaluation(
     """The AutoAttack-style ensemble (``stages``, default its standard ones) at every
     ``ctx.threat.eps`` on the first ``samples`` test points, with its gradient-masking
     checks; ``state_path`` makes it resumable. ``details`` is the report's summary."""
-    norm = _threat_norm(ctx)
-    assert ctx.threat is not None
+    threat, norm = _threat(ctx)
     x, y = _points(ctx, samples)
     report = evaluate_robustness(
-        ctx.model, x, y, norm=norm, eps=list(ctx.threat.eps), bounds=ctx.threat.bounds,
+        ctx.model, x, y, norm=norm, eps=list(threat.eps), bounds=threat.bounds,
         attacks=stages, generator=ctx.generator("whitebox/ensemble"), state_path=state_path,
         checks=checks, progress=ctx.progress,
     )
@@ -389,14 +375,13 @@ def single_attack(
     """The white-box attack ``name`` over ``ctx.threat.eps`` (targeted at ``target``, a
     rule or a class index, when ``ctx.threat.targeted``) on the first ``samples`` test
     points. ``artifacts``: the :class:`EvasionResult` (``"result"``) and the points."""
-    assert ctx.threat is not None
-    norm = _threat_norm(ctx)
+    threat, norm = _threat(ctx)
     attack = make_white_box(name, norm, steps=steps)
     if isinstance(target, int) and not 0 <= target < ctx.card.num_classes:
         raise AttackError(f"target: a class index must be in 0..{ctx.card.num_classes - 1}")
     x, y = _points(ctx, samples)
-    res = attack(ctx.model, x, y, eps=list(ctx.threat.eps), targeted=ctx.threat.targeted,
-                 target=cast(TargetSpec, target), bounds=ctx.threat.bounds,
+    res = attack(ctx.model, x, y, eps=list(threat.eps), targeted=threat.targeted,
+                 target=cast(TargetSpec, target), bounds=threat.bounds,
                  generator=ctx.generator(f"whitebox/{name}"))
     clean = float(res.clean_correct.double().mean())
     metrics = _metrics(clean, res.eps, res.robust_accuracy)
