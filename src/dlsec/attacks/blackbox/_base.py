@@ -123,12 +123,6 @@ class BlackBoxSweep:
     def success_rate(self) -> list[float]:
         return [r.success_rate for r in self.results]
 
-    @property
-    def robust_rate(self) -> list[float]:
-        """Share of the points not fooled at each eps (robust accuracy when every point was
-        classified correctly to begin with)."""
-        return [1.0 - r.success_rate for r in self.results]
-
     def __getitem__(self, i: int) -> BlackBoxResult:
         return self.results[i]
 
@@ -171,20 +165,16 @@ class BlackBoxAttack(abc.ABC):
                  generator: torch.Generator | None = ..., ids: Tensor | None = ...,
                  **options: Any) -> BlackBoxSweep: ...
 
-    def __call__(
-        self,
-        oracle: Oracle,
-        x: Tensor,
-        y: Tensor,
-        *,
-        eps: float | Sequence[float] | None = None,
-        generator: torch.Generator | None = None,
-        ids: Tensor | None = None,
-        **options: Any,
-    ) -> BlackBoxResult | BlackBoxSweep:
+    def __call__(self, oracle: Oracle, x: Tensor, y: Tensor, *,
+                 eps: float | Sequence[float] | None = None,
+                 generator: torch.Generator | None = None, ids: Tensor | None = None,
+                 **options: Any) -> BlackBoxResult | BlackBoxSweep:
         """Attack ``(x, y)`` through ``oracle`` at ``eps`` (one value or a sequence);
         ``ids`` attribute queries to samples (default ``0..N-1``); ``options`` are the
         attack's own call options (decision-based: ``target``, ``x_init``)."""
+        if options and self.kind == "score":
+            raise AttackError(f"{type(self).__name__} takes no options {sorted(options)}")
+        ids = _check_oracle(oracle, x, y, ids, scores=self.kind == "score")
         if eps is None or isinstance(eps, int | float):
             e = self._check_eps(eps)
             res = self._run(oracle, x, y, e, ids, generator, **options)
@@ -194,10 +184,13 @@ class BlackBoxAttack(abc.ABC):
             self._check_eps(e)
         if not eps_list:
             raise AttackError("eps: give one value or a non-empty list")
-        if self.kind == "decision":
-            return self._read_off(oracle, x, y, eps_list, ids, generator, **options)
+        spent = oracle.queries_total
+        if self.kind == "decision":  # one run stopping at the smallest eps, read off per eps
+            run = self._run(oracle, x, y, min(eps_list), ids, generator, **options)
+            return BlackBoxSweep(eps_list, [run.at_eps(e) for e in eps_list],
+                                 oracle.queries_total - spent)
         state = generator.get_state() if generator is not None else None
-        results, spent = [], oracle.queries_total
+        results = []
         for e in eps_list:
             if generator is not None and state is not None:
                 generator.set_state(state)
@@ -213,39 +206,24 @@ class BlackBoxAttack(abc.ABC):
             raise AttackError(f"eps must be finite and >= 0, got {eps!r}")
         return float(eps)
 
-    def _read_off(self, oracle: Oracle, x: Tensor, y: Tensor, eps: list[float],
-                  ids: Tensor | None, generator: torch.Generator | None,
-                  **options: Any) -> BlackBoxSweep:
-        """One decision-based run stopping at the smallest eps; each eps read off its trace."""
-        spent = oracle.queries_total
-        run = self._run(oracle, x, y, min(eps), ids, generator, **options)
-        return BlackBoxSweep(eps, [run.at_eps(e) for e in eps], oracle.queries_total - spent)
-
     @abc.abstractmethod
-    def _run(self, oracle: Oracle, x: Tensor, y: Tensor, eps: float | None,
-             ids: Tensor | None, generator: torch.Generator | None,
-             **options: Any) -> BlackBoxResult:  # decision-based: target=, x_init=
-        """The attack at one eps (``None`` only for decision-based attacks)."""
+    def _run(self, oracle: Oracle, x: Tensor, y: Tensor, eps: float | None, ids: Tensor,
+             generator: torch.Generator | None, **options: Any) -> BlackBoxResult:
+        """The attack at one eps (``None`` only for decision-based attacks); ``ids``
+        checked; ``options`` only for decision-based attacks (``target``, ``x_init``)."""
 
 
-def _result(
-    x: Tensor,
-    x_adv: Tensor,
-    success: Tensor,
-    queries: Tensor,
-    *,
-    trace_queries: Tensor | None = None,
-    trace_dist: Tensor | None = None,
-) -> BlackBoxResult:
+def _result(x: Tensor, x_adv: Tensor, success: Tensor, queries: Tensor, *,
+            trace_queries: Tensor | None = None, trace_dist: Tensor | None = None
+            ) -> BlackBoxResult:
     d = (x_adv - x).flatten(1)
     linf = d.abs().amax(1) if d.shape[1] else d.new_zeros(d.shape[0])
     return BlackBoxResult(x_adv, success, queries, linf, d.norm(p=2, dim=1),
                           trace_queries=trace_queries, trace_dist=trace_dist)
 
 
-def _check_oracle(
-    oracle: Oracle, x: Tensor, y: Tensor, ids: Tensor | None, *, scores: bool = True
-) -> Tensor:
+def _check_oracle(oracle: Oracle, x: Tensor, y: Tensor, ids: Tensor | None, *,
+                  scores: bool = True) -> Tensor:
     """Validate the inputs and return the per-row sample ids (default ``0..N-1``).
 
     ``scores=True`` (score-based attacks) refuses an oracle that answers labels only.

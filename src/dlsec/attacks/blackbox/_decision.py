@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from dlsec.attacks.blackbox._base import _check_oracle
+from dlsec.attacks.blackbox._base import BlackBoxResult, _result
 from dlsec.attacks.core import AttackError
 from dlsec.threat import Oracle
 
@@ -31,17 +31,8 @@ class _LabelQueries:
     :attr:`exhausted` is set and the attack winds down.
     """
 
-    def __init__(
-        self,
-        oracle: Oracle,
-        x: Tensor,
-        y: Tensor,
-        ids: Tensor,
-        *,
-        max_queries: int,
-        target: Tensor | None,
-        rows_per_call: int,
-    ) -> None:
+    def __init__(self, oracle: Oracle, x: Tensor, y: Tensor, ids: Tensor, *, max_queries: int,
+                 target: Tensor | None, rows_per_call: int) -> None:
         self.oracle, self.ids, self.max_queries = oracle, ids, max_queries
         self.y, self.target, self.rows_per_call = y, target, rows_per_call
         self.queries = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)
@@ -77,15 +68,8 @@ class _LabelQueries:
         return labels != self.y[owner]
 
 
-def _bisect(
-    q: _LabelQueries,
-    rows: Tensor,
-    lows: Tensor,
-    highs: Tensor,
-    tol: Tensor | float,
-    project: Callable[[Tensor, Tensor], Tensor],
-    adv: Tensor,
-) -> Tensor:
+def _bisect(q: _LabelQueries, rows: Tensor, lows: Tensor, highs: Tensor, tol: Tensor | float,
+            project: Callable[[Tensor, Tensor], Tensor], adv: Tensor) -> Tensor:
     """Lock-step bisection of a parameter ``a`` in ``[lows, highs]`` per point of ``rows``
     (``project(sub, a)`` gives the inputs for ``rows[sub]``; ``a = highs`` is adversarial
     and ``adv`` holds that point), one oracle call per round, until ``highs - lows <= tol``
@@ -120,15 +104,9 @@ def _blend(x: Tensor, far: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     return project
 
 
-def _starting_points(
-    q: _LabelQueries,
-    x: Tensor,
-    *,
-    x_init: Tensor | None,
-    tries: int,
-    bounds: tuple[float, float],
-    generator: torch.Generator | None,
-) -> tuple[Tensor, Tensor, Tensor]:
+def _starting_points(q: _LabelQueries, x: Tensor, *, x_init: Tensor | None, tries: int,
+                     bounds: tuple[float, float], generator: torch.Generator | None
+                     ) -> tuple[Tensor, Tensor, Tensor]:
     """Adversarial starting points: ``(start, ok, clean)``.
 
     One query on ``x`` (``clean``: already adversarial, start = ``x``); then ``x_init``
@@ -177,18 +155,13 @@ def _starting_points(
     return start, ok, clean
 
 
-def _check_decision_inputs(
-    oracle: Oracle,
-    x: Tensor,
-    y: Tensor,
-    ids: Tensor | None,
-    target: Tensor | None,
-    x_init: Tensor | None,
-) -> Tensor:
-    """Validate a decision-based attack's inputs; return the per-row sample ids."""
+def _start(oracle: Oracle, x: Tensor, y: Tensor, ids: Tensor, *, target: Tensor | None,
+           x_init: Tensor | None, max_queries: int, init_tries: int, batch_size: int | None,
+           generator: torch.Generator | None) -> tuple[_LabelQueries, Tensor, Tensor, Tensor]:
+    """Check a decision-based attack's inputs, set up its label queries and find its
+    starting points: ``(q, start, ok, clean)`` (see :func:`_starting_points`)."""
     if y.dim() != 1:
         raise AttackError(f"y must be a vector of N labels, got shape {tuple(y.shape)}")
-    ids = _check_oracle(oracle, x, y, ids, scores=False)
     if tuple(x.shape[1:]) != tuple(oracle.input_shape):
         raise AttackError(
             f"inputs of shape {tuple(x.shape[1:])} do not match the oracle's "
@@ -198,4 +171,18 @@ def _check_decision_inputs(
         raise AttackError(f"target must have the shape of y {tuple(y.shape)}")
     if x_init is not None and tuple(x_init.shape) != tuple(x.shape):
         raise AttackError(f"x_init must have the shape of x {tuple(x.shape)}")
-    return ids
+    d = x[0].numel() if x.shape[0] else 1
+    q = _LabelQueries(oracle, x, y.to(x.device), ids, max_queries=max_queries,
+                      target=None if target is None else target.to(x.device),
+                      rows_per_call=_rows_per_call(batch_size, d))
+    x_init = None if x_init is None else x_init.to(x.device, x.dtype)
+    return q, *_starting_points(q, x, x_init=x_init, tries=init_tries, bounds=oracle.bounds,
+                                generator=generator)
+
+
+def _finish(q: _LabelQueries, x: Tensor, best: Tensor, ok: Tensor, trace_q: list[Tensor],
+            trace_d: list[Tensor]) -> BlackBoxResult:
+    """The result: the closest adversarial where a start was found (``x`` elsewhere)."""
+    x_adv = torch.where(ok.view(-1, *([1] * (x.dim() - 1))), best, x)
+    return _result(x, x_adv, ok, q.queries, trace_queries=torch.stack(trace_q),
+                   trace_dist=torch.stack(trace_d))

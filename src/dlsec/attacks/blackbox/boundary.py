@@ -54,13 +54,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dlsec.attacks.blackbox._base import BlackBoxAttack, BlackBoxResult, _result
-from dlsec.attacks.blackbox._decision import (
-    _check_decision_inputs,
-    _LabelQueries,
-    _rows_per_call,
-    _starting_points,
-)
+from dlsec.attacks.blackbox._base import BlackBoxAttack, BlackBoxResult
+from dlsec.attacks.blackbox._decision import _finish, _start
 from dlsec.attacks.core import AttackError
 from dlsec.attacks.registry import register_attack
 from dlsec.threat import Oracle
@@ -137,32 +132,18 @@ class BoundaryAttack(BlackBoxAttack):
             raise AttackError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def _run(  # type: ignore[override]  # the options a decision-based attack takes
-        self,
-        oracle: Oracle,
-        x: Tensor,
-        y: Tensor,
-        eps: float | None,
-        ids: Tensor | None,
-        generator: torch.Generator | None,
-        *,
-        target: Tensor | None = None,
+        self, oracle: Oracle, x: Tensor, y: Tensor, eps: float | None, ids: Tensor,
+        generator: torch.Generator | None, *, target: Tensor | None = None,
         x_init: Tensor | None = None,
     ) -> BlackBoxResult:
         """Attack ``(x, y)`` through ``oracle`` (labels only); the arguments are those of
         :meth:`HopSkipJump._run <dlsec.attacks.blackbox.hsja.HopSkipJump._run>`."""
-        ids = _check_decision_inputs(oracle, x, y, ids, target, x_init)
-        dev, dt = x.device, x.dtype
-        n = x.shape[0]
-        d = x[0].numel() if n else 1
+        q, best, ok, clean = _start(oracle, x, y, ids, target=target, x_init=x_init,
+                                    max_queries=self.max_queries, init_tries=self.init_tries,
+                                    batch_size=self.batch_size, generator=generator)
+        dev, n = x.device, x.shape[0]
         lo, hi = oracle.bounds
-        y = y.to(dev)
-        target = None if target is None else target.to(dev)
-        x_init = None if x_init is None else x_init.to(dev, dt)
         gen_dev = generator.device if generator is not None else torch.device("cpu")
-        q = _LabelQueries(oracle, x, y, ids, max_queries=self.max_queries, target=target,
-                          rows_per_call=_rows_per_call(self.batch_size, d))
-        best, ok, clean = _starting_points(q, x, x_init=x_init, tries=self.init_tries,
-                                           bounds=(lo, hi), generator=generator)
         flat_x = x.flatten(1)
         dist = (best - x).flatten(1).norm(dim=1)
         dist = torch.where(ok, dist, torch.full_like(dist, math.inf))
@@ -215,10 +196,7 @@ class BoundaryAttack(BlackBoxAttack):
                 self._adapt(rc, hist_sph, hist_step, sph, src, f)
             trace_q.append(q.queries.clone())
             trace_d.append(dist.clone())
-        view = (-1, *([1] * (x.dim() - 1)))
-        x_adv = torch.where(ok.view(view), best, x)
-        return _result(x, x_adv, ok, q.queries, trace_queries=torch.stack(trace_q),
-                       trace_dist=torch.stack(trace_d))
+        return _finish(q, x, best, ok, trace_q, trace_d)
 
     def _proposals(
         self,

@@ -62,15 +62,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dlsec.attacks.blackbox._base import BlackBoxAttack, BlackBoxResult, _result
-from dlsec.attacks.blackbox._decision import (
-    _bisect,
-    _blend,
-    _check_decision_inputs,
-    _LabelQueries,
-    _rows_per_call,
-    _starting_points,
-)
+from dlsec.attacks.blackbox._base import BlackBoxAttack, BlackBoxResult
+from dlsec.attacks.blackbox._decision import _bisect, _blend, _finish, _LabelQueries, _start
 from dlsec.attacks.core import AttackError, lp_norms
 from dlsec.attacks.registry import register_attack
 from dlsec.threat import Oracle
@@ -120,36 +113,23 @@ class HopSkipJump(BlackBoxAttack):
             raise AttackError(f"batch_size must be >= 1, got {self.batch_size}")
 
     def _run(  # type: ignore[override]  # the options a decision-based attack takes
-        self,
-        oracle: Oracle,
-        x: Tensor,
-        y: Tensor,
-        eps: float | None,
-        ids: Tensor | None,
-        generator: torch.Generator | None,
-        *,
-        target: Tensor | None = None,
+        self, oracle: Oracle, x: Tensor, y: Tensor, eps: float | None, ids: Tensor,
+        generator: torch.Generator | None, *, target: Tensor | None = None,
         x_init: Tensor | None = None,
     ) -> BlackBoxResult:
-        """Attack ``(x, y)`` through ``oracle`` (labels only).
-
-        ``ids`` attribute queries to samples (default ``0..N-1``); ``target`` (``N`` class
+        """Attack ``(x, y)`` through ``oracle`` (labels only): ``target`` (``N`` class
         indices) makes the attack targeted; ``x_init`` (like ``x``) are candidate starting
-        points, used where the oracle finds them adversarial (uniform noise elsewhere).
-        """
-        ids = _check_decision_inputs(oracle, x, y, ids, target, x_init)
+        points, used where the oracle finds them adversarial (uniform noise elsewhere)."""
+        q, start, ok, clean = _start(oracle, x, y, ids, target=target, x_init=x_init,
+                                     max_queries=self.max_queries, init_tries=self.init_tries,
+                                     batch_size=self.batch_size, generator=generator)
         dev, dt = x.device, x.dtype
         n = x.shape[0]
         d = x[0].numel() if n else 1
         lo, hi = oracle.bounds
-        y = y.to(dev)
-        target = None if target is None else target.to(dev)
-        x_init = None if x_init is None else x_init.to(dev, dt)
         gen_dev = generator.device if generator is not None else torch.device("cpu")
         linf = self.norm == "linf"
         theta = self.gamma / d**2 if linf else self.gamma / d**1.5
-        q = _LabelQueries(oracle, x, y, ids, max_queries=self.max_queries, target=target,
-                          rows_per_call=_rows_per_call(self.batch_size, d))
         view = (-1, *([1] * (x.dim() - 1)))
 
         def dist_of(z: Tensor, rows: Tensor) -> Tensor:
@@ -172,8 +152,6 @@ class HopSkipJump(BlackBoxAttack):
 
             return _bisect(q, rows, lows, highs, tol, clip, far)
 
-        start, ok, clean = _starting_points(q, x, x_init=x_init, tries=self.init_tries,
-                                            bounds=(lo, hi), generator=generator)
         cur = start.clone()
         rows = torch.nonzero(ok & ~clean).flatten()
         dist_post = torch.zeros(n, dtype=torch.float64, device=dev)  # after the last step
@@ -243,9 +221,7 @@ class HopSkipJump(BlackBoxAttack):
             trace_q.append(q.queries.clone())
             trace_d.append(best_dist.clone())
 
-        x_adv = torch.where(ok.view(view), best, x)
-        return _result(x, x_adv, ok, q.queries, trace_queries=torch.stack(trace_q),
-                       trace_dist=torch.stack(trace_d))
+        return _finish(q, x, best, ok, trace_q, trace_d)
 
     def _estimate(
         self,

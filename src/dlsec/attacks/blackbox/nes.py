@@ -37,7 +37,6 @@ from dlsec.attacks.blackbox._base import (
     BlackBoxAttack,
     BlackBoxResult,
     _affordable,
-    _check_oracle,
     _margin,
     _result,
 )
@@ -97,20 +96,9 @@ class NESAttack(BlackBoxAttack):
         if not self.sigma > 0 or not 0 <= self.momentum < 1:
             raise AttackError("sigma must be > 0 and momentum in [0, 1)")
 
-    def _run(
-        self,
-        oracle: Oracle,
-        x: Tensor,
-        y: Tensor,
-        eps: float | None,
-        ids: Tensor | None,
-        generator: torch.Generator | None,
-        **options: object,
-    ) -> BlackBoxResult:
-        if options:
-            raise AttackError(f"NESAttack takes no options {sorted(options)}")
+    def _run(self, oracle: Oracle, x: Tensor, y: Tensor, eps: float | None, ids: Tensor,
+             generator: torch.Generator | None, **options: object) -> BlackBoxResult:
         assert eps is not None  # score-based: BlackBoxAttack checked it
-        ids = _check_oracle(oracle, x, y, ids)
         dev = x.device
         y = y.to(dev)
         lo, hi = oracle.bounds

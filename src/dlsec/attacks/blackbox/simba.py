@@ -39,7 +39,6 @@ from dlsec.attacks.blackbox._base import (
     BlackBoxAttack,
     BlackBoxResult,
     _affordable,
-    _check_oracle,
     _result,
 )
 from dlsec.attacks.core import AttackError
@@ -84,21 +83,10 @@ class SimBA(BlackBoxAttack):
         if self.max_queries < 1 or self.stride < 1:
             raise AttackError("max_queries and stride must be >= 1")
 
-    def _run(
-        self,
-        oracle: Oracle,
-        x: Tensor,
-        y: Tensor,
-        eps: float | None,
-        ids: Tensor | None,
-        generator: torch.Generator | None,
-        **options: object,
-    ) -> BlackBoxResult:
-        if options:
-            raise AttackError(f"SimBA takes no options {sorted(options)}")
+    def _run(self, oracle: Oracle, x: Tensor, y: Tensor, eps: float | None, ids: Tensor,
+             generator: torch.Generator | None, **options: object) -> BlackBoxResult:
         if eps is None or eps <= 0:
             raise AttackError(f"SimBA's eps (its step) must be > 0, got {eps}")
-        ids = _check_oracle(oracle, x, y, ids)
         if self.basis == "dct" and x.dim() != 4:
             raise AttackError("the DCT basis needs image batches N x C x H x W")
         dev = x.device

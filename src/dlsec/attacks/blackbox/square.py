@@ -54,7 +54,6 @@ from dlsec.attacks.blackbox._base import (
     BlackBoxAttack,
     BlackBoxResult,
     _affordable,
-    _check_oracle,
     _margin,
     _result,
 )
@@ -197,21 +196,10 @@ class SquareAttack(BlackBoxAttack):
         if not 0 < self.p_init <= 1:
             raise AttackError(f"p_init must be in (0, 1], got {self.p_init}")
 
-    def _run(
-        self,
-        oracle: Oracle,
-        x: Tensor,
-        y: Tensor,
-        eps: float | None,
-        ids: Tensor | None,
-        generator: torch.Generator | None,
-        **options: object,
-    ) -> BlackBoxResult:
-        if options:
-            raise AttackError(f"SquareAttack takes no options {sorted(options)}")
+    def _run(self, oracle: Oracle, x: Tensor, y: Tensor, eps: float | None, ids: Tensor,
+             generator: torch.Generator | None, **options: object) -> BlackBoxResult:
         assert eps is not None  # score-based: BlackBoxAttack checked it
         self._eps = eps
-        ids = _check_oracle(oracle, x, y, ids)
         if x.dim() != 4:
             raise AttackError(
                 f"SquareAttack needs image batches N x C x H x W, got {tuple(x.shape)}"
