@@ -108,15 +108,20 @@ def _os_reason(exc: BaseException) -> str:
     return (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).rstrip(".")
 
 
-def check_directory(path: Path, *, expected: str) -> None:
-    """A one-line error unless ``path`` is a directory: missing, a file, a symlink loop,
-    no permission to look, or a path the OS refuses (``expected`` says what was wanted)."""
+def _stat(path: Path, what: str) -> os.stat_result:
+    """``os.stat``, or a one-line error naming ``path`` and the problem."""
     try:
-        st = os.stat(path)
+        return os.stat(path)
     except FileNotFoundError:
-        raise DatasetError(f"{path}: directory not found") from None
+        raise DatasetError(f"{path}: {what} not found") from None
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot read ({_os_reason(exc)})") from None
+
+
+def check_directory(path: Path, *, expected: str) -> None:
+    """A one-line error unless ``path`` is a directory (see :func:`_stat`; ``expected`` says
+    what was wanted)."""
+    st = _stat(path, "directory")
     if not stat.S_ISDIR(st.st_mode):
         raise DatasetError(f"{path}: not a directory (expected {expected})")
 
@@ -129,12 +134,7 @@ def open_regular_file(path: Path, *, expected: str) -> tuple[io.BufferedReader, 
     refuses (a NUL byte, a name too long). ``expected`` says what was wanted
     ("an IDX file").
     """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: file not found") from None
-    except (OSError, ValueError) as exc:
-        raise DatasetError(f"{path}: cannot read ({_os_reason(exc)})") from None
+    st = _stat(path, "file")
     if stat.S_ISDIR(st.st_mode):
         raise DatasetError(f"{path}: is a directory, expected {expected}")
     if not stat.S_ISREG(st.st_mode):

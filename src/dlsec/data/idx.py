@@ -122,17 +122,12 @@ class _IdxStream:
 
     def read(self, n: int) -> bytearray:
         """Exactly ``n`` bytes, or fewer only at the end of the data."""
+        buf = bytearray(n)
         if not self._gz:
-            buf = bytearray(n)
             got = self._fh.readinto(buf)
             return buf if got == n else buf[:got]
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            chunk = self._inflate_some(min(n - got, _OUT_CHUNK))
-            if not chunk:
-                break
+        view, got = memoryview(buf), 0
+        while got < n and (chunk := self._inflate_some(min(n - got, _OUT_CHUNK))):
             view[got : got + len(chunk)] = chunk
             got += len(chunk)
         view.release()
@@ -205,16 +200,7 @@ def _memory_need(shape: tuple[int, ...], dtype: np.dtype) -> int:
 def read_idx_header(path: Path, *, images: bool | None = None) -> tuple[tuple[int, ...], np.dtype]:
     """The shape and dtype an IDX file declares, checked as :func:`read_idx` does before
     reading data, reading only the file's first bytes."""
-    path = Path(path)
-    fh, size = open_regular_file(path, expected="an IDX file")
-    try:
-        with fh:
-            gz = path.suffix == ".gz" or fh.read(2) == _GZIP_MAGIC
-            fh.seek(0)
-            shape, dtype, header_len = _read_header(_IdxStream(fh, path, gz=gz), path)
-            _check_declared(path, shape, dtype, header_len, size, gz, images)
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    _, shape, dtype = _read(Path(path), images, header_only=True)
     return shape, dtype
 
 
@@ -229,40 +215,41 @@ def read_idx(path: Path, *, images: bool | None = None) -> np.ndarray:
     file for an unreadable file, corrupt gzip, bad magic number, or truncated or
     oversized data.
     """
-    path = Path(path)
-    fh, size = open_regular_file(path, expected="an IDX file")
-    try:
-        data, shape, dtype = _read_data(fh, path, size, images)
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    data, shape, dtype = _read(Path(path), images, header_only=False)
     return np.frombuffer(data, dtype=dtype, count=math.prod(shape)).reshape(shape)
 
 
-def _read_data(
-    fh: io.BufferedReader, path: Path, size: int, images: bool | None
+def _read(
+    path: Path, images: bool | None, *, header_only: bool
 ) -> tuple[bytearray, tuple[int, ...], np.dtype]:
-    """The body of :func:`read_idx`: header checks, then the data, from an open file."""
-    with fh:
-        gz = path.suffix == ".gz" or fh.read(2) == _GZIP_MAGIC
-        fh.seek(0)
-        stream = _IdxStream(fh, path, gz=gz)
-        shape, dtype, header_len = _read_header(stream, path)
-        _check_declared(path, shape, dtype, header_len, size, gz, images)
-        count = math.prod(shape)
-        expected = count * dtype.itemsize
-        need = _memory_need(shape, dtype)
-        check_size(count, need, source=str(path), what=f"shape {shape}")
-        data = stream.read(expected)
-        if len(data) < expected:
-            raise DatasetError(
-                f"{path}: truncated file (header says shape {shape}, {expected} data bytes, "
-                f"found {len(data)})"
-            )
-        if not stream.at_end():
-            raise DatasetError(
-                f"{path}: unexpected bytes after the data "
-                f"(header says shape {shape}, {expected} data bytes)"
-            )
+    """The body of :func:`read_idx` (no data with ``header_only``): header checks, then the
+    data."""
+    fh, size = open_regular_file(path, expected="an IDX file")
+    try:
+        with fh:
+            gz = path.suffix == ".gz" or fh.read(2) == _GZIP_MAGIC
+            fh.seek(0)
+            stream = _IdxStream(fh, path, gz=gz)
+            shape, dtype, header_len = _read_header(stream, path)
+            _check_declared(path, shape, dtype, header_len, size, gz, images)
+            if header_only:
+                return bytearray(), shape, dtype
+            count = math.prod(shape)
+            expected = count * dtype.itemsize
+            check_size(count, _memory_need(shape, dtype), source=str(path), what=f"shape {shape}")
+            data = stream.read(expected)
+            if len(data) < expected:
+                raise DatasetError(
+                    f"{path}: truncated file (header says shape {shape}, {expected} data "
+                    f"bytes, found {len(data)})"
+                )
+            if not stream.at_end():
+                raise DatasetError(
+                    f"{path}: unexpected bytes after the data "
+                    f"(header says shape {shape}, {expected} data bytes)"
+                )
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return data, shape, dtype
 
 
