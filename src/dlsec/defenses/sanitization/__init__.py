@@ -31,33 +31,18 @@ from dlsec.defenses.sanitization._base import (
 )
 from dlsec.defenses.sanitization.activation import activation_clustering
 from dlsec.defenses.sanitization.confident_learning import confident_learning
-from dlsec.defenses.sanitization.crossval import cross_val_probs, stratified_folds
+from dlsec.defenses.sanitization.crossval import cross_val_probs, stratified_folds, train_on
 from dlsec.defenses.sanitization.dispatch import (
     SANITIZERS,
     SanitizerSettings,
     model_factory,
     sanitize,
-    train_on,
 )
 from dlsec.defenses.sanitization.knn import knn_consistency
 from dlsec.defenses.sanitization.loss import loss_outliers
 from dlsec.defenses.sanitization.spectral import spectral_signatures
 
-__all__ = [
-    "SANITIZERS",
-    "Detection",
-    "SanitizationError",
-    "SanitizationResult",
-    "SanitizerSettings",
-    "activation_clustering",
-    "confident_learning",
-    "cross_val_probs",
-    "detection_metrics",
-    "knn_consistency",
-    "loss_outliers",
-    "model_factory",
-    "sanitize",
-    "spectral_signatures",
-    "stratified_folds",
-    "train_on",
-]
+__all__ = ["SANITIZERS", "Detection", "SanitizationError", "SanitizationResult",
+           "SanitizerSettings", "activation_clustering", "confident_learning", "cross_val_probs",
+           "detection_metrics", "knn_consistency", "loss_outliers", "model_factory", "sanitize",
+           "spectral_signatures", "stratified_folds", "train_on"]

@@ -8,9 +8,6 @@ cluster / class size)``, so members of small clusters score high; samples are fl
 when their cluster was called poisonous. Reference: Chen et al., "Detecting Backdoor
 Attacks on Deep Neural Networks by Activation Clustering" (SafeAI 2019); defaults follow
 the paper and ART: ``dims = 10``, 2 clusters, relative size threshold 0.35.
-
-Example:
-    >>> res = activation_clustering(penultimate_features(model, x), y, seed=0)  # doctest: +SKIP
 """
 
 from __future__ import annotations

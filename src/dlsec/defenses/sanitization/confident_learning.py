@@ -7,10 +7,6 @@ to carry their given label. Reference: Northcutt, Jiang and Chuang, "Confident L
 Estimating Uncertainty in Dataset Labels" (JAIR 2021). Score: ``1 - p(given label)``
 (cleanlab's self-confidence), higher = more suspicious. Default ``filter_by`` is
 cleanlab's own (``"prune_by_noise_rate"``).
-
-Example:
-    >>> probs = cross_val_probs(x, y, make_model=build, config=cfg, num_classes=10)  # doctest: +SKIP
-    >>> res = confident_learning(y, probs)                                           # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -29,6 +29,19 @@ def stratified_folds(y: Tensor, folds: int, *, seed: int) -> Tensor:
     return fold
 
 
+def train_on(
+    x: Tensor, y: Tensor, *, make_model: Callable[[], nn.Module], config: TrainConfig,
+    progress: bool = False, seed: int | None = None, description: str = "training (sanitizer)",
+) -> nn.Module:
+    """A fresh model (initialised under ``seed``, default ``config.seed``; the global RNG is
+    restored afterwards) trained on ``(x, y)`` with ``fit``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed if seed is None else seed)
+        model = make_model()
+    fit(model, x, y, config=config, progress=progress, description=description)
+    return model
+
+
 def cross_val_probs(
     x: Tensor,
     y: Tensor,
@@ -41,20 +54,16 @@ def cross_val_probs(
 ) -> Tensor:
     """``N x K`` softmax probabilities, each row from the fold model that did not train on it.
 
-    ``make_model()`` builds a fresh network; fold ``f`` initialises it under seed
-    ``config.seed + f`` (the global RNG is restored afterwards) and trains it with ``fit``.
+    Fold ``f``'s model is :func:`train_on` the other folds under seed ``config.seed + f``.
     """
     fold = stratified_folds(y, folds, seed=config.seed)
     probs = torch.zeros(y.numel(), num_classes)
     for f in range(folds):
-        held = fold == f
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(config.seed + f)
-            model = make_model()
-        train_idx = torch.nonzero(~held).flatten()
-        test_idx = torch.nonzero(held).flatten()
-        fit(model, x[train_idx.to(x.device)], y[train_idx.to(y.device)], config=config,
-            progress=progress, description=f"cross-validation fold {f + 1}/{folds}")
+        train_idx = torch.nonzero(fold != f).flatten()
+        test_idx = torch.nonzero(fold == f).flatten()
+        model = train_on(x[train_idx.to(x.device)], y[train_idx.to(y.device)],
+                         make_model=make_model, config=config, progress=progress,
+                         seed=config.seed + f, description=f"cross-validation fold {f + 1}/{folds}")
         logits = predict_logits(model, x[test_idx.to(x.device)])
         probs[test_idx] = logits.softmax(1).float().cpu()
     return probs

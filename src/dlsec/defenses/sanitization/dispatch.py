@@ -7,11 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from dlsec.defenses.sanitization._base import SanitizationError, SanitizationResult
-from dlsec.training import TrainConfig, fit
+from dlsec.training import TrainConfig
 
 SANITIZERS = ("cleanlab", "knn", "loss", "spectral", "activation")
 """Method names: label-noise detectors first, backdoor (representation) detectors last."""
@@ -48,18 +47,6 @@ def model_factory(
     return lambda: build_model(card, factory=architecture)  # the caller named it
 
 
-def train_on(
-    x: Tensor, y: Tensor, *, make_model: Callable[[], nn.Module], config: TrainConfig,
-    progress: bool = False,
-) -> nn.Module:
-    """A fresh model (initialised under ``config.seed``) trained on ``(x, y)`` with ``fit``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = make_model()
-    fit(model, x, y, config=config, progress=progress, description="training (sanitizer)")
-    return model
-
-
 def sanitize(
     method: str,
     x: Tensor,
@@ -83,7 +70,7 @@ def sanitize(
     """
     from dlsec.defenses.sanitization.activation import activation_clustering
     from dlsec.defenses.sanitization.confident_learning import confident_learning
-    from dlsec.defenses.sanitization.crossval import cross_val_probs
+    from dlsec.defenses.sanitization.crossval import cross_val_probs, train_on
     from dlsec.defenses.sanitization.knn import knn_consistency
     from dlsec.defenses.sanitization.loss import loss_outliers
     from dlsec.defenses.sanitization.spectral import spectral_signatures

@@ -5,9 +5,6 @@ space) whose label differs from the sample's; flagged above ``threshold`` (defau
 the majority disagrees). Reference: the kNN label sanitization of Paudice, Muñoz-González
 and Lupu, "Label Sanitization against Label Flipping Poisoning Attacks" (ECML 2018
 workshops), whose defaults are ``k = 10`` and a majority threshold.
-
-Example:
-    >>> res = knn_consistency(x, y, k=10)                 # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -6,9 +6,6 @@ any model's probabilities). Flagged when the loss exceeds ``threshold``; the def
 ``fraction`` set instead, the ``fraction`` of highest-loss samples is flagged. A common
 baseline (e.g. the loss-based filters in Koh, Steinhardt and Liang, "Stronger Data
 Poisoning Attacks Break Data Sanitization Defenses", 2018).
-
-Example:
-    >>> res = loss_outliers(y, probs)                      # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -9,10 +9,6 @@ the ``multiplier * expected_rate * n_c`` highest scores. Reference: Tran, Li and
 poisons *within a class* (a backdoor puts all its poisons in the target class, so a 5%
 overall rate is about 1/3 of a 10-class target class: the default is 0.33). Scores are
 divided by the class's median score so they compare across classes.
-
-Example:
-    >>> feats = penultimate_features(model_trained_on_poisoned_data, x)   # doctest: +SKIP
-    >>> res = spectral_signatures(feats, y)                                # doctest: +SKIP
 """
 
 from __future__ import annotations
