@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any
 
 from dlsec import __version__
 from dlsec.data.core import DatasetError
@@ -62,40 +62,27 @@ DEFAULT_MAX_BYTES = 256 << 20
 CHUNK_SIZE = 1 << 16
 
 
-class _Reporter(Protocol):
-    """Where download progress goes: a rich progress bar or nothing."""
+class _Reporter:
+    """Where download progress goes: one rich progress task per file (bytes, speed, time
+    left) drawn on stderr, or nowhere (``progress`` None)."""
 
-    def start(self, name: str, *, total: int | None, done: int) -> None: ...
-    def advance(self, n: int) -> None: ...
-
-
-class _Silent:
-    def start(self, name: str, *, total: int | None, done: int) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
-
-
-class _RichReporter:
-    """One rich progress task per file (bytes, speed, time left), drawn on stderr."""
-
-    def __init__(self, progress: Progress) -> None:
+    def __init__(self, progress: Progress | None) -> None:
         self._progress = progress
         self._task: TaskID | None = None
 
     def start(self, name: str, *, total: int | None, done: int) -> None:
-        self._task = self._progress.add_task(name, total=total, completed=done)
+        if self._progress is not None:
+            self._task = self._progress.add_task(name, total=total, completed=done)
 
     def advance(self, n: int) -> None:
-        if self._task is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.advance(self._task, n)
 
 
 @contextlib.contextmanager
 def _reporter(enabled: bool) -> Iterator[_Reporter]:
     if not enabled:
-        yield _Silent()
+        yield _Reporter(None)
         return
     from rich.console import Console
     from rich.progress import (
@@ -107,24 +94,19 @@ def _reporter(enabled: bool) -> Iterator[_Reporter]:
         TransferSpeedColumn,
     )
 
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=Console(stderr=True)) as progress:
-        yield _RichReporter(progress)
+        yield _Reporter(progress)
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
+def _sha256(path: Path, digest: Any = None) -> Any:
+    """``digest`` (default: a new sha256) fed with the file's bytes, read in chunks."""
+    digest = digest or hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
-    return digest.hexdigest()
+    return digest
 
 
 def _check_name(name: str) -> None:
@@ -255,11 +237,7 @@ def _download(
         start, total = _resume_offset(response, offset, url)
         if total is not None and total > limit:
             raise _too_big(url, limit, announced=total)
-        digest = hashlib.sha256()
-        if start:
-            with open(part, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
+        digest = _sha256(part) if start else hashlib.sha256()
         reporter.start(name, total=total, done=start)
         received = start
         with open(part, "ab" if start else "wb") as out:
@@ -299,7 +277,7 @@ def _fs_error(path: Path, action: str, exc: OSError) -> DatasetError:
 def _has_hash(path: Path, expected: str) -> bool:
     """True when ``path`` is a regular file whose sha256 is ``expected``."""
     try:
-        return path.is_file() and sha256_file(path) == expected
+        return path.is_file() and _sha256(path).hexdigest() == expected
     except OSError as exc:
         raise _fs_error(path, "read", exc) from None
 
