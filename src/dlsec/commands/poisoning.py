@@ -46,12 +46,6 @@ def _check_out(out: Path, option: str = "--out") -> None:
     check_output(out, kind="file", option=option)
 
 
-def _load(dataset: str, seed: int) -> Dataset:
-    from dlsec.data import load_dataset
-
-    return load_dataset(dataset, seed=seed)
-
-
 def _save_npz(out: Path, ds: Dataset, x: torch.Tensor, y: torch.Tensor, **extra: Any) -> None:
     """Write training ``(x, y)`` with ``ds``'s test split, classes and bounds (atomically)."""
     from dlsec.files import atomic_write_bytes
@@ -94,10 +88,11 @@ def _surrogate(ds: Dataset, model_dir: str | None, model: str, epochs: int, seed
 def _poison(attack: str, out: Path, dataset: str, seed: int, surrogate: dict[str, Any] | None = None,
             **settings: Any) -> None:
     """Check ``out``, load the data, poison it with the scenario's ``attack``, write it."""
+    from dlsec.data import load_dataset
     from dlsec.scenarios.poisoning import poison_dataset
 
     _check_out(out)
-    ds = _load(dataset, seed)
+    ds = load_dataset(dataset, seed=seed)
     if not 0 <= settings.get("target_index", 0) < ds.y_test.numel():  # before any training
         raise DlsecError(f"--target-index must be in 0..{ds.y_test.numel() - 1}")
     net = None if surrogate is None else _surrogate(ds, seed=seed, **surrogate)
@@ -202,6 +197,7 @@ def sanitize_cmd(
     """Flag suspicious training samples, write the rest; score detection when the data
     carries a ``poison_mask`` (as ``dlsec poison`` writes)."""
     from dlsec.commands.options import set_threads
+    from dlsec.data import load_dataset
     from dlsec.files import atomic_write_text
     from dlsec.scenarios.poisoning import SANITIZERS, sanitize_dataset
 
@@ -213,7 +209,7 @@ def sanitize_cmd(
     if method not in SANITIZERS:
         raise DlsecError(f"--method: unknown sanitizer {method!r} (choose from "
                          f"{', '.join(SANITIZERS)})")
-    ds = _load(dataset, seed)
+    ds = load_dataset(dataset, seed=seed)
     if folds > ds.y_train.numel():
         raise DlsecError(
             f"--folds: must be 2..{ds.y_train.numel()} (the training samples), got {folds}"

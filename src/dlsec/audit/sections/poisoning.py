@@ -1,14 +1,7 @@
 """Section "Poisoning": what poisoned training data does to this model's architecture, and
-how much each sanitizer repairs (the experiment is
-:func:`dlsec.scenarios.poisoning.run_poisoning`; this file resolves the options and renders).
-
-Retrains the audited architecture (same card, normalization and training recipe,
-``epochs`` from the options) on poisoned copies of the training set: label flipping
-(random and surrogate-optimized, the audited model as the surrogate) at each rate, with
-and without each label sanitizer; a BadNets backdoor with and without each
-representation sanitizer; and clean-label feature collision against a few test samples
-with the audited model as the fixed feature extractor. The ``[poisoning]`` keys are
-:class:`dlsec.scenarios.poisoning.PoisoningOptions`.
+how much each sanitizer repairs. The experiment is
+:func:`dlsec.scenarios.poisoning.run_poisoning` and the ``[poisoning]`` keys are its
+:class:`~dlsec.scenarios.poisoning.PoisoningOptions`; this file resolves them and renders.
 """
 
 from __future__ import annotations
@@ -22,10 +15,8 @@ from dlsec.scenarios.poisoning import PoisoningOptions, Sizes, run_poisoning
 
 
 def sizes(o: PoisoningOptions, card: CardLike) -> Sizes:
-    """The victims' budget, automatic values scaled to the input size: 10 epochs on up to
-    2,000 training samples scored on the whole test set for small inputs (the digits
-    data); 3 epochs on up to 1,000 samples scored on 1,000 test samples for large ones (a
-    28 x 28 image), where the label sanitizers also run at the lowest rate only. The
+    """The victims' budget: 10 epochs on up to 2,000 training samples scored on the whole
+    test set for small inputs; for large ones as the README's audit section says. The
     poisons are the same either way."""
     large = is_large(card)
     return Sizes(auto(o.epochs, card, small=10, large=3),
