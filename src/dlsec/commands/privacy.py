@@ -112,15 +112,12 @@ def register(app: typer.Typer) -> None:
         res = next(iter(inv.artifacts["results"].values()))
         summary = {"variant": res.details["variant"], "queries": res.queries,
                    "iterations": res.iterations.tolist(), "seconds": round(res.seconds, 3)}
-        if out is not None:  # the atomic writers create the directory
+        if out is not None and len(ctx.card.input_shape) == 3:  # the writers create the dir
             grid = inv.figures["reconstructions"]
-            if len(ctx.card.input_shape) == 3:
-                fig = image_grid(grid["images"], grid["labels"], title="MI-Face",
-                                 bounds=grid["bounds"], ncols=grid["ncols"])
-                atomic_write_bytes(out / "inversion.png", base64.b64decode(fig.png_base64))
-            _emit(summary, out / "summary.json")
-        else:
-            _emit(summary, None)
+            fig = image_grid(grid["images"], grid["labels"], title="MI-Face",
+                             bounds=grid["bounds"], ncols=grid["ncols"])
+            atomic_write_bytes(out / "inversion.png", base64.b64decode(fig.png_base64))
+        _emit(summary, None if out is None else out / "summary.json")
 
     @app.command("extract")
     def extract_cmd(

@@ -107,11 +107,9 @@ def run_extraction(ctx: ScenarioContext, options: ExtractionOptions | None = Non
     fidelity = max(scores) if scores else labels[-1]
     summary = (f"a substitute agrees with the model on {fidelity:.1%} of held-out inputs after "
                f"{opt.budget} {kind} queries")
-    warnings = []
-    if metrics.get("extraction_fidelity", 0.0) > 0.9:
-        warnings.append("the model can be stolen through its scores: "
-                        f"{metrics['extraction_fidelity']:.1%} fidelity with {opt.budget} "
-                        "queries")
+    stolen = metrics.get("extraction_fidelity", 0.0)
+    warnings = [f"the model can be stolen through its scores: {stolen:.1%} fidelity with "
+                f"{opt.budget} queries"] if stolen > 0.9 else []
     return ScenarioResult(
         name="extraction", summary=summary, metrics=metrics,
         tables=[Table("Model extraction", ["strategy", "output", "queries", "fidelity",

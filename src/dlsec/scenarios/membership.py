@@ -2,9 +2,7 @@
 
 The model's own training records (the card's training record says which: the training split
 minus its validation share) against as many test records, so chance is AUC 0.5. Attacks by
-name (:data:`MEMBERSHIP_ATTACKS`): the loss, confidence and entropy thresholds, the
-shadow-model attack (Shokri), LiRA online and offline (Carlini et al. 2022) and label-only.
-Shadow models follow the target's own recipe from its card; when the audit chose the
+name: :data:`MEMBERSHIP_ATTACKS` (:mod:`dlsec.attacks.privacy.membership`). Shadow models follow the target's own recipe from its card; when the audit chose the
 target's epochs by its training set's size (``epochs_rule``), the shadows' epochs follow
 the same rule for their half of the records.
 
@@ -82,9 +80,7 @@ def run_membership(ctx: ScenarioContext, options: MembershipOptions | None = Non
         cfg = train_config_from_card(ctx.card, device=str(ctx.device),
                                      measure_train_accuracy=False)
         record = ctx.card.training_record
-        if record.epochs_rule:
-            # the target's epochs were chosen by its training set's size: the shadows'
-            # recipe applies the same rule to theirs (each trains on half the records)
+        if record.epochs_rule:  # each shadow trains on half the records
             cfg = dataclasses.replace(cfg, epochs=scaled_epochs(len(y) // 2))
         shadows = train_shadow_models(x, y, card=ctx.card, n_models=opt.shadows, config=cfg,
                                       generator=ctx.generator("membership/shadows"),
@@ -115,18 +111,14 @@ def run_membership(ctx: ScenarioContext, options: MembershipOptions | None = Non
 
 
 def _result(results: list[MembershipResult], is_member, details: dict) -> ScenarioResult:
-    curves = {}
-    rows = []
-    metrics: dict[str, float] = {}
+    curves, rows, metrics = {}, [], {}
     for r in results:
         assert r.metrics is not None
         fpr, tpr, _ = roc_points(r.scores, is_member)
         curves[r.attack] = (fpr.tolist(), tpr.tolist())
-        key = r.attack.replace("-", "_")
         m = r.metrics
-        metrics[f"{key}_auc"] = round(m.auc, 6)
-        metrics[f"{key}_tpr_at_0_1_fpr"] = round(m.tpr_at_0_1_fpr, 6)
-        metrics[f"{key}_tpr_at_1_fpr"] = round(m.tpr_at_1_fpr, 6)
+        for k in ("auc", "tpr_at_0_1_fpr", "tpr_at_1_fpr"):
+            metrics[f"{r.attack.replace('-', '_')}_{k}"] = round(getattr(m, k), 6)
         rows.append([r.attack, round(m.auc, 4), round(m.tpr_at_0_1_fpr, 4),
                      round(m.tpr_at_1_fpr, 4), round(m.advantage, 4), r.queries])
     best = max(results, key=lambda r: r.metrics.auc if r.metrics else 0.0)

@@ -45,10 +45,8 @@ class PrivacyOptions:
         if not self.extraction_strategies:
             raise ValueError(f"extraction-strategies: name one or more of {list(STRATEGIES)}")
         if self.evaluator not in model_names() and ":" not in self.evaluator:
-            raise ValueError(
-                f"evaluator: unknown model {self.evaluator!r} (choose from {model_names()} "
-                "or name a module:factory)"
-            )
+            raise ValueError(f"evaluator: unknown model {self.evaluator!r} (choose from "
+                             f"{model_names()} or name a module:factory)")
         bad = [s for s in self.extraction_strategies if s not in STRATEGIES]
         if bad:
             raise ValueError(f"unknown extraction strategies {bad} (choose from {list(STRATEGIES)})")
@@ -118,13 +116,6 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
     risks.append(["model extraction", ext.summary])
     warnings += ext.warnings
     tables.insert(0, Table("Risk summary", ["threat", "finding"], risks))
-    return SectionResult(
-        name="privacy",
-        title="Privacy",
-        summary="; ".join(r[1] for r in risks),
-        metrics=metrics,
-        tables=tables,
-        figures=figures,
-        warnings=warnings,
-        details={"options": dataclasses.asdict(opt), "settings": settings},
-    )
+    return SectionResult(name="privacy", title="Privacy", summary="; ".join(r[1] for r in risks),
+                         metrics=metrics, tables=tables, figures=figures, warnings=warnings,
+                         details={"options": dataclasses.asdict(opt), "settings": settings})
