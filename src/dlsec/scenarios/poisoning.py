@@ -18,7 +18,7 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -95,10 +95,7 @@ class PoisoningExperiment:
         return self.clean_accuracy - self.poisoned_accuracy
 
     def run(self, method: str) -> SanitizedRun:
-        for r in self.sanitized:
-            if r.method == method:
-                return r
-        raise KeyError(method)
+        return {r.method: r for r in reversed(self.sanitized)}[method]  # the first
 
 
 def _success(poison: PoisonResult, model: nn.Module, ds: Dataset) -> float | None:
@@ -189,7 +186,6 @@ class CollisionTrials:
 
     n_targets: int
     successes: int
-    retrain: str
     rows: list[dict[str, Any]]
     poisons: Tensor = field(repr=False)
     bases: Tensor = field(repr=False)
@@ -200,20 +196,12 @@ class CollisionTrials:
         return self.successes / max(1, self.n_targets)
 
 
-def _head_model(model: nn.Module, head: nn.Linear) -> nn.Module:
-    out = copy.deepcopy(model)
-    last_linear(out).load_state_dict(head.state_dict())
-    return out
-
-
 def run_collision_trials(
     dataset: Dataset,
     model: nn.Module,
     *,
     n_targets: int = 20,
     n_poisons: int = 20,
-    retrain: Literal["last-layer", "full"] = "last-layer",
-    architecture: str | None = None,
     config: TrainConfig | None = None,
     steps: int = 200,
     lr: float = 0.1,
@@ -225,42 +213,28 @@ def run_collision_trials(
     """Poison Frogs against ``n_targets`` random test samples, one poison set per target.
 
     Targets are test samples that ``model`` and the victim retrained *without* poisons
-    both classify correctly; each gets a random other class as its base class. With
-    ``retrain="last-layer"`` (the paper's transfer-learning setting) the victim's last
-    layer is re-trained, starting from ``model``'s, on the penultimate features of the
-    clean training set plus the poisons; with ``"full"`` a fresh ``architecture``
-    network is trained on the poisoned set. Success: the victim classifies the target
-    as the base class. Defaults (measured on digits/SimpleNet, 128 features): 20 poisons
+    both classify correctly; each gets a random other class as its base class. The victim
+    (the paper's transfer-learning setting) re-trains the last layer, starting from
+    ``model``'s, on the penultimate features of the clean training set plus the poisons.
+    Success: the victim classifies the target as the base class. Defaults (measured on digits/SimpleNet, 128 features): 20 poisons
     per target, the head re-trained for 60 epochs (Adam, lr 1e-2, batches of 256) — with
     128 features instead of the paper's 2048 one poison is rarely enough.
     """
-
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    if retrain not in ("last-layer", "full"):
-        raise PoisonError(f"unknown retrain mode {retrain!r} (last-layer, full)")
-    if retrain == "full" and architecture is None:
-        raise PoisonError("retrain='full' needs the victim's architecture")
-    if config is None:
-        config = (TrainConfig(epochs=30, lr=3e-3) if retrain == "full"
-                  else TrainConfig(epochs=60, lr=1e-2, batch_size=256))
+    config = config or TrainConfig(epochs=60, lr=1e-2, batch_size=256)
     ds = dataset
     device = next(model.parameters()).device
     base_head = last_linear(model)
     feats = penultimate_features(model, ds.x_train)
 
     def victim(x_extra: Tensor, y_extra: Tensor) -> nn.Module:
-        if retrain == "last-layer":
-            head = copy.deepcopy(base_head)
-            fx = torch.cat([feats, penultimate_features(model, x_extra)]) if len(y_extra) else feats
-            fy = torch.cat([ds.y_train.to(device), y_extra.to(device)])
-            fit(head, fx, fy, config=config, progress=False)
-            return _head_model(model, head)
-        assert architecture is not None
-        make = model_factory(architecture, input_shape=ds.input_shape, classes=ds.classes,
-                             bounds=ds.bounds)
-        return train_on(torch.cat([ds.x_train, x_extra.to(ds.x_train.device)]),
-                        torch.cat([ds.y_train, y_extra.to(ds.y_train.device)]),
-                        make_model=make, config=config)
+        head = copy.deepcopy(base_head)
+        fx = torch.cat([feats, penultimate_features(model, x_extra)]) if len(y_extra) else feats
+        fy = torch.cat([ds.y_train.to(device), y_extra.to(device)])
+        fit(head, fx, fy, config=config, progress=False)
+        out = copy.deepcopy(model)
+        last_linear(out).load_state_dict(head.state_dict())
+        return out
 
     control = victim(ds.x_train[:0], ds.y_train[:0])
     ok = (predictions(model, ds.x_test).cpu() == ds.y_test) & (
@@ -296,7 +270,7 @@ def run_collision_trials(
             bar.advance(task)
     empty = ds.x_test[:0].cpu()
     return CollisionTrials(
-        n_targets=len(rows), successes=successes, retrain=retrain, rows=rows,
+        n_targets=len(rows), successes=successes, rows=rows,
         poisons=torch.stack(poisons) if poisons else empty,
         bases=torch.stack(bases) if bases else empty,
         targets=torch.stack(targets) if targets else empty,
