@@ -210,10 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except click_errors.ClickException as exc:
         typer.echo(f"error: {_one_line(exc.format_message())}", err=True)
         return 2
-    except typer.Abort:  # Ctrl-C or end of input inside a prompt
-        typer.echo("interrupted", err=True)
-        return 130
-    except KeyboardInterrupt:
+    except (typer.Abort, KeyboardInterrupt):  # Abort: Ctrl-C or end of input in a prompt
         typer.echo("interrupted", err=True)
         return 130
     except SystemExit as exc:

@@ -34,11 +34,7 @@ def parse_eps(text: str) -> list[float]:
 
 
 def load_model_data(
-    model_dir: Path,
-    dataset: str | None,
-    device: str,
-    *,
-    threads: int = 0,
+    model_dir: Path, dataset: str | None, device: str, *, threads: int = 0,
     trust_code: bool = False,
 ) -> tuple[Any, ModelCard, Dataset]:
     """The saved model, its card and the dataset it is attacked on (split with the seed it
@@ -69,13 +65,8 @@ def check_samples(samples: int | None) -> None:
 
 
 def load_target(
-    model_dir: Path,
-    dataset: str | None,
-    device: str,
-    samples: int | None,
-    *,
-    threads: int = 0,
-    trust_code: bool = False,
+    model_dir: Path, dataset: str | None, device: str, samples: int | None, *,
+    threads: int = 0, trust_code: bool = False,
 ) -> tuple:
     """:func:`load_model_data` and the first ``samples`` test points (all by default)."""
     check_samples(samples)

@@ -160,14 +160,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _context(
-    model_dir: Path,
-    dataset: str | None,
-    device: str,
-    threads: int,
-    trust_code: bool,
-    seed: int,
-    quiet: bool,
-    **threat: Any,
+    model_dir: Path, dataset: str | None, device: str, threads: int, trust_code: bool,
+    seed: int, quiet: bool, **threat: Any,
 ) -> ScenarioContext:
     """The saved model, its data and the threat the flags describe, as a scenario context."""
     model, card, ds = load_model_data(model_dir, dataset, device, threads=threads,

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -23,14 +22,9 @@ from dlsec.errors import DlsecError
 from dlsec.training import SEED_MAX, check_threads, resolve_device
 
 
-def finite(
-    low: float | None = None,
-    high: float | None = None,
-    *,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> Callable[[Any], Any]:
-    """An option callback: the value is a finite number in the given range (None passes)."""
+def number(help: str, *decls: str, low: float | None = None, high: float | None = None,
+           low_open: bool = False, high_open: bool = False) -> Any:
+    """A finite float option, optionally in a range (None passes)."""
 
     def check(value: Any) -> Any:
         if value is None:
@@ -45,7 +39,7 @@ def finite(
             raise typer.BadParameter(f"{value:g} is not in the range {lo}x{hi}")
         return value
 
-    return check
+    return typer.Option(*decls, help=help, callback=check)
 
 
 def _threads(value: int | None) -> int | None:
@@ -70,13 +64,6 @@ def _device(value: str | None) -> str | None:
 def count(help: str, *decls: str, low: int = 1) -> Any:
     """An integer option that is at least ``low`` (default 1)."""
     return typer.Option(*decls, min=low, help=help)
-
-
-def number(help: str, *decls: str, low: float | None = None, high: float | None = None,
-           low_open: bool = False, high_open: bool = False) -> Any:
-    """A finite float option, optionally in a range."""
-    check = finite(low, high, low_open=low_open, high_open=high_open)
-    return typer.Option(*decls, help=help, callback=check)
 
 
 def share(help: str, *decls: str) -> Any:
@@ -113,11 +100,7 @@ TestSizeOpt = Annotated[
 
 
 def set_threads(
-    threads: int,
-    *,
-    device: Any,
-    model: Any = None,
-    architecture: str | None = None,
+    threads: int, *, device: Any, model: Any = None, architecture: str | None = None,
     dataset: Any = None,
 ) -> int:
     """:func:`dlsec.training.configure_threads` for a command: with the model it computes

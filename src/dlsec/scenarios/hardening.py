@@ -27,16 +27,9 @@ from dlsec.training import TrainConfig, TrainingError
 
 
 def adversarial_training(
-    dataset: Dataset,
-    architecture: str,
-    config: TrainConfig,
-    *,
-    method: str,
-    eps: float | None,
-    norm: Norm | str = "linf",
-    steps: int | None = None,
-    progress: bool = True,
-    **settings: Any,
+    dataset: Dataset, architecture: str, config: TrainConfig, *, method: str,
+    eps: float | None, norm: Norm | str = "linf", steps: int | None = None,
+    progress: bool = True, **settings: Any,
 ) -> tuple[nn.Module, ModelCard, AdversarialTrainResult]:
     """Train ``architecture`` on ``dataset`` with the adversarial ``method`` at radius ``eps``.
 
@@ -53,11 +46,10 @@ def adversarial_training(
         raise TrainingError("--eps is required with --adversarial (the radius in input units)")
     if norm not in NORMS:
         raise TrainingError(f"unknown norm {norm!r} (choose from linf, l2)")
-    model, card, result = adversarial_train(
+    return adversarial_train(
         dataset, architecture, method=method, eps=eps, config=config, steps=steps,
         norm=cast(Norm, norm), progress=progress, **settings,
     )
-    return model, card, result
 
 
 __all__ = ["adversarial_training"]

@@ -76,11 +76,8 @@ def _dlr_targeted(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
 
 
 def checkpoints(steps: int) -> list[int]:
-    """The iterations ``w_j = ceil(p_j * steps)`` at which APGD may halve its step size.
-
-    ``p_0 = 0``, ``p_1 = 0.22``, ``p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``,
-    computed in exact fractions (so 100 steps give 0, 22, 41, 57, 70, 80, 87, 93, 99).
-    """
+    """The checkpoints ``w_j = ceil(p_j * steps)`` of the module docstring, in exact
+    fractions (so 100 steps give 0, 22, 41, 57, 70, 80, 87, 93, 99)."""
     ps = [Fraction(0), Fraction(22, 100)]
     while True:
         nxt = ps[-1] + max(ps[-1] - ps[-2] - Fraction(3, 100), Fraction(6, 100))
@@ -99,12 +96,8 @@ def halving_rule(
     increases: Tensor, window: int, rho: float, halved_last: Tensor, best: Tensor,
     best_last: Tensor,
 ) -> Tensor:
-    """Which points halve their step at a checkpoint (Croce & Hein 2020, section 3.1).
-
-    Condition 1: the loss rose in fewer than ``rho * window`` of the ``window`` steps since
-    the last checkpoint. Condition 2: the step was not halved at the last checkpoint and
-    the best loss ``best`` has not grown since it (``best_last``).
-    """
+    """Which points halve their step at a checkpoint: condition 1 or 2 of the module
+    docstring (Croce & Hein 2020, section 3.1), over the ``window`` steps since the last."""
     cond1 = increases.to(best.dtype) < rho * window
     cond2 = ~halved_last & (best <= best_last)
     return cond1 | cond2

@@ -22,15 +22,11 @@ reference code. The draws come from the attack's ``generator`` (the global RNG w
 one, like PGD's random start).
 
 Success is judged on the untransformed input, at every step: a point is frozen (the PGD
-loop's rule) when the iterate itself fools the model, not when its transformed copy does
-(a strong transform alone can fool a small model, and freezing there would stop the attack
-at its start). To give the loop the clean verdict without changing the gradient, a step
-that transforms also runs one forward pass on the iterate (no gradient) and raises, in the
-transformed logits, the logit of the iterate's own predicted class just enough to put it on
-top (:func:`lift_to_top`; the raise is detached, so it is a constant for the gradient). For
-a point not yet fooled (untargeted) that class is the true one, and raising only the true
-class's logit leaves the direction of the cross-entropy (and margin) gradient unchanged:
-the step is exactly the paper's. (Targeted, the raised class is not the target, so the
+loop's rule) when the iterate itself fools the model, not its transformed copy (a strong
+transform alone can fool a small model). So a step that transforms also runs one forward
+pass on the iterate and lifts its predicted class to the top of the transformed logits
+(:func:`lift_to_top`). For a point not yet fooled (untargeted) that class is the true one
+and the step is exactly the paper's. (Targeted, the raised class is not the target, so the
 cross-entropy weights of the other classes shift a little on such steps.)
 
 Defaults: ``diversity_prob=0.5`` (the paper's), ``resize_rate=0.9``, ``decay=1.0``, 10 steps

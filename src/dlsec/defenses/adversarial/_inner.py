@@ -16,16 +16,8 @@ from dlsec.attacks.core import input_gradient, project, step_direction
 
 
 def ascend(
-    model: nn.Module,
-    x: Tensor,
-    start: Tensor,
-    loss: Callable[[Tensor], Tensor],
-    *,
-    norm: str,
-    eps: float,
-    steps: int,
-    alpha: float,
-    bounds: tuple[float, float],
+    model: nn.Module, x: Tensor, start: Tensor, loss: Callable[[Tensor], Tensor], *,
+    norm: str, eps: float, steps: int, alpha: float, bounds: tuple[float, float],
 ) -> Tensor:
     """``steps`` projected steps of size ``alpha`` from ``start`` that ascend ``loss``
     (``logits -> per-sample loss``) inside the ``norm`` ball of radius ``eps`` around

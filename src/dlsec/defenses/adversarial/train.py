@@ -64,14 +64,8 @@ class AdversarialTrainResult(TrainResult):
 
 
 def make_adversarial_loss(
-    method: str,
-    *,
-    eps: float,
-    bounds: tuple[float, float],
-    norm: Norm = "linf",
-    steps: int | None = None,
-    generator: torch.Generator | None = None,
-    **kwargs: Any,
+    method: str, *, eps: float, bounds: tuple[float, float], norm: Norm = "linf",
+    steps: int | None = None, generator: torch.Generator | None = None, **kwargs: Any,
 ) -> AdversarialLoss:
     """The batch loss of ``method`` (``pgd``, ``fgsm-rs`` or ``trades``)."""
     if method not in METHODS:
@@ -87,24 +81,11 @@ def make_adversarial_loss(
 
 
 def adversarial_train(
-    dataset: Any,
-    architecture: str,
-    *,
-    method: str = "pgd",
-    eps: float,
-    norm: Norm = "linf",
-    config: TrainConfig | None = None,
-    steps: int | None = None,
-    alpha: float | None = None,
-    beta: float = 6.0,
-    random_init: bool = True,
-    seed: int | None = None,
-    monitor: bool = True,
-    monitor_size: int = 512,
-    monitor_steps: int = 10,
-    collapse_drop: float = 0.2,
-    eval_steps: int = 20,
-    normalization: dict[str, list[float]] | None = None,
+    dataset: Any, architecture: str, *, method: str = "pgd", eps: float, norm: Norm = "linf",
+    config: TrainConfig | None = None, steps: int | None = None, alpha: float | None = None,
+    beta: float = 6.0, random_init: bool = True, seed: int | None = None, monitor: bool = True,
+    monitor_size: int = 512, monitor_steps: int = 10, collapse_drop: float = 0.2,
+    eval_steps: int = 20, normalization: dict[str, list[float]] | None = None,
     on_epoch_end: Callable[[int, nn.Module, dict[str, float]], bool | None] | None = None,
     progress: bool = True,
 ) -> tuple[nn.Module, Any, AdversarialTrainResult]:
@@ -138,13 +119,9 @@ def adversarial_train(
     ddp = distributed_context(resolve_device(config.device))
     rank = ddp.rank if ddp is not None else 0
     gen = torch.Generator().manual_seed(seed * 1_000_003 + 7 + rank)
-    extra: dict[str, Any] = {}
+    extra: dict[str, Any] = {"beta": beta} if method == "trades" else {"random_init": random_init}
     if alpha is not None:
         extra["alpha"] = alpha
-    if method == "trades":
-        extra["beta"] = beta
-    else:
-        extra["random_init"] = random_init
     loss = make_adversarial_loss(
         method, eps=eps, bounds=bounds, norm=norm, steps=steps, generator=gen, **extra
     )

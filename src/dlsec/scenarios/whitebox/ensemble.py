@@ -182,17 +182,9 @@ class RobustnessReport:
     check_seconds: float = 0.0
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "norm": self.norm,
-            "eps": self.eps,
-            "attacks": self.attacks,
-            "clean_accuracy": self.clean_accuracy,
-            "robust_accuracy": self.robust_accuracy,
-            "stage_accuracy": self.stage_accuracy,
-            "warnings": self.warnings,
-            "seconds": self.seconds,
-            "check_seconds": self.check_seconds,
-        }
+        keys = ("norm", "eps", "attacks", "clean_accuracy", "robust_accuracy", "stage_accuracy",
+                "warnings", "seconds", "check_seconds")
+        return {k: getattr(self, k) for k in keys}
 
 
 # -- the evaluation -----------------------------------------------------------------------------

@@ -328,12 +328,8 @@ def _example_grid(
 
 # -- the ensemble alone (dlsec evaluate) ------------------------------------------------------
 def ensemble_evaluation(
-    ctx: ScenarioContext,
-    *,
-    samples: int | None = None,
-    stages: list[str] | None = None,
-    state_path: str | Path | None = None,
-    checks: bool = True,
+    ctx: ScenarioContext, *, samples: int | None = None, stages: list[str] | None = None,
+    state_path: str | Path | None = None, checks: bool = True,
 ) -> ScenarioResult:
     """The AutoAttack-style ensemble (``stages``, default its standard ones) at every
     ``ctx.threat.eps`` on the first ``samples`` test points, with its gradient-masking
@@ -365,11 +361,7 @@ def ensemble_evaluation(
 
 # -- one attack by name (dlsec attack NAME) ---------------------------------------------------
 def single_attack(
-    ctx: ScenarioContext,
-    name: str,
-    *,
-    samples: int | None = None,
-    steps: int | None = None,
+    ctx: ScenarioContext, name: str, *, samples: int | None = None, steps: int | None = None,
     target: str | int = "random",
 ) -> ScenarioResult:
     """The white-box attack ``name`` over ``ctx.threat.eps`` (targeted at ``target``, a
