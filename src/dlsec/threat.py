@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from dlsec.errors import DlsecError
 from dlsec.models import CardLike
+from dlsec.training import predict_logits
 
 Knowledge = Literal["white-box", "gray-box", "black-box"]
 Norm = Literal["linf", "l2", "l1", "l0"]
@@ -318,17 +319,9 @@ class LocalOracle(BaseOracle):
         self.model = model
         self.batch_size = batch_size
 
-    @torch.inference_mode()
     def _probabilities(self, x: Tensor) -> Tensor:
-        device = next(self.model.parameters()).device
-        was_training = self.model.training
-        self.model.eval()
-        parts = [
-            torch.softmax(self.model(x[i : i + self.batch_size].to(device)).float(), dim=1)
-            for i in range(0, x.shape[0], self.batch_size)
-        ]
-        self.model.train(was_training)
-        return torch.cat(parts).to(x.device)
+        logits = predict_logits(self.model, x, batch_size=self.batch_size)
+        return torch.softmax(logits.float(), dim=1).to(x.device)
 
 
 class OracleWrapper:

@@ -361,13 +361,8 @@ def fit(
     best_loss, best_state, since_best = math.inf, None, 0
     steps = math.ceil(n / config.batch_size)
     t0 = time.perf_counter()
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[status]}"), TimeElapsedColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task(description, total=config.epochs, status="")
         for epoch in range(1, config.epochs + 1):

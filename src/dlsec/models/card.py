@@ -63,21 +63,16 @@ class TrainingRecord:
 
     seed: int = 0
     val_fraction: float = 0.0
-    epochs: int | None = None
     epochs_rule: str | None = None
-    adversarial: dict[str, Any] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, training: dict[str, Any] | None) -> TrainingRecord:
         t = dict(training or {})
-        adv = t.get("adversarial")
         return cls(
             seed=int(t.get("seed", 0) or 0),
             val_fraction=float(t.get("val_fraction", 0.0) or 0.0),
-            epochs=int(t["epochs"]) if isinstance(t.get("epochs"), int) else None,
             epochs_rule=str(t["epochs_rule"]) if t.get("epochs_rule") else None,
-            adversarial=adv if isinstance(adv, dict) else None,
             settings=t,
         )
 

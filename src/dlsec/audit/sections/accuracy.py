@@ -47,34 +47,19 @@ def run(ctx: AuditContext, options: None) -> SectionResult:
         [ds.classes[c], int(support[c]), round(per_class[c], 4)] for c in range(ds.num_classes)
     ]
     return SectionResult(
-        name="accuracy",
-        title="Clean accuracy",
+        name="accuracy", title="Clean accuracy",
         summary=f"test accuracy {accuracy:.2%}; weakest class {ds.classes[worst]} "
         f"({per_class[worst]:.2%})",
-        metrics={
-            "clean_accuracy": accuracy,
-            "test_loss": loss,
-            "worst_class_accuracy": per_class[worst],
-        },
+        metrics={"clean_accuracy": accuracy, "test_loss": loss,
+                 "worst_class_accuracy": per_class[worst]},
         tables=[Table("Accuracy per class", ["class", "test samples", "accuracy"], rows)],
         figures=[
-            bar_chart(
-                list(ds.classes),
-                per_class,
-                title="Accuracy per class",
-                xlabel="class",
-                ylabel="accuracy",
-                ylim=(0.0, 1.0),
-            ),
-            heatmap(
-                cm.tolist(),
-                list(ds.classes),
-                list(ds.classes),
-                title="Confusion matrix",
-                xlabel="predicted",
-                ylabel="true",
-                caption="Rows are true classes, columns predictions; off-diagonal cells are errors.",
-            ),
+            bar_chart(list(ds.classes), per_class, title="Accuracy per class", xlabel="class",
+                      ylabel="accuracy", ylim=(0.0, 1.0)),
+            heatmap(cm.tolist(), list(ds.classes), list(ds.classes), title="Confusion matrix",
+                    xlabel="predicted", ylabel="true",
+                    caption="Rows are true classes, columns predictions; off-diagonal cells "
+                    "are errors."),
         ],
         warnings=warnings,
         details={"confusion_matrix": cm.tolist(), "non_finite_outputs": n_bad},

@@ -29,8 +29,7 @@ def run(ctx: AuditContext, options: None) -> SectionResult:
     if training:
         tables.append(Table("Training configuration", ["setting", "value"], training))
     return SectionResult(
-        name="model",
-        title="Model",
+        name="model", title="Model",
         summary=f"{card.architecture}, {n_params:,} parameters, inputs in "
         f"[{card.bounds[0]:g}, {card.bounds[1]:g}]",
         metrics={"parameters": n_params},

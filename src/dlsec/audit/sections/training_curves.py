@@ -13,11 +13,8 @@ def run(ctx: AuditContext, options: None) -> SectionResult:
 
     history = ctx.history or []
     if not history:
-        return SectionResult(
-            name="training",
-            title="Training",
-            summary="no training history (the model was loaded without one)",
-        )
+        return SectionResult(name="training", title="Training",
+                             summary="no training history (the model was loaded without one)")
     epochs = [h["epoch"] for h in history]
     loss = {"train": (epochs, [h["train_loss"] for h in history])}
     acc = {"train": (epochs, [h["train_accuracy"] for h in history])}
@@ -40,8 +37,7 @@ def run(ctx: AuditContext, options: None) -> SectionResult:
                 "leaks membership (see the privacy section)"
             )
     return SectionResult(
-        name="training",
-        title="Training",
+        name="training", title="Training",
         summary=f"{len(history)} epochs, weights of epoch {best} kept",
         metrics=metrics,
         figures=[
