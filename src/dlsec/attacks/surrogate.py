@@ -7,8 +7,6 @@ a transfer attack's surrogate (Jacobian augmentation, knockoff, or gray-box on l
 data) on top of it; :func:`fresh_model` builds an untrained model of the card's
 architecture.
 
-Model extraction through the Oracle: train a substitute on the victim's answers.
-
 Tramèr, Zhang, Juels, Reiter, Ristenpart, "Stealing Machine Learning Models via
 Prediction APIs" (USENIX Security 2016) stole models hosted by commercial APIs from
 their answers alone. The attacker sends queries, keeps the answers (probability
@@ -110,8 +108,7 @@ def default_schedule(budget: int, *, rounds: int = 5) -> list[int]:
     """Query counts at which the substitute is retrained: budget / 2^k, smallest first."""
     if budget < 1:
         raise AttackError(f"the query budget must be >= 1, got {budget}")
-    points = sorted({max(1, budget >> k) for k in range(rounds)})
-    return points
+    return sorted({max(1, budget >> k) for k in range(rounds)})
 
 
 def mixup_candidates(x_pool: Tensor, n: int, *, generator: torch.Generator) -> Tensor:
@@ -157,25 +154,12 @@ def _jacobian_step(sub: nn.Module, x: Tensor, labels: Tensor, lam: float,
     return (x + lam * grad.sign()).clamp(*bounds).detach()
 
 
-def extract(
-    oracle: Oracle,
-    *,
-    card: ModelCard,
-    strategy: Strategy = "natural",
-    budget: int = 10_000,
-    x_pool: Tensor | None = None,
-    eval_x: Tensor | None = None,
-    eval_victim_labels: Tensor | None = None,
-    eval_y: Tensor | None = None,
-    schedule: Sequence[int] | None = None,
-    config: TrainConfig | None = None,
-    seed_size: int = 100,
-    lam: float = 0.1,
-    tau: int = 3,
-    candidates_factor: int = 10,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-) -> ExtractionResult:
+def extract(oracle: Oracle, *, card: ModelCard, strategy: Strategy = "natural",
+            budget: int = 10_000, x_pool: Tensor | None = None, eval_x: Tensor | None = None,
+            eval_victim_labels: Tensor | None = None, eval_y: Tensor | None = None,
+            schedule: Sequence[int] | None = None, config: TrainConfig | None = None,
+            seed_size: int = 100, lam: float = 0.1, tau: int = 3, candidates_factor: int = 10,
+            generator: torch.Generator | None = None, progress: bool = False) -> ExtractionResult:
     """Steal a substitute of ``card``'s architecture from ``oracle`` within ``budget`` queries.
 
     Args:
@@ -201,9 +185,8 @@ def extract(
     if strategy != "random" and (x_pool is None or len(x_pool) == 0):
         raise AttackError(f"the {strategy} strategy needs attacker data (x_pool)")
     if oracle.remaining is not None and oracle.remaining < budget:
-        raise AttackError(
-            f"the oracle allows only {oracle.remaining} more queries, budget is {budget}"
-        )
+        raise AttackError(f"the oracle allows only {oracle.remaining} more queries, "
+                          f"budget is {budget}")
     t0 = time.perf_counter()
     g = generator or torch.Generator().manual_seed(0)
     cfg = config or TrainConfig(epochs=30, lr=3e-3, batch_size=128, val_fraction=0.0)
@@ -385,38 +368,21 @@ class _LabelsOnly(OracleWrapper):
         return self.inner.query_labels(x, ids=ids)
 
 
-def draw_seed(generator: torch.Generator) -> int:
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
-
-
 def _check_inputs(x: Tensor | None, oracle: Oracle, what: str) -> Tensor:
     if x is None or x.shape[0] == 0:
         raise AttackError(f"{what} needs attacker data (x_attacker)")
     if tuple(x.shape[1:]) != tuple(oracle.input_shape):
-        raise AttackError(
-            f"attacker data of shape {tuple(x.shape[1:])} does not match the target's input "
-            f"{tuple(oracle.input_shape)}"
-        )
+        raise AttackError(f"attacker data of shape {tuple(x.shape[1:])} does not match the "
+                          f"target's input {tuple(oracle.input_shape)}")
     return x
 
 
-def train_surrogate(
-    strategy: str,
-    oracle: Oracle,
-    *,
-    card: ModelCard,
-    x_attacker: Tensor | None = None,
-    y_attacker: Tensor | None = None,
-    budget: int = 6400,
-    config: TrainConfig | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-    architecture: str | None = None,
-    seed_size: int = 150,
-    lam: float = 0.1,
-    tau: int = 3,
-    x_pool: Tensor | None = None,
-) -> Surrogate:
+def train_surrogate(strategy: str, oracle: Oracle, *, card: ModelCard,
+                    x_attacker: Tensor | None = None, y_attacker: Tensor | None = None,
+                    budget: int = 6400, config: TrainConfig | None = None,
+                    generator: torch.Generator | None = None, progress: bool = False,
+                    architecture: str | None = None, seed_size: int = 150, lam: float = 0.1,
+                    tau: int = 3, x_pool: Tensor | None = None) -> Surrogate:
     """Train a surrogate of the target behind ``oracle`` (see the module for the strategies).
 
     Args:
@@ -437,88 +403,45 @@ def train_surrogate(
         x_pool: ``knockoff``'s query images (default: ``budget`` natural image patches).
     """
     if strategy not in SURROGATE_STRATEGIES:
-        raise AttackError(
-            f"unknown surrogate strategy {strategy!r} (choose from "
-            f"{', '.join(SURROGATE_STRATEGIES)})"
-        )
+        raise AttackError(f"unknown surrogate strategy {strategy!r} (choose from "
+                          f"{', '.join(SURROGATE_STRATEGIES)})")
     t0 = time.perf_counter()
     g = generator or torch.Generator().manual_seed(0)
-    seed = draw_seed(g)
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g, device=g.device))
     if architecture is not None:
         card = card.with_architecture(architecture)  # the caller named it: consent
+    batch = 64 if strategy == "graybox" else 128
+    cfg = config or TrainConfig(epochs=30, lr=3e-3, batch_size=batch, val_fraction=0.0, seed=seed)
     if strategy == "graybox":
         x = _check_inputs(x_attacker, oracle, "the graybox strategy")
         if y_attacker is None or y_attacker.shape[0] != x.shape[0]:
             raise AttackError("the graybox strategy needs one label (y_attacker) per record")
-        cfg = config or TrainConfig(epochs=30, lr=3e-3, batch_size=64, val_fraction=0.0)
-        if config is None:
-            cfg = dataclasses.replace(cfg, seed=seed)
         model = fresh_model(card, cfg.seed)
         fit(model, x, y_attacker, config=cfg, progress=progress, description="surrogate")
-        return Surrogate(
-            model.eval(),
-            strategy,
-            0,
-            time.perf_counter() - t0,
-            output="ground-truth",
-            training_size=int(x.shape[0]),
-        )
+        return Surrogate(model.eval(), strategy, 0, time.perf_counter() - t0,
+                         output="ground-truth", training_size=int(x.shape[0]))
     if budget < 1:
         raise AttackError(f"the query budget must be >= 1, got {budget}")
     if oracle.remaining is not None and oracle.remaining < budget:
-        raise AttackError(
-            f"the oracle allows only {oracle.remaining} more queries, "
-            f"the surrogate's budget is {budget}"
-        )
-    cfg = config or TrainConfig(epochs=30, lr=3e-3, batch_size=128, val_fraction=0.0)
-    if config is None:
-        cfg = dataclasses.replace(cfg, seed=seed)
+        raise AttackError(f"the oracle allows only {oracle.remaining} more queries, "
+                          f"the surrogate's budget is {budget}")
     if strategy == "jacobian":
         x = _check_inputs(x_attacker, oracle, "the jacobian strategy")
         if seed_size < 1:
             raise AttackError(f"seed_size must be >= 1, got {seed_size}")
         order = torch.randperm(x.shape[0], generator=g)[:seed_size].to(x.device)
-        res = extract(
-            _LabelsOnly(oracle),
-            card=card,
-            strategy="jacobian",
-            budget=budget,
-            x_pool=x[order],
-            schedule=[budget],
-            config=cfg,
-            seed_size=seed_size,
-            lam=lam,
-            tau=tau,
-            generator=g,
-            progress=progress,
-        )
+        res = extract(_LabelsOnly(oracle), card=card, strategy="jacobian", budget=budget,
+                      x_pool=x[order], schedule=[budget], config=cfg, seed_size=seed_size,
+                      lam=lam, tau=tau, generator=g, progress=progress)
     else:
         if x_pool is None:
             if len(oracle.input_shape) != 3:
-                raise AttackError(
-                    "knockoff's natural images need C x H x W inputs; pass x_pool"
-                )
-            x_pool = natural_image_patches(
-                budget, shape=oracle.input_shape, bounds=oracle.bounds, generator=g
-            )
+                raise AttackError("knockoff's natural images need C x H x W inputs; pass x_pool")
+            x_pool = natural_image_patches(budget, shape=oracle.input_shape,
+                                           bounds=oracle.bounds, generator=g)
         else:
             x_pool = _check_inputs(x_pool, oracle, "the knockoff strategy")
-        res = extract(
-            oracle,
-            card=card,
-            strategy="natural",
-            budget=budget,
-            x_pool=x_pool,
-            schedule=[budget],
-            config=cfg,
-            generator=g,
-            progress=progress,
-        )
-    return Surrogate(
-        res.substitute.eval(),
-        strategy,
-        res.queries,
-        time.perf_counter() - t0,
-        output=res.output,
-        training_size=res.queries,
-    )
+        res = extract(oracle, card=card, strategy="natural", budget=budget, x_pool=x_pool,
+                      schedule=[budget], config=cfg, generator=g, progress=progress)
+    return Surrogate(res.substitute.eval(), strategy, res.queries, time.perf_counter() - t0,
+                     output=res.output, training_size=res.queries)

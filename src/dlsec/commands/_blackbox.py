@@ -16,7 +16,7 @@ from typing import Any
 
 import typer
 
-from dlsec.commands._target import EvasionCommandError, load_target, save_npz
+from dlsec.commands._target import EvasionCommandError, check_samples, load_model_data, save_npz
 
 SCORE_BASED = ("square", "simba", "nes")
 DECISION_BASED = ("hsja", "boundary")
@@ -49,33 +49,16 @@ def _query_bar(oracle: Any, label: str, total: int, show: bool) -> Iterator[None
             oracle.on_query = None
 
 
-def run_black_box(
-    name: str,
-    model_dir: Path,
-    eps_list: list[float] | None,
-    *,
-    out: Path | None,
-    dataset: str | None,
-    samples: int | None,
-    seed: int,
-    device: str,
-    max_queries: int,
-    budget: int,
-    norm: str,
-    basis: str,
-    surrogate: str,
-    craft: str,
-    threads: int = 0,
-    trust_code: bool = False,
-    progress: bool = True,
-) -> None:
+def run_black_box(name: str, model_dir: Path, eps_list: list[float] | None, *, out: Path | None,
+                  dataset: str | None, samples: int | None, seed: int, device: str,
+                  max_queries: int, budget: int, norm: str, basis: str, surrogate: str, craft: str,
+                  threads: int = 0, trust_code: bool = False, progress: bool = True) -> None:
     """Run one black-box attack (see the module docstring) and print what it cost.
 
     ``max_queries``: per point (score- and decision-based attacks); ``budget``: the oracle
     answers a transfer surrogate may buy (an oracle total)."""
     import numpy as np
 
-    from dlsec.data import load_dataset
     from dlsec.scenarios import ScenarioContext
     from dlsec.threat import ThreatModel
 
@@ -89,19 +72,20 @@ def run_black_box(
         raise EvasionCommandError(f"--eps: {name} needs at least one epsilon")
     if name == "boundary" and norm != "l2":
         raise EvasionCommandError("--norm: the boundary attack is an L2 attack; pass --norm l2")
-    model, card, x, y = load_target(model_dir, dataset, device, samples, threads=threads,
-                                    trust_code=trust_code)
-    ds = load_dataset(dataset or card.dataset, seed=card.training_record.seed)
+    check_samples(samples)
+    model, card, ds = load_model_data(model_dir, dataset, device, threads=threads,
+                                      trust_code=trust_code)
+    n = len(ds.y_test) if samples is None else min(samples, len(ds.y_test))
     threat = ThreatModel.from_card(card, knowledge="black-box", norm=norm,
                                    eps=tuple(eps_list or [0.0]))
     ctx = ScenarioContext(model=model, card=card, dataset=ds, threat=threat, seed=seed,
-                          device=x.device, progress=progress)
+                          device=ds.x_test.device, progress=progress)
     watch = _watch(progress)
     if name == "transfer":
-        arrays = _transfer(ctx, len(y), eps_list or [], budget=budget, surrogate=surrogate,
+        arrays = _transfer(ctx, n, eps_list or [], budget=budget, surrogate=surrogate,
                            craft=craft, watch=watch)
     else:
-        arrays = _query(ctx, name, len(y), eps_list or [], max_queries=max_queries,
+        arrays = _query(ctx, name, n, eps_list or [], max_queries=max_queries,
                         basis=basis, watch=watch)
     if out is not None:
         save_npz(out, {k: np.asarray(v) for k, v in arrays.items()})

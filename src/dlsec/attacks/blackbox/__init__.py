@@ -12,13 +12,8 @@ again once it is fooled, and the queries each attack reports equal the oracle's 
 * :mod:`~dlsec.attacks.blackbox.transfer`: surrogates (Jacobian augmentation, knockoff,
   gray-box) and adversarials crafted on them, sent once to the model.
 
-One calling convention (:class:`BlackBoxAttack`), the white-box one with an oracle for a
-model: the object holds the algorithm's settings (``max_queries`` per point, ...); the
-call takes ``eps``, one value (a :class:`BlackBoxResult`) or a list (a
-:class:`BlackBoxSweep`). Decision-based attacks (labels only) start from a misclassified
-point and shrink the perturbation; their results carry a *trace* (the best distance found
-after each iteration and the queries spent by then) so that success at any smaller budget
-and radius can be read off one run (:meth:`BlackBoxResult.success_at`).
+The calling convention (settings on the object; ``eps``, one value or a list, at the call)
+and the decision-based traces are :class:`BlackBoxAttack`'s.
 
 Example:
     >>> oracle = LocalOracle(model, card=card, output="scores")             # doctest: +SKIP

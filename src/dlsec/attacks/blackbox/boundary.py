@@ -25,18 +25,10 @@ whose source step falls below ``source_step_convergence`` has converged and stop
 ``candidates`` proposals per step (default 1, as Foolbox 3) are queried together and the
 closest adversarial kept; the candidate success rate is then their mean.
 
-Defaults (the paper's / Foolbox's): ``spherical_step=0.01``, ``source_step=0.01``,
-``step_adaptation=1.5``, ``update_stats_every_k=10``, ``source_step_convergence=1e-7``;
-``max_queries=5_000`` per point. ``eps`` (at call time) stops a point once its L2 distance
-is ``<= eps``; a list of eps is one run stopped at the smallest.
-
-Queries and batching: one oracle call per step for every point still active (its
-candidates, plus its spherical check on check steps), through ``oracle.query_labels``
-with ``ids``; a point never exceeds ``max_queries`` (its proposals are cut to what it has
-left), and the oracle's global budget stops the attack cleanly. The result keeps the
-closest adversarial (always a queried, adversarial input; ``x`` where the start failed)
-and a trace, ``T x N``, of the queries spent and the best L2 distance after the start and
-after every step (see :meth:`BlackBoxResult.success_at`).
+Defaults are the paper's / Foolbox's. ``eps`` and the queries, batching, result and
+trace are as for :class:`~dlsec.attacks.blackbox.hsja.HopSkipJump`: one oracle call per
+step for every point still active (its candidates, plus its spherical check on check
+steps); a point's proposals are cut to the queries it has left.
 
 Example:
     >>> oracle = LocalOracle(model, card=card, output="label")        # doctest: +SKIP
@@ -88,8 +80,6 @@ class _History:
 @register_attack("boundary")
 @dataclass
 class BoundaryAttack(BlackBoxAttack):
-    kind = "decision"
-
     """The decision-based Boundary Attack, L2 (see the module docstring).
 
     Args:
@@ -101,9 +91,10 @@ class BoundaryAttack(BlackBoxAttack):
         update_stats_every_k: steps between spherical checks / adaptations (default 10).
         source_step_convergence: a point stops once its source step is below (1e-7).
         init_tries: uniform-noise draws tried per point to find a start (default 100).
-        batch_size: rows per oracle call (default: about 2^22 input values per call).
+        batch_size: rows per oracle call (default: about 2^18 input values per call).
     """
 
+    kind = "decision"
     max_queries: int = 5_000
     spherical_step: float = 0.01
     source_step: float = 0.01
@@ -198,16 +189,9 @@ class BoundaryAttack(BlackBoxAttack):
             trace_d.append(dist.clone())
         return _finish(q, x, best, ok, trace_q, trace_d)
 
-    def _proposals(
-        self,
-        x: Tensor,
-        adv: Tensor,
-        sph: Tensor,
-        src: Tensor,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
-        gen_dev: torch.device,
-    ) -> tuple[Tensor, Tensor]:
+    def _proposals(self, x: Tensor, adv: Tensor, sph: Tensor, src: Tensor,
+                   bounds: tuple[float, float], generator: torch.Generator | None,
+                   gen_dev: torch.device) -> tuple[Tensor, Tensor]:
         """``candidates`` proposals per point (flat ``m x d`` inputs): the candidates
         (``m x k x d``) and the spherical candidate of the first proposal (``m x d``)."""
         m, dim = x.shape
@@ -229,10 +213,8 @@ class BoundaryAttack(BlackBoxAttack):
         return cand, sph_cand[:, 0]
 
     @staticmethod
-    def _adapt(
-        rows: Tensor, hist_sph: _History, hist_step: _History, sph: Tensor, src: Tensor,
-        f: float,
-    ) -> None:
+    def _adapt(rows: Tensor, hist_sph: _History, hist_step: _History, sph: Tensor, src: Tensor,
+               f: float) -> None:
         """The reference's step-size adaptation for the points ``rows`` just checked."""
         full = hist_sph.full(rows)
         rate = hist_sph.mean(rows)

@@ -26,24 +26,17 @@ Algorithm (per point, all points advanced in lock-step, see below):
 4. Geometric step-size search: ``eps_t = dist / sqrt(t)``, halved until ``x_t + eps_t v``
    (``v`` the normalized estimate for L2, its sign for Linf) is adversarial; then step 2.
 
-Defaults (the paper's): ``gamma=1.0``, ``init_evals=100``, ``max_evals=10_000``;
-``max_queries=5_000`` per point. ``eps`` (at call time, see
-:class:`~dlsec.attacks.blackbox.BlackBoxAttack`) stops a point once its distance is
-``<= eps`` (a threshold attack), which saves queries when only success at that radius
-matters; a list of eps is one run stopped at the smallest, read off the trace per eps.
+Defaults are the paper's. ``eps`` (at call time) stops a point once its distance is
+``<= eps``, which saves queries when only success at that radius matters.
 
-Queries and batching: every model call goes through ``oracle.query_labels`` with ``ids``,
-so per-point counts are exact. All points advance in lock-step: each phase (start, every
-bisection round, each step-size try, the gradient probes of all points flattened into
-rows) is one oracle call for every point still in it (split into calls of ``batch_size``
-rows when larger). Before each call a point's remaining budget is checked: its probe batch
-is cut so that the step and the bisection still fit, and it stops once they no longer do;
-the oracle's global budget is respected the same way (the attack stops cleanly instead of
-raising :class:`dlsec.threat.BudgetExhausted`). The result keeps the closest adversarial
-found; where the start failed the point is a failure with ``x_adv = x``. The trace
-(``trace_queries`` / ``trace_dist``, ``T x N``) records, after the start and after every
-iteration, the queries each point spent and its best distance (``inf`` before a start),
-so :meth:`BlackBoxResult.success_at` reads robust accuracy at any smaller budget.
+Queries and batching: every model call goes through ``oracle.query_labels`` with ``ids``.
+Each phase (start, every bisection round, each step-size try, the gradient probes of all
+points flattened into rows) is one oracle call for every point still in it (split into
+calls of ``batch_size`` rows). A point's probe batch is cut so that the step and the
+bisection still fit in its budget, and it stops once they no longer do; the oracle's
+global budget stops the attack cleanly instead of raising
+:class:`dlsec.threat.BudgetExhausted`. The result keeps the closest adversarial found
+(``x_adv = x`` where the start failed) and the trace (see :class:`BlackBoxResult`).
 
 Example:
     >>> oracle = LocalOracle(model, card=card, output="label")          # doctest: +SKIP
@@ -74,8 +67,6 @@ _MAX_HALVINGS = 40  # step-size halvings before an iteration gives up (float32 s
 @register_attack("hsja")
 @dataclass
 class HopSkipJump(BlackBoxAttack):
-    kind = "decision"
-
     """Decision-based HopSkipJumpAttack, L2 or Linf (see the module docstring).
 
     Args:
@@ -86,9 +77,10 @@ class HopSkipJump(BlackBoxAttack):
         gamma: sets the bisection tolerance ``theta`` (default 1.0).
         init_tries: uniform-noise draws tried per point to find a start (default 100).
         max_iter: iterations at most (default ``None``: until the query budget ends).
-        batch_size: rows per oracle call (default: about 2^22 input values per call).
+        batch_size: rows per oracle call (default: about 2^18 input values per call).
     """
 
+    kind = "decision"
     norm: Literal["l2", "linf"] = "l2"
     max_queries: int = 5_000
     init_evals: int = 100
@@ -223,18 +215,9 @@ class HopSkipJump(BlackBoxAttack):
 
         return _finish(q, x, best, ok, trace_q, trace_d)
 
-    def _estimate(
-        self,
-        q: _LabelQueries,
-        x: Tensor,
-        cur: Tensor,
-        rows: Tensor,
-        counts: Tensor,
-        delta: Tensor,
-        bounds: tuple[float, float],
-        generator: torch.Generator | None,
-        gen_dev: torch.device,
-    ) -> Tensor:
+    def _estimate(self, q: _LabelQueries, x: Tensor, cur: Tensor, rows: Tensor, counts: Tensor,
+                  delta: Tensor, bounds: tuple[float, float], generator: torch.Generator | None,
+                  gen_dev: torch.device) -> Tensor:
         """Step 3: the (unnormalized) gradient-direction estimate at ``cur[rows]`` from
         ``counts[i]`` probes of radius ``delta[i]`` each, all points' probes as one flat
         batch of rows (``q.rows_per_call`` rows per oracle call)."""

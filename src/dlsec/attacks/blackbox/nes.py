@@ -45,16 +45,8 @@ from dlsec.attacks.registry import register_attack
 from dlsec.threat import Oracle
 
 
-def nes_gradient(
-    oracle: Oracle,
-    x: Tensor,
-    y: Tensor,
-    *,
-    samples: int,
-    sigma: float,
-    ids: Tensor,
-    generator: torch.Generator | None = None,
-) -> Tensor:
+def nes_gradient(oracle: Oracle, x: Tensor, y: Tensor, *, samples: int, sigma: float, ids: Tensor,
+                 generator: torch.Generator | None = None) -> Tensor:
     """NES estimate of the margin loss's input gradient at each row of ``x``.
 
     ``samples`` probes per row (antithetic pairs ``x +- sigma u``, ``u ~ N(0, I)``, clipped

@@ -31,8 +31,7 @@ candidate identical to an input already sent for the point is not sent again: su
 input never beats the current best (the best margin only decreases), so the outcome is
 the same with fewer queries (on small images, late iterations often redraw a square tried
 before). Each point remembers the last ``memory`` inputs it sent (default: all of them, up
-to 4,096) as 64-bit fingerprints (:func:`fingerprint`): integer hashes of the inputs' bit
-patterns, exact on any CPU or GPU and independent of the batch an input was sent in.
+to 4,096) as 64-bit fingerprints (:func:`fingerprint`).
 
 Example:
     >>> oracle = LocalOracle(model, card=card)                        # doctest: +SKIP

@@ -165,22 +165,13 @@ def transfer_attack(oracle: Oracle, surrogate: Surrogate | nn.Module, x: Tensor,
                     batch_size: int = ...) -> list[TransferResult]: ...
 
 
-def transfer_attack(
-    oracle: Oracle,
-    surrogate: Surrogate | nn.Module,
-    x: Tensor,
-    y: Tensor,
-    *,
-    eps: float | Sequence[float],
-    norm: str = "linf",
-    attacks: Sequence[str] = DEFAULT_ATTACKS,
-    steps: int = 10,
-    ids: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    full_steps: bool = True,
-    attack_options: Mapping[str, Mapping[str, Any]] | None = None,
-    batch_size: int = 1024,
-) -> TransferResult | list[TransferResult]:
+def transfer_attack(oracle: Oracle, surrogate: Surrogate | nn.Module, x: Tensor, y: Tensor, *,
+                    eps: float | Sequence[float], norm: str = "linf",
+                    attacks: Sequence[str] = DEFAULT_ATTACKS, steps: int = 10,
+                    ids: Tensor | None = None, generator: torch.Generator | None = None,
+                    full_steps: bool = True,
+                    attack_options: Mapping[str, Mapping[str, Any]] | None = None,
+                    batch_size: int = 1024) -> TransferResult | list[TransferResult]:
     """Craft on ``surrogate`` with each of ``attacks``, send each adversarial to ``oracle`` once.
 
     Args:
