@@ -2,9 +2,10 @@
 
 The model's own training records (the card's training record says which: the training split
 minus its validation share) against as many test records, so chance is AUC 0.5. Attacks by
-name: :data:`MEMBERSHIP_ATTACKS` (:mod:`dlsec.attacks.privacy.membership`). Shadow models follow the target's own recipe from its card; when the audit chose the
-target's epochs by its training set's size (``epochs_rule``), the shadows' epochs follow
-the same rule for their half of the records.
+name: :data:`MEMBERSHIP_ATTACKS` (:mod:`dlsec.attacks.privacy.membership`). Shadow models
+follow the target's own recipe from its card; when the audit chose the target's epochs by its
+training set's size (``epochs_rule``), the shadows' epochs follow the same rule for their half
+of the records.
 
 Seed streams: ``membership/set`` (which records), ``membership/shadows`` (the shadows'
 halves), ``membership/label-only`` (the label-only attack's noise).

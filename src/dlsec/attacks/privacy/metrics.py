@@ -28,16 +28,6 @@ from torch import Tensor
 
 from dlsec.errors import DlsecError
 
-__all__ = [
-    "MembershipMetrics",
-    "MetricsError",
-    "membership_advantage",
-    "membership_metrics",
-    "roc_auc",
-    "roc_points",
-    "tpr_at_fpr",
-]
-
 
 class MetricsError(DlsecError):
     """Scores and labels that no metric can be computed from."""
@@ -120,11 +110,7 @@ class MembershipMetrics:
 def membership_metrics(scores: Tensor, is_member: Tensor) -> MembershipMetrics:
     """AUC, TPR at 0.1 % and 1 % FPR, and membership advantage of ``scores``."""
     s, lab = _check(scores, is_member)
-    return MembershipMetrics(
-        auc=roc_auc(s, lab),
-        tpr_at_0_1_fpr=tpr_at_fpr(s, lab, 0.001),
-        tpr_at_1_fpr=tpr_at_fpr(s, lab, 0.01),
-        advantage=membership_advantage(s, lab),
-        n_members=int(lab.sum()),
-        n_nonmembers=int((~lab).sum()),
-    )
+    return MembershipMetrics(auc=roc_auc(s, lab), tpr_at_0_1_fpr=tpr_at_fpr(s, lab, 0.001),
+                             tpr_at_1_fpr=tpr_at_fpr(s, lab, 0.01),
+                             advantage=membership_advantage(s, lab), n_members=int(lab.sum()),
+                             n_nonmembers=int((~lab).sum()))

@@ -2,8 +2,7 @@
 evaluation sets, and shadow models trained on random halves of a data pool.
 
 Signals are computed from the probability vectors an :class:`~dlsec.threat.Oracle`
-returns, so the same code scores a local model or a remote API. Convention: every
-attack's score is higher for "more likely a member".
+returns, so the same code scores a local model or a remote API.
 """
 
 from __future__ import annotations
@@ -82,13 +81,8 @@ def prediction_entropy(probs: Tensor) -> Tensor:
 
 
 def logit_confidence(probs: Tensor, y: Tensor) -> Tensor:
-    """LiRA's logit-scaled confidence ``phi = log p_y - log sum_{k != y} p_k`` (float64).
-
-    Carlini et al. (2022) use this scaling because it makes the distribution of a
-    model's confidence on one example over training runs approximately Gaussian. The
-    other classes are summed instead of taking ``1 - p_y``, which loses all precision
-    once ``p_y`` rounds to one.
-    """
+    """LiRA's ``phi = log p_y - log sum_{k != y} p_k`` (float64): the other classes are summed
+    because ``1 - p_y`` loses all precision once ``p_y`` rounds to one."""
     p = probs.double()
     py = true_class_probability(p, y)
     mask = torch.ones_like(p, dtype=torch.bool).scatter_(1, y.view(-1, 1).to(p.device), False)
@@ -96,9 +90,8 @@ def logit_confidence(probs: Tensor, y: Tensor) -> Tensor:
     return torch.log(py.clamp_min(_TINY)) - torch.log(others.clamp_min(_TINY))
 
 
-def query_probabilities(
-    oracle: Oracle, x: Tensor, *, attack: str, batch_size: int = 4096
-) -> Tensor:
+def query_probabilities(oracle: Oracle, x: Tensor, *, attack: str,
+                        batch_size: int = 4096) -> Tensor:
     """Probability vectors for ``x``, one oracle query per row, in batches."""
     require_scores(oracle, attack)
     parts = [oracle.query(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
@@ -106,15 +99,10 @@ def query_probabilities(
 
 
 # -- evaluation sets ---------------------------------------------------------------------------
-def balanced_membership_set(
-    x_members: Tensor,
-    y_members: Tensor,
-    x_nonmembers: Tensor,
-    y_nonmembers: Tensor,
-    *,
-    n: int | None = None,
-    generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
+def balanced_membership_set(x_members: Tensor, y_members: Tensor, x_nonmembers: Tensor,
+                            y_nonmembers: Tensor, *, n: int | None = None,
+                            generator: torch.Generator | None = None
+                            ) -> tuple[Tensor, Tensor, Tensor]:
     """``(x, y, is_member)`` with as many members as non-members (so chance is 50 %).
 
     ``n`` members and ``n`` non-members are drawn without replacement (default: as many
@@ -135,12 +123,9 @@ def balanced_membership_set(
 
 # -- shadow models -----------------------------------------------------------------------------
 def random_halves(n_models: int, n_samples: int, *, generator: torch.Generator) -> Tensor:
-    """``keep[m, i]``: whether model ``m`` trains on sample ``i``.
-
-    As in Carlini et al.'s code, every sample is kept by exactly ``n_models // 2`` models
-    (a random subset per sample), so each sample has as many IN as OUT models, and each
-    model sees about half of the pool.
-    """
+    """``keep[m, i]``: whether model ``m`` trains on sample ``i``. As in Carlini et al.'s code,
+    every sample is kept by exactly ``n_models // 2`` random models (as many IN as OUT), so
+    each model sees about half of the pool."""
     if n_models < 2:
         raise PrivacyAttackError(f"need at least 2 shadow models, got {n_models}")
     order = torch.rand(n_models, n_samples, generator=generator).argsort(0).argsort(0)
@@ -236,22 +221,10 @@ def _stacked_loss(model: nn.Module, idx: Tensor, y: Tensor) -> Tensor:
     return ((ce * w).sum(1) / w.sum(1).clamp_min(1.0)).sum()
 
 
-def _stackable(model: nn.Module) -> bool:
-    return not any(isinstance(mod, nn.modules.batchnorm._BatchNorm) for mod in model.modules())
-
-
-def train_shadow_models(
-    x: Tensor,
-    y: Tensor,
-    *,
-    card: ModelCard,
-    n_models: int,
-    config: TrainConfig,
-    generator: torch.Generator,
-    keep: Tensor | None = None,
-    stacked: bool | None = None,
-    progress: bool = False,
-) -> ShadowModels:
+def train_shadow_models(x: Tensor, y: Tensor, *, card: ModelCard, n_models: int,
+                        config: TrainConfig, generator: torch.Generator,
+                        keep: Tensor | None = None, stacked: bool | None = None,
+                        progress: bool = False) -> ShadowModels:
     """Train ``n_models`` networks of ``card``'s architecture on random halves of ``(x, y)``.
 
     Training uses :func:`dlsec.training.fit` under ``config``; model ``m``'s initial
@@ -277,7 +250,8 @@ def train_shadow_models(
     x, y = x.to(device), y.to(device)
     models = [fresh_model(card, config.seed + m).to(device) for m in range(n_models)]
     if stacked is None:
-        stacked = _stackable(models[0])
+        batch_norm = nn.modules.batchnorm._BatchNorm
+        stacked = not any(isinstance(mod, batch_norm) for mod in models[0].modules())
     if stacked:
         ens = _StackedModels(models, x, keep.to(device))
         cfg = dataclasses.replace(config, val_fraction=0.0, batch_size=2 * config.batch_size)
