@@ -102,19 +102,13 @@ def _success(poison: PoisonResult, model: nn.Module, ds: Dataset) -> float | Non
     return None if poison.success is None else poison.success(model, ds.x_test, ds.y_test)
 
 
-def run_poisoning_experiment(
-    dataset: Dataset,
-    poison: PoisonResult,
-    *,
-    architecture: str = "simplenet",
-    config: TrainConfig | None = None,
-    sanitizers: Sequence[str] = (),
-    settings: SanitizerSettings | None = None,
-    clean_model: nn.Module | None = None,
-    normalization: dict[str, list[float]] | None = None,
-    seed: int = 0,
-    progress: bool = False,
-) -> PoisoningExperiment:
+def run_poisoning_experiment(dataset: Dataset, poison: PoisonResult, *,
+                             architecture: str = "simplenet", config: TrainConfig | None = None,
+                             sanitizers: Sequence[str] = (),
+                             settings: SanitizerSettings | None = None,
+                             clean_model: nn.Module | None = None,
+                             normalization: dict[str, list[float]] | None = None, seed: int = 0,
+                             progress: bool = False) -> PoisoningExperiment:
     """Measure ``poison``'s damage and what each sanitizer in ``sanitizers`` repairs.
 
     Args:
@@ -196,29 +190,21 @@ class CollisionTrials:
         return self.successes / max(1, self.n_targets)
 
 
-def run_collision_trials(
-    dataset: Dataset,
-    model: nn.Module,
-    *,
-    n_targets: int = 20,
-    n_poisons: int = 20,
-    config: TrainConfig | None = None,
-    steps: int = 200,
-    lr: float = 0.1,
-    opacity: float = 0.0,
-    beta: float | None = None,
-    generator: torch.Generator | None = None,
-    progress: bool = False,
-) -> CollisionTrials:
+def run_collision_trials(dataset: Dataset, model: nn.Module, *, n_targets: int = 20,
+                         n_poisons: int = 20, config: TrainConfig | None = None, steps: int = 200,
+                         lr: float = 0.1, opacity: float = 0.0, beta: float | None = None,
+                         generator: torch.Generator | None = None,
+                         progress: bool = False) -> CollisionTrials:
     """Poison Frogs against ``n_targets`` random test samples, one poison set per target.
 
     Targets are test samples that ``model`` and the victim retrained *without* poisons
     both classify correctly; each gets a random other class as its base class. The victim
     (the paper's transfer-learning setting) re-trains the last layer, starting from
     ``model``'s, on the penultimate features of the clean training set plus the poisons.
-    Success: the victim classifies the target as the base class. Defaults (measured on digits/SimpleNet, 128 features): 20 poisons
-    per target, the head re-trained for 60 epochs (Adam, lr 1e-2, batches of 256) — with
-    128 features instead of the paper's 2048 one poison is rarely enough.
+    Success: the victim classifies the target as the base class. Defaults (measured on
+    digits/SimpleNet, 128 features): 20 poisons per target, the head re-trained for 60
+    epochs (Adam, lr 1e-2, batches of 256) — with 128 features instead of the paper's 2048
+    one poison is rarely enough.
     """
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     config = config or TrainConfig(epochs=60, lr=1e-2, batch_size=256)
@@ -278,14 +264,8 @@ def run_collision_trials(
 
 
 # -- one attack or one sanitizer by name (no model under audit) ------------------------------
-def poison_dataset(
-    attack: str,
-    dataset: Dataset,
-    *,
-    seed: int = 0,
-    surrogate: nn.Module | None = None,
-    **settings: Any,
-) -> PoisonResult:
+def poison_dataset(attack: str, dataset: Dataset, *, seed: int = 0,
+                   surrogate: nn.Module | None = None, **settings: Any) -> PoisonResult:
     """Poison ``dataset``'s training split with the attack named ``attack``.
 
     ``settings`` are the attack's own keywords (``rate``; ``source``/``target`` for
@@ -328,17 +308,9 @@ def poison_dataset(
                              bounds=ds.bounds, **settings)
 
 
-def sanitize_dataset(
-    dataset: Dataset,
-    method: str,
-    *,
-    architecture: str = "simplenet",
-    epochs: int = 30,
-    folds: int = 5,
-    seed: int = 0,
-    truth: Tensor | None = None,
-    progress: bool = False,
-) -> tuple[SanitizationResult, Detection | None]:
+def sanitize_dataset(dataset: Dataset, method: str, *, architecture: str = "simplenet",
+                     epochs: int = 30, folds: int = 5, seed: int = 0, truth: Tensor | None = None,
+                     progress: bool = False) -> tuple[SanitizationResult, Detection | None]:
     """Run sanitizer ``method`` on ``dataset``'s training split; score it against ``truth``
     (the attack's poison mask) when given. The sanitizer's models are ``architecture``
     networks trained for ``epochs`` (lr 3e-3); their seeds are the streams

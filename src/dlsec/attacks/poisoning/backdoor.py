@@ -70,15 +70,8 @@ def apply_trigger(x: Tensor, trigger: Trigger, *, bounds: tuple[float, float]) -
     return out
 
 
-def attack_success_rate(
-    model: nn.Module,
-    x_test: Tensor,
-    y_test: Tensor,
-    *,
-    target: int,
-    trigger: Trigger,
-    bounds: tuple[float, float],
-) -> float:
+def attack_success_rate(model: nn.Module, x_test: Tensor, y_test: Tensor, *, target: int,
+                        trigger: Trigger, bounds: tuple[float, float]) -> float:
     """Share of test samples not of class ``target`` predicted ``target`` once triggered."""
     sel = (y_test != target).to(x_test.device)
     if not bool(sel.any()):
@@ -87,18 +80,10 @@ def attack_success_rate(
     return float((pred.cpu() == target).float().mean())
 
 
-def backdoor(
-    x: Tensor,
-    y: Tensor,
-    *,
-    target: int,
-    rate: float,
-    trigger: Trigger | None = None,
-    bounds: tuple[float, float] = (0.0, 1.0),
-    mode: Literal["replace", "inject"] = "replace",
-    num_classes: int | None = None,
-    generator: torch.Generator | None = None,
-) -> PoisonResult:
+def backdoor(x: Tensor, y: Tensor, *, target: int, rate: float, trigger: Trigger | None = None,
+             bounds: tuple[float, float] = (0.0, 1.0),
+             mode: Literal["replace", "inject"] = "replace", num_classes: int | None = None,
+             generator: torch.Generator | None = None) -> PoisonResult:
     """Stamp the trigger on samples of other classes and label them ``target``.
 
     Args:

@@ -40,17 +40,9 @@ def nearest_bases(
     return cand[order.to(cand.device)]
 
 
-def craft_collisions(
-    model: nn.Module,
-    target_x: Tensor,
-    base_x: Tensor,
-    *,
-    bounds: tuple[float, float],
-    beta: float | None = None,
-    steps: int = 200,
-    lr: float = 0.1,
-    opacity: float = 0.0,
-) -> Tensor:
+def craft_collisions(model: nn.Module, target_x: Tensor, base_x: Tensor, *,
+                     bounds: tuple[float, float], beta: float | None = None, steps: int = 200,
+                     lr: float = 0.1, opacity: float = 0.0) -> Tensor:
     """Poison images, one per base, colliding with ``target_x`` in feature space."""
     if not 0.0 <= opacity < 1.0:
         raise PoisonError(f"opacity must be in [0, 1), got {opacity}")
@@ -91,21 +83,10 @@ def craft_collisions(
     return p.detach()
 
 
-def feature_collision(
-    x: Tensor,
-    y: Tensor,
-    *,
-    model: nn.Module,
-    target_x: Tensor,
-    base_label: int,
-    bounds: tuple[float, float],
-    base_x: Tensor | None = None,
-    n_poisons: int = 5,
-    beta: float | None = None,
-    steps: int = 200,
-    lr: float = 0.1,
-    opacity: float = 0.0,
-) -> PoisonResult:
+def feature_collision(x: Tensor, y: Tensor, *, model: nn.Module, target_x: Tensor, base_label: int,
+                      bounds: tuple[float, float], base_x: Tensor | None = None, n_poisons: int = 5,
+                      beta: float | None = None, steps: int = 200, lr: float = 0.1,
+                      opacity: float = 0.0) -> PoisonResult:
     """Append clean-label poisons (labelled ``base_label``) that collide with ``target_x``.
 
     Args:

@@ -22,16 +22,10 @@ from dlsec.attacks.poisoning._base import (
 )
 
 
-def inject_mislabeled(
-    x: Tensor,
-    y: Tensor,
-    *,
-    rate: float,
-    pool: tuple[Tensor, Tensor] | None = None,
-    label: int | None = None,
-    num_classes: int | None = None,
-    generator: torch.Generator | None = None,
-) -> PoisonResult:
+def inject_mislabeled(x: Tensor, y: Tensor, *, rate: float,
+                      pool: tuple[Tensor, Tensor] | None = None, label: int | None = None,
+                      num_classes: int | None = None,
+                      generator: torch.Generator | None = None) -> PoisonResult:
     """Append ``round(rate * N / (1 - rate))`` mislabeled copies of pool samples.
 
     Args:

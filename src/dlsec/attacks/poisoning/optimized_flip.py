@@ -46,14 +46,8 @@ def flip_scores(surrogate: nn.Module, x: Tensor, y: Tensor, num_classes: int) ->
     return score, target
 
 
-def optimized_flip(
-    x: Tensor,
-    y: Tensor,
-    *,
-    rate: float,
-    surrogate: nn.Module,
-    num_classes: int | None = None,
-) -> PoisonResult:
+def optimized_flip(x: Tensor, y: Tensor, *, rate: float, surrogate: nn.Module,
+                   num_classes: int | None = None) -> PoisonResult:
     """Flip ``round(rate * N)`` labels chosen and relabelled by the surrogate (see module).
 
     Deterministic given the surrogate (no randomness: ties keep index order).

@@ -21,14 +21,8 @@ from dlsec.attacks.poisoning._base import (
 )
 
 
-def random_flip(
-    x: Tensor,
-    y: Tensor,
-    *,
-    rate: float,
-    num_classes: int | None = None,
-    generator: torch.Generator | None = None,
-) -> PoisonResult:
+def random_flip(x: Tensor, y: Tensor, *, rate: float, num_classes: int | None = None,
+                generator: torch.Generator | None = None) -> PoisonResult:
     """Flip ``round(rate * N)`` labels, chosen uniformly, to a uniformly random other class.
 
     Args:

@@ -35,16 +35,9 @@ def pair_success(source: int, target: int):
     return success
 
 
-def targeted_flip(
-    x: Tensor,
-    y: Tensor,
-    *,
-    source: int,
-    target: int,
-    rate: float = 1.0,
-    num_classes: int | None = None,
-    generator: torch.Generator | None = None,
-) -> PoisonResult:
+def targeted_flip(x: Tensor, y: Tensor, *, source: int, target: int, rate: float = 1.0,
+                  num_classes: int | None = None,
+                  generator: torch.Generator | None = None) -> PoisonResult:
     """Relabel a ``rate`` share of the ``source`` class's samples as ``target``.
 
     Args:

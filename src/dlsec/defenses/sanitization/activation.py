@@ -21,15 +21,9 @@ from torch import Tensor
 from dlsec.defenses.sanitization._base import SanitizationError, SanitizationResult
 
 
-def activation_clustering(
-    features: Tensor,
-    y: Tensor,
-    *,
-    dims: int = 10,
-    size_threshold: float = 0.35,
-    reduce: Literal["pca", "ica"] = "pca",
-    seed: int = 0,
-) -> SanitizationResult:
+def activation_clustering(features: Tensor, y: Tensor, *, dims: int = 10,
+                          size_threshold: float = 0.35, reduce: Literal["pca", "ica"] = "pca",
+                          seed: int = 0) -> SanitizationResult:
     """Cluster each class's activations in two and flag small clusters (see module).
 
     Args:

@@ -42,16 +42,9 @@ def train_on(
     return model
 
 
-def cross_val_probs(
-    x: Tensor,
-    y: Tensor,
-    *,
-    make_model: Callable[[], nn.Module],
-    config: TrainConfig,
-    num_classes: int,
-    folds: int = 5,
-    progress: bool = False,
-) -> Tensor:
+def cross_val_probs(x: Tensor, y: Tensor, *, make_model: Callable[[], nn.Module],
+                    config: TrainConfig, num_classes: int, folds: int = 5,
+                    progress: bool = False) -> Tensor:
     """``N x K`` softmax probabilities, each row from the fold model that did not train on it.
 
     Fold ``f``'s model is :func:`train_on` the other folds under seed ``config.seed + f``.

@@ -31,14 +31,9 @@ class SanitizerSettings:
     activation_size_threshold: float = 0.35
 
 
-def model_factory(
-    architecture: str,
-    *,
-    input_shape: Sequence[int],
-    classes: Sequence[str],
-    bounds: tuple[float, float] = (0.0, 1.0),
-    normalization: dict[str, list[float]] | None = None,
-) -> Callable[[], nn.Module]:
+def model_factory(architecture: str, *, input_shape: Sequence[int], classes: Sequence[str],
+                  bounds: tuple[float, float] = (0.0, 1.0),
+                  normalization: dict[str, list[float]] | None = None) -> Callable[[], nn.Module]:
     """A zero-argument builder of fresh, untrained networks of ``architecture``."""
     from dlsec.models import ModelCard, build_model
 
@@ -47,20 +42,11 @@ def model_factory(
     return lambda: build_model(card, factory=architecture)  # the caller named it
 
 
-def sanitize(
-    method: str,
-    x: Tensor,
-    y: Tensor,
-    *,
-    num_classes: int,
-    make_model: Callable[[], nn.Module],
-    config: TrainConfig,
-    model: nn.Module | None = None,
-    pred_probs: Tensor | None = None,
-    settings: SanitizerSettings | None = None,
-    seed: int = 0,
-    progress: bool = False,
-) -> SanitizationResult:
+def sanitize(method: str, x: Tensor, y: Tensor, *, num_classes: int,
+             make_model: Callable[[], nn.Module], config: TrainConfig,
+             model: nn.Module | None = None, pred_probs: Tensor | None = None,
+             settings: SanitizerSettings | None = None, seed: int = 0,
+             progress: bool = False) -> SanitizationResult:
     """Run sanitizer ``method`` (one of :data:`SANITIZERS`) on the training set ``(x, y)``.
 
     ``cleanlab`` and ``loss`` use ``pred_probs`` (K-fold out-of-sample probabilities,

@@ -15,14 +15,8 @@ from torch import Tensor
 from dlsec.defenses.sanitization._base import SanitizationError, SanitizationResult
 
 
-def knn_consistency(
-    x: Tensor,
-    y: Tensor,
-    *,
-    k: int = 10,
-    threshold: float = 0.5,
-    batch_size: int = 1024,
-) -> SanitizationResult:
+def knn_consistency(x: Tensor, y: Tensor, *, k: int = 10, threshold: float = 0.5,
+                    batch_size: int = 1024) -> SanitizationResult:
     """Flag samples whose ``k`` nearest neighbours (excluding themselves) disagree.
 
     Args:

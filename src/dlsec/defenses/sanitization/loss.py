@@ -18,13 +18,8 @@ from torch import Tensor
 from dlsec.defenses.sanitization._base import SanitizationError, SanitizationResult
 
 
-def loss_outliers(
-    y: Tensor,
-    pred_probs: Tensor,
-    *,
-    threshold: float | None = None,
-    fraction: float | None = None,
-) -> SanitizationResult:
+def loss_outliers(y: Tensor, pred_probs: Tensor, *, threshold: float | None = None,
+                  fraction: float | None = None) -> SanitizationResult:
     """Flag high-loss samples (see module). Give at most one of ``threshold``/``fraction``."""
     if threshold is not None and fraction is not None:
         raise SanitizationError("give a loss threshold or a fraction, not both")

@@ -19,13 +19,8 @@ from torch import Tensor
 from dlsec.defenses.sanitization._base import SanitizationError, SanitizationResult
 
 
-def spectral_signatures(
-    features: Tensor,
-    y: Tensor,
-    *,
-    expected_rate: float = 0.33,
-    multiplier: float = 1.5,
-) -> SanitizationResult:
+def spectral_signatures(features: Tensor, y: Tensor, *, expected_rate: float = 0.33,
+                        multiplier: float = 1.5) -> SanitizationResult:
     """Flag the top spectral scores of each class (see module). Deterministic.
 
     Args:
