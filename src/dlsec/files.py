@@ -38,9 +38,7 @@ def _stat(path: Path) -> os.stat_result | None:
     """``os.stat`` of ``path`` (following links), None when nothing is there."""
     try:
         return path.stat()
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:  # a parent is a file: the caller finds which one
+    except (FileNotFoundError, NotADirectoryError):  # or a parent is a file
         return None
 
 

@@ -310,12 +310,8 @@ class LocalOracle(BaseOracle):
             bounds = bounds or (float(card.bounds[0]), float(card.bounds[1]))
         if num_classes is None or input_shape is None:
             raise OracleError("LocalOracle needs a card, or num_classes and input_shape")
-        super().__init__(
-            num_classes=num_classes,
-            input_shape=input_shape,
-            bounds=bounds or (0.0, 1.0),
-            **kwargs,
-        )
+        super().__init__(num_classes=num_classes, input_shape=input_shape,
+                         bounds=bounds or (0.0, 1.0), **kwargs)
         self.model = model
         self.batch_size = batch_size
 

@@ -92,12 +92,8 @@ def _content_sha256(key: str, result: dict[str, Any]) -> str:
 
 def section_entry(key: str, result: dict[str, Any]) -> dict[str, Any]:
     """The cache file's content for a finished section (``result`` as plain JSON data)."""
-    return {
-        "format": CACHE_FORMAT,
-        "key": key,
-        "result": result,
-        "sha256": _content_sha256(key, result),
-    }
+    return {"format": CACHE_FORMAT, "key": key, "result": result,
+            "sha256": _content_sha256(key, result)}
 
 
 def read_section(path: Path, key: str, name: str) -> SectionResult | None:

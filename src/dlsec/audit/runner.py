@@ -92,12 +92,9 @@ def audit_epochs(config: AuditConfig, n_train: int) -> int:
 
 def train_config(config: AuditConfig, dataset: Dataset) -> TrainConfig:
     return TrainConfig(
-        epochs=audit_epochs(config, len(dataset.y_train)),
-        batch_size=config.batch_size,
-        lr=config.lr,
-        optimizer=config.optimizer,  # type: ignore[arg-type]
-        seed=config.seed,
-        device=config.device,
+        epochs=audit_epochs(config, len(dataset.y_train)), batch_size=config.batch_size,
+        lr=config.lr, optimizer=config.optimizer,  # type: ignore[arg-type]
+        seed=config.seed, device=config.device,
     )
 
 
@@ -231,18 +228,10 @@ def _set_threads(
 
 def section_key(spec: SectionSpec, config: AuditConfig, card: ModelCard, dataset: Dataset) -> str:
     return digest(
-        {
-            "section": spec.name,
-            "version": spec.version,
-            "dlsec": __version__,
-            "options": config.section_options.get(spec.name, {}),
-            "dataset": config.dataset_spec,
-            "data": dataset.digest,
-            "test_size": config.test_size,
-            "seed": config.seed,
-            "weights": card.weights_sha256,
-            "card": card.to_dict(),
-        }
+        {"section": spec.name, "version": spec.version, "dlsec": __version__,
+         "options": config.section_options.get(spec.name, {}), "dataset": config.dataset_spec,
+         "data": dataset.digest, "test_size": config.test_size, "seed": config.seed,
+         "weights": card.weights_sha256, "card": card.to_dict()}
     )
 
 

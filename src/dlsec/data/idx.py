@@ -60,11 +60,7 @@ _GZIP_MAGIC = b"\x1f\x8b"
 
 
 def candidate_names(canonical: str) -> list[str]:
-    """File names accepted for one IDX file, in order of preference.
-
-    ``train-images-idx3-ubyte`` -> itself, the dotted ``train-images.idx3-ubyte``,
-    then both with ``.gz``.
-    """
+    """File names accepted for one IDX file, in order of preference (see the module)."""
     stem, _, kind = canonical.rpartition("-idx")
     dotted = f"{stem}.idx{kind}"
     return [canonical, dotted, f"{canonical}.gz", f"{dotted}.gz"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -84,7 +83,3 @@ class Normalized(nn.Module):
             shape = (1, mean.numel()) + (1,) * (x.dim() - 2)
             mean, std = mean.view(shape), std.view(shape)
         return self.net((x - mean) / std)
-
-
-def flat_size(input_shape: Sequence[int]) -> int:
-    return math.prod(input_shape)

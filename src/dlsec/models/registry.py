@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from dlsec.errors import DlsecError
-from dlsec.models.nets import SimpleNet, SmallCNN, flat_size
+from dlsec.models.nets import SimpleNet, SmallCNN
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -63,7 +63,7 @@ def model_names() -> list[str]:
 
 @register_model("simplenet")
 def _simplenet(*, input_shape: Sequence[int], num_classes: int) -> nn.Module:
-    return SimpleNet(flat_size(input_shape), 128, num_classes)
+    return SimpleNet(math.prod(input_shape), 128, num_classes)
 
 
 @register_model("smallcnn")

@@ -1,16 +1,9 @@
 """What every scenario starts from: the model, its card, the data, the threat model, a seed.
 
 :class:`ScenarioContext` is built once by a front-end (an audit section, a CLI command, a
-benchmark) and handed to a scenario function. It holds what the front-ends used to derive
-each for themselves:
-
-* seed streams named by strings: ``ctx.generator("blackbox/square")`` is a generator whose
-  seed is a hash of the run's seed and the name, so two uses cannot collide by accident and
-  a reader sees what each stream is for;
-* the records the model trained on (:meth:`member_indices`), read from the card's typed
-  training record (:class:`dlsec.models.TrainingRecord`), and the attacker's share of the
-  test split (:meth:`attacker_split`);
-* the black-box view of the model (:meth:`oracle`).
+benchmark) and handed to a scenario function. Its seed streams are named by strings
+(``ctx.generator("blackbox/square")``, seeded by a hash of the run's seed and the name):
+two uses cannot collide by accident, and a reader sees what each stream is for.
 """
 
 from __future__ import annotations
@@ -73,8 +66,8 @@ class ScenarioContext:
     # -- data the threat needs ----------------------------------------------------------------
     def member_indices(self) -> Tensor:
         """Indices into the training split of the records the model trained on: the split
-        minus the validation share its training record states (the same stratified split,
-        same seed, that :func:`dlsec.training.fit` took)."""
+        minus the validation share the card's :class:`dlsec.models.TrainingRecord` states
+        (the same stratified split, same seed, that :func:`dlsec.training.fit` took)."""
         record = self.card.training_record
         n = self.dataset.y_train.shape[0]
         if record.val_fraction <= 0 or n < 2:

@@ -94,23 +94,18 @@ def _section_view(index: int, raw: Any) -> dict[str, Any]:
     s = _as_dict(raw)
     name = str(s.get("name", f"section{index}"))
     metrics = s.get("metrics") or {}
-    tables = []
-    for t in s.get("tables") or []:
-        t = _as_dict(t)
-        tables.append({
-            "title": str(t.get("title", "")),
-            "columns": [str(c) for c in t.get("columns") or []],
-            "rows": [[format_value(c) for c in row] for row in t.get("rows") or []],
-            "caption": str(t.get("caption", "")),
-        })
-    figures = []
-    for f in s.get("figures") or []:
-        f = _as_dict(f)
-        figures.append({
-            "title": str(f.get("title", "")),
-            "src": "data:image/png;base64," + str(f.get("png_base64", "")),
-            "caption": str(f.get("caption", "")),
-        })
+    tables = [
+        {"title": str(t.get("title", "")), "columns": [str(c) for c in t.get("columns") or []],
+         "rows": [[format_value(c) for c in row] for row in t.get("rows") or []],
+         "caption": str(t.get("caption", ""))}
+        for t in map(_as_dict, s.get("tables") or [])
+    ]
+    figures = [
+        {"title": str(f.get("title", "")),
+         "src": "data:image/png;base64," + str(f.get("png_base64", "")),
+         "caption": str(f.get("caption", ""))}
+        for f in map(_as_dict, s.get("figures") or [])
+    ]
     details = s.get("details") or {}
     non_finite = s.get("non_finite") or {}
     return {
