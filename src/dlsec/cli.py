@@ -152,13 +152,9 @@ def data_info(
     typer.echo(json.dumps(load_dataset(spec, seed=seed).summary(), indent=2))
 
 
-def _register_capabilities() -> None:
-    from dlsec.commands import register_all
+from dlsec.commands import register_all  # noqa: E402
 
-    register_all(app)
-
-
-_register_capabilities()
+register_all(app)
 
 
 def _one_line(text: str) -> str:

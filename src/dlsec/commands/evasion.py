@@ -11,7 +11,6 @@ import typer
 from dlsec.commands._target import (
     EvasionCommandError,
     ModelDirOpt,
-    check_samples,
     load_model_data,
     parse_eps,
     save_npz,
@@ -64,9 +63,6 @@ def register(app: typer.Typer) -> None:
             check_output(out, kind="file", option="--out")
         eps_list = parse_eps(eps) if eps is not None else None
         if name in BLACK_BOX:
-            for flag, value in (("--max-queries", max_queries), ("--budget", budget)):
-                if value is not None and value < 1:
-                    raise EvasionCommandError(f"{flag}: must be >= 1, got {value}")
             if budget is not None and name != "transfer":
                 typer.echo(f"warning: --budget for {name} is deprecated: use --max-queries "
                            "(queries per point); --budget is the oracle's total", err=True)
@@ -87,7 +83,6 @@ def register(app: typer.Typer) -> None:
         if norm not in ("linf", "l2"):
             raise EvasionCommandError(f"--norm: norm must be linf or l2, got {norm!r}")
         tgt: str | int = int(target) if target.lstrip("-").isdigit() else target
-        check_samples(samples)
         make_white_box(name, norm, steps=steps)  # a bad name or setting, before any work
         ctx = _context(model_dir, dataset, device, threads, trust_code, seed, quiet,
                        norm=norm, eps=tuple(eps_list), targeted=targeted)
@@ -138,7 +133,6 @@ def register(app: typer.Typer) -> None:
         eps_list = parse_eps(eps)
         if norm not in ("linf", "l2"):
             raise EvasionCommandError(f"--norm: norm must be linf or l2, got {norm!r}")
-        check_samples(samples)
         ctx = _context(model_dir, dataset, device, threads, trust_code, seed, quiet,
                        norm=norm, eps=tuple(eps_list))
         stages = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None

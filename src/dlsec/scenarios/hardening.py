@@ -6,8 +6,6 @@ options are checked once (a method by name, a radius in input units, a norm) bef
 one training loop runs.
 
 Example:
-    >>> from dlsec.data import load_dataset
-    >>> from dlsec.training import TrainConfig
     >>> model, card, result = adversarial_training(
     ...     load_dataset("digits"), "simplenet", TrainConfig(epochs=30), method="pgd", eps=0.2
     ... )                                                          # doctest: +SKIP

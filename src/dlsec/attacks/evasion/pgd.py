@@ -50,11 +50,7 @@ def _ce(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
     return -ce_loss(logits, target) if target is not None else ce_loss(logits, y)
 
 
-def _margin(logits: Tensor, y: Tensor, target: Tensor | None) -> Tensor:
-    return margin_loss(logits, y, target)
-
-
-LOSSES: dict[str, LossFn] = {"ce": _ce, "margin": _margin}
+LOSSES: dict[str, LossFn] = {"ce": _ce, "margin": margin_loss}
 
 
 @register_attack("pgd")

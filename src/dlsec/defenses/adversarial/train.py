@@ -2,9 +2,6 @@
 :func:`dlsec.training.train_model` (the one loop), then measure its PGD robustness.
 
 Example:
-    >>> from dlsec.data import load_dataset
-    >>> from dlsec.training import TrainConfig
-    >>> ds = load_dataset("digits")
     >>> model, card, result = adversarial_train(
     ...     ds, "simplenet", method="pgd", eps=0.2, config=TrainConfig(epochs=30)
     ... )                                                          # doctest: +SKIP
