@@ -63,20 +63,10 @@ def _check_classes(classes: Sequence[int] | Tensor | None, k: int) -> Tensor:
     return c
 
 
-def _descend(
-    confidence_grad: Any,
-    c: Tensor,
-    *,
-    shape: Sequence[int],
-    bounds: tuple[float, float],
-    init: float | Tensor,
-    device: torch.device,
-    lr: float,
-    max_iter: int,
-    window: int,
-    threshold: float,
-    tv_weight: float,
-) -> tuple[Tensor, Tensor]:
+def _descend(confidence_grad: Any, c: Tensor, *, shape: Sequence[int],
+             bounds: tuple[float, float], init: float | Tensor, device: torch.device, lr: float,
+             max_iter: int, window: int, threshold: float, tv_weight: float
+             ) -> tuple[Tensor, Tensor]:
     """The MI-Face loop shared by both variants, from ``init`` (see :func:`mi_face`):
     the best images and the iterations per class of ``c``. ``confidence_grad(x, c)``
     returns ``(f_c(x), d f_c / dx)`` for the still-active rows."""
@@ -118,18 +108,9 @@ def _descend(
     return best, iters
 
 
-def mi_face(
-    model: nn.Module,
-    *,
-    card: CardLike,
-    classes: Sequence[int] | Tensor | None = None,
-    init: float | Tensor = 0.0,
-    lr: float = 0.1,
-    max_iter: int = 1000,
-    window: int = 100,
-    threshold: float = 0.99,
-    tv_weight: float = 0.0,
-) -> InversionResult:
+def mi_face(model: nn.Module, *, card: CardLike, classes: Sequence[int] | Tensor | None = None,
+            init: float | Tensor = 0.0, lr: float = 0.1, max_iter: int = 1000, window: int = 100,
+            threshold: float = 0.99, tv_weight: float = 0.0) -> InversionResult:
     """White-box MI-Face: one reconstruction per class in ``classes`` (default: all).
 
     ``init`` is the start, as a fraction of the bounds' range (0 = the low bound, the
@@ -157,20 +138,11 @@ def mi_face(
                            seconds=time.perf_counter() - t0, details={"variant": "white-box"})
 
 
-def mi_face_black_box(
-    oracle: Oracle,
-    *,
-    classes: Sequence[int] | Tensor | None = None,
-    init: float | Tensor = 0.0,
-    lr: float = 0.1,
-    max_iter: int = 300,
-    window: int = 100,
-    threshold: float = 0.99,
-    tv_weight: float = 0.0,
-    samples: int = 20,
-    sigma: float = 0.05,
-    generator: torch.Generator | None = None,
-) -> InversionResult:
+def mi_face_black_box(oracle: Oracle, *, classes: Sequence[int] | Tensor | None = None,
+                      init: float | Tensor = 0.0, lr: float = 0.1, max_iter: int = 300,
+                      window: int = 100, threshold: float = 0.99, tv_weight: float = 0.0,
+                      samples: int = 20, sigma: float = 0.05,
+                      generator: torch.Generator | None = None) -> InversionResult:
     """Black-box MI-Face: gradients estimated through ``oracle`` (scores needed).
 
     Each step costs ``2 * samples + 1`` queries per still-active class (the antithetic
@@ -216,12 +188,8 @@ def class_means(x: Tensor, y: Tensor, num_classes: int) -> Tensor:
     return out / counts.view(-1, *([1] * (x.dim() - 1))).to(x.dtype)
 
 
-def inversion_quality(
-    result: InversionResult,
-    *,
-    evaluator: nn.Module,
-    means: Tensor,
-) -> dict[str, float]:
+def inversion_quality(result: InversionResult, *, evaluator: nn.Module, means: Tensor
+                      ) -> dict[str, float]:
     """How much the reconstructions reveal.
 
     ``eval_accuracy``: share classified as their class by ``evaluator`` (an independently

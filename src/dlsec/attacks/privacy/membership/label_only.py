@@ -30,18 +30,10 @@ from dlsec.attacks.privacy.membership._base import MembershipResult, finish
 from dlsec.threat import Oracle
 
 
-def label_only_attack(
-    oracle: Oracle,
-    x: Tensor,
-    y: Tensor,
-    *,
-    radius: int = 1,
-    noise_samples: int = 20,
-    noise_std: float = 0.1,
-    is_member: Tensor | None = None,
-    generator: torch.Generator | None = None,
-    batch_size: int = 4096,
-) -> MembershipResult:
+def label_only_attack(oracle: Oracle, x: Tensor, y: Tensor, *, radius: int = 1,
+                      noise_samples: int = 20, noise_std: float = 0.1,
+                      is_member: Tensor | None = None, generator: torch.Generator | None = None,
+                      batch_size: int = 4096) -> MembershipResult:
     """Score each record by the fraction of its augmented views labeled correctly."""
     if radius < 0 or noise_samples < 0 or noise_std < 0:
         raise PrivacyAttackError("radius, noise_samples and noise_std must be >= 0")

@@ -61,14 +61,8 @@ def _gaussian_logpdf(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return -0.5 * ((x - mean) / std) ** 2 - torch.log(std) - _LOG_SQRT_2PI
 
 
-def lira_scores(
-    target_phi: Tensor,
-    shadow_phi: Tensor,
-    keep: Tensor,
-    *,
-    online: bool = True,
-    fix_variance: bool = True,
-) -> Tensor:
+def lira_scores(target_phi: Tensor, shadow_phi: Tensor, keep: Tensor, *, online: bool = True,
+                fix_variance: bool = True) -> Tensor:
     """LiRA scores (higher = member) from logit-scaled confidences.
 
     Args:
@@ -87,10 +81,8 @@ def lira_scores(
         t, s = t.unsqueeze(1), s.unsqueeze(2)
     keep = keep.bool().to(t.device)
     if s.shape[1:] != t.shape or keep.shape != s.shape[:2]:
-        raise PrivacyAttackError(
-            f"shape mismatch: target {tuple(t.shape)}, shadows {tuple(s.shape)}, "
-            f"keep {tuple(keep.shape)}"
-        )
+        raise PrivacyAttackError(f"shape mismatch: target {tuple(t.shape)}, shadows "
+                                 f"{tuple(s.shape)}, keep {tuple(keep.shape)}")
     mask_in = keep.unsqueeze(2).expand_as(s)
     mask_out = ~mask_in
     if not bool(mask_out.any(0).all()):
@@ -106,10 +98,8 @@ def lira_scores(
     mean_out, std_out = fitted(mask_out)
     if online:
         if not bool(mask_in.any(0).all()):
-            raise PrivacyAttackError(
-                "online LiRA needs at least one IN shadow model for every record "
-                "(are the tested records in the shadow pool?)"
-            )
+            raise PrivacyAttackError("online LiRA needs at least one IN shadow model for every "
+                                     "record (are the tested records in the shadow pool?)")
         mean_in, std_in = fitted(mask_in)
         score = _gaussian_logpdf(t, mean_in, std_in) - _gaussian_logpdf(t, mean_out, std_out)
     else:
@@ -117,16 +107,9 @@ def lira_scores(
     return score.mean(1)
 
 
-def lira(
-    oracle: Oracle,
-    shadows: ShadowModels,
-    *,
-    indices: Tensor | None = None,
-    is_member: Tensor | None = None,
-    online: bool = True,
-    fix_variance: bool | None = None,
-    shifts: Sequence[tuple[int, int]] = ((0, 0),),
-) -> MembershipResult:
+def lira(oracle: Oracle, shadows: ShadowModels, *, indices: Tensor | None = None,
+         is_member: Tensor | None = None, online: bool = True, fix_variance: bool | None = None,
+         shifts: Sequence[tuple[int, int]] = ((0, 0),)) -> MembershipResult:
     """Run LiRA on the pool records ``shadows.x[indices]`` (default: the whole pool).
 
     ``fix_variance=None`` picks the paper's rule: a global variance below 64 shadows.
@@ -147,8 +130,7 @@ def lira(
     queries = oracle.queries_total - before
     probs_s = shadows.probabilities(x, shifts=shifts, fill=fill)  # [M, N, V, K]
     m, n, v, k = probs_s.shape
-    phi_s = logit_confidence(probs_s.reshape(-1, k), y.repeat_interleave(v).repeat(m))
-    phi_s = phi_s.view(m, n, v)
+    phi_s = logit_confidence(probs_s.reshape(-1, k), y.repeat_interleave(v).repeat(m)).view(m, n, v)
     fv = shadows.n_models < 64 if fix_variance is None else fix_variance
     scores = lira_scores(phi_t.to(phi_s.device), phi_s, shadows.keep[:, idx], online=online,
                          fix_variance=fv)

@@ -59,15 +59,9 @@ def attack_features(probs: Tensor, y: Tensor, *, num_classes: int, top_k: int) -
     return torch.cat([top, phi, onehot], 1).float()
 
 
-def shadow_attack(
-    oracle: Oracle,
-    x: Tensor,
-    y: Tensor,
-    *,
-    shadows: ShadowModels,
-    is_member: Tensor | None = None,
-    config: AttackClassifierConfig | None = None,
-) -> MembershipResult:
+def shadow_attack(oracle: Oracle, x: Tensor, y: Tensor, *, shadows: ShadowModels,
+                  is_member: Tensor | None = None, config: AttackClassifierConfig | None = None
+                  ) -> MembershipResult:
     """Score records with an attack classifier trained on the shadows' in/out predictions."""
     cfg = config or AttackClassifierConfig()
     t0 = time.perf_counter()

@@ -35,14 +35,8 @@ Signal = Literal["loss", "confidence", "entropy"]
 SIGNALS: tuple[str, ...] = ("loss", "confidence", "entropy")
 
 
-def threshold_attack(
-    oracle: Oracle,
-    x: Tensor,
-    y: Tensor,
-    *,
-    signal: Signal = "loss",
-    is_member: Tensor | None = None,
-) -> MembershipResult:
+def threshold_attack(oracle: Oracle, x: Tensor, y: Tensor, *, signal: Signal = "loss",
+                     is_member: Tensor | None = None) -> MembershipResult:
     """Score each record by one signal of the target's prediction (higher = member).
 
     ``loss``: ``-CE(p, y)``; ``confidence``: ``p_y``; ``entropy``: ``-H(p)``.
