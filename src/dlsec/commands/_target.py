@@ -64,18 +64,6 @@ def check_samples(samples: int | None) -> None:
         raise EvasionCommandError(f"--samples: must be >= 1, got {samples}")
 
 
-def load_target(
-    model_dir: Path, dataset: str | None, device: str, samples: int | None, *,
-    threads: int = 0, trust_code: bool = False,
-) -> tuple:
-    """:func:`load_model_data` and the first ``samples`` test points (all by default)."""
-    check_samples(samples)
-    model, card, ds = load_model_data(model_dir, dataset, device, threads=threads,
-                                      trust_code=trust_code)
-    n = len(ds.y_test) if samples is None else min(samples, len(ds.y_test))
-    return model, card, ds.x_test[:n], ds.y_test[:n]
-
-
 def save_npz(path: Path, arrays: dict[str, Any]) -> None:
     import numpy as np
 
