@@ -75,11 +75,10 @@ def run_extraction(ctx: ScenarioContext, options: ExtractionOptions | None = Non
         held = held[: opt.max_eval]
     eval_x, eval_y = ds.x_test[held].to(ctx.device), ds.y_test[held].to(ctx.device)
     victim_labels = predict_logits(ctx.model, eval_x).argmax(1)
-    cfg = None
-    if opt.epochs is not None:
-        cfg = TrainConfig(epochs=opt.epochs, lr=3e-3, batch_size=128, val_fraction=0.0,
-                          seed=ctx.seed_for("extraction/substitute"),
-                          device=str(ctx.device), measure_train_accuracy=False)
+    cfg = None if opt.epochs is None else TrainConfig(
+        epochs=opt.epochs, lr=3e-3, batch_size=128, val_fraction=0.0,
+        seed=ctx.seed_for("extraction/substitute"), device=str(ctx.device),
+        measure_train_accuracy=False)
     schedule = None if opt.rounds is None else default_schedule(opt.budget, rounds=opt.rounds)
     series: dict[str, tuple[list[float], list[float]]] = {}
     rows: list[list] = []
@@ -115,10 +114,8 @@ def run_extraction(ctx: ScenarioContext, options: ExtractionOptions | None = Non
         tables=[Table("Model extraction", ["strategy", "output", "queries", "fidelity",
                                            "accuracy"], rows)],
         figures={"fidelity": series}, warnings=warnings,
-        details={"held_out": int(held.numel()), "attacker_records": half,
-                 "budget": opt.budget},
-        artifacts={"results": results},
-    )
+        details={"held_out": int(held.numel()), "attacker_records": half, "budget": opt.budget},
+        artifacts={"results": results})
 
 
 __all__ = ["EXTRACTION_EVAL", "OUTPUTS", "STRATEGIES", "ExtractionOptions", "default_runs",

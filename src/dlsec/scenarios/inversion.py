@@ -110,10 +110,9 @@ def run_inversion(ctx: ScenarioContext, options: InversionOptions | None = None
                          round(q["nearest_mean_accuracy"], 4), r.queries])
         images.append(means.cpu())
         labels += [f"{c} (mean)" for c in card.classes]
-    summary = ""
-    if "inversion_eval_accuracy" in metrics:
-        summary = (f"{metrics['inversion_eval_accuracy']:.0%} of white-box reconstructions are "
-                   "recognised as their class by an independent model")
+    summary = (f"{metrics['inversion_eval_accuracy']:.0%} of white-box reconstructions are "
+               "recognised as their class by an independent model"
+               if "inversion_eval_accuracy" in metrics else "")
     tables = [Table("Model inversion (MI-Face)",
                     ["variant", "evaluation-model accuracy", "cosine to class mean",
                      "nearest class mean", "queries"], rows)] if rows else []
@@ -122,8 +121,7 @@ def run_inversion(ctx: ScenarioContext, options: InversionOptions | None = None
         figures={"reconstructions": {"images": torch.cat(images), "labels": labels,
                                      "bounds": (float(card.bounds[0]), float(card.bounds[1])),
                                      "ncols": min(10, card.num_classes)}},
-        details=details, artifacts={"results": found},
-    )
+        details=details, artifacts={"results": found})
 
 
 __all__ = ["InversionOptions", "evaluator_epochs", "no_data", "run_inversion"]

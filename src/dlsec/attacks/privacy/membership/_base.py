@@ -134,11 +134,8 @@ def random_halves(n_models: int, n_samples: int, *, generator: torch.Generator) 
 
 @dataclass
 class ShadowModels:
-    """Models trained like the target on random halves of the attacker's pool.
-
-    ``keep[m, i]`` says whether model ``m`` trained on pool sample ``i``; ``x``, ``y``
-    are the pool. The attacker owns these models, so it may evaluate them directly.
-    """
+    """Models trained like the target on random halves of the attacker's pool ``x``, ``y``
+    (``keep``: see :func:`random_halves`); the attacker owns them, so it may evaluate them."""
 
     models: list[nn.Module]
     keep: Tensor
@@ -225,15 +222,13 @@ def train_shadow_models(x: Tensor, y: Tensor, *, card: ModelCard, n_models: int,
                         config: TrainConfig, generator: torch.Generator,
                         keep: Tensor | None = None, stacked: bool | None = None,
                         progress: bool = False) -> ShadowModels:
-    """Train ``n_models`` networks of ``card``'s architecture on random halves of ``(x, y)``.
+    """Train ``n_models`` networks of ``card``'s architecture on random halves of ``(x, y)``
+    with :func:`dlsec.training.fit` under ``config``, model ``m`` under seed ``config.seed + m``.
 
-    Training uses :func:`dlsec.training.fit` under ``config``; model ``m``'s initial
-    weights are drawn under seed ``config.seed + m``. With ``stacked`` (the default for
-    networks without batch norm) all models train at once as one batched module
-    (:class:`_StackedModels`): every batch of ``2 * config.batch_size`` pool records
-    gives each model about ``config.batch_size`` of its own, so steps per epoch and the
-    batch size match training each model alone on its half. Otherwise the models are
-    trained one after another, each with seed ``config.seed + m``.
+    With ``stacked`` (the default for networks without batch norm) all models train at once
+    (:class:`_StackedModels`): every batch of ``2 * config.batch_size`` pool records gives each
+    model about ``config.batch_size`` of its own, so steps per epoch and the batch size match
+    training each model alone on its half. Otherwise they train one after another.
     """
     import dataclasses
 
