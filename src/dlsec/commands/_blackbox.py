@@ -34,12 +34,9 @@ def _query_bar(oracle: Any, label: str, total: int, show: bool) -> Iterator[None
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (
-        TextColumn(label),
-        BarColumn(),
-        TextColumn("{task.completed:,.0f} queries (at most {task.total:,.0f})"),
-        TimeElapsedColumn(),
-    )
+    columns = (TextColumn(label), BarColumn(),
+               TextColumn("{task.completed:,.0f} queries (at most {task.total:,.0f})"),
+               TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), disable=not show, transient=True) as bar:
         task = bar.add_task("", total=max(total, 1))
         oracle.on_query = lambda n: bar.advance(task, n)

@@ -125,7 +125,8 @@ def query_attacks(ctx: ScenarioContext, options: QueryOptions) -> ScenarioResult
                 sweep = attack(oracle, x, y, eps=eps, ids=ids,
                                generator=ctx.generator(f"blackbox/{name}"))
         sweeps[name] = sweep
-        curves[name] = {e: [round(1.0 - s, 6) for s in _success_at(r, budgets, e)]
+        curves[name] = {e: [round(1.0 - s, 6) for s in
+                            r.success_at(budgets, eps=None if r.trace_dist is None else e)]
                         for e, r in zip(eps, sweep.results, strict=True)}
         metrics[f"{name}_robust_accuracy"] = curves[name][eps[-1]][-1]
         metrics[f"{name}_queries"] = float(oracle.queries_total)
@@ -149,12 +150,6 @@ def query_attacks(ctx: ScenarioContext, options: QueryOptions) -> ScenarioResult
                  "curves": {n: c[eps[-1]] for n, c in curves.items()}},
         artifacts={"x": x, "y": y, "correct": correct, "sweeps": sweeps},
     )
-
-
-def _success_at(res: BlackBoxResult, budgets: list[int], eps: float) -> list[float]:
-    if res.trace_dist is None:
-        return res.success_at(budgets)
-    return res.success_at(budgets, eps=eps)
 
 
 def _median_queries(res: BlackBoxResult, eps: float) -> float:

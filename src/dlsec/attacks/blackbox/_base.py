@@ -175,6 +175,7 @@ class BlackBoxAttack(abc.ABC):
         if options and self.kind == "score":
             raise AttackError(f"{type(self).__name__} takes no options {sorted(options)}")
         ids = _check_oracle(oracle, x, y, ids, scores=self.kind == "score")
+        y = y.to(x.device)
         if eps is None or isinstance(eps, int | float):
             e = self._check_eps(eps)
             res = self._run(oracle, x, y, e, ids, generator, **options)

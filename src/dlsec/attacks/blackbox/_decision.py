@@ -163,16 +163,14 @@ def _start(oracle: Oracle, x: Tensor, y: Tensor, ids: Tensor, *, target: Tensor 
     if y.dim() != 1:
         raise AttackError(f"y must be a vector of N labels, got shape {tuple(y.shape)}")
     if tuple(x.shape[1:]) != tuple(oracle.input_shape):
-        raise AttackError(
-            f"inputs of shape {tuple(x.shape[1:])} do not match the oracle's "
-            f"{tuple(oracle.input_shape)}"
-        )
+        raise AttackError(f"inputs of shape {tuple(x.shape[1:])} do not match the oracle's "
+                          f"{tuple(oracle.input_shape)}")
     if target is not None and tuple(target.shape) != tuple(y.shape):
         raise AttackError(f"target must have the shape of y {tuple(y.shape)}")
     if x_init is not None and tuple(x_init.shape) != tuple(x.shape):
         raise AttackError(f"x_init must have the shape of x {tuple(x.shape)}")
     d = x[0].numel() if x.shape[0] else 1
-    q = _LabelQueries(oracle, x, y.to(x.device), ids, max_queries=max_queries,
+    q = _LabelQueries(oracle, x, y, ids, max_queries=max_queries,
                       target=None if target is None else target.to(x.device),
                       rows_per_call=_rows_per_call(batch_size, d))
     x_init = None if x_init is None else x_init.to(x.device, x.dtype)

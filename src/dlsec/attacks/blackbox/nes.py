@@ -92,7 +92,6 @@ class NESAttack(BlackBoxAttack):
              generator: torch.Generator | None, **options: object) -> BlackBoxResult:
         assert eps is not None  # score-based: BlackBoxAttack checked it
         dev = x.device
-        y = y.to(dev)
         lo, hi = oracle.bounds
         n = x.shape[0]
         sigma = self.sigma * (hi - lo)

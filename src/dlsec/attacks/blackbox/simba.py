@@ -35,12 +35,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from dlsec.attacks.blackbox._base import (
-    BlackBoxAttack,
-    BlackBoxResult,
-    _affordable,
-    _result,
-)
+from dlsec.attacks.blackbox._base import BlackBoxAttack, BlackBoxResult, _affordable, _result
 from dlsec.attacks.core import AttackError
 from dlsec.attacks.registry import register_attack
 from dlsec.threat import Oracle
@@ -90,7 +85,6 @@ class SimBA(BlackBoxAttack):
         if self.basis == "dct" and x.dim() != 4:
             raise AttackError("the DCT basis needs image batches N x C x H x W")
         dev = x.device
-        y = y.to(dev)
         lo, hi = oracle.bounds
         n = x.shape[0]
         d = x[0].numel() if n else 0

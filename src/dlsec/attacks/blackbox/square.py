@@ -200,11 +200,9 @@ class SquareAttack(BlackBoxAttack):
         assert eps is not None  # score-based: BlackBoxAttack checked it
         self._eps = eps
         if x.dim() != 4:
-            raise AttackError(
-                f"SquareAttack needs image batches N x C x H x W, got {tuple(x.shape)}"
-            )
+            raise AttackError(f"SquareAttack needs image batches N x C x H x W, "
+                              f"got {tuple(x.shape)}")
         dev = x.device
-        y = y.to(dev)
         lo, hi = oracle.bounds
         n = x.shape[0]
         gen_dev = generator.device if generator is not None else torch.device("cpu")

@@ -6,13 +6,11 @@ Machine Learning" (AsiaCCS 2017): adversarials crafted on a substitute model foo
 target too. How the surrogate is obtained is the *strategy* (each one a threat model):
 
 * ``"jacobian"`` (black-box, labels only): Papernot et al.'s substitute training. A seed
-  set of ``seed_size`` attacker-held in-distribution records (default 150, the paper's
-  MNIST setting), drawn at random from ``x_attacker``, is labelled by the oracle; each
-  substitute round trains on the set and doubles it with ``x + lam * sign(d z_label / dx)``
-  (``lam = 0.1`` of the input range, its sign flipped every ``tau = 3`` rounds), labelled by
-  the oracle, until ``budget`` labels (default 6,400) are spent: 150 -> 300 -> ... -> 4,800,
-  then a random 1,600 of the next 4,800. The oracle is seen through a label-only view, even
-  when it would return scores. Reuses :func:`dlsec.attacks.surrogate.extract`.
+  set of ``seed_size`` records drawn from ``x_attacker`` is labelled by the oracle; each
+  round trains on the set and doubles it with ``x + lam * sign(d z_label / dx)`` (the
+  sign flipped every ``tau`` rounds), labelled by the oracle, until ``budget`` labels are
+  spent (with the defaults: 150 -> 300 -> ... -> 4,800, then a random 1,600 of the next
+  4,800). The oracle is seen through a label-only view; :func:`~dlsec.attacks.surrogate.extract`.
 * ``"knockoff"`` (black-box): Orekondy, Schiele & Fritz, "Knockoff Nets" (CVPR 2019): the
   surrogate learns the oracle's answers (probabilities when it gives them, labels
   otherwise) on ``budget`` out-of-distribution natural images (random patches of two
@@ -24,12 +22,9 @@ target too. How the surrogate is obtained is the *strategy* (each one a threat m
 
 The surrogate's architecture is the card's (the attacker's guess), or ``architecture``.
 
-Crafting (:func:`transfer_attack`): each white-box attack (``make_attack``; default PGD,
-MI-FGSM and DI-FGSM, 10 steps each, untargeted, on the surrogate's own cross-entropy,
-bounds from the oracle) crafts one adversarial per point, which is sent to the target once
-(``oracle.query_labels``; one query per point per crafting attack, nothing else touches
-the target); success is the target's label differing from ``y``. Pass points the target
-classifies correctly (a point it already misclassifies counts as fooled).
+Crafting (:func:`transfer_attack`): each white-box attack crafts one adversarial per point
+on the surrogate (its own cross-entropy, the oracle's bounds), sent to the target once; nothing
+else touches the target.
 
 **Full steps on the surrogate.** dlsec's white-box attacks keep, for each point, the first
 iterate that fools the model they attack and stop there. That is the right answer for a
@@ -37,7 +32,7 @@ white-box evaluation, but an adversarial just across the *surrogate's* decision 
 rarely transfers (measured on digits, Jacobian surrogate, eps 0.2: 59% transfer for PGD
 stopped at the surrogate's boundary, 95% with all its steps). With ``full_steps`` (the
 default) the crafting attacks are built with ``last_iterate=True``: every point takes
-every step and the final iterate is sent. Ten steps: 20 gave the same transfer rates on digits.
+every step and the final iterate is sent (20 steps gave the same transfer rates on digits).
 
 Example:
     >>> oracle = LocalOracle(target, card=card, output="label", budget=7_000)   # doctest: +SKIP
@@ -140,10 +135,8 @@ def _crafting_attack(name: str, norm: str, steps: int, full_steps: bool,
     if "steps" not in options and "steps" in inspect.signature(type(attack)).parameters:
         attack = make_attack(name, steps=steps, **kwargs)
     if not isinstance(attack, EvasionAttack) or attack.minimal:
-        raise AttackError(
-            f"{name} is a minimum-norm attack; transfer crafting needs an "
-            "eps-bounded one (fgsm, bim, pgd, mifgsm, difgsm, apgd)"
-        )
+        raise AttackError(f"{name} is a minimum-norm attack; transfer crafting needs an "
+                          "eps-bounded one (fgsm, bim, pgd, mifgsm, difgsm, apgd)")
     return attack
 
 
