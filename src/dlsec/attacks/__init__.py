@@ -5,8 +5,9 @@ Both evasion families register by name here (:mod:`dlsec.attacks.registry`):
 either, and both are called the same way, ``attack(target, x, y, eps=[...], generator=g)``.
 """
 
-import dlsec.attacks.blackbox  # noqa: F401
-import dlsec.attacks.evasion  # noqa: F401  (importing the families registers their attacks)
+# importing the two families registers their attacks
+import dlsec.attacks.blackbox
+import dlsec.attacks.evasion  # noqa: F401
 from dlsec.attacks.registry import attack_kind, attack_names, make_attack
 
 __all__ = ["attack_kind", "attack_names", "make_attack"]
