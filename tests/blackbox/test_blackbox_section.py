@@ -43,8 +43,13 @@ def _ctx(tmp_path, model, card, digits) -> AuditContext:
 
 def test_black_box_beating_white_box_is_flagged_as_gradient_masking(tmp_path, bb_net, digits):
     model, card = bb_net
-    opts = BlackBoxOptions(samples=40, attacks=["square"], transfer=[], budgets=[10, 100, 500])
+    opts = BlackBoxOptions(samples=40, attacks=["square"], transfer=[], max_queries=[10, 100, 500])
     honest = run_section(_ctx(tmp_path, model, card, digits), opts)
+    # the deprecated name of max-queries still works for this release, with a warning
+    old = BlackBoxOptions(samples=40, attacks=["square"], transfer=[], budgets=[10, 100, 500])
+    via_old = run_section(_ctx(tmp_path, model, card, digits), old)
+    assert via_old.metrics == honest.metrics
+    assert [w for w in via_old.warnings if "budgets is deprecated" in w and "max-queries" in w]
     masked = run_section(_ctx(tmp_path, _Masked(model).eval(), card, digits), opts)
     # same function, so the black-box view is identical; only white-box PGD goes blind
     assert masked.metrics["square_robust_accuracy"] == honest.metrics["square_robust_accuracy"]
@@ -55,7 +60,7 @@ def test_black_box_beating_white_box_is_flagged_as_gradient_masking(tmp_path, bb
 
 
 def test_black_box_section_in_an_audit(tmp_path) -> None:
-    options = {"samples": 40, "budgets": [10, 100, 1000], "transfer-budget": 1600}
+    options = {"samples": 40, "max-queries": [10, 100, 1000], "transfer-budget": 1600}
     cfg = AuditConfig(out=str(tmp_path / "r"), sections=["blackbox"], epochs=30,
                       section_options={"blackbox": options})
     report = run_audit(cfg, progress=False).report
@@ -84,7 +89,8 @@ def test_black_box_section_in_an_audit(tmp_path) -> None:
 def test_black_box_options_are_validated(tmp_path) -> None:
     p = tmp_path / "a.toml"
     for body, match in [('attacks = ["zoo"]', "attacks"), ('transfer = ["psychic"]', "transfer"),
-                        ("budgets = [0]", "budgets"), ('attacks = ["boundary"]', "boundary"),
+                        ("max-queries = [0]", "max-queries"), ("budgets = [0]", "budgets"),
+                        ('attacks = ["boundary"]', "boundary"),
                         ('norm = "l0"', "norm")]:
         p.write_text(f"[blackbox]\n{body}\n")
         with pytest.raises(ConfigError, match=match):

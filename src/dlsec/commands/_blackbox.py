@@ -23,8 +23,8 @@ DECISION_BASED = ("hsja", "boundary")
 BLACK_BOX = (*SCORE_BASED, *DECISION_BASED, "transfer")
 
 
-def _curve(budgets: list[int], rates: list[float]) -> str:
-    return ", ".join(f"{b}: {r:.2f}" for b, r in zip(budgets, rates, strict=True))
+def _curve(levels: list[int], rates: list[float]) -> str:
+    return ", ".join(f"{b}: {r:.2f}" for b, r in zip(levels, rates, strict=True))
 
 
 @contextmanager
@@ -111,7 +111,7 @@ def _query(ctx: Any, name: str, n: int, eps_list: list[float], *, max_queries: i
     except ScenarioError as exc:
         raise EvasionCommandError(str(exc)) from exc
     sweep = res.artifacts["sweeps"][name]
-    budgets = ladder(max_queries)
+    levels = ladder(max_queries)
     x, y = res.artifacts["x"], res.artifacts["y"]
     arrays: dict[str, Any] = {"x": x.cpu().numpy(), "y": y.cpu().numpy(),
                               "eps": np.array(eps_list)}
@@ -129,8 +129,8 @@ def _query(ctx: Any, name: str, n: int, eps_list: list[float], *, max_queries: i
         typer.echo(f"  eps {e:g}: robust accuracy {1 - r.success_rate:.4f}, success rate "
                    f"{r.success_rate:.4f}" + ("" if decision else
                    f", median queries per success {r.median_queries:g}"))
-        curve = r.success_at(budgets, eps=e) if decision else r.success_at(budgets)
-        typer.echo(f"    success by queries per point: {_curve(budgets, curve)}")
+        curve = r.success_at(levels, eps=e) if decision else r.success_at(levels)
+        typer.echo(f"    success by queries per point: {_curve(levels, curve)}")
     if not decision:
         typer.echo(f"  queries spent {sweep.queries_total}")
         arrays |= {"x_adv": np.stack([r.x_adv.cpu().numpy() for r in results]),

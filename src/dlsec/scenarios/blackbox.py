@@ -59,7 +59,7 @@ def ladder(max_queries: int) -> list[int]:
 class QueryOptions:
     """``attacks``: score- or decision-based names; ``samples``: the first test points
     attacked; ``max_queries``: per point (every attack runs once at this budget);
-    ``budgets``: query counts the curves are read at (default :func:`ladder`);
+    ``curve_queries``: queries per point the curves are read at (default :func:`ladder`);
     ``settings``: extra constructor settings per attack (e.g. ``{"simba": {"basis":
     "dct"}}``); ``early_stop``: decision-based attacks stop a point at the smallest eps
     (``False``: minimum-norm runs); ``watch``: a context each attack runs in."""
@@ -67,7 +67,7 @@ class QueryOptions:
     attacks: Sequence[str] = ("square", "hsja")
     samples: int = 50
     max_queries: int = 1000
-    budgets: Sequence[int] = ()
+    curve_queries: Sequence[int] = ()
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     early_stop: bool = True
     watch: Watch | None = None
@@ -97,13 +97,13 @@ def query_attacks(ctx: ScenarioContext, options: QueryOptions) -> ScenarioResult
 
     Metrics per attack (at the last eps): ``<name>_robust_accuracy``, ``<name>_queries``
     (what it cost the oracle). ``figures["curves"][name]`` holds per eps the robust
-    accuracy at each of ``budgets``; ``artifacts``: ``x``, ``y``, ``sweeps`` (a
+    accuracy at each of ``curve_queries``; ``artifacts``: ``x``, ``y``, ``sweeps`` (a
     :class:`BlackBoxSweep` per attack) and ``correct`` (the model's clean verdicts)."""
     assert ctx.threat is not None
     eps, norm = [float(e) for e in ctx.threat.eps], ctx.threat.norm
     if options.max_queries < 1:
         raise ScenarioError(f"max_queries must be >= 1, got {options.max_queries}")
-    budgets = sorted(set(options.budgets or ladder(options.max_queries)))
+    levels = sorted(set(options.curve_queries or ladder(options.max_queries)))
     x, y = _points(ctx, options.samples)
     ids = torch.arange(len(y))
     with torch.inference_mode():
@@ -126,7 +126,7 @@ def query_attacks(ctx: ScenarioContext, options: QueryOptions) -> ScenarioResult
                                generator=ctx.generator(f"blackbox/{name}"))
         sweeps[name] = sweep
         curves[name] = {e: [round(1.0 - s, 6) for s in
-                            r.success_at(budgets, eps=None if r.trace_dist is None else e)]
+                            r.success_at(levels, eps=None if r.trace_dist is None else e)]
                         for e, r in zip(eps, sweep.results, strict=True)}
         metrics[f"{name}_robust_accuracy"] = curves[name][eps[-1]][-1]
         metrics[f"{name}_queries"] = float(oracle.queries_total)
@@ -145,8 +145,8 @@ def query_attacks(ctx: ScenarioContext, options: QueryOptions) -> ScenarioResult
         f"{n} {metrics[f'{n}_robust_accuracy']:.1%}" for n in options.attacks)
     return ScenarioResult(
         name="blackbox", summary=summary, metrics=metrics, tables=tables,
-        figures={"curves": curves, "budgets": budgets, "norm": norm, "eps": eps},
-        details={"budgets": budgets, "eps": eps, "norm": norm,
+        figures={"curves": curves, "curve_queries": levels, "norm": norm, "eps": eps},
+        details={"curve_queries": levels, "eps": eps, "norm": norm,
                  "curves": {n: c[eps[-1]] for n, c in curves.items()}},
         artifacts={"x": x, "y": y, "correct": correct, "sweeps": sweeps},
     )

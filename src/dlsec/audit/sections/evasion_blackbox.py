@@ -27,8 +27,9 @@ class BlackBoxOptions:
     """``[blackbox]`` table of audit.toml.
 
     ``eps`` is in input units (0: 0.1 of the bounds' range for linf, 1.0 for l2, the
-    white-box section's middle radius); ``budgets`` are the query budgets per point
-    the curves are read at (the attacks run once, at the largest); ``attacks`` are query
+    white-box section's middle radius); ``max-queries`` are the queries per point the
+    curves are read at (the attacks run once, at the largest; ``budgets``, the old name,
+    works for this release with a warning: a budget is an oracle's total); ``attacks`` are query
     attacks (``square``, ``nes`` on scores; ``hsja``, ``boundary`` (l2) on labels);
     ``transfer`` lists surrogate strategies (``jacobian``, ``knockoff``, ``graybox``),
     trained on at most ``transfer-budget`` oracle answers and attacked with ``craft``
@@ -44,7 +45,8 @@ class BlackBoxOptions:
     norm: str = "linf"
     eps: float = 0.0
     samples: int = 50
-    budgets: list[int] = field(default_factory=lambda: [10, 30, 100, 300, 1000])
+    max_queries: list[int] = field(default_factory=lambda: [10, 30, 100, 300, 1000])
+    budgets: list[int] = field(default_factory=list)  # deprecated name of max_queries
     attacks: list[str] = field(default_factory=lambda: ["square", "hsja"])
     transfer: list[str] = field(default_factory=lambda: list(STRATEGIES))
     transfer_budget: int = 1600
@@ -59,8 +61,10 @@ class BlackBoxOptions:
             raise ValueError("eps must be >= 0, samples and transfer-budget >= 1")
         if self.surrogate_epochs < 0:
             raise ValueError("surrogate-epochs must be >= 1 (0: automatic)")
-        if not self.budgets or any(b < 1 for b in self.budgets):
-            raise ValueError("budgets: one or more query budgets >= 1")
+        key = "budgets" if self.budgets else "max-queries"
+        self.max_queries = list(self.budgets or self.max_queries)
+        if not self.max_queries or any(b < 1 for b in self.max_queries):
+            raise ValueError(f"{key}: one or more query counts per point >= 1")
         bad = [a for a in self.attacks if a not in QUERY_ATTACKS]
         if bad:
             raise ValueError(f"attacks: unknown {bad} (choose from {list(QUERY_ATTACKS)})")
@@ -94,9 +98,9 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
     n = min(options.samples, len(ds.y_test))
     eps, norm = _eps(options, card.bounds), options.norm
     threat = ThreatModel.from_card(card, knowledge="black-box", norm=norm, eps=(eps,))
-    budgets = sorted(set(options.budgets))
-    query = QueryOptions(attacks=tuple(options.attacks), samples=n, max_queries=budgets[-1],
-                         budgets=budgets)
+    levels = sorted(set(options.max_queries))
+    query = QueryOptions(attacks=tuple(options.attacks), samples=n, max_queries=levels[-1],
+                         curve_queries=levels)
     epochs = _surrogate_epochs(options, card)  # None: train_surrogate's own 30 epochs
     transfer = TransferOptions(
         strategies=tuple(options.transfer), craft=tuple(options.craft), samples=n,
@@ -104,9 +108,11 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
         surrogate_epochs=None if options.surrogate_epochs == 0 and epochs == 30 else epochs,
     ) if options.transfer and options.craft else None
     res = evaluate(ctx.scenario(threat), query, transfer, masking_margin=options.masking_margin)
+    deprecated = ["[blackbox] budgets is deprecated: name it max-queries (queries per point; a "
+                  "budget is an oracle's total)"] if options.budgets else []
     figures = []
     if "queries" in res.figures:
-        curves = {name: (budgets, per_eps[eps])
+        curves = {name: (levels, per_eps[eps])
                   for name, per_eps in res.figures["queries"]["curves"].items()}
         figures.append(line_chart(
             curves, title=f"Robust accuracy vs queries per point ({norm}, eps {eps:g})",
@@ -128,9 +134,10 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
             table.caption += f" Settings: {_settings(options, card, ds, n)}."
     return SectionResult(
         name="blackbox", title="Evasion (black-box)", summary=res.summary,
-        metrics=res.metrics, tables=res.tables, figures=figures, warnings=res.warnings,
+        metrics=res.metrics, tables=res.tables, figures=figures,
+        warnings=[*deprecated, *res.warnings],
         details={"settings": _settings(options, card, ds, n), "eps": eps, "norm": norm,
-                 "budgets": budgets, "curves": res.details.get("curves", {})},
+                 "max_queries": levels, "curves": res.details.get("curves", {})},
     )
 
 
