@@ -99,6 +99,16 @@ def test_p_value_by_hand() -> None:
     )
 
 
+@pytest.mark.parametrize("delta, m", [(0.0, None), (1e-5, 1000), (1e-3, 1000), (1e-2, 100)])
+def test_p_value_grows_with_epsilon(delta: float, m: int | None) -> None:
+    # the bisection relies on it; with delta > 0 the delta term alone can shrink as eps grows
+    grid = [0.1 * i for i in range(101)]
+    for r, v in ((10, 10), (10, 8), (100, 90), (100, 99), (50, 30)):
+        ps = [one_run_p_value(v, r, epsilon=e, delta=delta, canaries=m) for e in grid]
+        assert all(b >= a - 1e-12 for a, b in itertools.pairwise(ps)), (r, v)
+        assert ps[-1] > 0.3  # at eps = 10 every such count is likely
+
+
 def test_the_bound_is_where_the_p_value_crosses_the_level() -> None:
     for delta, m in ((0.0, None), (1e-5, 5000)):
         eps = epsilon_lower_bound(850, 1000, delta=delta, canaries=m)
