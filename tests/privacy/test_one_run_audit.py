@@ -190,6 +190,28 @@ def test_randomized_response_at_eps_2_with_many_canaries_is_tight() -> None:
     assert 0.9 * 2.0 < approx.epsilon_lower_bound <= pure.epsilon_lower_bound
 
 
+def test_delta_term_keeps_the_bound_valid_for_approximate_dp() -> None:
+    # Randomized response at eps = 0.5 that, with probability delta = 0.005 per canary,
+    # reveals the canary's inclusion outright: (0.5, 0.005)-DP, not (0.5, 0)-DP. Guessing
+    # the 4 highest and 4 lowest scores picks the revealed canaries. Measured over 100
+    # audits of 2000 canaries: the pure-DP bound exceeds 0.5 in 82 of them, the bound
+    # stated for delta = 0.005 in none (2 m delta = 20 swamps the count: it is 0).
+    eps, delta, m = 0.5, 0.005, 2000
+    g = torch.Generator().manual_seed(5)
+    pure_over = approx_over = 0
+    for _ in range(100):
+        included = draw_inclusions(m, generator=g)
+        scores = _randomized_response_scores(included, eps, g)
+        reveal = torch.rand(m, generator=g) < delta
+        scores = torch.where(reveal, torch.where(included, 10.0, -10.0).double(), scores)
+        pure = audit_from_scores(scores, included, k_plus=4, k_minus=4)
+        approx = audit_from_scores(scores, included, k_plus=4, k_minus=4, delta=delta)
+        pure_over += pure.epsilon_lower_bound > eps
+        approx_over += approx.epsilon_lower_bound > eps
+    assert pure_over > 30  # the pure-DP test does not hold for this mechanism ...
+    assert approx_over <= 10  # ... the approximate-DP one does
+
+
 def test_no_leakage_gives_no_bound() -> None:
     # scores independent of the inclusions (a perfectly private model): no evidence
     g = torch.Generator().manual_seed(2)
