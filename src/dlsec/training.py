@@ -21,7 +21,7 @@ import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,6 +32,9 @@ from torch import Tensor, nn
 from dlsec.errors import DlsecError
 
 BatchLoss = Callable[[nn.Module, Tensor, Tensor], Tensor]
+# the index batches of one epoch (called with the epoch number, 1-based); each batch is a
+# tensor or sequence of training-set indices
+BatchSampler = Callable[[int], Iterable[Tensor | Sequence[int]]]
 OptimizerFactory = Callable[[nn.Module, "TrainConfig"], torch.optim.Optimizer]
 
 
@@ -312,6 +315,7 @@ def fit(
     batch_loss: BatchLoss = cross_entropy_loss,
     make_optimizer: OptimizerFactory = default_optimizer,
     on_epoch_end: Callable[[int, nn.Module, dict[str, float]], bool | None] | None = None,
+    sampler: BatchSampler | None = None,
     progress: bool = True,
     description: str = "training",
 ) -> TrainResult:
@@ -323,6 +327,11 @@ def fit(
     and training stops after ``patience`` epochs without a better validation loss.
     ``on_epoch_end(epoch, model, record)`` may add keys to ``record`` and returns
     True to stop training.
+
+    ``sampler(epoch)`` yields the index batches of one epoch; the default draws
+    fixed-size batches from one seeded permutation per epoch (the behaviour above).
+    DP-SGD passes Opacus's Poisson sampler (:mod:`dlsec.defenses.dp`), whose batches
+    vary in size; the recorded ``train_loss`` stays a sum over batches divided by ``n``.
 
     Under ``torchrun`` (or in an initialised process group) the model is wrapped in
     ``DistributedDataParallel``: every rank draws the same seeded permutation, and each
@@ -360,6 +369,13 @@ def fit(
     result = TrainResult()
     best_loss, best_state, since_best = math.inf, None, 0
     steps = math.ceil(n / config.batch_size)
+
+    def shuffled(epoch: int) -> Iterator[Tensor]:
+        perm = torch.randperm(n, generator=gen).to(device)
+        for s in range(steps):
+            yield perm[s * config.batch_size : (s + 1) * config.batch_size]
+
+    draw = sampler if sampler is not None else shuffled
     t0 = time.perf_counter()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[status]}"), TimeElapsedColumn())
@@ -368,10 +384,9 @@ def fit(
         for epoch in range(1, config.epochs + 1):
             t_epoch = time.perf_counter()
             model.train()
-            perm = torch.randperm(n, generator=gen).to(device)
             total_loss = torch.zeros((), device=device)
-            for s in range(steps):
-                idx = perm[s * config.batch_size : (s + 1) * config.batch_size]
+            for batch in draw(epoch):
+                idx = torch.as_tensor(batch, dtype=torch.long).to(device)
                 if ddp is not None:
                     idx = _rank_slice(idx, ddp)
                 optimizer.zero_grad(set_to_none=True)

@@ -56,7 +56,8 @@ def _emit(summary: dict[str, Any], out: Path | None) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    privacy_app = typer.Typer(help="Privacy attacks: membership inference, model inversion.")
+    privacy_app = typer.Typer(
+        help="Privacy attacks: membership inference, model inversion; a model's DP budget.")
     app.add_typer(privacy_app, name="privacy")
 
     @privacy_app.command("membership")
@@ -118,6 +119,24 @@ def register(app: typer.Typer) -> None:
                              bounds=grid["bounds"], ncols=grid["ncols"])
             atomic_write_bytes(out / "inversion.png", base64.b64decode(fig.png_base64))
         _emit(summary, None if out is None else out / "summary.json")
+
+    @privacy_app.command("budget")
+    def budget(
+        model_dir: Annotated[Path, typer.Option("--model-dir", help="Saved model to read")],
+    ) -> None:
+        """The privacy budget a model was trained under (its card's DP-SGD record)."""
+        from dlsec.models import read_card
+        from dlsec.scenarios.dp import dp_record_lines
+
+        card = read_card(model_dir)
+        lines = dp_record_lines(card.training)
+        if lines is None:
+            typer.echo(f"{model_dir}: not trained with differential privacy (no DP record "
+                       "on its card)")
+            return
+        typer.echo(f"{model_dir}: trained with DP-SGD")
+        for line in lines:
+            typer.echo(f"  {line}")
 
     @app.command("extract")
     def extract_cmd(

@@ -55,6 +55,57 @@ NoMonitorOpt = Annotated[
                  "on catastrophic overfitting)"),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q")]
+DpOpt = Annotated[bool, typer.Option("--dp", help="Train with DP-SGD (Opacus; Poisson sampling)")]
+EpsilonOpt = Annotated[
+    float | None,
+    number("With --dp: target epsilon over the epochs (default 3 unless --noise-multiplier)",
+           low=0.0, low_open=True),
+]
+DeltaOpt = Annotated[
+    float | None,
+    number("With --dp: delta (default 1e-5; keep it below 1/n)", low=0.0, high=1.0,
+           low_open=True, high_open=True),
+]
+GradNormOpt = Annotated[
+    float | None,
+    number("With --dp: per-sample clipping norm (default 1.0)", "--max-grad-norm", low=0.0,
+           low_open=True),
+]
+NoiseOpt = Annotated[
+    float | None,
+    number("With --dp: noise multiplier instead of a target epsilon", "--noise-multiplier",
+           low=0.0),
+]
+DpFixOpt = Annotated[
+    bool, typer.Option("--dp-fix", help="With --dp: replace BatchNorm with GroupNorm (Opacus)")
+]
+
+
+def _dp_settings(
+    dp: bool, *, adversarial: str | None, epsilon: float | None, delta: float | None,
+    max_grad_norm: float | None, noise_multiplier: float | None, dp_fix: bool,
+) -> dict[str, Any]:
+    """The keywords of :func:`dlsec.scenarios.dp.dp_training`; a DP flag without ``--dp``
+    (or ``--dp`` with ``--adversarial``) is an error, never silently ignored."""
+    given = {"--epsilon": epsilon is not None, "--delta": delta is not None,
+             "--max-grad-norm": max_grad_norm is not None,
+             "--noise-multiplier": noise_multiplier is not None, "--dp-fix": dp_fix}
+    if not dp:
+        stray = [flag for flag, on in given.items() if on]
+        if stray:
+            raise TrainingError(f"{', '.join(stray)} only apply with --dp")
+        return {}
+    if adversarial is not None:
+        raise TrainingError("--dp and --adversarial cannot be combined (choose one defense)")
+    if epsilon is not None and noise_multiplier is not None:
+        raise TrainingError("--epsilon and --noise-multiplier exclude each other (give one)")
+    return {
+        "epsilon": epsilon if noise_multiplier is not None or epsilon is not None else 3.0,
+        "noise_multiplier": noise_multiplier,
+        "delta": 1e-5 if delta is None else delta,
+        "max_grad_norm": 1.0 if max_grad_norm is None else max_grad_norm,
+        "fix": dp_fix,
+    }
 
 
 def _adversarial_settings(
@@ -87,7 +138,7 @@ def _adversarial_settings(
 
 def _train(
     *, out: Path, dataset: str, model: str, config: TrainConfig, test_size: float, threads: int,
-    quiet: bool, adversarial: dict[str, Any],
+    quiet: bool, adversarial: dict[str, Any], dp: dict[str, Any] | None = None,
 ) -> None:
     """Load the data, train (adversarially when ``adversarial`` holds settings), save."""
     from dlsec.commands.options import set_threads
@@ -100,6 +151,9 @@ def _train(
     ds = load_dataset(dataset, seed=config.seed, test_size=test_size)
     set_threads(threads, device=config.device, architecture=model, dataset=ds)
     result: TrainResult
+    if dp:
+        _train_dp(out=out, ds=ds, model=model, config=config, quiet=quiet, settings=dp)
+        return
     if adversarial:
         from dlsec.scenarios.hardening import adversarial_training
 
@@ -126,6 +180,30 @@ def _train(
             f"{result.best_epoch}",
             err=True,
         )
+
+
+def _train_dp(*, out: Path, ds: Any, model: str, config: TrainConfig, quiet: bool,
+              settings: dict[str, Any]) -> None:
+    """DP-SGD training (:mod:`dlsec.scenarios.dp`), then the same files as plain training."""
+    from dlsec.files import atomic_write_text
+    from dlsec.models import save
+    from dlsec.scenarios.dp import dp_training
+    from dlsec.training import distributed_context, resolve_device
+
+    if distributed_context(resolve_device(config.device)) is not None:
+        raise TrainingError("--dp does not run under torchrun yet (one process only)")
+    res = dp_training(ds, model, config, progress=not quiet, **settings)
+    for line in res.warnings:
+        typer.echo(f"warning: {line}", err=True)
+    typer.echo(res.mode_line, err=True)
+    save(res.model, res.card, out)
+    atomic_write_text(out / "history.json", json.dumps(res.result.history, indent=2) + "\n")
+    rec = res.card.training["dp"]
+    typer.echo(
+        f"saved {res.card.architecture} (DP-SGD, epsilon {rec['epsilon_prv']:.3g} PRV / "
+        f"{rec['epsilon_rdp']:.3g} RDP, delta {rec['delta']:g}) to {out}: test accuracy "
+        f"{res.card.metrics['test_accuracy']:.4f}"
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -160,8 +238,19 @@ def register(app: typer.Typer) -> None:
         no_monitor: NoMonitorOpt = False,
         threads: ThreadsOpt = 0,
         quiet: QuietOpt = False,
+        dp: DpOpt = False,
+        epsilon: EpsilonOpt = None,
+        delta: DeltaOpt = None,
+        max_grad_norm: GradNormOpt = None,
+        noise_multiplier: NoiseOpt = None,
+        dp_fix: DpFixOpt = False,
     ) -> None:
-        """Train a model and save it (weights, card, curves); --adversarial trains it adversarially."""
+        """Train a model and save it (weights, card, curves); --adversarial trains it
+        adversarially, --dp with DP-SGD."""
+        dp_settings = _dp_settings(
+            dp, adversarial=adversarial, epsilon=epsilon, delta=delta,
+            max_grad_norm=max_grad_norm, noise_multiplier=noise_multiplier, dp_fix=dp_fix,
+        )
         settings = _adversarial_settings(
             adversarial, eps=eps, norm=norm, attack_steps=attack_steps, alpha=alpha, beta=beta,
             no_random_init=no_random_init, no_monitor=no_monitor,
@@ -172,7 +261,7 @@ def register(app: typer.Typer) -> None:
             weight_decay=weight_decay, val_fraction=val_fraction, patience=patience,
         )
         _train(out=out, dataset=dataset, model=model, config=config, test_size=test_size,
-               threads=threads, quiet=quiet, adversarial=settings)
+               threads=threads, quiet=quiet, adversarial=settings, dp=dp_settings)
 
     @app.command("adv-train")
     def adv_train(
