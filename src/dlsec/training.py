@@ -393,7 +393,8 @@ def fit(
                 loss = batch_loss(train_module, x_train[idx], y_train[idx])
                 loss.backward()
                 optimizer.step()
-                total_loss += loss.detach() * idx.numel()
+                if idx.numel():  # a Poisson batch may be empty: still a (noised) DP step
+                    total_loss += loss.detach() * idx.numel()
             lr = optimizer.param_groups[0]["lr"]
             if ddp is not None:  # the ranks' sums together cover the n samples
                 torch.distributed.all_reduce(total_loss)

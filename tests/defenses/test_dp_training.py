@@ -115,6 +115,19 @@ def test_the_accountant_is_fed_the_sample_rate_fit_used(dp_run) -> None:
     assert abs(prv.get_epsilon(dp["delta"]) - dp["epsilon_prv"]) < 1e-3
 
 
+def test_empty_poisson_batches_are_noised_steps_and_keep_the_loss_finite(digits) -> None:
+    import dataclasses
+
+    tiny = dataclasses.replace(digits, x_train=digits.x_train[:30], y_train=digits.y_train[:30])
+    for mode in ("ghost", "hooks"):
+        res = dp_train(tiny, "simplenet", _config(epochs=3, batch_size=1, val_fraction=0.0),
+                       noise_multiplier=1.0, grad_sample_mode=mode, progress=False)
+        # q = 1/30: about 3 of the 30 batches per epoch are empty (0.967**30 = 0.36 each)
+        assert res.card.training["dp"]["steps"] == 3 * 30
+        assert all(math.isfinite(r["train_loss"]) for r in res.result.history)
+        assert all(torch.isfinite(p).all() for p in res.model.parameters())
+
+
 def test_the_dp_record_survives_save_and_load(dp_run, tmp_path) -> None:
     res, _ = dp_run
     save(res.model, res.card, tmp_path / "m")
@@ -154,11 +167,24 @@ def test_batchnorm_is_fixed_on_request_and_recorded(digits) -> None:
     assert not any(isinstance(m, nn.BatchNorm1d) for m in res.model.modules())
 
 
-def test_auto_mode_falls_back_to_hooks_for_conv_layers() -> None:
-    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 10))
-    mode, line = dp_mod._choose_mode(net, None)
-    assert mode == "hooks" and "0 (Conv2d)" in line
-    assert dp_mod._choose_mode(nn.Linear(3, 2), None)[0] == "ghost"
+def test_auto_mode_says_which_and_why() -> None:
+    assert dp_mod._choose_mode(nn.Linear(3, 2), None) == (
+        "ghost", "per-sample gradients: ghost clipping (every trainable layer is ghost-clippable)")
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(72, 10))
+    mode, line = dp_mod._choose_mode(conv, None)
+    assert mode == "ghost" and "per-sample gradients for 0 (Conv2d)" in line
+
+    class Scale(nn.Module):  # a layer no Opacus sampler knows
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.w
+
+    mode, line = dp_mod._choose_mode(nn.Sequential(Scale(), nn.Linear(3, 2)), None)
+    assert mode == "hooks" and "0 (Scale)" in line
+    assert dp_mod._choose_mode(nn.Linear(3, 2), "hooks")[0] == "hooks"
 
 
 @pytest.mark.parametrize(("kw", "words"), [
