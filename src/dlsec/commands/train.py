@@ -188,10 +188,7 @@ def _train_dp(*, out: Path, ds: Any, model: str, config: TrainConfig, quiet: boo
     from dlsec.files import atomic_write_text
     from dlsec.models import save
     from dlsec.scenarios.dp import dp_training
-    from dlsec.training import distributed_context, resolve_device
 
-    if distributed_context(resolve_device(config.device)) is not None:
-        raise TrainingError("--dp does not run under torchrun yet (one process only)")
     res = dp_training(ds, model, config, progress=not quiet, **settings)
     for line in res.warnings:
         typer.echo(f"warning: {line}", err=True)

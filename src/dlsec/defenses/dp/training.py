@@ -42,6 +42,7 @@ from dlsec.training import (
     TrainResult,
     cross_entropy_loss,
     default_optimizer,
+    distributed_context,
     evaluate,
     fit,
     resolve_device,
@@ -192,6 +193,9 @@ def dp_train(
 
     _check(epsilon, delta, noise_multiplier, max_grad_norm, accountant, grad_sample_mode)
     device = resolve_device(config.device)
+    if distributed_context(device) is not None:
+        raise DPError("DP-SGD does not run under torchrun yet (one process only): Opacus's "
+                      "DPDDP and a per-rank Poisson sampler are still to come")
     card = ModelCard(architecture=architecture, input_shape=list(dataset.input_shape),
                      classes=list(dataset.classes), bounds=tuple(dataset.bounds),
                      dataset=dataset.name)
