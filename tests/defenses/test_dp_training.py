@@ -230,3 +230,11 @@ def test_dp_under_torchrun_is_refused(digits, monkeypatch) -> None:
     monkeypatch.setattr(dp_mod, "distributed_context", lambda device: object())
     with pytest.raises(DPError, match="torchrun"):
         dp_train(digits, "simplenet", _config(epochs=1), epsilon=3.0, progress=False)
+
+
+def test_an_rdp_target_is_met_under_rdp_with_prv_beside(digits) -> None:
+    res = dp_train(digits, "simplenet", _config(epochs=2), epsilon=3.0, accountant="rdp",
+                   progress=False)
+    dp = res.card.training["dp"]
+    assert dp["accountant"] == "rdp" and dp["epsilon_rdp"] <= 3.0 + 0.05
+    assert dp["epsilon_prv"] <= dp["epsilon_rdp"] + 0.05  # PRV is the tighter estimate
