@@ -152,9 +152,14 @@ def _train(
     set_threads(threads, device=config.device, architecture=model, dataset=ds)
     result: TrainResult
     if dp:
-        _train_dp(out=out, ds=ds, model=model, config=config, quiet=quiet, settings=dp)
-        return
-    if adversarial:
+        from dlsec.scenarios.dp import dp_training
+
+        res = dp_training(ds, model, config, progress=not quiet, **dp)
+        for line in res.warnings:
+            typer.echo(f"warning: {line}", err=True)
+        typer.echo(res.mode_line, err=True)
+        net, card, result = res.model, res.card, res.result
+    elif adversarial:
         from dlsec.scenarios.hardening import adversarial_training
 
         net, card, result = adversarial_training(ds, model, config, progress=not quiet,
@@ -166,6 +171,14 @@ def _train(
     save(net, card, out)
     atomic_write_text(out / "history.json", json.dumps(result.history, indent=2) + "\n")
     m = card.metrics
+    if dp:
+        rec = card.training["dp"]
+        typer.echo(
+            f"saved {card.architecture} (DP-SGD, epsilon {rec['epsilon_prv']:.3g} PRV / "
+            f"{rec['epsilon_rdp']:.3g} RDP, delta {rec['delta']:g}) to {out}: test accuracy "
+            f"{m['test_accuracy']:.4f}"
+        )
+        return
     if not adversarial:
         typer.echo(f"saved {card.architecture} to {out} (test accuracy {m['test_accuracy']:.4f})")
         return
@@ -180,27 +193,6 @@ def _train(
             f"{result.best_epoch}",
             err=True,
         )
-
-
-def _train_dp(*, out: Path, ds: Any, model: str, config: TrainConfig, quiet: bool,
-              settings: dict[str, Any]) -> None:
-    """DP-SGD training (:mod:`dlsec.scenarios.dp`), then the same files as plain training."""
-    from dlsec.files import atomic_write_text
-    from dlsec.models import save
-    from dlsec.scenarios.dp import dp_training
-
-    res = dp_training(ds, model, config, progress=not quiet, **settings)
-    for line in res.warnings:
-        typer.echo(f"warning: {line}", err=True)
-    typer.echo(res.mode_line, err=True)
-    save(res.model, res.card, out)
-    atomic_write_text(out / "history.json", json.dumps(res.result.history, indent=2) + "\n")
-    rec = res.card.training["dp"]
-    typer.echo(
-        f"saved {res.card.architecture} (DP-SGD, epsilon {rec['epsilon_prv']:.3g} PRV / "
-        f"{rec['epsilon_rdp']:.3g} RDP, delta {rec['delta']:g}) to {out}: test accuracy "
-        f"{res.card.metrics['test_accuracy']:.4f}"
-    )
 
 
 def register(app: typer.Typer) -> None:
