@@ -73,8 +73,16 @@ GradNormOpt = Annotated[
 ]
 NoiseOpt = Annotated[
     float | None,
-    number("With --dp: noise multiplier instead of a target epsilon", "--noise-multiplier",
-           low=0.0),
+    number("With --dp: noise multiplier instead of a target epsilon (> 0; 0 adds no noise, "
+           "no privacy)", "--noise-multiplier", low=0.0, low_open=True),
+]
+AccountantOpt = Annotated[
+    str | None, typer.Option(help="With --dp: prv | rdp | gdp (default prv; the other "
+                             "epsilon is computed beside it)")
+]
+GradModeOpt = Annotated[
+    str | None, typer.Option("--grad-sample-mode", help="With --dp: auto | ghost | hooks "
+                             "(default auto: ghost clipping where the layers allow it)")
 ]
 DpFixOpt = Annotated[
     bool, typer.Option("--dp-fix", help="With --dp: replace BatchNorm with GroupNorm (Opacus)")
@@ -84,17 +92,28 @@ DpFixOpt = Annotated[
 def _dp_settings(
     dp: bool, *, adversarial: str | None, epsilon: float | None, delta: float | None,
     max_grad_norm: float | None, noise_multiplier: float | None, dp_fix: bool,
+    accountant: str | None = None, grad_sample_mode: str | None = None,
 ) -> dict[str, Any]:
     """The keywords of :func:`dlsec.scenarios.dp.dp_training`; a DP flag without ``--dp``
     (or ``--dp`` with ``--adversarial``) is an error, never silently ignored."""
     given = {"--epsilon": epsilon is not None, "--delta": delta is not None,
              "--max-grad-norm": max_grad_norm is not None,
-             "--noise-multiplier": noise_multiplier is not None, "--dp-fix": dp_fix}
+             "--noise-multiplier": noise_multiplier is not None, "--dp-fix": dp_fix,
+             "--accountant": accountant is not None,
+             "--grad-sample-mode": grad_sample_mode is not None}
     if not dp:
         stray = [flag for flag, on in given.items() if on]
         if stray:
             raise TrainingError(f"{', '.join(stray)} only apply with --dp")
         return {}
+    from dlsec.scenarios.dp import ACCOUNTANTS, GRAD_SAMPLE_MODES
+
+    if accountant is not None and accountant not in ACCOUNTANTS:
+        raise TrainingError(f"--accountant: unknown accountant {accountant!r} (choose from "
+                            f"{', '.join(ACCOUNTANTS)})")
+    if grad_sample_mode is not None and grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise TrainingError(f"--grad-sample-mode: unknown mode {grad_sample_mode!r} (choose "
+                            f"from {', '.join(GRAD_SAMPLE_MODES)})")
     if adversarial is not None:
         raise TrainingError("--dp and --adversarial cannot be combined (choose one defense)")
     if epsilon is not None and noise_multiplier is not None:
@@ -105,6 +124,8 @@ def _dp_settings(
         "delta": 1e-5 if delta is None else delta,
         "max_grad_norm": 1.0 if max_grad_norm is None else max_grad_norm,
         "fix": dp_fix,
+        "accountant": accountant or "prv",
+        "grad_sample_mode": None if grad_sample_mode in (None, "auto") else grad_sample_mode,
     }
 
 
@@ -174,9 +195,10 @@ def _train(
     if dp:
         rec = card.training["dp"]
         typer.echo(
-            f"saved {card.architecture} (DP-SGD, epsilon {rec['epsilon_prv']:.3g} PRV / "
-            f"{rec['epsilon_rdp']:.3g} RDP, delta {rec['delta']:g}) to {out}: test accuracy "
-            f"{m['test_accuracy']:.4f}"
+            f"saved {card.architecture} (DP-SGD, epsilon {rec['epsilon_prv']:.4g} PRV / "
+            f"{rec['epsilon_rdp']:.4g} RDP, delta {rec['delta']:g}; {rec['accountant']} "
+            f"accountant, noise multiplier {rec['noise_multiplier']:.4g}) to {out}: test "
+            f"accuracy {m['test_accuracy']:.4f}"
         )
         return
     if not adversarial:
@@ -233,12 +255,15 @@ def register(app: typer.Typer) -> None:
         max_grad_norm: GradNormOpt = None,
         noise_multiplier: NoiseOpt = None,
         dp_fix: DpFixOpt = False,
+        accountant: AccountantOpt = None,
+        grad_sample_mode: GradModeOpt = None,
     ) -> None:
         """Train a model and save it (weights, card, curves); --adversarial trains it
         adversarially, --dp with DP-SGD."""
         dp_settings = _dp_settings(
             dp, adversarial=adversarial, epsilon=epsilon, delta=delta,
             max_grad_norm=max_grad_norm, noise_multiplier=noise_multiplier, dp_fix=dp_fix,
+            accountant=accountant, grad_sample_mode=grad_sample_mode,
         )
         settings = _adversarial_settings(
             adversarial, eps=eps, norm=norm, attack_steps=attack_steps, alpha=alpha, beta=beta,

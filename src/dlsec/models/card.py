@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -173,6 +174,50 @@ def _finite_numbers(v: Any) -> bool:
     return isinstance(v, list) and all(_number(x) and math.isfinite(x) for x in v)
 
 
+# The DP-SGD record (``training["dp"]``, written by :func:`dlsec.defenses.dp.dp_train`):
+# each key dlsec reads back, and the values it may take. Other keys pass unchecked.
+_DP_NUMBERS: dict[str, tuple[float, float, bool, bool]] = {
+    # key: (low, high, low open, high open); epsilons may be infinite (no noise)
+    "epsilon_prv": (0.0, math.inf, False, False), "epsilon_rdp": (0.0, math.inf, False, False),
+    "delta": (0.0, 1.0, True, True), "noise_multiplier": (0.0, math.inf, False, True),
+    "max_grad_norm": (0.0, math.inf, True, True), "sample_rate": (0.0, 1.0, True, False),
+}
+
+
+def _check_dp_record(dp: Any, bad: Callable[[str, str], ModelError]) -> None:
+    """One-line :class:`ModelError` (through ``bad``) for a damaged DP record: a number out
+    of its range, a count that is not an integer, ``fixed_layers`` (the layers Opacus's
+    ``ModuleValidator.fix`` replaced, which loading replaces again) not a list of names."""
+    if not isinstance(dp, dict):
+        raise bad("training", "key 'dp' must be an object (the DP-SGD record)")
+    for key, (low, high, low_open, high_open) in _DP_NUMBERS.items():
+        if key not in dp:
+            continue
+        v = dp[key]
+        ok = _number(v) and not math.isnan(v) and (v > low if low_open else v >= low) and (
+            v < high if high_open else v <= high)
+        if not ok:
+            lo, hi = "(" if low_open else "[", ")" if high_open else "]"
+            raise bad("training", f"key 'dp.{key}' must be a number in {lo}{low:g}, {high:g}{hi}, "
+                      f"got {json.dumps(v)[:40]}")
+    if dp.get("target_epsilon") is not None and not (
+            _number(dp["target_epsilon"]) and math.isfinite(dp["target_epsilon"])
+            and dp["target_epsilon"] > 0):
+        raise bad("training", "key 'dp.target_epsilon' must be null or a number > 0")
+    for key, low in (("steps", 0), ("training_records", 1)):
+        v = dp.get(key, low)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise bad("training", f"key 'dp.{key}' must be an integer >= {low}, "
+                      f"got {json.dumps(v)[:40]}")
+    for key in ("accountant", "grad_sample_mode"):
+        if key in dp and not isinstance(dp[key], str):
+            raise bad("training", f"key 'dp.{key}' must be a string")
+    fixed = dp.get("fixed_layers", [])
+    if not isinstance(fixed, list) or not all(isinstance(x, str) and x for x in fixed):
+        raise bad("training", "key 'dp.fixed_layers' must be a list of layer names (the "
+                  "layers Opacus's ModuleValidator.fix replaced)")
+
+
 def _checked_fields(d: dict[str, Any], source: str) -> dict[str, Any]:
     """``d`` with each field's type and value checked (one-line ModelError naming it)."""
 
@@ -240,6 +285,8 @@ def _checked_fields(d: dict[str, Any], source: str) -> dict[str, Any]:
     seed = training.get("seed", 0)
     if not 0 <= seed <= MAX_SEED:
         raise bad("training", f"key 'seed' must be between 0 and {MAX_SEED}, got {seed}")
+    if "dp" in training:
+        _check_dp_record(training["dp"], bad)
 
     metrics = d.get("metrics", {})
     if not isinstance(metrics, dict) or not all(v is None or _number(v) for v in metrics.values()):

@@ -57,9 +57,44 @@ def build_model(
         if code_module(arch) is not None:
             card._allowed_code = arch
     net = build_network(arch, input_shape=card.input_shape, num_classes=card.num_classes)
+    net = _replace_fixed_layers(net, card)
     if card.normalization:
         return Normalized(net, card.normalization["mean"], card.normalization["std"])
     return net
+
+
+def _replace_fixed_layers(net: nn.Module, card: ModelCard) -> nn.Module:
+    """``net`` with the layers DP training replaced replaced again, so its weights fit.
+
+    A DP-SGD record (``card.training["dp"]``) whose ``fixed_layers`` is not empty says the
+    network went through Opacus's ``ModuleValidator.fix`` before training (``--dp-fix``:
+    BatchNorm -> GroupNorm); the same function runs here (Opacus is imported only then).
+    Each entry, ``"name: Old -> New"``, is checked against what the fix did to this
+    architecture: a record that does not match is a one-line :class:`ModelError`.
+    """
+    dp = card.training.get("dp") if isinstance(card.training, dict) else None
+    fixed = dp.get("fixed_layers") if isinstance(dp, dict) else None
+    if not fixed:
+        return net
+    where = card._source or "model card"
+    try:
+        from opacus.validators import ModuleValidator
+    except ImportError:
+        raise ModelError(f"{where}: DP training replaced layers ({', '.join(fixed)}) with "
+                         "Opacus's ModuleValidator.fix; loading the model needs opacus "
+                         "(pip install opacus)") from None
+    before = {name or "<model>": type(m).__name__ for name, m in net.named_modules()}
+    fixed_net = ModuleValidator.fix(net)
+    after = {name or "<model>": type(m).__name__ for name, m in fixed_net.named_modules()}
+    did = [f"{n}: {t} -> {after[n]}" if n in after else f"{n}: {t}"
+           for n, t in before.items() if after.get(n) != t]
+    for entry in fixed:
+        if entry not in did:
+            raise ModelError(
+                f"{where}: the DP record's fixed layer {entry!r} is not what Opacus's "
+                f"ModuleValidator.fix does to {card.architecture!r} "
+                f"({', '.join(did) or 'it replaces nothing'})")
+    return fixed_net
 
 
 def save(model: nn.Module, card: ModelCard, directory: str | Path) -> ModelCard:
