@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dlsec.commands.options import SeedOpt, TestSizeOpt, ThreadsOpt, TrustCodeOpt, count
+from dlsec.commands.options import (
+    SeedOpt,
+    TestSizeOpt,
+    ThreadsOpt,
+    TrustCodeOpt,
+    count,
+    number,
+)
 from dlsec.errors import DlsecError
 
 if TYPE_CHECKING:
@@ -57,7 +64,8 @@ def _emit(summary: dict[str, Any], out: Path | None) -> None:
 
 def register(app: typer.Typer) -> None:
     privacy_app = typer.Typer(
-        help="Privacy attacks: membership inference, model inversion; a model's DP budget.")
+        help="Privacy attacks: membership inference, model inversion; a model's DP budget and "
+             "its one-run audit.")
     app.add_typer(privacy_app, name="privacy")
 
     @privacy_app.command("membership")
@@ -137,6 +145,57 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{model_dir}: trained with DP-SGD")
         for line in lines:
             typer.echo(f"  {line}")
+
+    @privacy_app.command("audit-dp")
+    def audit_dp(
+        dataset: Annotated[str, typer.Option(help="Dataset to train on")] = "digits",
+        model: Annotated[str, typer.Option(help="Architecture")] = "simplenet",
+        epsilon: Annotated[float | None, number(
+            "DP target epsilon (PRV accountant); omit for the undefended model", low=0.0,
+            low_open=True)] = None,
+        canaries: Annotated[str, typer.Option(help="Canary kinds: input, gradient or both")] = "input,gradient",
+        m: Annotated[int, typer.Option("--m", help="Canaries of each kind (at least 2)")] = 1000,
+        k: Annotated[int | None, typer.Option("--k", help="Guesses per kind (default: m/10 input, m/5 gradient)")] = None,
+        epochs: Annotated[int, count("Training epochs")] = 15,
+        lr: Annotated[float, number("Learning rate", low=0.0, low_open=True)] = 0.05,
+        delta: Annotated[float, number("Delta of the DP target and the bound", low=0.0, high=1.0,
+                                       low_open=True, high_open=True)] = 1e-5,
+        seed: SeedOpt = 0,
+        json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON summary here")] = None,
+        threads: ThreadsOpt = 0,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    ) -> None:
+        """One-run empirical privacy audit (Steinke et al. 2023): train once with canaries,
+        print the accountant's epsilon beside the lower bound of each canary kind."""
+        from dlsec.commands.options import set_threads
+        from dlsec.data import load_dataset
+        from dlsec.scenarios.dp_audit import one_run_audit
+        from dlsec.training import TrainConfig
+
+        kinds = tuple(c.strip() for c in canaries.split(",") if c.strip())
+        _check_out(json_out, option="--json")
+        ds = load_dataset(dataset, seed=seed)
+        set_threads(threads, device="auto", architecture=model, dataset=ds)
+        config = TrainConfig(epochs=epochs, lr=lr, seed=seed, measure_train_accuracy=False)
+        res = one_run_audit(ds, model, config, epsilon=epsilon, canaries=kinds, m=m, k=k,
+                            delta=delta, progress=not quiet)
+        acc = "undefended" if epsilon is None else f"epsilon {res.epsilon_accountant:.3f} (PRV)"
+        typer.echo(f"{model} on {dataset}, {acc}, test accuracy {res.test_accuracy:.3f}")
+        for kind, a in res.audits.items():
+            typer.echo(f"  {kind} canaries: lower bound {a.epsilon_lower_bound:.3f} "
+                       f"({a.correct}/{a.guesses} correct of m={a.canaries}, "
+                       f"{a.confidence:.0%} confidence)")
+        if json_out is not None:
+            from dlsec.files import atomic_write_text
+
+            summary = {"dataset": dataset, "model": model, "test_accuracy": res.test_accuracy,
+                       "epsilon_accountant": res.epsilon_accountant,
+                       "audits": {kind: {"epsilon_lower_bound": a.epsilon_lower_bound,
+                                         "correct": a.correct, "guesses": a.guesses,
+                                         "canaries": a.canaries, "included": a.included}
+                                  for kind, a in res.audits.items()},
+                       "details": res.details}
+            atomic_write_text(json_out, json.dumps(summary, indent=2) + "\n")
 
     @app.command("extract")
     def extract_cmd(

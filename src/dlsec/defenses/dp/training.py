@@ -35,6 +35,13 @@ from typing import Any, Literal, cast
 import torch
 from torch import Tensor, nn
 
+from dlsec.defenses.dp.canaries import (
+    Canaries,
+    GradientCanaryHook,
+    canary_record,
+    input_canary_scores,
+    with_input_canaries,
+)
 from dlsec.errors import DlsecError
 from dlsec.training import (
     BatchLoss,
@@ -70,6 +77,10 @@ class DPResult:
     warnings: list[str] = field(default_factory=list)
     # the accountant's history: (noise multiplier, sample rate, steps) per make_private
     accountant_history: list[tuple[float, float, int]] = field(default_factory=list)
+    # planted canaries (``dp_train(canaries=...)``): a score per canary, "input" and/or
+    # "gradient" (higher = more likely included), and the gradient canaries added per step
+    canary_scores: dict[str, Tensor] = field(default_factory=dict)
+    canary_additions: list[int] = field(default_factory=list)
 
 
 def _check(epsilon: float | None, delta: float, noise_multiplier: float | None,
@@ -171,6 +182,7 @@ def dp_train(
     fix: bool = False,
     grad_sample_mode: GradSampleMode | None = None,
     model: nn.Module | None = None,
+    canaries: Canaries | None = None,
     progress: bool = True,
 ) -> DPResult:
     """Train ``architecture`` on ``dataset`` with DP-SGD; return the model, its card
@@ -184,6 +196,14 @@ def dp_train(
     and noise are seeded by ``config.seed``. ``model`` trains a prebuilt network (its card
     names ``architecture``) instead of building one. Errors are :class:`DPError`, raised
     before any training.
+
+    ``canaries`` (:mod:`dlsec.defenses.dp.canaries`) plants a one-run audit's canaries in
+    this run: the included input canaries are appended to the training records after the
+    train/validation split (the sample rate and ``training_records`` count them), the
+    included gradient canaries are Poisson-sampled at the run's sample rate and added to the
+    clipped sum before Opacus's noise; ``DPResult.canary_scores`` holds their scores and
+    ``card.training["dp"]["canaries"]`` their counts. ``noise_multiplier=0`` (clipping
+    without noise, e.g. for an audit's no-privacy reference) records epsilon as infinite.
     """
     from opacus import PrivacyEngine
     from torch.utils.data import DataLoader, TensorDataset
@@ -211,6 +231,8 @@ def dp_train(
     if config.val_fraction > 0:
         tr_idx, val_idx = stratified_split(y_tr, test_size=config.val_fraction, seed=config.seed)
         x_tr, y_tr, x_val, y_val = x_tr[tr_idx], y_tr[tr_idx], x_tr[val_idx], y_tr[val_idx]
+    canaries = canaries or Canaries()
+    x_tr, y_tr = with_input_canaries(x_tr, y_tr, canaries.input)
     n = int(x_tr.shape[0])
     notes: list[str] = []
     if delta >= 1.0 / n:
@@ -234,7 +256,8 @@ def dp_train(
                             config=config, data=(x_tr, y_tr, x_val, y_val), epsilon=epsilon,
                             delta=delta, accountant=accountant, mode=mode,
                             mode_line=mode_line, fixed=fixed, notes=notes, progress=progress,
-                            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm)
+                            noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                            canaries=canaries)
 
 
 # Opacus's warnings that say nothing to a dlsec user: the secure-RNG reminder (the module
@@ -248,7 +271,8 @@ def _private_fit(engine: Any, kwargs: dict[str, Any], *, model: nn.Module, card:
                  data: tuple[Tensor, Tensor, Tensor | None, Tensor | None],
                  epsilon: float | None, delta: float, accountant: str, mode: GradSampleMode,
                  mode_line: str, fixed: list[str], notes: list[str], progress: bool,
-                 noise_multiplier: float | None, max_grad_norm: float) -> DPResult:
+                 noise_multiplier: float | None, max_grad_norm: float,
+                 canaries: Canaries) -> DPResult:
     from opacus.accountants import RDPAccountant
 
     x_tr, y_tr, x_val, y_val = data
@@ -278,6 +302,8 @@ def _private_fit(engine: Any, kwargs: dict[str, Any], *, model: nn.Module, card:
     else:
         private, optimizer, dp_loader = made
     sampler = dp_loader.batch_sampler
+    hook = (GradientCanaryHook(canaries.gradient, optimizer, sample_rate=sampler.sample_rate,
+                               clip=max_grad_norm) if canaries.gradient is not None else None)
 
     def batches(epoch: int) -> Iterator[list[int]]:
         return iter(sampler)
@@ -287,16 +313,20 @@ def _private_fit(engine: Any, kwargs: dict[str, Any], *, model: nn.Module, card:
                      batch_loss=batch_loss, make_optimizer=lambda m, c: optimizer,
                      sampler=batches, progress=progress, description="DP training")
     finally:
+        if hook is not None:
+            hook.remove()
         private.remove_hooks()
         for p in model.parameters():
             p.grad_sample = None  # type: ignore[attr-defined]
     rdp = RDPAccountant()
     rdp.history = list(engine.accountant.history)
     test = evaluate(model, dataset.x_test, dataset.y_test)
+    noiseless = float(optimizer.noise_multiplier) == 0.0  # no privacy: PRV cannot say inf
     card.training = {**config.to_dict(), "best_epoch": result.best_epoch, "dp": {
-        "epsilon_prv": float(engine.get_epsilon(delta)) if accountant == "prv" else
+        "epsilon_prv": math.inf if noiseless else
+        float(engine.get_epsilon(delta)) if accountant == "prv" else
         float(_prv_epsilon(engine.accountant.history, delta)),
-        "epsilon_rdp": float(rdp.get_epsilon(delta)),
+        "epsilon_rdp": math.inf if noiseless else float(rdp.get_epsilon(delta)),
         "delta": delta,
         "noise_multiplier": float(optimizer.noise_multiplier),
         "max_grad_norm": max_grad_norm,
@@ -307,6 +337,7 @@ def _private_fit(engine: Any, kwargs: dict[str, Any], *, model: nn.Module, card:
         "target_epsilon": epsilon,
         "grad_sample_mode": mode,
         "fixed_layers": fixed,
+        **({"canaries": canary_record(canaries)} if canaries.input or canaries.gradient else {}),
     }}
     card.metrics = {"test_accuracy": test["accuracy"], "test_loss": test["loss"]}
     if result.history:
@@ -314,8 +345,14 @@ def _private_fit(engine: Any, kwargs: dict[str, Any], *, model: nn.Module, card:
         for key in ("train_accuracy", "val_accuracy"):
             if key in last:
                 card.metrics[key] = last[key]
+    scores: dict[str, Tensor] = {}
+    if canaries.input is not None:
+        scores["input"] = input_canary_scores(model.eval(), canaries.input)
+    if hook is not None:
+        scores["gradient"] = hook.scores
     return DPResult(model=model.eval(), card=card, result=result, mode_line=mode_line,
-                    warnings=notes, accountant_history=list(engine.accountant.history))
+                    warnings=notes, accountant_history=list(engine.accountant.history),
+                    canary_scores=scores, canary_additions=hook.additions if hook else [])
 
 
 def _prv_epsilon(history: list[tuple[float, float, int]], delta: float) -> float:
