@@ -119,7 +119,7 @@ def one_run_audit(dataset: Dataset, architecture: str, config: TrainConfig, *,
         from dlsec.models import ModelCard, build_model
 
         card = ModelCard(architecture=architecture, input_shape=list(dataset.input_shape),
-                         classes=list(dataset.classes), bounds=tuple(dataset.bounds))
+                         classes=list(dataset.classes), bounds=(float(dataset.bounds[0]), float(dataset.bounds[1])))
         shape_model = build_model(card, factory=architecture)
         planted_grad = gradient_canaries(
             shape_model, m, sampling_seed=stream_seed(seed, "dp-audit/gradient-sampling"),
