@@ -27,8 +27,8 @@ def federations(digits: Dataset):
 def test_honest_fedavg_learns_digits(federations) -> None:
     curve = federations.figures["accuracy_per_round"]["fedavg"]
     assert len(curve) == 11 and curve[0] < 0.3  # round 0: the untrained model
-    # measured: FILL
-    assert curve[-1] >= 0.85, curve
+    # measured: 0.134 at round 0, 0.886 after 10 rounds (10 IID clients, SGD lr 0.1)
+    assert curve[-1] >= 0.80, curve
     assert not federations.warnings
 
 
@@ -45,9 +45,10 @@ def test_same_seed_same_weights(federations) -> None:
 def test_sign_flip_breaks_fedavg_but_not_krum_or_median(federations) -> None:
     m = federations.metrics
     clean = m["fedavg_accuracy"]
-    # measured: FILL
+    # measured: FedAvg 0.886 clean, 0.100 with 3 of 10 clients sign-flipping (scale 4);
+    # Krum 0.894, median 0.877 under the same attack
     assert m["fedavg_sign-flip_0.3_accuracy"] <= clean - 0.5, m
     for robust in ("krum", "fedmedian"):
-        assert m[f"{robust}_sign-flip_0.3_accuracy"] >= m["fedavg_sign-flip_0.3_accuracy"] + 0.2, m
+        assert m[f"{robust}_sign-flip_0.3_accuracy"] >= 0.75, m
     cells = {c["key"]: c for c in federations.details["cells"]}
     assert len(cells["krum_sign-flip_0.3"]["malicious_clients"]) == 3
