@@ -5,7 +5,9 @@ minus its validation share) against as many test records, so chance is AUC 0.5. 
 name: :data:`MEMBERSHIP_ATTACKS` (:mod:`dlsec.attacks.privacy.membership`). Shadow models
 follow the target's own recipe from its card; when the audit chose the target's epochs by its
 training set's size (``epochs_rule``), the shadows' epochs follow the same rule for their half
-of the records.
+of the records. A target trained with DP-SGD (its card's ``training["dp"]``) gets shadows
+trained the same way: DP-SGD on Opacus (:func:`dlsec.defenses.dp.dp_train`) with the card's
+noise multiplier, clipping norm and sample rate, one after another.
 
 Seed streams: ``membership/set`` (which records), ``membership/shadows`` (the shadows'
 halves), ``membership/label-only`` (the label-only attack's noise).
@@ -14,7 +16,11 @@ halves), ``membership/label-only`` (the label-only attack's noise).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
 
 from dlsec.attacks.privacy.membership import (
     AttackClassifierConfig,
@@ -28,10 +34,12 @@ from dlsec.attacks.privacy.membership import (
 )
 from dlsec.attacks.privacy.metrics import roc_points
 from dlsec.attacks.surrogate import train_config_from_card
+from dlsec.data import Dataset
 from dlsec.errors import DlsecError
+from dlsec.models import ModelCard
 from dlsec.scenarios.context import ScenarioContext
 from dlsec.scenarios.result import ScenarioResult, Table
-from dlsec.training import scaled_epochs
+from dlsec.training import TrainConfig, scaled_epochs
 
 MEMBERSHIP_ATTACKS = ("loss", "confidence", "entropy", "shadow", "lira", "lira-offline",
                       "label-only")
@@ -83,11 +91,15 @@ def run_membership(ctx: ScenarioContext, options: MembershipOptions | None = Non
         record = ctx.card.training_record
         if record.epochs_rule:  # each shadow trains on half the records
             cfg = dataclasses.replace(cfg, epochs=scaled_epochs(len(y) // 2))
+        dp = DPShadowTrainer.from_card(ctx.card)
         shadows = train_shadow_models(x, y, card=ctx.card, n_models=opt.shadows, config=cfg,
                                       generator=ctx.generator("membership/shadows"),
-                                      progress=ctx.progress, stacked=opt.stacked)
+                                      progress=ctx.progress,
+                                      stacked=False if dp else opt.stacked, train_one=dp)
         details.update(shadows=opt.shadows, shadow_epochs=cfg.epochs, shadow_records=len(y) // 2,
                        shadow_epochs_scaled=bool(record.epochs_rule))
+        if dp is not None:
+            details["shadow_dp"] = dp.records
     results: list[MembershipResult] = []
     for name in opt.attacks:
         if name in ("loss", "confidence", "entropy"):
@@ -109,6 +121,50 @@ def run_membership(ctx: ScenarioContext, options: MembershipOptions | None = Non
     out = _result(results, is_member, details)
     out.artifacts["records"] = (x, y, is_member)
     return out
+
+
+@dataclass
+class DPShadowTrainer:
+    """Trains one shadow model as a DP target was trained: DP-SGD on Opacus with the
+    target card's noise multiplier and clipping norm, and its sample rate (the expected
+    batch is ``sample_rate`` times the shadow's records), so a shadow takes as many noised
+    steps of the same kind as the target did. ``records`` keeps each shadow's
+    ``training["dp"]`` record (what the shadows really were)."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float
+    card: ModelCard
+    fix: bool = False
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    @classmethod
+    def from_card(cls, card: ModelCard) -> DPShadowTrainer | None:
+        dp = (card.training or {}).get("dp")
+        if not isinstance(dp, dict):
+            return None
+        return cls(noise_multiplier=float(dp["noise_multiplier"]),
+                   max_grad_norm=float(dp["max_grad_norm"]),
+                   sample_rate=float(dp["sample_rate"]), card=card,
+                   fix=bool(dp.get("fixed_layers")))
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig) -> nn.Module:
+        from dlsec.defenses.dp import dp_train
+
+        n = int(y.shape[0])
+        # Opacus's rate is 1 / ceil(n / batch): the batch whose rate comes nearest the target's
+        near = max(1, math.ceil(n * self.sample_rate))
+        batch = min((b for b in (near - 1, near, near + 1) if 1 <= b <= n),
+                    key=lambda b: abs(1.0 / math.ceil(n / b) - self.sample_rate))
+        part = Dataset(name=f"{self.card.dataset or 'shadow'}-shadow", x_train=x, y_train=y,
+                       x_test=x, y_test=y, classes=tuple(self.card.classes),
+                       bounds=tuple(self.card.bounds))  # type: ignore[arg-type]
+        cfg = dataclasses.replace(config, batch_size=batch)
+        res = dp_train(part, self.card.architecture, cfg, model=model, progress=False,
+                       noise_multiplier=self.noise_multiplier,
+                       max_grad_norm=self.max_grad_norm, fix=self.fix)
+        self.records.append(dict(res.card.training["dp"]))
+        return res.model
 
 
 def _result(results: list[MembershipResult], is_member, details: dict) -> ScenarioResult:

@@ -8,7 +8,7 @@ returns, so the same code scores a local model or a remote API.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,10 +218,22 @@ def _stacked_loss(model: nn.Module, idx: Tensor, y: Tensor) -> Tensor:
     return ((ce * w).sum(1) / w.sum(1).clamp_min(1.0)).sum()
 
 
+ShadowTrainer = Callable[[nn.Module, Tensor, Tensor, TrainConfig], nn.Module]
+"""``train_one(model, x, y, config) -> trained model``: how one shadow model is trained
+(default: :func:`dlsec.training.fit`). A scenario passes another trainer (DP-SGD for a
+DP-trained target) so the shadows follow the target's recipe; attacks know no defenses."""
+
+
+def _fit_one(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig) -> nn.Module:
+    fit(model, x, y, config=config, progress=False)
+    return model
+
+
 def train_shadow_models(x: Tensor, y: Tensor, *, card: ModelCard, n_models: int,
                         config: TrainConfig, generator: torch.Generator,
                         keep: Tensor | None = None, stacked: bool | None = None,
-                        progress: bool = False) -> ShadowModels:
+                        progress: bool = False,
+                        train_one: ShadowTrainer | None = None) -> ShadowModels:
     """Train ``n_models`` networks of ``card``'s architecture on random halves of ``(x, y)``
     with :func:`dlsec.training.fit` under ``config``, model ``m`` under seed ``config.seed + m``.
 
@@ -229,6 +241,8 @@ def train_shadow_models(x: Tensor, y: Tensor, *, card: ModelCard, n_models: int,
     (:class:`_StackedModels`): every batch of ``2 * config.batch_size`` pool records gives each
     model about ``config.batch_size`` of its own, so steps per epoch and the batch size match
     training each model alone on its half. Otherwise they train one after another.
+    ``train_one`` (a :data:`ShadowTrainer`) replaces ``fit`` for each model; such shadows
+    train one after another (``stacked=True`` with it is refused).
     """
     import dataclasses
 
@@ -244,6 +258,11 @@ def train_shadow_models(x: Tensor, y: Tensor, *, card: ModelCard, n_models: int,
     device = resolve_device(config.device)
     x, y = x.to(device), y.to(device)
     models = [fresh_model(card, config.seed + m).to(device) for m in range(n_models)]
+    if train_one is not None and stacked:
+        raise PrivacyAttackError("shadow models with their own trainer train one after another "
+                                 "(stacked=True needs the plain fit)")
+    if train_one is not None:
+        stacked = False
     if stacked is None:
         batch_norm = nn.modules.batchnorm._BatchNorm
         stacked = not any(isinstance(mod, batch_norm) for mod in models[0].modules())
@@ -259,7 +278,7 @@ def train_shadow_models(x: Tensor, y: Tensor, *, card: ModelCard, n_models: int,
             for m, model in enumerate(models):
                 cfg = dataclasses.replace(config, seed=config.seed + m, val_fraction=0.0)
                 idx = torch.nonzero(keep[m].to(device)).flatten()
-                fit(model, x[idx], y[idx], config=cfg, progress=False)
+                models[m] = (train_one or _fit_one)(model, x[idx], y[idx], cfg)
                 bar.update(task, advance=1)
     for model in models:
         model.eval()

@@ -1,0 +1,95 @@
+"""Section "Differential privacy": what DP-SGD would buy this model and what it would cost.
+
+Options (``[dp]``) -> :func:`dlsec.scenarios.dp_sweep.dp_sweep` -> render: one table with a
+row per model (test accuracy, the accountant's epsilon under PRV and RDP, membership
+inference AUCs), each model's membership table, accuracy against epsilon (the audited,
+undefended model as the reference line) and the empirical lower bound against the
+accountant's epsilon (the y = x line: a bound above it means the guarantee is broken).
+
+Gate keys: ``dp.accuracy@3``, ``dp.accuracy@undefended``, ``dp.epsilon@3`` (PRV),
+``dp.loss_auc@3``, ``dp.lira_auc@3``, ``dp.lira_tpr_at_1_fpr@3``, ...
+(``--fail-under dp.accuracy@3=0.8``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from dlsec.audit.context import AuditContext
+from dlsec.audit.result import SectionResult
+from dlsec.audit.sections import register_section
+from dlsec.audit.sections._scale import is_large
+from dlsec.scenarios.dp_sweep import DPSweepOptions
+
+LARGE_EPOCHS = 2  # DP epochs on large inputs when ``epochs`` is 0 (automatic)
+SMALL_EPOCHS = 15
+
+
+@dataclass
+class DPOptions(DPSweepOptions):
+    """``[dp]`` table of audit.toml: the fields of
+    :class:`dlsec.scenarios.dp_sweep.DPSweepOptions` (``epsilons``, ``include-undefended``,
+    ``delta``, ``max-grad-norm``, ``epochs`` (0: automatic: the audit's own ``epochs`` when
+    it sets them, else 15 on small inputs and 2 on large ones), ``lr``, ``batch-size``, ``members``, ``shadows``, ``lira-epsilons``,
+    ``lira-online``)."""
+
+    epochs: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ValueError(f"epochs: must be >= 0 (0: automatic), got {self.epochs}")
+        auto = self.epochs == 0
+        if auto:
+            self.epochs = SMALL_EPOCHS
+        super().__post_init__()
+        if auto:
+            self.epochs = 0
+
+
+def _settings(opt: DPSweepOptions, large: bool) -> str:
+    lira = "online" if opt.lira_online else "offline"
+    at = ", ".join(f"{e:g}" for e in opt.lira_epsilons)
+    text = (f"DP-SGD (Opacus, Poisson sampling) {opt.epochs} epochs, Adam lr {opt.lr:g}, "
+            f"expected batch {opt.batch_size}, clipping norm {opt.max_grad_norm:g}, "
+            f"δ = {opt.delta:g}; membership: loss attack on every model")
+    if opt.shadows >= 2:
+        text += (f", LiRA ({lira}) with {opt.shadows} shadow models "
+                 f"at ε = {at or 'none'} and on the undefended model (DP shadows trained with "
+                 "the model's noise, clipping and sample rate)")
+    if large:
+        text += f"; large inputs: {opt.epochs} epochs by default"
+    return text
+
+
+@register_section("dp", title="Differential privacy", order=75, options=DPOptions, version=1)
+def run(ctx: AuditContext, options: DPOptions | None) -> SectionResult:
+    from dlsec.audit.report.plots import line_chart
+    from dlsec.scenarios.dp_sweep import dp_sweep
+
+    opt = options or DPOptions()
+    large = is_large(ctx.card)
+    epochs = opt.epochs or ctx.config.epochs or (LARGE_EPOCHS if large else SMALL_EPOCHS)
+    fields = {f.name: getattr(opt, f.name) for f in dataclasses.fields(DPSweepOptions)}
+    sweep_opt = DPSweepOptions(**{**fields, "epochs": epochs})
+    res = dp_sweep(ctx.scenario(), sweep_opt)
+    settings = _settings(sweep_opt, large)
+    tables = list(res.tables)
+    tables[0] = dataclasses.replace(tables[0], caption=f"{tables[0].caption} Settings: {settings}.")
+    figures = [line_chart(
+        res.figures["accuracy"], title="Test accuracy vs ε", xlabel="ε (PRV accountant)",
+        ylabel="test accuracy",
+        caption="DP-SGD models at each target ε; the flat line is the undefended model.")]
+    bounds = res.figures["epsilons"]
+    if bounds:
+        top = max([x for xs, _ in bounds.values() for x in xs] or [1.0])
+        figures.append(line_chart(
+            {**bounds, "y = x (the guarantee)": ([0.0, top], [0.0, top])},
+            title="Empirical lower bound vs accountant ε", xlabel="accountant ε (PRV)",
+            ylabel="empirical ε lower bound",
+            caption="One training run with canaries (Steinke, Nasr, Jagielski 2023); "
+            "points must stay below the line."))
+    return SectionResult(name="dp", title="Differential privacy", summary=res.summary,
+                         metrics=res.metrics, tables=tables, figures=figures,
+                         warnings=res.warnings,
+                         details={**res.details, "settings": settings})
