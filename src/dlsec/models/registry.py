@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from dlsec.errors import DlsecError
-from dlsec.models.nets import SimpleNet, SmallCNN
+from dlsec.models.nets import SimpleNet, SmallCNN, TanhCNN
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -74,6 +74,19 @@ def _smallcnn(*, input_shape: Sequence[int], num_classes: int) -> nn.Module:
     if h < 4 or w < 4:
         raise ModelError(f"smallcnn needs inputs of at least 4 x 4, got {h} x {w}")
     return SmallCNN(c, h, w, num_classes)
+
+
+@register_model("tanhcnn")
+def _tanhcnn(*, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """Papernot et al.'s tempered-sigmoid (tanh) CNN for DP-SGD (see :class:`TanhCNN`)."""
+    if len(input_shape) != 3:
+        raise ModelError(f"tanhcnn needs C x H x W inputs, got shape {tuple(input_shape)}")
+    c, h, w = input_shape
+    if min(h, w) < TanhCNN.MIN_SIZE:
+        raise ModelError(f"tanhcnn needs inputs of at least {TanhCNN.MIN_SIZE} x "
+                         f"{TanhCNN.MIN_SIZE} (two strided convolutions and two poolings), "
+                         f"got {h} x {w}; use smallcnn or simplenet for smaller images")
+    return TanhCNN(c, h, w, num_classes)
 
 
 def _first_line(exc: BaseException) -> str:
