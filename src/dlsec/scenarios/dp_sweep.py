@@ -213,7 +213,8 @@ def _metrics(run: SweepRun) -> dict[str, float]:
             out[f"epsilon_lower_bound_{kind}{at}"] = round(b, 6)
     assert run.membership is not None
     for key, v in run.membership.metrics.items():
-        for attack, name in (("loss_", "loss_"), ("lira_offline_", "lira_"), ("lira_", "lira_")):
+        for attack, name in (("loss_", "loss_"), ("lira_offline_", "lira_"),
+                             ("lira_online_", "lira_"), ("lira_", "lira_")):
             if key.startswith(attack):
                 out[f"{name}{key[len(attack):]}{at}"] = v
                 break
