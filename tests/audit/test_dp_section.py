@@ -194,3 +194,12 @@ def test_the_default_says_it_is_the_smaller_configuration() -> None:
     assert FULL in _settings(DPSweepOptions(), False)
     assert "smaller default" not in _settings(DPSweepOptions(shadows=16, lira_online=True), False)
     assert "no canaries" in _settings(DPSweepOptions(canaries=()), False)
+
+
+def test_delta_at_or_above_one_over_n_is_a_warning() -> None:
+    runs = [_run("1", 1.0, 0.8, 0.99, {}), _run("undefended", None, 0.98, None, {})]
+    runs[0].card.training = {"dp": {"training_records": 1000}}
+    assert not _result(runs, DPSweepOptions(epsilons=(1.0,), lira_epsilons=()), n_test=9).warnings
+    warned = _result(runs, DPSweepOptions(epsilons=(1.0,), lira_epsilons=(), delta=1e-3),
+                     n_test=9).warnings
+    assert len(warned) == 1 and "1/n = 0.001" in warned[0] and "1000 training records" in warned[0]

@@ -268,6 +268,11 @@ def _result(runs: list[SweepRun], opt: DPSweepOptions, *, n_test: int) -> Scenar
         f"{k} canaries": ([r.epsilon_prv for r in dp_runs if k in r.bounds],
                           [r.bounds[k] for r in dp_runs if k in r.bounds]) for k in kinds}
     warnings = [f"ε={r.label}: {note}" for r in dp_runs for note in r.notes]
+    records = [int(r.card.training.get("dp", {}).get("training_records", 0)) for r in dp_runs]
+    n = min([k for k in records if k > 0], default=0)
+    if n and opt.delta >= 1.0 / n and not any("delta" in w for w in warnings):
+        warnings.append(f"delta {opt.delta:g} >= 1/n = {1.0 / n:.3g} ({n} training records): a "
+                        "mechanism that publishes one record outright meets it; use delta < 1/n")
     for r in dp_runs:
         for k, b in r.bounds.items():
             if r.epsilon_prv is not None and b > r.epsilon_prv:
