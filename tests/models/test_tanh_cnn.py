@@ -104,3 +104,14 @@ def test_dp_sgd_trains_it_with_ghost_clipping() -> None:
     assert all(not torch.equal(before[k], after[k]) for k in before)  # every layer trained
     # chance is 0.5; measured 1.0 with these seeds
     assert res.card.metrics["test_accuracy"] >= 0.9
+
+
+def test_dlsec_train_refuses_it_on_digits_in_one_line(tmp_path, capsys, one_line_error) -> None:
+    from dlsec.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "digits", "--model", "tanhcnn", "--out", str(out),
+                 "--epochs", "1"]) == 2
+    one_line_error(capsys.readouterr().err, "tanhcnn needs inputs of at least 14 x 14",
+                   "got 8 x 8")
+    assert not out.exists()
