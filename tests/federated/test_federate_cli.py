@@ -50,3 +50,21 @@ def test_federate_prints_rounds_and_writes_json(tmp_path: Path, capsys) -> None:
     assert len(curve) == 4 and data["metrics"]["final_accuracy"] == curve[-1]
     # MultiKrum drops the noise client: the model learns
     assert curve[-1] >= curve[0] + 0.3, curve
+
+
+def test_without_flower_federate_says_how_to_install(tmp_path: Path, capsys, one_line_error,
+                                                    monkeypatch) -> None:
+    # Flower is an optional extra: with flwr unimportable the command names the extra
+    import sys
+
+    import dlsec.defenses.federated as federated
+
+    for name in [m for m in sys.modules if m == "flwr" or m.startswith("flwr.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "flwr", None)
+    monkeypatch.delitem(sys.modules, "dlsec.defenses.federated.apps", raising=False)
+    monkeypatch.delattr(federated, "apps", raising=False)
+    out = tmp_path / "never.json"
+    assert main(["federate", "--rounds", "1", "-q", "--json", str(out)]) == 2
+    one_line_error(capsys.readouterr().err, "pip install 'dlsec[federated]'")
+    assert not out.exists()

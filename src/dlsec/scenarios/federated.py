@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -60,14 +61,27 @@ class FederationCell:
         return f"{self.strategy}_{self.attack}_{self.malicious:g}"
 
 
+def _apps() -> Any:
+    """:mod:`dlsec.defenses.federated.apps`, or a one-line error when Flower (an optional
+    extra, it brings Ray) is not installed."""
+    try:
+        from dlsec.defenses.federated import apps
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] not in ("flwr", "ray"):
+            raise
+        raise FederatedScenarioError(
+            "federated learning needs Flower: pip install 'dlsec[federated]' "
+            "(flwr[simulation]==1.42.0, with Ray)") from None
+    return apps
+
+
 def check_federation(cells: Sequence[FederationCell], *, clients: int, rounds: int,
                      local_epochs: int = 1, partition_spec: str = "iid",
                      n_train: int | None = None) -> None:
     """Every setting a federation needs, checked before any work (one-line errors):
     strategies, attacks, fractions the strategies tolerate, the partition, counts, and
     (when ``n_train`` is given) at least one training record per client."""
-    from dlsec.defenses.federated.apps import tolerance_error
-
+    tolerance_error = _apps().tolerance_error
     parse_partition(partition_spec)
     if clients < 2:
         raise FederatedScenarioError(f"--clients must be at least 2, got {clients}")
@@ -101,8 +115,9 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
     """
     from rich.progress import Progress
 
-    from dlsec.defenses.federated.apps import FederationPlan, Threat, make_strategy, simulate
-
+    apps = _apps()
+    FederationPlan, Threat, make_strategy, simulate = (
+        apps.FederationPlan, apps.Threat, apps.make_strategy, apps.simulate)
     check_federation(cells, clients=clients, rounds=rounds, local_epochs=local_epochs,
                      partition_spec=partition_spec, n_train=int(dataset.y_train.shape[0]))
     scheme = parse_partition(partition_spec)
