@@ -174,7 +174,7 @@ def anchor(lines: list[str], readme: list[str], *, quick: bool, epochs: int,
     readme += ["<!-- readme: dp-accuracy -->",
                f"On Fashion-MNIST (delta {DELTA:g}), Papernot et al.'s tanh CNN trained by "
                "`dp_train` with their recipe reaches "
-               + ", ".join(f"{r['accuracy']:.1%} at epsilon {r['epsilon']:g} ({r['epochs']} "
+               + ", ".join(f"{r['accuracy']:.2%} at epsilon {r['epsilon']:g} ({r['epochs']} "
                            "epochs)" for r in dp_rows)
                + f" (non-private, {epochs} epochs: {rows[0]['accuracy']:.1%}; the paper: "
                f"{PAPER['accuracy']:.1%} at {PAPER['epsilon']:g}); the target of "
@@ -288,7 +288,7 @@ def speed(lines: list[str], readme: list[str], *, quick: bool, repeat: int) -> N
     met = all(r["dlsec ghost"] <= 2.0 for r in ratios.values())
 
     def per_arch(run: str) -> str:
-        return " / ".join(f"{r[run]:.1f}x" for r in ratios.values())
+        return " / ".join(f"{r[run]:.2f}x" for r in ratios.values())
 
     archs = " / ".join(ratios)
     lines += ["", "The issue's target, a ghost-clipping DP epoch <= 2.0x a plain epoch: "
