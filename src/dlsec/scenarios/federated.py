@@ -23,6 +23,7 @@ import torch
 
 from dlsec.data import Dataset
 from dlsec.defenses.federated import (
+    MaliciousClientError,
     check_attack,
     choose_malicious,
     default_scale,
@@ -30,13 +31,15 @@ from dlsec.defenses.federated import (
     parse_partition,
     partition,
 )
+from dlsec.defenses.federated.clients import trigger_size
 from dlsec.errors import DlsecError
 from dlsec.models import ModelCard
 from dlsec.scenarios.context import stream_seed
 from dlsec.scenarios.result import ScenarioResult, Table
 from dlsec.training import TrainConfig, resolve_device
 
-STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan",
+                  "clipping", "fedavg-clip", "fltrust")
 
 
 class FederatedScenarioError(DlsecError):
@@ -77,12 +80,26 @@ def _apps() -> Any:
 
 def check_federation(cells: Sequence[FederationCell], *, clients: int, rounds: int,
                      local_epochs: int = 1, partition_spec: str = "iid",
-                     n_train: int | None = None) -> None:
+                     n_train: int | None = None, clip_norm: float | None = None,
+                     root_size: int = 100, backdoor_target: int = 0,
+                     classes: int | None = None) -> None:
     """Every setting a federation needs, checked before any work (one-line errors):
-    strategies, attacks, fractions the strategies tolerate, the partition, counts, and
-    (when ``n_train`` is given) at least one training record per client."""
+    strategies, attacks, fractions the strategies tolerate, the partition, counts,
+    clipping's bound, FLTrust's root data, the backdoor's target class (when ``classes``
+    is given), and (when ``n_train`` is given) at least one training record per client."""
     tolerance_error = _apps().tolerance_error
     parse_partition(partition_spec)
+    if clip_norm is not None and not clip_norm > 0:
+        raise FederatedScenarioError(f"--clip-norm must be positive, got {clip_norm:g}")
+    if any(c.strategy == "fltrust" for c in cells):
+        if root_size < 1:
+            raise FederatedScenarioError(f"fltrust needs --root-size of at least 1, got {root_size}")
+        if n_train is not None and root_size > n_train:
+            raise FederatedScenarioError(f"--root-size {root_size} exceeds the {n_train} "
+                                         "training records")
+    if classes is not None and not 0 <= backdoor_target < classes:
+        raise FederatedScenarioError(f"--backdoor-target must be a class in [0, {classes}), "
+                                     f"got {backdoor_target}")
     if clients < 2:
         raise FederatedScenarioError(f"--clients must be at least 2, got {clients}")
     if n_train is not None and n_train < clients:
@@ -105,13 +122,22 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
                     clients: int = 10, rounds: int = 20, partition_spec: str = "iid",
                     local_epochs: int = 1, lr: float = 0.1, batch_size: int = 16,
                     seed: int = 0, device: str = "cpu", workers: int = 1,
-                    progress: bool = True) -> ScenarioResult:
+                    clip_norm: float | None = None, root_size: int = 100,
+                    backdoor_target: int = 0, progress: bool = True) -> ScenarioResult:
     """Run each cell as its own federation on Flower's simulation engine (one start).
 
     Clients train with SGD (``lr``, no momentum, ``local_epochs`` per round, batches of
     ``batch_size``) on their partition; the server evaluates the global model on the test
     split after every round. Metrics: ``<cell.key>_accuracy`` (final test accuracy) per
     cell; figures: ``accuracy_per_round`` (cell key -> list, round 0 first).
+
+    Every cell's global model is also scored for a backdoor (test images not of
+    ``backdoor_target`` with the trigger patch, classified as the target): cells of the
+    ``scale`` attack, whose clients plant it, get the metric ``<cell.key>_backdoor_asr``
+    (final round); the figure ``backdoor_asr_per_round`` has every cell's curve (an
+    honest cell's: the baseline). ``clipping`` takes ``clip_norm`` (None: the round's
+    median update norm); ``fltrust`` trains on ``root_size`` training records drawn with
+    the seed (the server's root data; the clients keep theirs too).
     """
     from rich.progress import Progress
 
@@ -119,7 +145,9 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
     FederationPlan, Threat, make_strategy, simulate = (
         apps.FederationPlan, apps.Threat, apps.make_strategy, apps.simulate)
     check_federation(cells, clients=clients, rounds=rounds, local_epochs=local_epochs,
-                     partition_spec=partition_spec, n_train=int(dataset.y_train.shape[0]))
+                     partition_spec=partition_spec, n_train=int(dataset.y_train.shape[0]),
+                     clip_norm=clip_norm, root_size=root_size, backdoor_target=backdoor_target,
+                     classes=len(dataset.classes))
     scheme = parse_partition(partition_spec)
     dev = resolve_device(device)
     parts = partition(dataset.y_train, clients, scheme, seed=stream_seed(seed, "federated/partition"))
@@ -130,16 +158,28 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
                         momentum=0.0, schedule="none", val_fraction=0.0, device=str(dev),
                         seed=stream_seed(seed, "federated/clients") % 2**32,
                         measure_train_accuracy=False)
-    threats, strategies = [], []
+    threats = []
     for cell in cells:
         bad = choose_malicious(clients, cell.malicious, seed=stream_seed(seed, "federated/malicious"))
-        scale = default_scale(cell.attack, clients) if cell.scale is None else cell.scale
+        try:
+            scale = default_scale(cell.attack, clients, len(bad)) if cell.scale is None else cell.scale
+        except MaliciousClientError as e:
+            raise FederatedScenarioError(str(e)) from None
         threats.append(Threat(tuple(bad), cell.attack if bad else None, scale))
-        strategies.append(make_strategy(cell.strategy, clients=clients, malicious=len(bad)))
     plan = FederationPlan(card=card, x_train=dataset.x_train, y_train=dataset.y_train, parts=parts,
                           local=local, threats=threats,
-                          init_seed=stream_seed(seed, "federated/init") % 2**32)
+                          init_seed=stream_seed(seed, "federated/init") % 2**32,
+                          backdoor_target=backdoor_target,
+                          trigger=trigger_size(list(dataset.input_shape)))
     plan.new_model()  # an architecture that cannot be built fails here, in one line
+    root_train = None
+    if any(c.strategy == "fltrust" for c in cells):
+        gen = torch.Generator().manual_seed(stream_seed(seed, "federated/root") % 2**32)
+        root = torch.randperm(int(dataset.y_train.shape[0]), generator=gen)[:root_size]
+        root_train = apps.root_trainer(plan, dataset.x_train[root], dataset.y_train[root])
+    strategies = [make_strategy(c.strategy, clients=clients, malicious=len(t.malicious),
+                                clip_norm=clip_norm, root_train=root_train)
+                  for c, t in zip(cells, threats, strict=True)]
     gpus = 1.0 / max(1, workers) if dev.type == "cuda" else 0.0
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("federating", total=len(cells) * (rounds + 1))
@@ -152,13 +192,17 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
                         y_test=dataset.y_test, workers=workers, gpus_per_client=gpus,
                         on_round=on_round)
     result = ScenarioResult(name="federated")
-    curves = {}
-    for cell, run in zip(cells, runs, strict=True):
+    curves, asr = {}, {}
+    for cell, run, threat in zip(cells, runs, threats, strict=True):
         result.metrics[f"{cell.key}_accuracy"] = run.accuracy[-1]
         curves[cell.key] = run.accuracy
+        asr[cell.key] = run.backdoor_asr
+        if threat.backdoor:
+            result.metrics[f"{cell.key}_backdoor_asr"] = run.backdoor_asr[-1]
         if run.failures:
             result.warnings.append(f"{cell.key}: {run.failures} client replies failed")
     result.figures["accuracy_per_round"] = curves
+    result.figures["backdoor_asr_per_round"] = asr
     result.tables.append(Table(
         title="Test accuracy of the global model per round",
         columns=["round", *curves], rows=[[r, *(round(c[r], 4) for c in curves.values())]
@@ -167,7 +211,9 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
     result.details = {
         "clients": clients, "rounds": rounds, "partition": str(scheme),
         "client_sizes": [int(p.numel()) for p in parts], "local_epochs": local_epochs, "lr": lr,
-        "batch_size": batch_size, "seed": seed, "device": str(dev),
+        "batch_size": batch_size, "seed": seed, "device": str(dev), "clip_norm": clip_norm,
+        "root_size": root_size if root_train is not None else 0,
+        "backdoor_target": backdoor_target, "trigger_size": plan.trigger,
         "cells": [{"key": c.key, "strategy": c.strategy, "malicious_fraction": c.malicious,
                    "malicious_clients": list(t.malicious), "attack": t.attack, "scale": t.scale,
                    "seconds": round(r.seconds, 2)} for c, t, r in zip(cells, threats, runs, strict=True)],
@@ -185,6 +231,8 @@ def run_federation(dataset: Dataset, architecture: str, *, strategy: str = "feda
     cell = FederationCell(strategy, malicious, attack, scale)
     result = run_federations(dataset, architecture, [cell], **settings)  # type: ignore[arg-type]
     result.metrics["final_accuracy"] = result.metrics[f"{cell.key}_accuracy"]
+    if f"{cell.key}_backdoor_asr" in result.metrics:
+        result.metrics["backdoor_asr"] = result.metrics[f"{cell.key}_backdoor_asr"]
     result.figures["accuracy"] = result.figures["accuracy_per_round"][cell.key]
     return result
 

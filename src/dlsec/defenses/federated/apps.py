@@ -31,12 +31,21 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp import strategy as flower
 from torch import Tensor, nn
 
-from dlsec.defenses.federated.clients import flip_labels, poison_update
+from dlsec.defenses.federated.clients import (
+    COLLUDING,
+    add_trigger,
+    backdoor_data,
+    colluding_update,
+    flip_labels,
+    poison_update,
+)
+from dlsec.defenses.federated.strategies import FLTrust, NormClipping, RootTrainer
 from dlsec.errors import DlsecError
 from dlsec.models import ModelCard, build_model
 from dlsec.training import SEED_MAX, BatchLoss, TrainConfig, cross_entropy_loss, evaluate, fit
 
-STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
+STRATEGIES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan",
+              "clipping", "fedavg-clip", "fltrust")
 
 
 class FederationError(DlsecError):
@@ -65,7 +74,8 @@ def _ordered(cls: type) -> type:
 _FLOWER = {"fedavg": _ordered(flower.FedAvg), "fedprox": _ordered(flower.FedProx),
            "fedmedian": _ordered(flower.FedMedian), "fedtrimmedavg": _ordered(flower.FedTrimmedAvg),
            "krum": _ordered(flower.Krum), "multikrum": _ordered(flower.MultiKrum),
-           "bulyan": _ordered(flower.Bulyan)}
+           "bulyan": _ordered(flower.Bulyan), "clipping": _ordered(NormClipping),
+           "fedavg-clip": _ordered(NormClipping), "fltrust": _ordered(FLTrust)}
 
 
 def tolerance_error(strategy: str, clients: int, malicious: int) -> str | None:
@@ -92,12 +102,15 @@ def tolerance_error(strategy: str, clients: int, malicious: int) -> str | None:
 
 
 def make_strategy(name: str, *, clients: int, malicious: int, proximal_mu: float = 0.01,
-                  trim_beta: float | None = None) -> flower.Strategy:
+                  trim_beta: float | None = None, clip_norm: float | None = None,
+                  root_train: RootTrainer | None = None) -> flower.Strategy:
     """Flower's strategy ``name`` for a federation where every one of ``clients`` clients
     trains every round and the server assumes up to ``malicious`` of them are attackers
     (Krum, MultiKrum and Bulyan take that f; the trimmed mean cuts at least f/n each
     side, 0.2 by default). Federated (client-side) evaluation is off: the server
-    evaluates the global model itself."""
+    evaluates the global model itself. ``clipping`` (alias ``fedavg-clip``) clips each
+    update to ``clip_norm`` (None: the round's median norm); ``fltrust`` needs
+    ``root_train`` (:func:`root_trainer`)."""
     if name not in _FLOWER:
         raise FederationError(f"unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
     reason = tolerance_error(name, clients, malicious)
@@ -116,6 +129,14 @@ def make_strategy(name: str, *, clients: int, malicious: int, proximal_mu: float
         common["num_malicious_nodes"] = malicious
     elif name == "multikrum":
         common.update(num_malicious_nodes=malicious, num_nodes_to_select=clients - malicious)
+    elif name in ("clipping", "fedavg-clip"):
+        if clip_norm is not None and not clip_norm > 0:
+            raise FederationError(f"clipping: --clip-norm must be positive, got {clip_norm:g}")
+        common["clip_norm"] = clip_norm
+    elif name == "fltrust":
+        if root_train is None:
+            raise FederationError("fltrust needs a root dataset on the server (--root-size > 0)")
+        common["root_train"] = root_train
     with _quiet_flower():
         return _FLOWER[name](**common)
 
@@ -129,6 +150,11 @@ class Threat:
     malicious: tuple[int, ...] = ()
     attack: str | None = None
     scale: float = 1.0
+
+    @property
+    def backdoor(self) -> bool:
+        """Whether the malicious clients plant a backdoor (the ``scale`` attack)."""
+        return self.attack == "scale" and bool(self.malicious)
 
 
 @dataclass
@@ -149,6 +175,12 @@ class FederationPlan:
     local: TrainConfig
     threats: list[Threat] = field(default_factory=list)
     init_seed: int = 0
+    backdoor_target: int = 0
+    trigger: int = 2
+
+    @property
+    def trigger_value(self) -> float:
+        return float(self.card.bounds[1])
 
     def client_seed(self, server_round: int, client: int) -> int:
         return (self.local.seed + 7919 * server_round + client) % SEED_MAX
@@ -169,9 +201,38 @@ def _proximal_loss(global_params: list[Tensor], mu: float) -> Callable[[nn.Modul
     return loss
 
 
+def local_train(plan: FederationPlan, received: dict[str, Tensor], x: Tensor, y: Tensor, *,
+                seed: int, mu: float = 0.0) -> dict[str, Tensor]:
+    """The global weights ``received`` trained by :func:`fit` on ``(x, y)`` with the
+    plan's local settings and ``seed`` (FedProx's term when ``mu`` > 0)."""
+    model = plan.new_model()
+    model.load_state_dict(received)
+    batch_loss: BatchLoss = cross_entropy_loss
+    if mu > 0:
+        batch_loss = _proximal_loss([p.detach().clone() for p in model.parameters()], mu)
+    local = TrainConfig(**{**plan.local.to_dict(), "seed": seed})
+    fit(model, x, y, config=local, batch_loss=batch_loss, progress=False)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def root_trainer(plan: FederationPlan, x_root: Tensor, y_root: Tensor) -> RootTrainer:
+    """FLTrust's server training: the plan's local settings on the root data, seeded by
+    the round."""
+
+    def train(global_w: dict[str, Tensor], server_round: int) -> dict[str, Tensor]:
+        return local_train(plan, global_w, x_root, y_root,
+                           seed=plan.client_seed(server_round, len(plan.parts)))
+
+    return train
+
+
 def client_update(plan: FederationPlan, client: int, content: RecordDict) -> RecordDict:
     """One client's round: load the global weights, train with :func:`fit` on the
-    client's partition (a malicious client attacks), reply with the weights it sends."""
+    client's partition (a malicious client attacks), reply with the weights it sends.
+
+    ALIE and IPM clients collude: each trains every colluder's partition honestly (the
+    same seeds as the colluder's own, a simulation shortcut for exchanging updates) and
+    sends the attack's statistic of those updates."""
     config = content["config"]
     server_round = int(cast(Any, config["server-round"]))
     received = {k: v.cpu() for k, v in content["arrays"].to_torch_state_dict().items()}  # type: ignore[union-attr]
@@ -179,20 +240,24 @@ def client_update(plan: FederationPlan, client: int, content: RecordDict) -> Rec
     threat = plan.threats[int(cast(Any, config.get("federation", 0)))]
     attacking = client in threat.malicious and threat.attack is not None
     idx = plan.parts[client]
+    mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
     trained = received
+    if attacking and threat.attack in COLLUDING:
+        assert threat.attack is not None
+        honest = [local_train(plan, received, plan.x_train[plan.parts[c]], plan.y_train[plan.parts[c]],
+                              seed=plan.client_seed(server_round, c), mu=mu) for c in threat.malicious]
+        sent = colluding_update(threat.attack, received, honest, scale=threat.scale)
+        metrics = MetricRecord({"num-examples": int(idx.numel()), "partition-id": client,
+                                "malicious": 1})
+        return RecordDict({"arrays": ArrayRecord(sent), "metrics": metrics})
     if not (attacking and threat.attack == "gaussian"):  # the noise client does not train
-        model = plan.new_model()
-        model.load_state_dict(received)
         x, y = plan.x_train[idx], plan.y_train[idx]
         if attacking and threat.attack == "label-flip":
             y = flip_labels(y, plan.card.num_classes)
-        mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
-        batch_loss: BatchLoss = cross_entropy_loss
-        if mu > 0:
-            batch_loss = _proximal_loss([p.detach().clone() for p in model.parameters()], mu)
-        local = TrainConfig(**{**plan.local.to_dict(), "seed": seed})
-        fit(model, x, y, config=local, batch_loss=batch_loss, progress=False)
-        trained = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        if attacking and threat.backdoor:
+            x, y = backdoor_data(x, y, target=plan.backdoor_target, size=plan.trigger,
+                                 value=plan.trigger_value)
+        trained = local_train(plan, received, x, y, seed=seed, mu=mu)
     sent = trained
     if attacking:
         assert threat.attack is not None
@@ -225,6 +290,7 @@ class FederationRun:
 
     accuracy: list[float] = field(default_factory=list)
     loss: list[float] = field(default_factory=list)
+    backdoor_asr: list[float] = field(default_factory=list)
     weights: dict[str, Tensor] = field(default_factory=dict)
     failures: int = 0
     seconds: float = 0.0
@@ -236,8 +302,13 @@ def make_server_app(plan: FederationPlan, strategies: list[flower.Strategy], *, 
     """The ServerApp: for each strategy in turn (federation ``i`` under
     ``plan.threats[i]``), initial weights from ``plan`` and ``rounds`` rounds of
     ``strategy.start``; the global model is evaluated on ``(x_test, y_test)`` after each
-    round (into ``runs[i]``; ``on_round(i, round, accuracy)``)."""
+    round (into ``runs[i]``; ``on_round(i, round, accuracy)``), and so is the backdoor's
+    success rate: the share of test images not of ``plan.backdoor_target``, with the
+    trigger, that the model classifies as the target."""
     app = ServerApp()
+    keep = y_test != plan.backdoor_target
+    x_trig = add_trigger(x_test[keep], size=plan.trigger, value=plan.trigger_value)
+    y_trig = torch.full_like(y_test[keep], plan.backdoor_target)
 
     def evaluate_on_test(i: int) -> Callable[[int, ArrayRecord], MetricRecord]:
         def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -246,9 +317,11 @@ def make_server_app(plan: FederationPlan, strategies: list[flower.Strategy], *, 
             m = evaluate(model, x_test, y_test)
             runs[i].accuracy.append(m["accuracy"])
             runs[i].loss.append(m["loss"])
+            asr = evaluate(model, x_trig, y_trig)["accuracy"] if len(y_trig) else 0.0
+            runs[i].backdoor_asr.append(asr)
             if on_round is not None:
                 on_round(i, server_round, m["accuracy"])
-            return MetricRecord({"accuracy": m["accuracy"], "loss": m["loss"]})
+            return MetricRecord({"accuracy": m["accuracy"], "loss": m["loss"], "backdoor_asr": asr})
 
         return evaluate_fn
 
