@@ -27,6 +27,11 @@ from dlsec.cli import main
     (["--clients", "5000"], "1438 training records cannot be shared by 5000 clients"),
     (["--malicious", "1"], "--malicious must be a fraction in [0, 1)"),
     (["--clients", "1"], "'--clients'"),
+    (["--strategy", "clipping", "--clip-norm", "0"], "--clip-norm"),
+    (["--strategy", "fltrust", "--root-size", "5000"], "--root-size 5000 exceeds the 1438 training"),
+    (["--attack", "scale", "--malicious", "0.1", "--backdoor-target", "10"],
+     "--backdoor-target must be a class in [0, 10), got 10"),
+    (["--strategy", "krum", "--attack", "alie", "--malicious", "0.4"], "krum tolerates"),
 ])
 def test_bad_federation_is_one_line_and_writes_nothing(tmp_path: Path, capsys, one_line_error,
                                                        args, words) -> None:

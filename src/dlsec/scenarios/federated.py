@@ -227,10 +227,12 @@ def run_federation(dataset: Dataset, architecture: str, *, strategy: str = "feda
                    malicious: float = 0.0, attack: str = "sign-flip", scale: float | None = None,
                    **settings: object) -> ScenarioResult:
     """One federation (see :func:`run_federations` for ``settings``); adds the metric
-    ``final_accuracy`` and the figure ``accuracy`` (the curve, round 0 first)."""
+    ``final_accuracy`` (and ``backdoor_asr`` under the ``scale`` attack) and the figures
+    ``accuracy`` and ``backdoor_asr`` (the curves, round 0 first)."""
     cell = FederationCell(strategy, malicious, attack, scale)
     result = run_federations(dataset, architecture, [cell], **settings)  # type: ignore[arg-type]
     result.metrics["final_accuracy"] = result.metrics[f"{cell.key}_accuracy"]
+    result.figures["backdoor_asr"] = result.figures["backdoor_asr_per_round"][cell.key]
     if f"{cell.key}_backdoor_asr" in result.metrics:
         result.metrics["backdoor_asr"] = result.metrics[f"{cell.key}_backdoor_asr"]
     result.figures["accuracy"] = result.figures["accuracy_per_round"][cell.key]
