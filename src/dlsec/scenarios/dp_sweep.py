@@ -280,15 +280,21 @@ def _result(runs: list[SweepRun], opt: DPSweepOptions, *, n_test: int) -> Scenar
                     f"ε={r.label}: the empirical lower bound from {k} canaries ({b:.3f}) exceeds "
                     f"the accountant's ε ({r.epsilon_prv:.3f}): the guarantee does not hold "
                     "(a bug in the training, the sampler or the accountant)")
-    def bound(r: SweepRun) -> str:
-        return f" (ε ≥ {max(r.bounds.values()):.2f} measured)" if r.bounds else ""
+    def joined(values: list[str]) -> str:
+        return " / ".join(values)
 
-    parts = [f"ε={r.label}: accuracy {r.test_accuracy:.3f}{bound(r)}" for r in dp_runs]
-    if undefended is not None:
-        parts.append(f"undefended {undefended.test_accuracy:.3f}{bound(undefended)}")
-    loss = [(r.label, metrics.get(f"loss_auc@{r.label}")) for r in runs]
-    summary = ("; ".join(parts) + "; loss-attack AUC "
-               + ", ".join(f"{v:.3f} ({lbl})" for lbl, v in loss if v is not None))
+    labels = joined([r.label for r in dp_runs])
+    parts = [f"accuracy {joined([f'{r.test_accuracy:.3f}' for r in dp_runs])} at ε {labels}"
+             + (f" (undefended {undefended.test_accuracy:.3f})" if undefended else "")]
+    if any(r.bounds for r in dp_runs):
+        parts.append("measured ε ≥ " + joined([f"{max(r.bounds.values()):.2f}" if r.bounds
+                                               else "-" for r in dp_runs])
+                     + (f" (undefended {max(undefended.bounds.values()):.2f})"
+                        if undefended and undefended.bounds else ""))
+    loss = [v for r in runs if (v := metrics.get(f"loss_auc@{r.label}")) is not None]
+    if loss:
+        parts.append(f"loss-attack AUC ≤ {max(loss):.3f}")
+    summary = "; ".join(parts)
     details = {
         "options": dataclasses.asdict(opt), "test_records": n_test,
         "undefended": None if undefended is None else
