@@ -58,10 +58,12 @@ class FederationCell:
 
     @property
     def key(self) -> str:
-        """``fedavg`` for an honest federation, ``krum_sign-flip_0.3`` otherwise."""
+        """``fedavg`` for an honest federation, ``krum_sign-flip_0.3`` otherwise
+        (``krum_alie_0.3_x1.5`` with a scale given)."""
         if self.malicious == 0:
             return self.strategy
-        return f"{self.strategy}_{self.attack}_{self.malicious:g}"
+        tail = "" if self.scale is None else f"_x{self.scale:g}"
+        return f"{self.strategy}_{self.attack}_{self.malicious:g}{tail}"
 
 
 def _apps() -> Any:
