@@ -74,3 +74,50 @@ def test_trigger_and_backdoored_copy() -> None:
     assert trigger_size([3, 32, 32]) == 3
     with pytest.raises(MaliciousClientError):
         add_trigger(x, size=9, value=1.0)
+
+
+def _round_one(plan, client: int, federation: int):
+    from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+
+    from dlsec.defenses.federated.apps import client_update
+
+    g = {k: v.detach() for k, v in plan.new_model().state_dict().items()}
+    content = RecordDict({"arrays": ArrayRecord(g),
+                          "config": ConfigRecord({"server-round": 1, "federation": federation})})
+    reply = client_update(plan, client, content)
+    return g, reply["arrays"].to_torch_state_dict(), int(reply["metrics"]["malicious"])
+
+
+def test_colluders_send_the_statistic_of_their_own_honest_updates(digits) -> None:
+    # no Ray: the ClientApp's function called directly, as Flower would
+    from dlsec.defenses.federated.apps import FederationPlan, Threat
+    from dlsec.models import ModelCard
+    from dlsec.training import TrainConfig
+
+    card = ModelCard(architecture="simplenet", input_shape=list(digits.input_shape),
+                     classes=list(digits.classes), bounds=(0.0, 1.0))
+    parts = [torch.arange(k * 40, (k + 1) * 40) for k in range(4)]
+    local = TrainConfig(epochs=1, lr=0.1, batch_size=16, optimizer="sgd", momentum=0.0,
+                        schedule="none", val_fraction=0.0, seed=3, measure_train_accuracy=False)
+    threats = [Threat(), Threat((1, 2), "alie", 1.0), Threat((1, 2), "ipm", 2.0),
+               Threat((1,), "scale", 4.0)]
+    plan = FederationPlan(card=card, x_train=digits.x_train, y_train=digits.y_train, parts=parts,
+                          local=local, threats=threats)
+    g, honest1, bad = _round_one(plan, 1, 0)
+    _, honest2, _ = _round_one(plan, 2, 0)
+    assert bad == 0
+    _, alie1, bad1 = _round_one(plan, 1, 1)
+    _, alie2, _ = _round_one(plan, 2, 1)
+    assert bad1 == 1
+    expect = colluding_update("alie", g, [honest1, honest2], scale=1.0)
+    for k in g:  # both colluders send the same weights, the statistic of both honest updates
+        assert torch.equal(alie1[k], alie2[k])
+        assert torch.allclose(alie1[k], expect[k], atol=1e-6)
+    # IPM eps 2: g - 2 * mean update, i.e. the honest mean step reversed twice over
+    _, ipm1, _ = _round_one(plan, 1, 2)
+    k = "net.0.weight" if "net.0.weight" in g else next(iter(g))
+    mean = (honest1[k] + honest2[k]) / 2 - g[k]
+    assert torch.allclose(ipm1[k], g[k] - 2 * mean, atol=1e-6)
+    # the scale attacker trains on the backdoored copy, then boosts: not 4x its honest step
+    _, boosted, _ = _round_one(plan, 1, 3)
+    assert not torch.allclose(boosted[k], g[k] + 4 * (honest1[k] - g[k]), atol=1e-4)
