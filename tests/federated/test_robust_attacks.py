@@ -3,6 +3,8 @@ hand-made updates with hand-checked values."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -84,7 +86,7 @@ def _round_one(plan, client: int, federation: int):
     g = {k: v.detach() for k, v in plan.new_model().state_dict().items()}
     content = RecordDict({"arrays": ArrayRecord(g),
                           "config": ConfigRecord({"server-round": 1, "federation": federation})})
-    reply = client_update(plan, client, content)
+    reply: Any = client_update(plan, client, content)
     return g, reply["arrays"].to_torch_state_dict(), int(reply["metrics"]["malicious"])
 
 
