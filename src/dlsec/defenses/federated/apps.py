@@ -1,12 +1,15 @@
 """A federation on Flower 1.42: the ClientApp, the ServerApp, the strategies, the simulation.
 
 Flower drives the rounds: the ServerApp hands the global weights to
-``strategy.start`` (one of Flower's own strategies in :mod:`flwr.serverapp.strategy`),
-which sends them to every client, aggregates the replies and calls the server-side
-evaluation after each round. The ClientApp's local training is one call of
+``strategy.start`` (one of Flower's own strategies in :mod:`flwr.serverapp.strategy`, or
+norm clipping and FLTrust, FedAvg subclasses in :mod:`.strategies`), which sends them to
+every client, aggregates the replies and calls the server-side evaluation after each
+round. The ClientApp's local training is one call of
 :func:`dlsec.training.fit` on the client's partition (FedProx adds its proximal term
 through ``fit``'s ``batch_loss`` seam); a malicious client (:mod:`.clients`) sends its
-attack's weights instead. :func:`simulate` runs the two apps on Flower's simulation
+attack's weights instead (ALIE and IPM colluders recompute each other's honest updates;
+the ``scale`` attackers train on a backdoored copy, whose success the server measures
+each round). :func:`simulate` runs the two apps on Flower's simulation
 engine (Ray); the same apps run in Flower's deployment engine.
 
 Notes:
