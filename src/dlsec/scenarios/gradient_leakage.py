@@ -62,7 +62,8 @@ def gradient_leakage(dataset: Dataset, model: nn.Module, card: CardLike, *,
     """Reconstruct client batches of each size from their gradients and score them.
 
     ``metrics``: ``psnr_b<k>``, ``ssim_b<k>``, ``recognised_b<k>`` (means over all
-    reconstructed images of batch size ``k``); one table row per batch size;
+    reconstructed images of batch size ``k``) and ``originals_recognised_b<k>`` (the
+    evaluator's accuracy on the originals, the ceiling); one table row per batch size;
     ``figures["gallery"]``: for the first batch of each size, originals beside their matched
     reconstructions (images, labels, bounds). ``evaluator_model`` replaces the independently
     trained evaluator (it must not be ``model``).
@@ -88,6 +89,7 @@ def gradient_leakage(dataset: Dataset, model: nn.Module, card: CardLike, *,
         ps: list[float] = []
         ss: list[float] = []
         hits: list[bool] = []
+        base: list[bool] = []
         labels_right: list[bool] = []
         for trial in range(trials):
             idx = torch.randperm(len(dataset.y_train), generator=gen)[:b]
@@ -102,6 +104,7 @@ def gradient_leakage(dataset: Dataset, model: nn.Module, card: CardLike, *,
                 ss += ssim(rec, x.cpu(), data_range=hi - lo).tolist()
             pred = predict_logits(evaluator_model, rec.to(device)).argmax(1).cpu()
             hits += (pred == y.cpu()).tolist()
+            base += (predict_logits(evaluator_model, x).argmax(1).cpu() == y.cpu()).tolist()
             labels_right.append(bool((res.labels.sort().values == y.cpu().sort().values).all()))
             if trial == 0:
                 gallery_images += [x.cpu(), rec]
@@ -110,15 +113,18 @@ def gradient_leakage(dataset: Dataset, model: nn.Module, card: CardLike, *,
         metrics[f"psnr_b{b}"] = round(sum(ps) / len(ps), 4)
         metrics[f"ssim_b{b}"] = round(sum(ss) / len(ss), 4) if ss else float("nan")
         metrics[f"recognised_b{b}"] = round(sum(hits) / len(hits), 4)
+        metrics[f"originals_recognised_b{b}"] = round(sum(base) / len(base), 4)
         label_hits[b] = sum(labels_right) / len(labels_right)
         rows.append([b, len(hits), metrics[f"psnr_b{b}"], metrics[f"ssim_b{b}"],
-                     metrics[f"recognised_b{b}"], round(label_hits[b], 4)])
+                     metrics[f"recognised_b{b}"], metrics[f"originals_recognised_b{b}"],
+                     round(label_hits[b], 4)])
     first = sizes[0]
     summary = (f"{attack}: at batch size {first}, {metrics[f'recognised_b{first}']:.0%} of "
                f"reconstructions are recognised by an independent model "
                f"(PSNR {metrics[f'psnr_b{first}']:.1f} dB)")
     table = Table(f"Gradient leakage ({attack}, {iterations} iterations)",
-                  ["batch size", "images", "PSNR (dB)", "SSIM", "recognised", "labels right"],
+                  ["batch size", "images", "PSNR (dB)", "SSIM", "recognised",
+                   "originals recognised", "labels right"],
                   rows, caption="recognised: share of reconstructions an independently trained "
                                 "model classifies as the original's label")
     return ScenarioResult(
