@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from machine import describe, load_average
+from machine import describe, load_average, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "results" / "audit.md"
@@ -220,10 +220,7 @@ def main() -> int:
         "\n\n".join(b for b in blocks.values() if b),
         "",
     ]
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    tmp = OUT.with_name(OUT.name + ".tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(OUT)
+    write_results(OUT, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

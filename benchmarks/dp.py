@@ -33,7 +33,7 @@ import torch
 THREADS = 1  # small models on a shared 2-core machine: one thread, as the other benchmarks
 torch.set_num_threads(THREADS)
 
-from machine import describe, load_average  # noqa: E402  (benchmarks/machine.py)
+from machine import describe, load_average, write_results  # noqa: E402  (benchmarks/machine.py)
 
 from dlsec.data import load_dataset  # noqa: E402
 from dlsec.defenses.dp import dp_train  # noqa: E402
@@ -350,11 +350,7 @@ def main() -> int:
             " (a load above the 2 cores means other jobs shared the machine: ratios are "
             "measured side by side, absolute seconds are not comparable across runs).", ""]
     text = "\n".join(head + body + readme).rstrip() + "\n"
-    dest = OUT_QUICK if args.quick else OUT
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(dest)
+    write_results(OUT_QUICK if args.quick else OUT, text)
     print(text)
     return 0
 

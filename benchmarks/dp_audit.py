@@ -24,7 +24,7 @@ import torch
 THREADS = 1  # small models: one thread beats two on a shared 2-core machine
 torch.set_num_threads(THREADS)
 
-from machine import describe, load_average  # noqa: E402  (benchmarks/machine.py)
+from machine import describe, load_average, write_results  # noqa: E402  (benchmarks/machine.py)
 
 from dlsec.attacks.privacy.one_run import epsilon_lower_bound  # noqa: E402
 from dlsec.data import load_dataset  # noqa: E402
@@ -152,11 +152,7 @@ def main() -> int:
         f"{max(v for v in lira_und if v is not None):.3f} on the undefended one.")
     lines += [text, "", "<!-- readme: dp-audit -->", text + f" (`{cmd}`)",
               "<!-- end readme: dp-audit -->", ""]
-    out = OUT_QUICK if args.quick else OUT
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines), encoding="utf-8")
-    tmp.replace(out)
+    write_results(OUT_QUICK if args.quick else OUT, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -28,7 +28,7 @@ import torch
 THREADS = 1  # each client trains on one thread; Ray runs ``--workers`` clients at a time
 torch.set_num_threads(THREADS)
 
-from machine import describe, load_average  # noqa: E402  (benchmarks/machine.py)
+from machine import describe, load_average, write_results  # noqa: E402  (benchmarks/machine.py)
 
 from dlsec.data import load_dataset  # noqa: E402
 from dlsec.defenses.federated import ATTACKS  # noqa: E402
@@ -280,11 +280,7 @@ def main() -> int:
     if grid_res.warnings:
         head += ["Warnings: " + "; ".join(grid_res.warnings), ""]
     text = "\n".join(head + lines + readme).rstrip() + "\n"
-    dest = OUT_QUICK if args.quick else OUT
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(dest)
+    write_results(OUT_QUICK if args.quick else OUT, text)
     print(text)
     return 0
 

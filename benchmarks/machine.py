@@ -64,3 +64,12 @@ def describe(*, threads: int | str | None = None) -> str:
         f"{platform.python_version()}, torch {torch.__version__} with {thread_text}, measured "
         f"{time.strftime('%Y-%m-%d')}"
     )
+
+
+def write_results(dest: Path, text: str) -> None:
+    """Write a benchmark's results file whole: a temporary file beside it, renamed onto it
+    (an interrupted run never leaves half a results file for ``run_all.py`` to join)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(dest)
