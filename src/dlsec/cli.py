@@ -100,6 +100,7 @@ def audit(
     try:
         outcome = run_audit(cfg, progress=not quiet)
     except KeyboardInterrupt:
+        _told_interrupted.append(True)
         typer.echo("interrupted: rerun the same command to resume", err=True)
         raise typer.Exit(130) from None
     if not quiet:
@@ -178,6 +179,10 @@ def _command_path(args: list[str]) -> str:
     return " ".join(path)
 
 
+# set by a command that has already said it was interrupted (and how to resume)
+_told_interrupted: list[bool] = []
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: maps user errors to one line and exit 2, never a traceback.
 
@@ -212,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
+    if rv == 130 and not _told_interrupted:
+        # typer >= 0.20 turns a Ctrl-C inside a command into a silent exit 130
+        typer.echo("interrupted", err=True)
     return rv if isinstance(rv, int) else 0
 
 
