@@ -206,15 +206,24 @@ def bar_chart(
     ylabel: str = "",
     caption: str = "",
     ylim: tuple[float, float] | None = None,
+    intervals: Mapping[str, Sequence[tuple[float, float]]] | None = None,
 ) -> Figure:
     """A bar chart of ``values`` (heights, or ``{series name: heights}`` drawn side by side
     with a legend), one label per bar (per group); ``ylim`` fixes the y range, e.g.
-    ``(0, 1)`` for accuracies. ValueError when a series length does not match ``labels``."""
+    ``(0, 1)`` for accuracies; ``intervals`` (``{series name: [(low, high), ...]}``, ``""``
+    for unnamed heights) draws an error bar per bar. ValueError when a series length does
+    not match ``labels``."""
     series = dict(values) if isinstance(values, Mapping) else {"": values}
     data = {name: _as_float_array(v).reshape(-1) for name, v in series.items()}
     for name, v in data.items():
         if v.shape[0] != len(labels):
             raise ValueError(f"series {name!r} has {v.shape[0]} values for {len(labels)} labels")
+    yerr = {}
+    for name, ivs in (intervals or {}).items():
+        if name not in data or len(ivs) != len(labels):
+            raise ValueError(f"intervals {name!r}: one (low, high) per label of a series")
+        iv = _as_float_array(ivs).reshape(len(labels), 2)
+        yerr[name] = np.clip(np.stack([data[name] - iv[:, 0], iv[:, 1] - data[name]]), 0, None)
     k = max(len(data), 1)
     width = 0.8 / k
     pos = np.arange(len(labels), dtype=np.float64)
@@ -223,7 +232,8 @@ def bar_chart(
         ax = fig.add_subplot()
         for j, (name, v) in enumerate(data.items()):
             offset = (j - (k - 1) / 2) * width
-            ax.bar(pos + offset, v, width=width, label=name or None, color=f"C{j}")
+            ax.bar(pos + offset, v, width=width, label=name or None, color=f"C{j}",
+                   yerr=yerr.get(name), capsize=3 if name in yerr else 0)
         ax.set_xticks(pos, [str(s) for s in labels])
         _rotate_if_crowded(ax, labels)
         _label(ax, title, xlabel, ylabel)
