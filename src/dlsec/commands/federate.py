@@ -6,6 +6,8 @@ checked before the simulation starts: an unknown strategy, attack or partition, 
 malicious clients than the strategy tolerates, more clients than training records are
 one-line errors. Under the ``scale`` attack the malicious clients plant a backdoor
 (a trigger patch, ``--backdoor-target``) and its success rate is printed per round.
+With ``--dp-noise Z`` the strategy runs inside Flower's fixed-clipping DP wrapper
+(client-level DP, DP-FedAvg) and the client-level epsilon is printed.
 """
 
 from __future__ import annotations
@@ -49,6 +51,18 @@ def register(app: typer.Typer) -> None:
                                         "--root-size")] = 100,
         backdoor_target: Annotated[int, count("scale attack: the backdoor's target class",
                                               "--backdoor-target", low=0)] = 0,
+        dp_noise: Annotated[float | None, typer.Option(
+            "--dp-noise", help="Client-level DP: the noise multiplier z (noise std z*C/clients on "
+            "the aggregate, Flower's fixed-clipping DP wrapper); off by default")] = None,
+        dp_clip: Annotated[float | None, typer.Option(
+            "--dp-clip", help="Client-level DP: the clipping norm C of each update "
+            "[default: 0.3, about the median for SimpleNet on digits]")] = None,
+        dp_side: Annotated[str | None, typer.Option(
+            "--dp-side", help="Client-level DP: who clips, server | client (Flower's "
+            "fixedclipping_mod; malicious clients skip it) [default: server]")] = None,
+        dp_delta: Annotated[float | None, typer.Option(
+            "--dp-delta", help="Client-level DP: the delta of the epsilon reported "
+            "[default: 1/clients^1.1]")] = None,
         seed: SeedOpt = 0,
         device: DeviceOpt = "cpu",
         test_size: TestSizeOpt = 0.2,
@@ -59,20 +73,33 @@ def register(app: typer.Typer) -> None:
         fraction of malicious clients, and print its test accuracy per round."""
         from dlsec.data import load_dataset
         from dlsec.files import atomic_write_text, check_output
-        from dlsec.scenarios.federated import FederationCell, check_federation, run_federation
+        from dlsec.scenarios.federated import (
+            DP_CLIP,
+            FederatedScenarioError,
+            FederationCell,
+            check_federation,
+            run_federation,
+        )
 
         if json_out is not None:
             check_output(json_out, kind="file", option="--json")
+        given = [flag for flag, v in (("--dp-clip", dp_clip), ("--dp-side", dp_side),
+                                      ("--dp-delta", dp_delta)) if v is not None]
+        if dp_noise is None and given:
+            raise FederatedScenarioError(f"{', '.join(given)} without --dp-noise: client-level DP is on only "
+                             "with a noise multiplier (e.g. --dp-noise 1)")
+        dp = {"dp_noise": dp_noise, "dp_clip": DP_CLIP if dp_clip is None else dp_clip,
+              "dp_side": dp_side or "server", "dp_delta": dp_delta}
         cell = FederationCell(strategy, malicious, attack, attack_scale)
         check_federation([cell], clients=clients, rounds=rounds, partition_spec=partition,
-                         clip_norm=clip_norm, root_size=root_size)
+                         clip_norm=clip_norm, root_size=root_size, **dp)  # type: ignore[arg-type]
         ds = load_dataset(dataset, seed=seed, test_size=test_size)
         res = run_federation(ds, model, strategy=strategy, malicious=malicious, attack=attack,
                              scale=attack_scale, clients=clients, rounds=rounds,
                              partition_spec=partition, local_epochs=local_epochs, lr=lr,
                              batch_size=batch_size, seed=seed, device=device, workers=workers,
                              clip_norm=clip_norm, root_size=root_size,
-                             backdoor_target=backdoor_target, progress=not quiet)
+                             backdoor_target=backdoor_target, progress=not quiet, **dp)
         cells = res.details["cells"][0]
         typer.echo(f"{strategy}, {clients} clients ({len(cells['malicious_clients'])} malicious"
                    f"{', ' + attack if cells['malicious_clients'] else ''}), partition "
@@ -81,6 +108,13 @@ def register(app: typer.Typer) -> None:
         for r, acc in enumerate(res.figures["accuracy"]):
             tail = f"  backdoor success {asr[r]:.4f}" if asr is not None else ""
             typer.echo(f"  round {r:3d}  test accuracy {acc:.4f}{tail}")
+        if res.details.get("dp"):
+            d = res.details["dp"]
+            c = next(iter(d["cells"].values()))
+            typer.echo(f"client-level DP ({d['side']}-side clipping C = {d['clipping_norm']:g}, "
+                       f"z = {c['noise_multiplier']:g}, noise std {c['noise_std']:.4g}): "
+                       f"epsilon {res.metrics['epsilon']:.3f} at delta {d['delta']:.3g} after "
+                       f"{c['releases']} rounds ({d['accountant']}, sample rate {d['sample_rate']:g})")
         for w in res.warnings:
             typer.echo(f"warning: {w}", err=True)
         if json_out is not None:

@@ -40,6 +40,10 @@ from dlsec.training import TrainConfig, resolve_device
 
 STRATEGY_NAMES = ("fedavg", "fedprox", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan",
                   "clipping", "fedavg-clip", "fltrust")
+DP_CLIP = 0.3
+"""Client-level DP's default clipping norm: about the median L2 norm of a SimpleNet
+client's update on digits (one local epoch of SGD at lr 0.1, batches of 16: 0.28-0.41
+over 20 rounds). Another model or dataset needs its own (``dp_clip``)."""
 
 
 class FederatedScenarioError(DlsecError):
@@ -55,15 +59,18 @@ class FederationCell:
     malicious: float = 0.0
     attack: str = "sign-flip"
     scale: float | None = None
+    dp_noise: float | None = None
 
     @property
     def key(self) -> str:
         """``fedavg`` for an honest federation, ``krum_sign-flip_0.3`` otherwise
-        (``krum_alie_0.3_x1.5`` with a scale given)."""
+        (``krum_alie_0.3_x1.5`` with a scale given); ``_dp1`` appended under client-level
+        DP with its own noise multiplier ``dp_noise`` (z = 1)."""
+        dp = "" if self.dp_noise is None else f"_dp{self.dp_noise:g}"
         if self.malicious == 0:
-            return self.strategy
+            return self.strategy + dp
         tail = "" if self.scale is None else f"_x{self.scale:g}"
-        return f"{self.strategy}_{self.attack}_{self.malicious:g}{tail}"
+        return f"{self.strategy}_{self.attack}_{self.malicious:g}{tail}{dp}"
 
 
 def _apps() -> Any:
@@ -84,12 +91,23 @@ def check_federation(cells: Sequence[FederationCell], *, clients: int, rounds: i
                      local_epochs: int = 1, partition_spec: str = "iid",
                      n_train: int | None = None, clip_norm: float | None = None,
                      root_size: int = 100, backdoor_target: int = 0,
-                     classes: int | None = None) -> None:
+                     classes: int | None = None, dp_noise: float | None = None,
+                     dp_clip: float = DP_CLIP, dp_side: str = "server",
+                     dp_delta: float | None = None) -> None:
     """Every setting a federation needs, checked before any work (one-line errors):
     strategies, attacks, fractions the strategies tolerate, the partition, counts,
     clipping's bound, FLTrust's root data, the backdoor's target class (when ``classes``
-    is given), and (when ``n_train`` is given) at least one training record per client."""
+    is given), (when ``n_train`` is given) at least one training record per client, and
+    client-level DP's noise multipliers (``dp_noise`` and the cells'), clipping norm, side
+    and delta."""
     tolerance_error = _apps().tolerance_error
+    from dlsec.defenses.federated.client_dp import ClientDPError, check_client_dp
+
+    try:
+        for z in {dp_noise, *(c.dp_noise for c in cells)}:
+            check_client_dp(z, dp_clip, dp_side, dp_delta)
+    except ClientDPError as e:
+        raise FederatedScenarioError(str(e)) from None
     parse_partition(partition_spec)
     if clip_norm is not None and not clip_norm > 0:
         raise FederatedScenarioError(f"--clip-norm must be positive, got {clip_norm:g}")
@@ -125,7 +143,9 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
                     local_epochs: int = 1, lr: float = 0.1, batch_size: int = 16,
                     seed: int = 0, device: str = "cpu", workers: int = 1,
                     clip_norm: float | None = None, root_size: int = 100,
-                    backdoor_target: int = 0, progress: bool = True) -> ScenarioResult:
+                    backdoor_target: int = 0, dp_noise: float | None = None,
+                    dp_clip: float = DP_CLIP, dp_side: str = "server",
+                    dp_delta: float | None = None, progress: bool = True) -> ScenarioResult:
     """Run each cell as its own federation on Flower's simulation engine (one start).
 
     Clients train with SGD (``lr``, no momentum, ``local_epochs`` per round, batches of
@@ -140,6 +160,16 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
     honest cell's: the baseline). ``clipping`` takes ``clip_norm`` (None: the round's
     median update norm); ``fltrust`` trains on ``root_size`` training records drawn with
     the seed (the server's root data; the clients keep theirs too).
+
+    Client-level DP (DP-FedAvg, :mod:`dlsec.defenses.federated.client_dp`): a cell with a
+    noise multiplier (its own ``dp_noise``, else this ``dp_noise``) runs its strategy inside
+    Flower's fixed-clipping DP wrapper (updates clipped to ``dp_clip``, clipped by the
+    server or, ``dp_side="client"``, by the honest clients with Flower's mod; noise of std
+    ``z * dp_clip / clients`` on the aggregate). Metrics ``<cell.key>_epsilon`` per DP cell
+    and ``epsilon`` (the largest: the weakest guarantee), at ``dp_delta`` (None:
+    1/clients^1.1), from Opacus's RDP accountant with sample rate 1 (every client trains
+    every round), one step per round and the effective noise multiplier (z scaled by the
+    partition sizes' weighting); details ``dp`` record them.
     """
     from rich.progress import Progress
 
@@ -149,7 +179,8 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
     check_federation(cells, clients=clients, rounds=rounds, local_epochs=local_epochs,
                      partition_spec=partition_spec, n_train=int(dataset.y_train.shape[0]),
                      clip_norm=clip_norm, root_size=root_size, backdoor_target=backdoor_target,
-                     classes=len(dataset.classes))
+                     classes=len(dataset.classes), dp_noise=dp_noise, dp_clip=dp_clip,
+                     dp_side=dp_side, dp_delta=dp_delta)
     scheme = parse_partition(partition_spec)
     dev = resolve_device(device)
     parts = partition(dataset.y_train, clients, scheme, seed=stream_seed(seed, "federated/partition"))
@@ -179,9 +210,14 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
         gen = torch.Generator().manual_seed(stream_seed(seed, "federated/root") % 2**32)
         root = torch.randperm(int(dataset.y_train.shape[0]), generator=gen)[:root_size]
         root_train = apps.root_trainer(plan, dataset.x_train[root], dataset.y_train[root])
+    from dlsec.defenses.federated.client_dp import ClientDP
+
+    noises = [dp_noise if c.dp_noise is None else c.dp_noise for c in cells]
     strategies = [make_strategy(c.strategy, clients=clients, malicious=len(t.malicious),
-                                clip_norm=clip_norm, root_train=root_train)
-                  for c, t in zip(cells, threats, strict=True)]
+                                clip_norm=clip_norm, root_train=root_train,
+                                dp=None if z is None else ClientDP(z, dp_clip, dp_side),
+                                dp_seed=stream_seed(seed, "federated/dp"))
+                  for c, t, z in zip(cells, threats, noises, strict=True)]
     gpus = 1.0 / max(1, workers) if dev.type == "cuda" else 0.0
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("federating", total=len(cells) * (rounds + 1))
@@ -220,15 +256,59 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
                    "malicious_clients": list(t.malicious), "attack": t.attack, "scale": t.scale,
                    "seconds": round(r.seconds, 2)} for c, t, r in zip(cells, threats, runs, strict=True)],
     }
+    _account(result, cells, noises, strategies, parts=parts, clip=dp_clip, side=dp_side,
+             delta=dp_delta)
     result.artifacts["weights"] = [r.weights for r in runs]  # one per cell, in order
     result.summary = "; ".join(f"{c.key}: {r.accuracy[-1]:.3f}" for c, r in zip(cells, runs, strict=True))
     return result
 
 
+def _account(result: ScenarioResult, cells: Sequence[FederationCell],
+             noises: Sequence[float | None], strategies: Sequence[Any], *,
+             parts: Sequence[torch.Tensor], clip: float, side: str,
+             delta: float | None) -> None:
+    """The client-level epsilon of each DP cell (its noisy releases counted by its
+    wrapper) into ``result``: metrics, ``details["dp"]``, a warning where the aggregate is
+    not a mean (the sensitivity the epsilon assumes does not hold)."""
+    from dlsec.defenses.federated.client_dp import (
+        MEAN_AGGREGATES,
+        client_epsilon,
+        default_delta,
+        effective_noise,
+    )
+
+    if all(z is None for z in noises):
+        result.details["dp"] = None
+        return
+    delta = default_delta(len(parts)) if delta is None else delta
+    sizes = [float(p.numel()) for p in parts]
+    per_cell = {}
+    for cell, z, strategy in zip(cells, noises, strategies, strict=True):
+        if z is None:
+            continue
+        z_eff = effective_noise(z, sizes)
+        steps = int(strategy.releases)
+        eps = client_epsilon(noise_multiplier=z_eff, sample_rate=1.0, rounds=steps,
+                             delta=delta) if steps else 0.0
+        result.metrics[f"{cell.key}_epsilon"] = eps
+        per_cell[cell.key] = {"noise_multiplier": z, "effective_noise_multiplier": z_eff,
+                              "noise_std": z * clip / len(parts), "releases": steps,
+                              "epsilon": eps}
+        if cell.strategy not in MEAN_AGGREGATES:
+            result.warnings.append(
+                f"{cell.key}: epsilon {eps:.3g} assumes a mean aggregate; {cell.strategy} "
+                f"is not one (its sensitivity to one client differs), so the bound is not proven")
+    result.metrics["epsilon"] = max(c["epsilon"] for c in per_cell.values())
+    result.details["dp"] = {"clipping_norm": clip, "side": side, "delta": delta,
+                            "sample_rate": 1.0, "accountant": "opacus rdp",
+                            "level": "client (DP-FedAvg, McMahan et al. 2018)", "cells": per_cell}
+
+
 def run_federation(dataset: Dataset, architecture: str, *, strategy: str = "fedavg",
                    malicious: float = 0.0, attack: str = "sign-flip", scale: float | None = None,
                    **settings: object) -> ScenarioResult:
-    """One federation (see :func:`run_federations` for ``settings``); adds the metric
+    """One federation (see :func:`run_federations` for ``settings``, ``dp_noise`` among
+    them: then the metric ``epsilon``); adds the metric
     ``final_accuracy`` (and ``backdoor_asr`` under the ``scale`` attack) and the figures
     ``accuracy`` and ``backdoor_asr`` (the curves, round 0 first)."""
     cell = FederationCell(strategy, malicious, attack, scale)

@@ -34,6 +34,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp import strategy as flower
 from torch import Tensor, nn
 
+from dlsec.defenses.federated.client_dp import ClientDP, clipping_mod, dp_strategy
 from dlsec.defenses.federated.clients import (
     COLLUDING,
     add_trigger,
@@ -106,14 +107,17 @@ def tolerance_error(strategy: str, clients: int, malicious: int) -> str | None:
 
 def make_strategy(name: str, *, clients: int, malicious: int, proximal_mu: float = 0.01,
                   trim_beta: float | None = None, clip_norm: float | None = None,
-                  root_train: RootTrainer | None = None) -> flower.Strategy:
+                  root_train: RootTrainer | None = None, dp: ClientDP | None = None,
+                  dp_seed: int = 0) -> flower.Strategy:
     """Flower's strategy ``name`` for a federation where every one of ``clients`` clients
     trains every round and the server assumes up to ``malicious`` of them are attackers
     (Krum, MultiKrum and Bulyan take that f; the trimmed mean cuts at least f/n each
     side, 0.2 by default). Federated (client-side) evaluation is off: the server
     evaluates the global model itself. ``clipping`` (alias ``fedavg-clip``) clips each
     update to ``clip_norm`` (None: the round's median norm); ``fltrust`` needs
-    ``root_train`` (:func:`root_trainer`)."""
+    ``root_train`` (:func:`root_trainer`). ``dp``: the strategy wrapped in Flower's
+    fixed-clipping DP wrapper (:func:`.client_dp.dp_strategy`, noise seeded by
+    ``dp_seed``)."""
     if name not in _FLOWER:
         raise FederationError(f"unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
     reason = tolerance_error(name, clients, malicious)
@@ -141,7 +145,10 @@ def make_strategy(name: str, *, clients: int, malicious: int, proximal_mu: float
             raise FederationError("fltrust needs a root dataset on the server (--root-size > 0)")
         common["root_train"] = root_train
     with _quiet_flower():
-        return _FLOWER[name](**common)
+        strategy: flower.Strategy = _FLOWER[name](**common)
+    if dp is not None:
+        strategy = dp_strategy(strategy, dp, sampled_clients=clients, seed=dp_seed)
+    return strategy
 
 
 # -- the plan both apps read ------------------------------------------------------------------
@@ -273,8 +280,15 @@ def client_update(plan: FederationPlan, client: int, content: RecordDict) -> Rec
 
 def make_client_app(plan: FederationPlan, *, threads: int = 1) -> ClientApp:
     """The ClientApp: its partition id (Flower's ``node_config["partition-id"]``) picks
-    its data in ``plan``."""
-    app = ClientApp()
+    its data in ``plan``. Under client-side DP the honest clients clip their update with
+    Flower's ``fixedclipping_mod`` (:func:`.client_dp.clipping_mod`); malicious ones do not."""
+
+    def honest(msg: Message, context: Context) -> bool:
+        threat = plan.threats[int(cast(Any, msg.content["config"].get("federation", 0)))]
+        return not (threat.attack is not None
+                    and int(cast(Any, context.node_config["partition-id"])) in threat.malicious)
+
+    app = ClientApp(mods=[clipping_mod(honest)])
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
