@@ -220,6 +220,9 @@ def test_federated_section_through_the_runner(audited) -> None:
         "fedavg", "fedmedian", "fedavg_sign-flip_0.2", "fedmedian_sign-flip_0.2",
         "fedavg_sign-flip_0.6"]
     assert any("fedmedian under sign-flip at 0.2" in w for w in sec["warnings"])
+    leak = next(t for t in sec["tables"] if t["title"].startswith("Gradient leakage"))
+    assert [r[0] for r in leak["rows"]] == [1, 2]
+    assert sum("95%" in c for c in leak["columns"]) == 1     # every rate with its interval
     html = (out / "report.html").read_text()
     assert "Cells not run" in html and "3 of 5 is too many" in html
     assert "Gradient leakage: client inputs reconstructed" in html
