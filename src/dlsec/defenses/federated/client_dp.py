@@ -35,6 +35,10 @@ Notes:
     epsilon is then reported under the mean assumption and flagged
     (:data:`MEAN_AGGREGATES`).
 
+    Flower's clipping divides by the update's norm: a reply equal to the global weights
+    (a zero update, e.g. a free rider) raises ZeroDivisionError in Flower 1.42's
+    ``clip_inputs_inplace``. Every client here trains or perturbs, so none sends one.
+
     Flower draws the noise from numpy's global generator; :func:`dp_strategy` gives each
     wrapper its own seeded stream (swapped in around Flower's own noise call) so that
     the same seed gives the same global weights.
