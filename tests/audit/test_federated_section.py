@@ -216,6 +216,8 @@ def test_federated_section_through_the_runner(audited) -> None:
                       "Model-replacement backdoor per strategy",
                       "Gradient leakage: client inputs reconstructed"]
     tables = {t["title"]: t for t in sec["tables"]}
+    caption = tables["Final test accuracy per federation"]["caption"]
+    assert "Settings: 5 clients, 2 rounds" in caption and "rounds = 20" in caption
     assert [r[3] for r in tables["Final test accuracy per federation"]["rows"]] == [
         "fedavg", "fedmedian", "fedavg_sign-flip_0.2", "fedmedian_sign-flip_0.2",
         "fedavg_sign-flip_0.6"]
