@@ -19,6 +19,12 @@ update ``w - lr * g`` converts to it with :func:`gradient_from_update`). Three a
   after every step, step size decayed by 10 at 3/8, 5/8 and 7/8 of the iterations (the
   paper's schedule). Labels: iDLG's for a batch of one; for larger batches the caller's
   ``labels`` (the paper's setting: labels known) or, when None, :func:`estimate_labels`.
+* :func:`inverting_updates` — the same attack against a FedAvg client that sends its weight
+  *update* after ``local_steps`` SGD steps on its batch (:func:`local_update`), as Geiping
+  et al. attack multi-step updates (their Section 5): the local steps are unrolled on the
+  dummy batch (differentiable, ``create_graph``) and the resulting weight difference is
+  matched to the observed one (``1 - cosine`` + TV). :func:`attack_update` picks it, or
+  turns a one-step update back into a gradient for any of the three attacks.
 
 Quality: :func:`psnr`, :func:`ssim` (Wang et al. 2004, Gaussian window) and
 :func:`match_reconstructions` (the assignment of reconstructions to originals with the best
@@ -133,6 +139,14 @@ def _tv(x: Tensor) -> Tensor:
             + (x[..., :, 1:] - x[..., :, :-1]).abs().mean())
 
 
+def _cosine_distance(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
+    """``1 - cosine`` between two lists of tensors read as one vector each."""
+    dot = sum((u * v).sum() for u, v in zip(a, b, strict=True))
+    na = torch.sqrt(sum((u * u).sum() for u in a))  # type: ignore[arg-type]
+    nb = torch.sqrt(sum((v * v).sum() for v in b))  # type: ignore[arg-type]
+    return 1 - dot / (na * nb + 1e-12)
+
+
 def _match_loss(model: nn.Module, x: Tensor, target: Tensor, observed: list[Tensor],
                 kind: str) -> Tensor:
     """Squared L2 (``kind='l2'``) or ``1 - cosine`` between the dummy's and the observed
@@ -145,10 +159,7 @@ def _match_loss(model: nn.Module, x: Tensor, target: Tensor, observed: list[Tens
     dummy = torch.autograd.grad(loss, _params(model), create_graph=True)
     if kind == "l2":
         return sum(((d - g) ** 2).sum() for d, g in zip(dummy, observed, strict=True))  # type: ignore[return-value]
-    dot = sum((d * g).sum() for d, g in zip(dummy, observed, strict=True))
-    nd = torch.sqrt(sum((d * d).sum() for d in dummy))  # type: ignore[arg-type]
-    ng = torch.sqrt(sum((g * g).sum() for g in observed))  # type: ignore[arg-type]
-    return 1 - dot / (nd * ng + 1e-12)
+    return _cosine_distance(dummy, observed)
 
 
 def _setup(model: nn.Module, gradient: Sequence[Tensor], card: CardLike, batch_size: int,
@@ -216,34 +227,32 @@ def idlg(model: nn.Module, gradient: Sequence[Tensor], *, card: CardLike, batch_
                          seconds=time.perf_counter() - start)
 
 
-def inverting_gradients(model: nn.Module, gradient: Sequence[Tensor], *, card: CardLike,
-                        batch_size: int = 1, labels: Sequence[int] | Tensor | None = None,
-                        iterations: int = 300, lr: float = 0.1, tv_weight: float = 1e-4,
-                        generator: torch.Generator) -> LeakageResult:
-    """Inverting Gradients: cosine matching + TV prior, signed Adam steps, clamped inputs."""
-    observed, device = _setup(model, gradient, card, batch_size, iterations)
-    if tv_weight < 0:
-        raise PrivacyAttackError(f"the TV weight must be >= 0, got {tv_weight}")
-    start = time.perf_counter()
+def _labels_for(observed: Sequence[Tensor], card: CardLike, batch_size: int,
+                labels: Sequence[int] | Tensor | None) -> tuple[Tensor, str]:
+    """iDLG's label for a batch of one, the caller's ``labels``, or estimated ones."""
     if batch_size == 1 and labels is None:
-        y = torch.tensor([idlg_label(observed, card.num_classes)])
-        source = "idlg"
-    elif labels is None:
-        y, source = estimate_labels(observed, card.num_classes, batch_size), "estimated"
-    else:
-        y, source = torch.as_tensor(labels, dtype=torch.long).flatten(), "given"
-        if y.numel() != batch_size or bool(((y < 0) | (y >= card.num_classes)).any()):
-            raise PrivacyAttackError(f"need {batch_size} labels in [0, {card.num_classes})")
-    y = y.to(device)
+        return torch.tensor([idlg_label(observed, card.num_classes)]), "idlg"
+    if labels is None:
+        return estimate_labels(observed, card.num_classes, batch_size), "estimated"
+    y = torch.as_tensor(labels, dtype=torch.long).flatten()
+    if y.numel() != batch_size or bool(((y < 0) | (y >= card.num_classes)).any()):
+        raise PrivacyAttackError(f"need {batch_size} labels in [0, {card.num_classes})")
+    return y, "given"
+
+
+def _signed_adam(x: Tensor, objective: Any, *, card: CardLike, iterations: int, lr: float,
+                 tv_weight: float) -> list[float]:
+    """Geiping et al.'s optimiser: ``objective(x) + tv_weight * TV(x)`` minimised by Adam on
+    the signed gradient, step size / 10 at 3/8, 5/8, 7/8 of the iterations, ``x`` clamped
+    to the card's bounds after each step; the matching loss of every iteration."""
     lo, hi = float(card.bounds[0]), float(card.bounds[1])
-    x = _dummy(card, batch_size, generator).to(device).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
     milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
     history: list[float] = []
     for _ in range(iterations):
         opt.zero_grad()
-        match = _match_loss(model, x, y, observed, "cosine")
+        match = objective(x)
         loss = match + tv_weight * _tv(x)
         loss.backward()
         assert x.grad is not None
@@ -253,9 +262,108 @@ def inverting_gradients(model: nn.Module, gradient: Sequence[Tensor], *, card: C
         with torch.no_grad():
             x.clamp_(lo, hi)
         history.append(float(match.detach()))
+    return history
+
+
+def inverting_gradients(model: nn.Module, gradient: Sequence[Tensor], *, card: CardLike,
+                        batch_size: int = 1, labels: Sequence[int] | Tensor | None = None,
+                        iterations: int = 300, lr: float = 0.1, tv_weight: float = 1e-4,
+                        generator: torch.Generator) -> LeakageResult:
+    """Inverting Gradients: cosine matching + TV prior, signed Adam steps, clamped inputs."""
+    observed, device = _setup(model, gradient, card, batch_size, iterations)
+    if tv_weight < 0:
+        raise PrivacyAttackError(f"the TV weight must be >= 0, got {tv_weight}")
+    start = time.perf_counter()
+    y, source = _labels_for(observed, card, batch_size, labels)
+    y = y.to(device)
+    x = _dummy(card, batch_size, generator).to(device).requires_grad_(True)
+    history = _signed_adam(x, lambda v: _match_loss(model, v, y, observed, "cosine"),
+                           card=card, iterations=iterations, lr=lr, tv_weight=tv_weight)
     return LeakageResult(inputs=x.detach().cpu(), labels=y.cpu(), loss_history=history,
                          attack="inverting-gradients", label_source=source,
                          seconds=time.perf_counter() - start)
+
+
+# --- multi-step updates (FedAvg) -------------------------------------------------------
+
+def _check_steps(local_steps: int, lr: float) -> None:
+    if int(local_steps) < 1:
+        raise PrivacyAttackError(f"local steps must be >= 1, got {local_steps}")
+    if not lr > 0 or not math.isfinite(lr):
+        raise PrivacyAttackError(f"the client's learning rate must be > 0, got {lr}")
+
+
+def _unroll(model: nn.Module, x: Tensor, y: Tensor, *, local_steps: int, lr: float,
+            create_graph: bool) -> list[Tensor]:
+    """``after - before`` for ``local_steps`` plain SGD steps of ``lr`` on the mean
+    cross-entropy of ``(x, y)``, starting at the model's weights (the model is untouched;
+    buffers are read, never updated: the model runs in eval mode)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    current = [p.detach().clone().requires_grad_(True) for p in _params(model)]
+    start = [c.detach() for c in current]
+    for _ in range(local_steps):
+        out = torch.func.functional_call(model, dict(zip(names, current, strict=True)), (x,))
+        grads = torch.autograd.grad(F.cross_entropy(out, y), current, create_graph=create_graph)
+        if create_graph:
+            current = [w - lr * g for w, g in zip(current, grads, strict=True)]
+        else:
+            current = [(w - lr * g).detach().requires_grad_(True)
+                       for w, g in zip(current, grads, strict=True)]
+    return [c - s for c, s in zip(current, start, strict=True)]
+
+
+def local_update(model: nn.Module, x: Tensor, y: Tensor, *, local_steps: int = 1,
+                 lr: float = 0.1) -> list[Tensor]:
+    """The update a FedAvg client sends after ``local_steps`` SGD steps (step size ``lr``,
+    mean cross-entropy, full batch ``(x, y)`` each step) from the global weights:
+    ``after - before`` per trainable parameter, detached; ``model`` is left as it was.
+    One step gives ``-lr`` times :func:`client_gradient`."""
+    _check_steps(local_steps, lr)
+    model.eval()
+    return [u.detach() for u in _unroll(model, x, y, local_steps=local_steps, lr=lr,
+                                        create_graph=False)]
+
+
+def inverting_updates(model: nn.Module, update: Sequence[Tensor], *, card: CardLike,
+                      local_steps: int, lr: float, batch_size: int = 1,
+                      labels: Sequence[int] | Tensor | None = None, iterations: int = 300,
+                      step_size: float = 0.1, tv_weight: float = 1e-4,
+                      generator: torch.Generator) -> LeakageResult:
+    """Inverting Gradients against a multi-step update (Geiping et al. 2020, Section 5).
+
+    Threat model: an honest-but-curious server that knows the global weights it sent
+    (``model``), the client's step count and step size (FedAvg's hyper-parameters are the
+    server's), and reads ``update = after - before``. The dummy batch goes through the same
+    ``local_steps`` SGD steps (unrolled, second-order gradients through every step), and
+    ``1 - cosine(dummy update, update) + tv_weight * TV`` is minimised with the signed-Adam
+    schedule of :func:`inverting_gradients`. Labels: iDLG's rule on ``-update`` (exact for
+    one step, where ``-update = lr * gradient``) for a batch of one, else ``labels`` or
+    :func:`estimate_labels`. ``step_size`` is the attacker's Adam step size.
+
+    Example:
+        >>> u = local_update(model, x, y, local_steps=5, lr=0.1)          # doctest: +SKIP
+        >>> res = inverting_updates(model, u, card=card, local_steps=5, lr=0.1,
+        ...                         generator=torch.Generator().manual_seed(0))  # doctest: +SKIP
+    """
+    _check_steps(local_steps, lr)
+    observed, device = _setup(model, update, card, batch_size, iterations)
+    if tv_weight < 0:
+        raise PrivacyAttackError(f"the TV weight must be >= 0, got {tv_weight}")
+    start = time.perf_counter()
+    y, source = _labels_for([-u for u in observed], card, batch_size, labels)
+    y = y.to(device)
+    x = _dummy(card, batch_size, generator).to(device).requires_grad_(True)
+
+    def objective(v: Tensor) -> Tensor:
+        dummy = _unroll(model, v, y, local_steps=local_steps, lr=lr, create_graph=True)
+        return _cosine_distance(dummy, observed)
+
+    history = _signed_adam(x, objective, card=card, iterations=iterations, lr=step_size,
+                           tv_weight=tv_weight)
+    return LeakageResult(inputs=x.detach().cpu(), labels=y.cpu(), loss_history=history,
+                         attack="inverting-gradients", label_source=source,
+                         seconds=time.perf_counter() - start,
+                         details={"local_steps": int(local_steps), "client_lr": float(lr)})
 
 
 def run_attack(name: str, model: nn.Module, gradient: Sequence[Tensor], *, card: CardLike,
@@ -273,6 +381,29 @@ def run_attack(name: str, model: nn.Module, gradient: Sequence[Tensor], *, card:
                                    labels=labels, iterations=iterations, generator=generator)
     raise PrivacyAttackError(f"unknown gradient-leakage attack {name!r} "
                              f"(choose from {', '.join(ATTACKS)})")
+
+
+def attack_update(name: str, model: nn.Module, update: Sequence[Tensor], *, card: CardLike,
+                  batch_size: int, local_steps: int, lr: float, iterations: int,
+                  generator: torch.Generator,
+                  labels: Sequence[int] | Tensor | None = None) -> LeakageResult:
+    """Attack a FedAvg update (``after - before``): one local step is a gradient
+    (``-update / lr``) for any of :data:`ATTACKS`; several are unrolled by
+    :func:`inverting_updates` (DLG and iDLG match one gradient and refuse them)."""
+    _check_steps(local_steps, lr)
+    if local_steps == 1:
+        grad = [-u / lr for u in update]
+        return run_attack(name, model, grad, card=card, batch_size=batch_size,
+                          iterations=iterations, generator=generator, labels=labels)
+    if name not in ATTACKS:
+        raise PrivacyAttackError(f"unknown gradient-leakage attack {name!r} "
+                                 f"(choose from {', '.join(ATTACKS)})")
+    if name != "inverting-gradients":
+        raise PrivacyAttackError(f"{name} matches one gradient; an update of {local_steps} "
+                                 "local steps needs inverting-gradients")
+    return inverting_updates(model, update, card=card, local_steps=local_steps, lr=lr,
+                             batch_size=batch_size, labels=labels, iterations=iterations,
+                             generator=generator)
 
 
 # --- quality ---------------------------------------------------------------------------
@@ -351,6 +482,7 @@ def match_reconstructions(x: Tensor, ref: Tensor, *, data_range: float = 1.0) ->
 __all__ = [
     "ATTACKS",
     "LeakageResult",
+    "attack_update",
     "check_gradient",
     "client_gradient",
     "dlg",
@@ -359,6 +491,8 @@ __all__ = [
     "idlg",
     "idlg_label",
     "inverting_gradients",
+    "inverting_updates",
+    "local_update",
     "match_reconstructions",
     "psnr",
     "run_attack",
