@@ -312,6 +312,9 @@ def test_deployment_with_tls_and_auth_matches_the_simulation(deployment) -> None
     import json
 
     run, sim = deployment["run"], deployment["sim"]
+    print(f"SuperLink + 4 SuperNodes up and 3 keys registered in {deployment['setup_seconds']:.1f} s; "
+          f"`flwr run` of {len(run.accuracy) - 1} rounds {deployment['run_seconds']:.1f} s; "
+          f"final accuracy {run.accuracy[-1]:.4f}")
     honest, attacked = sim.details["cells"][0]["key"], sim.details["cells"][1]["key"]
     assert sim.details["cells"][1]["malicious_clients"] == [1]  # the seeded draw: one of three
     # the deployed federation is the simulated malicious one: same global model, bit for bit
