@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 
 import pytest
 import torch
@@ -177,3 +178,13 @@ def test_bad_settings_are_one_line_errors(trained_simplenet, digits, evaluator) 
         with pytest.raises(LeakageSettingsError) as e2:
             gradient_leakage(digits, model, card, evaluator_model=evaluator, **kw)
         assert words in str(e2.value) and "\n" not in str(e2.value)
+
+
+def test_missing_flower_is_one_line(monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "flwr.clientapp.mod", None)   # import fails
+    for call in (lambda: flower_local_dp([torch.zeros(2)], [torch.ones(2)], clip_norm=1.0,
+                                         epsilon=1.0, seed=0),
+                 lambda: flower_fixed_clipping([torch.zeros(2)], [torch.ones(2)], clip_norm=1.0)):
+        with pytest.raises(LeakageSettingsError) as e:
+            call()
+        assert "flwr is not installed" in str(e.value) and "\n" not in str(e.value)

@@ -55,6 +55,8 @@ from dlsec.scenarios.result import ScenarioResult, Table
 from dlsec.training import TrainConfig, predict_logits, train_model
 
 Z95 = 1.959963984540054
+_NO_FLWR = ("client DP uses Flower's mods, and flwr is not installed: install the "
+            "federated extra (pip install 'dlsec[federated]')")
 
 
 class LeakageSettingsError(DlsecError):
@@ -119,9 +121,7 @@ def _through_mod(mod: object, before: Sequence[Tensor], update: Sequence[Tensor]
     try:
         from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
     except ImportError:
-        raise LeakageSettingsError(
-            "client DP uses Flower's mods: install the federated extra "
-            "(pip install 'dlsec[federated]')") from None
+        raise LeakageSettingsError(_NO_FLWR) from None
     sent = [b.detach().cpu().numpy().astype(np.float32) for b in before]
     back = [(b.detach().cpu() + u.detach().cpu()).numpy().astype(np.float32)
             for b, u in zip(before, update, strict=True)]
@@ -162,8 +162,10 @@ def flower_local_dp(before: Sequence[Tensor], update: Sequence[Tensor], *, clip_
     (clipped to ``clip_norm``, then Gaussian noise of :func:`local_dp_std` on every
     weight); ``seed`` drives the noise."""
     _check_dp(clip_norm, epsilon, delta)
-    from flwr.clientapp.mod import LocalDpMod
-
+    try:
+        from flwr.clientapp.mod import LocalDpMod
+    except ImportError:
+        raise LeakageSettingsError(_NO_FLWR) from None
     sens = clip_norm if sensitivity is None else sensitivity
     return _through_mod(LocalDpMod(clip_norm, sens, epsilon, delta), before, update, {}, seed)
 
@@ -176,9 +178,7 @@ def flower_fixed_clipping(before: Sequence[Tensor], update: Sequence[Tensor], *,
     try:
         from flwr.clientapp.mod import fixedclipping_mod
     except ImportError:
-        raise LeakageSettingsError(
-            "client DP uses Flower's mods: install the federated extra "
-            "(pip install 'dlsec[federated]')") from None
+        raise LeakageSettingsError(_NO_FLWR) from None
     return _through_mod(fixedclipping_mod, before, update, {"clipping_norm": float(clip_norm)}, 0)
 
 
