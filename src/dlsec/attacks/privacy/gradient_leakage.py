@@ -21,7 +21,7 @@ update ``w - lr * g`` converts to it with :func:`gradient_from_update`). Three a
   ``labels`` (the paper's setting: labels known) or, when None, :func:`estimate_labels`.
 * :func:`inverting_updates` — the same attack against a FedAvg client that sends its weight
   *update* after ``local_steps`` SGD steps on its batch (:func:`local_update`), as Geiping
-  et al. attack multi-step updates (their Section 5): the local steps are unrolled on the
+  et al. attack multi-step (FedAvg) updates: the local steps are unrolled on the
   dummy batch (differentiable, ``create_graph``) and the resulting weight difference is
   matched to the observed one (``1 - cosine`` + TV). :func:`attack_update` picks it, or
   turns a one-step update back into a gradient for any of the three attacks.
@@ -329,7 +329,7 @@ def inverting_updates(model: nn.Module, update: Sequence[Tensor], *, card: CardL
                       labels: Sequence[int] | Tensor | None = None, iterations: int = 300,
                       step_size: float = 0.1, tv_weight: float = 1e-4,
                       generator: torch.Generator) -> LeakageResult:
-    """Inverting Gradients against a multi-step update (Geiping et al. 2020, Section 5).
+    """Inverting Gradients against a multi-step FedAvg update (Geiping et al. 2020).
 
     Threat model: an honest-but-curious server that knows the global weights it sent
     (``model``), the client's step count and step size (FedAvg's hyper-parameters are the
