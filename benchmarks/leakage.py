@@ -82,9 +82,14 @@ def breaching_row(model, card, ds, iterations: int) -> dict:
                 have.append(f"{dist} {version(dist)}")
             except PackageNotFoundError:
                 have.append(f"{dist} absent")
+        try:
+            import torchvision  # noqa: F401
+            tv = "torchvision alone imports"
+        except Exception as e2:  # the same failure before any breaching code?
+            tv = f"`import torchvision` alone fails too: {type(e2).__name__}: {e2}"
         return {"compared": False,
                 "error": f"import breaching (0.1.2): {type(e).__name__}: {e} (breaching's "
-                         f"line {where}; in .venv: {', '.join(have)})"}
+                         f"line {where}; in .venv: {', '.join(have)}; {tv})"}
     finally:
         sys.path.remove(str(BREACHING_PATH))
     return {"compared": False, "error": "imported, but no digits/SimpleNet case is wired "
