@@ -347,3 +347,28 @@ def test_unregistered_supernode_is_refused(deployment) -> None:
         assert "Receiving: train message" in (deployment["dir"] / f"node{k}.log").read_text()
     assert "No SuperNode found with the given public key" in \
         (deployment["dir"] / "superlink.log").read_text()
+
+
+def test_build_deployment_follows_the_run_config(tmp_path: Path) -> None:
+    import torch
+
+    from dlsec.scenarios.federated import FederatedScenarioError
+    from dlsec.scenarios.federated_apps import build_deployment
+
+    config = FederationSettings(clients=3, rounds=2, strategy="fedmedian", malicious=0.34,
+                                result_path=str(tmp_path / "r.json")).to_run_config()
+    dep = build_deployment(config)
+    assert dep.rounds == 2 and dep.result_path == tmp_path / "r.json"
+    assert type(dep.strategy).__name__ == "FedMedian"
+    # seed 0 draws partition 1 as the sign-flipper (run_federations draws the same: slow test)
+    assert dep.details["malicious_clients"] == [1] and dep.plan.threats[0].attack == "sign-flip"
+    assert dep.plan.threats[0].scale == 4.0  # sign-flip's default scale
+    everyone = torch.cat(dep.plan.parts).sort().values
+    assert torch.equal(everyone, torch.arange(int(dep.plan.y_train.shape[0])))  # a partition
+    again = build_deployment(config)  # same run config, same initial weights
+    w1, w2 = dep.plan.new_model().state_dict(), again.plan.new_model().state_dict()
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    other = build_deployment({**config, "seed": 1})
+    assert not all(torch.equal(w1[k], v) for k, v in other.plan.new_model().state_dict().items())
+    with pytest.raises(FederatedScenarioError, match=r"krum tolerates .* 1 of 3 is too many"):
+        build_deployment({**config, "strategy": "krum"})

@@ -35,6 +35,7 @@ from flwr.serverapp import strategy as flower
 from torch import Tensor
 
 from dlsec.defenses.federated.apps import (
+    FederationError,
     FederationPlan,
     FederationRun,
     client_update,
@@ -115,7 +116,12 @@ def deployment_apps(build: Callable[[RunConfig], Deployment], *,
     def train(msg: Message, context: Context) -> Message:
         torch.set_num_threads(threads)
         deployment = cached(dict(context.run_config))
-        partition_id = int(cast(Any, context.node_config["partition-id"]))
+        partition_id = int(cast(Any, context.node_config.get("partition-id", -1)))
+        if not 0 <= partition_id < len(deployment.plan.parts):
+            raise FederationError(
+                f"this SuperNode's partition-id is {partition_id}: start it with --node-config "
+                f"'partition-id=K num-partitions={len(deployment.plan.parts)}', K in "
+                f"0..{len(deployment.plan.parts) - 1}")
         return Message(content=client_update(deployment.plan, partition_id, msg.content), reply_to=msg)
 
     return server, client
