@@ -1,15 +1,25 @@
-"""Federated learning on Flower: FedAvg against centralized training, and the robustness grid.
+"""Federated learning on Flower: FedAvg against centralized training, the robustness grid,
+and the model-replacement backdoor against the defenses.
 
 Usage: python benchmarks/federated.py [--quick] [--rounds R] [--grid-rounds R] [--workers W]
-Writes benchmarks/results/federated.md (``--quick``: a smoke run of a few rounds, written
-to benchmarks/.cache/federated-quick.md so it never replaces the results).
+Writes benchmarks/results/federated.md and federated.json (``--quick``: a smoke run of a few
+rounds, written to benchmarks/.cache/federated-quick.md and .json so it never replaces the
+results).
 
-1. Anchor: 10 IID clients on digits (SimpleNet), ``--rounds`` rounds of FedAvg (1 local
-   epoch of SGD per round), beside the same model trained centrally on the same training
-   split by ``train_model`` for as many passes over the data (one pass per round); the
-   round at which FedAvg first comes within 1 point of the centralized model, and the
-   wall time of the simulation (Ray's start-up apart).
-2. Grid: every strategy x attack that ``dlsec.defenses.federated`` registers, at 0, 10 and
+1. Anchor: 10 IID clients on digits (SimpleNet), ``--rounds`` rounds of FedAvg, for each
+   local work per round of ``LOCAL`` (local epochs x SGD learning rate, no momentum: the
+   clients' optimizer in ``run_federations``), beside the same model trained centrally
+   the way ``dlsec train`` trains it (its defaults: the reference) and by SGD with the
+   federation's own settings for as many passes over the data as its clients together
+   make; the round at which FedAvg first comes within 1 point of the reference, and the
+   wall time of each simulation, Ray's start-up apart. Each local work is its own start
+   of the simulation engine (the clients' training settings are the run's).
+2. Backdoor: the ``scale`` attack (model replacement with a trigger patch) by 10 % of the
+   clients against FedAvg and the defenses of ``BACKDOOR_STRATEGIES``, each also without
+   the attack, ``--rounds`` rounds at the first local work of ``LOCAL``, in the same start
+   as that anchor: clean accuracy with and without the attack, the attack's success rate
+   (with a Wilson 95 % interval), the clean-accuracy cost against clean FedAvg.
+3. Grid: every strategy x attack that ``dlsec.defenses.federated`` registers, at 0, 10 and
    30 % malicious clients (cells a strategy cannot tolerate are skipped, with the reason),
    all in one start of Flower's simulation engine, through
    ``dlsec.scenarios.federated.run_federations``.
@@ -18,10 +28,13 @@ to benchmarks/.cache/federated-quick.md so it never replaces the results).
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,12 +63,23 @@ OUT = HERE / "results" / "federated.md"
 OUT_QUICK = HERE / ".cache" / "federated-quick.md"
 
 ARCH, CLIENTS, LR, BATCH, SEED = "simplenet", 10, 0.1, 16, 0
+# the local work per round tried for the anchor: (local epochs, SGD learning rate); the
+# first is the grid's and the backdoor's (1 epoch at lr LR)
+LOCAL = ((1, LR), (2, LR), (5, LR), (10, LR), (5, 0.05))
+# ``dlsec train``'s defaults (commands/train.py): how dlsec trains a model centrally
+RECIPE = {"epochs": 30, "batch_size": 64, "optimizer": "adam", "lr": 3e-3,
+          "schedule": "cosine", "val_fraction": 0.1}
 FRACTIONS = (0.1, 0.3)
 WITHIN = 0.01  # the issue: FedAvg within 1 point of centralized training ...
 TARGET_ROUNDS = 20  # ... in at most 20 rounds
 TARGET_SECONDS = 60.0  # a 10-client 20-round simulation on 2 cores
 ATTACK_COST, ROBUST_WITHIN = 0.20, 0.03  # 30 % sign-flip: FedAvg loses > 20 points, best robust within 3
 TARGET_ATTACK, TARGET_FRACTION = "sign-flip", 0.3
+# model-replacement backdoor: ASR >= 90 % against FedAvg; the best defense <= 20 % at a
+# clean-accuracy cost of at most 2 points
+BACKDOOR_ATTACK, BACKDOOR_FRACTION, BACKDOOR_TARGET = "scale", 0.1, 0
+BACKDOOR_STRATEGIES = ("fedavg", "fedmedian", "krum", "multikrum", "clipping", "fltrust")
+ASR_FEDAVG, ASR_DEFENDED, ASR_COST = 0.90, 0.20, 0.02
 
 
 def strategies() -> tuple[str, ...]:
@@ -80,22 +104,48 @@ def grid_cells() -> tuple[list[FederationCell], list[tuple[FederationCell, str]]
     return cells, skipped
 
 
-def centralized(ds, epochs: int) -> tuple[float, float]:
-    """The same model trained centrally: SGD lr LR, no momentum, batch BATCH, ``epochs``
-    passes over the whole training split (no validation split held out)."""
-    cfg = TrainConfig(epochs=epochs, optimizer="sgd", lr=LR, momentum=0.0, batch_size=BATCH,
-                      schedule="none", val_fraction=0.0, measure_train_accuracy=False,
-                      seed=SEED, device="cpu")
+def backdoor_cells() -> list[FederationCell]:
+    """Each of ``BACKDOOR_STRATEGIES`` without the attack and with it."""
+    return [c for s in BACKDOOR_STRATEGIES
+            for c in (FederationCell(s), FederationCell(s, BACKDOOR_FRACTION, BACKDOOR_ATTACK))]
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a proportion (95 % at z = 1.96); e.g. 0 of 10:
+    (0, 0.2775)."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def centralized(ds, cfg: TrainConfig) -> tuple[float, float]:
+    """Test accuracy of the model trained centrally with ``cfg``, and the seconds it took."""
     t0 = time.perf_counter()
     _, card, _ = train_model(ds, ARCH, cfg, progress=False)
     return float(card.metrics["test_accuracy"]), time.perf_counter() - t0
 
 
-def federate(ds, cells: list[FederationCell], rounds: int,
-             workers: int) -> tuple[ScenarioResult, float]:
+def recipe_config() -> TrainConfig:
+    return TrainConfig(**RECIPE, seed=SEED, device="cpu", measure_train_accuracy=False)  # type: ignore[arg-type]
+
+
+def matched_config(passes: int, lr: float) -> TrainConfig:
+    """SGD with the federation's settings (lr, no momentum, batch BATCH) for ``passes``
+    passes over the whole training split (no validation split held out)."""
+    return TrainConfig(epochs=passes, optimizer="sgd", lr=lr, momentum=0.0, batch_size=BATCH,
+                       schedule="none", val_fraction=0.0, measure_train_accuracy=False,
+                       seed=SEED, device="cpu")
+
+
+def federate(ds, cells: list[FederationCell], rounds: int, workers: int, *,
+             local_epochs: int = 1, lr: float = LR) -> tuple[ScenarioResult, float]:
     t0 = time.perf_counter()
-    res = run_federations(ds, ARCH, cells, clients=CLIENTS, rounds=rounds, lr=LR,
-                          batch_size=BATCH, seed=SEED, device="cpu", workers=workers,
+    res = run_federations(ds, ARCH, cells, clients=CLIENTS, rounds=rounds, lr=lr,
+                          local_epochs=local_epochs, batch_size=BATCH, seed=SEED,
+                          device="cpu", workers=workers, backdoor_target=BACKDOOR_TARGET,
                           progress=False)
     return res, time.perf_counter() - t0
 
@@ -104,64 +154,194 @@ def pct(x: float) -> str:
     return f"{x:.2%}"
 
 
-def anchor_section(ds, res, wall: float, rounds: int, central: float, central_s: float,
-                   lines: list[str], readme: list[str], workers: int) -> dict:
-    curve = res.figures["accuracy_per_round"]["fedavg"]
+def anchor_run(res: ScenarioResult, wall: float, reference: float) -> dict:
+    """One local work's FedAvg: its curve, the first round within WITHIN of ``reference``,
+    the warm simulation's seconds and Ray's start-up (the run's wall time less the
+    federations' own, plus what the first FedAvg took beyond the same one run last)."""
+    curve = [float(a) for a in res.figures["accuracy_per_round"]["fedavg"]]
     details = res.details["cells"]
     assert details[0]["key"] == details[-1]["key"] == "fedavg"
     sim_s = float(details[-1]["seconds"])  # the warm run
     weights = res.artifacts["weights"]
-    same = weights_digest(weights[0]) == weights_digest(weights[-1])
-    # the run's wall time less the federations' own; the first federation's excess over
-    # the same federation run warm is the workers' start-up
     startup = (wall - sum(float(c["seconds"]) for c in details)
                + float(details[0]["seconds"]) - sim_s)
-    first = next((r for r, a in enumerate(curve) if a >= central - WITHIN), None)
-    acc_met = first is not None and first <= TARGET_ROUNDS
-    time_met = sim_s <= TARGET_SECONDS and rounds >= TARGET_ROUNDS
+    first = next((r for r, a in enumerate(curve) if a >= reference - WITHIN), None)
+    return {"curve": curve, "first": first, "seconds": sim_s, "startup": startup,
+            "federations": len(details),
+            "identical": weights_digest(weights[0]) == weights_digest(weights[-1])}
+
+
+def anchor_section(ds, runs: dict[tuple[int, float], dict], rounds: int,
+                   reference: tuple[float, float], matched: dict[tuple[int, float], tuple[float, float]],
+                   lines: list[str], readme: list[str], workers: int) -> dict:
+    ref, ref_s = reference
     lines += ["## FedAvg against centralized training (digits, SimpleNet)", "",
               f"{len(ds.y_train)} training and {len(ds.y_test)} test digits. Federation: "
               f"{CLIENTS} clients, IID partition, {rounds} rounds of FedAvg, every client "
-              f"training every round for 1 local epoch (SGD lr {LR:g}, no momentum, batch "
-              f"{BATCH}), {workers} clients at a time; the server evaluates the global model "
-              "on the test split after every round. Centralized: `train_model`, the same "
-              f"model, optimizer, learning rate and batch on the same training split (no "
-              f"validation split held out), {rounds} epochs (one pass over the data per "
-              "round, as the federation's clients together make).", "",
-              "| round | " + " | ".join(str(r) for r in range(rounds + 1)) + " |",
-              "|---|" + "---|" * (rounds + 1),
-              "| FedAvg test accuracy | " + " | ".join(f"{a:.4f}" for a in curve) + " |", "",
-              f"Centralized: {central:.4f} after {rounds} epochs ({central_s:.1f} s). FedAvg "
-              f"after {rounds} rounds: {curve[-1]:.4f} ({(curve[-1] - central) * 100:+.2f} "
-              "points). "
-              + (f"FedAvg first comes within {WITHIN * 100:g} point of centralized at round "
-                 f"{first}." if first is not None else
-                 f"FedAvg never comes within {WITHIN * 100:g} point of centralized in "
-                 f"{rounds} rounds."), "",
-              f"Wall time of the {CLIENTS}-client {rounds}-round FedAvg simulation: "
-              f"{sim_s:.1f} s ({sim_s / rounds:.2f} s a round), Ray's start-up and shut-down "
-              f"apart: {startup:.1f} s for the run of {len(details)} federations (the whole "
-              "`run_federations` call less the federations' own seconds, plus what the first "
-              "federation took beyond the same FedAvg federation run again last, on warm "
-              f"workers; the two runs' final weights are "
-              f"{'bit-identical' if same else 'NOT identical'}).", "",
-              f"The issue's targets: FedAvg within {WITHIN * 100:g} point of centralized in "
-              f"<= {TARGET_ROUNDS} rounds: {'met' if acc_met else 'not met'}"
-              + (f" (round {first})" if first is not None else "")
-              + f"; a {CLIENTS}-client {TARGET_ROUNDS}-round simulation in <= "
-              f"{TARGET_SECONDS:g} s on 2 cores: {'met' if time_met else 'not met'} "
-              f"({sim_s:.1f} s, Ray's start-up apart, {startup:.1f} s).", ""]
+              "training every round on its own share with SGD (no momentum: the clients' "
+              f"optimizer in `run_federations`), batch {BATCH}, for the local epochs and "
+              f"learning rate of each row, {workers} clients at a time; the server evaluates "
+              "the global model on the test split after every round. Each row is its own "
+              "start of Flower's simulation engine.", "",
+              "Centralized, the reference: the same model trained the way `dlsec train` trains "
+              "it (its defaults: Adam lr 3e-3, batch 64, 30 epochs, cosine schedule, 10 % of "
+              f"the training split held out for validation, the best epoch kept): {ref:.4f} "
+              f"({ref_s:.1f} s). Beside each row, the model trained centrally by SGD with the "
+              "row's learning rate and batch, no momentum, for as many passes over the whole "
+              f"training split as the federation's clients make together ({rounds} x local "
+              "epochs).", "",
+              "| local epochs | lr | FedAvg after " + f"{rounds} rounds | vs reference | "
+              f"first round within {WITHIN * 100:g} point of the reference | centralized SGD, "
+              "same passes | simulation | a round | Ray start-up |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for (epochs, lr), run in runs.items():
+        m_acc, _ = matched[(epochs, lr)]
+        first = run["first"]
+        lines.append(
+            f"| {epochs} | {lr:g} | {run['curve'][-1]:.4f} | "
+            f"{(run['curve'][-1] - ref) * 100:+.2f} | "
+            + (f"{first}" if first is not None else "not reached")
+            + f" | {m_acc:.4f} ({rounds * epochs} epochs) | {run['seconds']:.1f} s | "
+            f"{run['seconds'] / rounds:.2f} s | {run['startup']:.1f} s |")
+    lines += ["", "Test accuracy of the global model after each round:", "",
+              "| local epochs, lr | " + " | ".join(str(r) for r in range(rounds + 1)) + " |",
+              "|---|" + "---|" * (rounds + 1)]
+    for (epochs, lr), run in runs.items():
+        lines.append(f"| {epochs}, {lr:g} | " + " | ".join(f"{a:.4f}" for a in run["curve"]) + " |")
+    same = all(r["identical"] for r in runs.values())
+    lines += ["", "Simulation: the warm run's seconds for the whole federation (the same FedAvg "
+              "federation runs first and again last in each start; the two runs' final "
+              f"weights are {'bit-identical in every start' if same else 'NOT identical'}). "
+              "Ray start-up: the whole `run_federations` call less the federations' own "
+              "seconds, plus what the first federation took beyond the warm one.", ""]
+    met = {k: r for k, r in runs.items()
+           if r["first"] is not None and r["first"] <= TARGET_ROUNDS and rounds >= TARGET_ROUNDS}
+    best = min(met, key=lambda k: (met[k]["first"], met[k]["seconds"])) if met else None
+    time_met = best is not None and met[best]["seconds"] <= TARGET_SECONDS
+    default = runs[LOCAL[0]]
+    if best is None:
+        verdict = (f"not met: no local work tried comes within {WITHIN * 100:g} point of the "
+                   f"reference ({ref:.4f}) in {rounds} rounds (best after {rounds} rounds: "
+                   f"{max(r['curve'][-1] for r in runs.values()):.4f})")
+    else:
+        run = met[best]
+        m_acc = matched[best][0]
+        verdict = (f"{'met' if time_met else 'accuracy met, time not met'} with {best[0]} local "
+                   f"epochs at lr {best[1]:g} (round {run['first']}; {run['curve'][-1]:.4f} "
+                   f"after {rounds} rounds, {(run['curve'][-1] - ref) * 100:+.2f} points from "
+                   f"the reference, {(run['curve'][-1] - m_acc) * 100:+.2f} from centralized "
+                   f"SGD with the same passes; the {rounds}-round simulation {run['seconds']:.1f} s, "
+                   f"Ray's start-up apart, {run['startup']:.1f} s). With the grid's 1 local "
+                   f"epoch: {default['curve'][-1]:.4f}, "
+                   + (f"within at round {default['first']}" if default["first"] is not None
+                      else "never within") + ")")
+    lines += [f"The issue's targets, FedAvg within {WITHIN * 100:g} point of centralized in "
+              f"<= {TARGET_ROUNDS} rounds and a {CLIENTS}-client {TARGET_ROUNDS}-round "
+              f"simulation in <= {TARGET_SECONDS:g} s on 2 cores: {verdict}.", ""]
+    strongest = max(m for m, _ in matched.values())
+    if strongest > ref:  # the same test against the best centralized model measured here
+        hits = {k: next((r for r, a in enumerate(run["curve"]) if a >= strongest - WITHIN), None)
+                for k, run in runs.items()}
+        lines += [f"Against the strongest centralized model measured here (SGD, {strongest:.4f}, "
+                  f"{(strongest - ref) * 100:.2f} points above the reference), FedAvg first comes "
+                  f"within {WITHIN * 100:g} point at round: "
+                  + "; ".join(f"{e} local epochs at lr {lr:g}: "
+                              + (str(h) if h is not None else "not reached")
+                              + f" (after {rounds} rounds {(runs[(e, lr)]['curve'][-1] - strongest) * 100:+.2f})"
+                              for (e, lr), h in hits.items()) + ".", ""]
+    best_run = runs[best] if best is not None else default
+    best_key = best if best is not None else LOCAL[0]
     readme += ["<!-- readme: federated-fedavg -->",
-               f"On digits with {CLIENTS} IID clients (SimpleNet, 1 local epoch of SGD per "
-               f"round), FedAvg reaches {pct(curve[-1])} after {rounds} rounds against "
-               f"{pct(central)} for the same model trained centrally for {rounds} epochs"
-               + (f", first within {WITHIN * 100:g} point at round {first}"
-                  if first is not None else f", never within {WITHIN * 100:g} point")
-               + f"; the {rounds}-round simulation takes {sim_s:.1f} s on Flower's "
-               f"simulation engine ({workers} clients at a time, plus {startup:.0f} s of Ray "
-               "start-up per run) (`python benchmarks/federated.py`, BENCHMARKS.md).",
+               f"On digits with {CLIENTS} IID clients (SimpleNet, SGD), FedAvg with "
+               f"{best_key[0]} local epoch{'s' if best_key[0] > 1 else ''} per round (lr "
+               f"{best_key[1]:g}) reaches {pct(best_run['curve'][-1])} after {rounds} rounds "
+               f"against {pct(ref)} for the same model trained centrally by `dlsec train`"
+               + (f", first within {WITHIN * 100:g} point at round {best_run['first']}"
+                  if best_run["first"] is not None else f", never within {WITHIN * 100:g} point")
+               + ("" if best_key == LOCAL[0] else
+                  f" (1 local epoch: {pct(default['curve'][-1])}, "
+                  + (f"within at round {default['first']}" if default["first"] is not None
+                     else f"never within {WITHIN * 100:g} point") + ")")
+               + f"; the {rounds}-round simulation takes {best_run['seconds']:.1f} s on Flower's "
+               f"simulation engine ({workers} clients at a time, plus {best_run['startup']:.0f} s "
+               "of Ray start-up per run) (`python benchmarks/federated.py`, BENCHMARKS.md).",
                "<!-- end readme: federated-fedavg -->", ""]
-    return {"first": first, "acc_met": acc_met, "time_met": time_met}
+    return {"reference": ref, "best": list(best) if best else None, "time_met": time_met,
+            "accuracy_met": best is not None}
+
+
+def backdoor_section(res: ScenarioResult, n_asr: int, rounds: int, lines: list[str],
+                     readme: list[str]) -> dict:
+    """Clean accuracy with and without the backdoor, its success rate, the cost."""
+    m = res.metrics
+    asr_curves = res.figures["backdoor_asr_per_round"]
+    rows: dict[str, dict[str, Any]] = {}
+    for s in BACKDOOR_STRATEGIES:
+        key = FederationCell(s, BACKDOOR_FRACTION, BACKDOOR_ATTACK).key
+        asr = float(m[f"{key}_backdoor_asr"])
+        k = round(asr * n_asr)
+        rows[s] = {"clean": float(m[f"{s}_accuracy"]), "attacked": float(m[f"{key}_accuracy"]),
+                   "asr": asr, "asr_ci": wilson(k, n_asr), "asr_hits": k,
+                   "asr_without": float(asr_curves[s][-1])}
+    base = rows["fedavg"]["clean"]
+    for r in rows.values():  # the cost: clean FedAvg less the lower of the two accuracies
+        r["cost"] = base - min(r["clean"], r["attacked"])
+    lines += [f"## Model-replacement backdoor ({rounds} rounds)", "",
+              f"The `{BACKDOOR_ATTACK}` attack: {BACKDOOR_FRACTION:.0%} of the {CLIENTS} "
+              "clients train on their share plus a copy of its images not of class "
+              f"{BACKDOOR_TARGET} with a trigger patch, labelled {BACKDOOR_TARGET}, and send "
+              f"their update boosted by the number of clients ({CLIENTS}, model replacement), "
+              "every round; the same federation as the anchor's first row (1 local epoch, lr "
+              f"{LR:g}), {rounds} rounds. Success rate (ASR): the share of the {n_asr} test "
+              f"images not of class {BACKDOOR_TARGET} that the final global model classifies as "
+              f"{BACKDOOR_TARGET} once patched, with a Wilson 95 % interval; without the attack: "
+              "the same measure on the honest federation (the trigger's baseline). Clipping "
+              "bounds each update by the round's median norm; FLTrust trains on 100 training "
+              "records drawn with the seed; the robust strategies are told the true number of "
+              "malicious clients. Cost: clean FedAvg's accuracy less the lower of the "
+              "strategy's accuracies without and with the attack.", "",
+              "| strategy | accuracy without attack | accuracy under attack | ASR | ASR 95 % "
+              "interval | ASR without attack | cost vs clean FedAvg |",
+              "|---|---|---|---|---|---|---|"]
+    for s, r in rows.items():
+        lo, hi = r["asr_ci"]
+        lines.append(f"| {s} | {r['clean']:.4f} | {r['attacked']:.4f} | {r['asr']:.4f} "
+                     f"({r['asr_hits']}/{n_asr}) | {lo:.4f}-{hi:.4f} | {r['asr_without']:.4f} | "
+                     f"{r['cost'] * 100:+.2f} points |")
+    fed = rows["fedavg"]
+    asr_met = fed["asr"] >= ASR_FEDAVG
+    defenses = {s: r for s, r in rows.items() if s != "fedavg"}
+    ok = {s: r for s, r in defenses.items() if r["asr"] <= ASR_DEFENDED and r["cost"] <= ASR_COST}
+    pool = ok or defenses
+    best = min(pool, key=lambda s: (pool[s]["asr"], pool[s]["cost"]))
+    b = rows[best]
+    defended_met = best in ok
+    lines += ["", f"The issue's target, ASR >= {ASR_FEDAVG:.0%} against FedAvg and the best "
+              f"defense at <= {ASR_DEFENDED:.0%} for at most {ASR_COST * 100:g} points of clean "
+              f"accuracy: {'met' if asr_met and defended_met else 'not met'} (FedAvg ASR "
+              f"{fed['asr']:.4f}, {'met' if asr_met else 'not met'}; best defense {best}: ASR "
+              f"{b['asr']:.4f}, cost {b['cost'] * 100:+.2f} points, "
+              f"{'met' if defended_met else 'not met'}; defenses meeting both bounds: "
+              f"{', '.join(ok) if ok else 'none'}).", ""]
+    fed_curve = asr_curves[FederationCell("fedavg", BACKDOOR_FRACTION, BACKDOOR_ATTACK).key]
+    tail = [float(a) for a in fed_curve[-10:]]
+    lines += [f"The backdoor's success against FedAvg after each of the last {len(tail)} rounds "
+              "(the attacker plants it every round; the final model is the one judged): "
+              + ", ".join(f"{a:.3f}" for a in tail) + f" (Wilson interval of the final round: "
+              f"{fed['asr_ci'][0]:.4f}-{fed['asr_ci'][1]:.4f}).", ""]
+    readme += ["<!-- readme: federated-backdoor -->",
+               f"A model-replacement backdoor ({BACKDOOR_FRACTION:.0%} of {CLIENTS} digits "
+               f"clients train with a trigger patch and boost their update x{CLIENTS}) "
+               f"succeeds on {pct(fed['asr'])} of patched test images against FedAvg after "
+               f"{rounds} rounds; {best} brings it to {pct(b['asr'])} at "
+               f"{b['cost'] * 100:.2f} points of clean accuracy ("
+               + ", ".join(f"{s} {pct(r['asr'])}" for s, r in defenses.items() if s != best)
+               + f"); the issue's target (ASR >= {ASR_FEDAVG:.0%} against FedAvg, best defense "
+               f"<= {ASR_DEFENDED:.0%} at <= {ASR_COST * 100:g} points) is "
+               f"{'met' if asr_met and defended_met else 'not met'} "
+               "(`python benchmarks/federated.py`, BENCHMARKS.md).",
+               "<!-- end readme: federated-backdoor -->", ""]
+    return {"rows": rows, "asr_met": asr_met, "defended_met": defended_met, "best": best}
 
 
 def grid_section(res, cells: list[FederationCell], skipped: list[tuple[FederationCell, str]],
@@ -237,13 +417,15 @@ def grid_section(res, cells: list[FederationCell], skipped: list[tuple[Federatio
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a few rounds: a smoke run")
-    ap.add_argument("--rounds", type=int, default=20, help="rounds of the FedAvg anchor")
+    ap.add_argument("--rounds", type=int, default=20,
+                    help="rounds of the FedAvg anchor and of the backdoor cells")
     ap.add_argument("--grid-rounds", type=int, default=10,
                     help="rounds of each grid cell (fewer than the anchor: the grid is large)")
     ap.add_argument("--workers", type=int, default=2, help="clients training at a time")
     args = ap.parse_args()
     rounds = 3 if args.quick else args.rounds
     grid_rounds = 2 if args.quick else args.grid_rounds
+    local = LOCAL[:2] if args.quick else LOCAL
     t0 = time.perf_counter()
     machine = describe(threads=f"{THREADS} thread per client, {args.workers} clients at a time")
     cmd = ".venv/bin/python benchmarks/federated.py" + (" --quick" if args.quick else "")
@@ -254,33 +436,65 @@ def main() -> int:
             cmd += f" {flag} {value}"
     ds = load_dataset("digits", seed=SEED)
     cells, skipped = grid_cells()
-    central, central_s = centralized(ds, rounds)
-    print(f"  centralized {rounds} epochs: {central:.4f} ({central_s:.1f} s)", flush=True)
+    reference = centralized(ds, recipe_config())
+    print(f"  centralized, dlsec train's recipe: {reference[0]:.4f} ({reference[1]:.1f} s)",
+          flush=True)
+    matched = {}
+    for epochs, lr in local:
+        matched[(epochs, lr)] = centralized(ds, matched_config(rounds * epochs, lr))
+        print(f"  centralized SGD lr {lr:g}, {rounds * epochs} epochs: "
+              f"{matched[(epochs, lr)][0]:.4f}", flush=True)
     print(f"  grid: {len(cells)} cells, {len(skipped)} skipped", flush=True)
-    # the anchor's FedAvg federation runs again last, on a warm engine: its seconds are the
-    # federation's own; the first federation of a run also pays for starting Ray's workers
-    if grid_rounds == rounds:  # one start of the engine for everything
-        res, wall = federate(ds, [*cells, FederationCell("fedavg")], rounds, args.workers)
-        anchor_res, anchor_wall, grid_res = res, wall, res
-    else:
-        anchor_res, anchor_wall = federate(ds, [FederationCell("fedavg")] * 2, rounds,
-                                           args.workers)
-        grid_res, _ = federate(ds, cells, grid_rounds, args.workers)
+    # each local work is one start of the engine; its FedAvg federation runs first and again
+    # last, on warm workers: the last one's seconds are the federation's own. The backdoor
+    # cells (and the grid when it has the anchor's rounds) ride in the first local work's start.
+    bd_cells = [c for c in backdoor_cells() if c.key != "fedavg"]
+    same_rounds = grid_rounds == rounds
+    extra = [*bd_cells, *[c for c in cells if same_rounds and c not in bd_cells
+                          and c.key != "fedavg"]]
+    runs: dict[tuple[int, float], dict] = {}
+    first_res = None
+    for i, (epochs, lr) in enumerate(local):
+        middle = extra if i == 0 else []
+        res, wall = federate(ds, [FederationCell("fedavg"), *middle, FederationCell("fedavg")],
+                             rounds, args.workers, local_epochs=epochs, lr=lr)
+        runs[(epochs, lr)] = anchor_run(res, wall, reference[0])
+        first_res = first_res or res
+        print(f"  {epochs} local epochs, lr {lr:g}: {runs[(epochs, lr)]['curve'][-1]:.4f} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    assert first_res is not None
+    n_asr = int((ds.y_test != BACKDOOR_TARGET).sum())
+    partial: list[str] = []  # the anchor and backdoor alone, kept should the grid not finish
+    anchor_section(ds, runs, rounds, reference, matched, partial, partial, args.workers)
+    backdoor_section(first_res, n_asr, rounds, partial, partial)
+    write_results(HERE / ".cache" / "federated-partial.md", "\n".join(partial) + "\n")
+    grid_res = first_res if same_rounds else federate(ds, cells, grid_rounds, args.workers)[0]
     print(f"  federations done ({time.perf_counter() - t0:.0f} s)", flush=True)
     lines: list[str] = []
     readme: list[str] = []
-    anchor_section(ds, anchor_res, anchor_wall, rounds, central, central_s, lines, readme,
-                   args.workers)
+    anchor = anchor_section(ds, runs, rounds, reference, matched, lines, readme, args.workers)
+    backdoor = backdoor_section(first_res, n_asr, rounds, lines, readme)
     grid_section(grid_res, cells, skipped, grid_rounds, rounds, lines, readme)
+    total = time.perf_counter() - t0
     head = ["# Federated learning (Flower)", "",
             f"Command: `{cmd}`: {machine}. The whole script took "
-            f"{time.perf_counter() - t0:.0f} s; load average at its end {load_average()}"
+            f"{total:.0f} s; load average at its end {load_average()}"
             " (a load above the 2 cores means other jobs shared the machine: absolute "
             "seconds are not comparable across runs).", ""]
-    if grid_res.warnings:
-        head += ["Warnings: " + "; ".join(grid_res.warnings), ""]
+    warned = [*first_res.warnings, *([] if same_rounds else grid_res.warnings)]
+    if warned:
+        head += ["Warnings: " + "; ".join(warned), ""]
     text = "\n".join(head + lines + readme).rstrip() + "\n"
-    write_results(OUT_QUICK if args.quick else OUT, text)
+    out = OUT_QUICK if args.quick else OUT
+    write_results(out, text)
+    raw = {"command": cmd, "seconds": round(total, 1), "rounds": rounds,
+           "grid_rounds": grid_rounds, "centralized_recipe": {**RECIPE, "accuracy": reference[0]},
+           "anchor": [{"local_epochs": e, "lr": lr, "centralized_sgd": matched[(e, lr)][0],
+                       **{k: v for k, v in r.items() if k != "identical"}}
+                      for (e, lr), r in runs.items()],
+           "anchor_verdict": anchor, "backdoor": backdoor, "backdoor_asr_n": n_asr,
+           "grid": {c.key: float(grid_res.metrics[f"{c.key}_accuracy"]) for c in cells}}
+    write_results(out.with_suffix(".json"), json.dumps(raw, indent=1) + "\n")
     print(text)
     return 0
 
