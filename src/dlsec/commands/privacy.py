@@ -65,8 +65,8 @@ def _emit(summary: dict[str, Any], out: Path | None) -> None:
 
 def register(app: typer.Typer) -> None:
     privacy_app = typer.Typer(
-        help="Privacy attacks: membership inference, model inversion; a model's DP budget and "
-             "its one-run audit.")
+        help="Privacy attacks: membership inference, model inversion, gradient leakage from "
+             "federated updates; a model's DP budget and its one-run audit.")
     app.add_typer(privacy_app, name="privacy")
 
     @privacy_app.command("membership")
