@@ -160,9 +160,11 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = 0,
         trust_code: TrustCodeOpt = False,
     ) -> None:
-        """Gradient leakage: reconstruct a FedAvg client's batch from the update it sends
-        (Inverting Gradients, DLG, iDLG), per batch size, local steps and client DP; PSNR,
-        SSIM and the share an independent model recognises (Wilson 95% interval)."""
+        """Gradient leakage: reconstruct a FedAvg client's batch from its update.
+
+        Inverting Gradients, DLG or iDLG, per batch size, local steps and client DP (Flower's
+        LocalDpMod); PSNR, SSIM and the share an independent model recognises (Wilson 95%
+        interval)."""
         settings, names = _leakage_settings(attack, batch_sizes, local_steps, local_dp_epsilon)
         if (model_dir is None) == (model is None):
             raise DlsecError("give exactly one of --model-dir and --model")
