@@ -44,6 +44,7 @@ from dlsec.defenses.federated import (
     parse_partition,
 )
 from dlsec.errors import DlsecError
+from dlsec.intervals import rate_interval, wilson_interval
 from dlsec.models import ModelCard, build_model
 from dlsec.scenarios.context import ScenarioContext, stream_seed
 from dlsec.scenarios.federated import STRATEGY_NAMES, FederationCell, run_federations
@@ -52,29 +53,6 @@ from dlsec.scenarios.result import ScenarioResult, Table
 REFERENCE = "fedavg"
 BACKDOOR_ATTACK = "scale"
 ROBUST_LOSS = 0.03  # a robust strategy losing more than this to clean FedAvg is a warning
-Z95 = 1.959964
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson's score interval for a rate of ``successes`` out of ``n`` (95% at the default
-    ``z``). Example: ``wilson_interval(0, 10)`` is ``(0.0, 0.2775...)``; ``n`` 0 gives
-    ``(0.0, 1.0)``."""
-    if n <= 0:
-        return 0.0, 1.0
-    if not 0 <= successes <= n:
-        raise ValueError(f"successes must be in [0, {n}], got {successes}")
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def rate_interval(rate: float, n: int) -> tuple[float, float]:
-    """:func:`wilson_interval` of a rate measured on ``n`` points (``rate * n`` rounded)."""
-    return wilson_interval(min(n, max(0, round(rate * n))), n)
-
-
 @dataclass
 class FederatedAuditOptions:
     """``clients`` (>= 2) federated over ``rounds`` rounds, partition ``partition`` (``iid``,

@@ -50,29 +50,17 @@ from dlsec.attacks.privacy.gradient_leakage import (
 )
 from dlsec.data import Dataset
 from dlsec.errors import DlsecError
+from dlsec.intervals import wilson_interval
 from dlsec.models import CardLike
 from dlsec.scenarios.result import ScenarioResult, Table
 from dlsec.training import TrainConfig, predict_logits, train_model
 
-Z95 = 1.959963984540054
 _NO_FLWR = ("client DP uses Flower's mods, and flwr is not installed: install the "
             "federated extra (pip install 'dlsec[federated]')")
 
 
 class LeakageSettingsError(DlsecError):
     """Gradient-leakage settings that cannot run (batch sizes, trials, attack name, DP)."""
-
-
-def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a binomial rate (95% for the default ``z``).
-    ``wilson_interval(0, 10)`` is ``(0.0, 0.2775...)``; ``n`` 0 gives ``(0.0, 1.0)``."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @dataclass(frozen=True)
