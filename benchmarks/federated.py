@@ -234,7 +234,7 @@ def anchor_section(ds, runs: dict[tuple[int, float], dict], rounds: int,
                    f"Ray's start-up apart, {run['startup']:.1f} s). With the grid's 1 local "
                    f"epoch: {default['curve'][-1]:.4f}, "
                    + (f"within at round {default['first']}" if default["first"] is not None
-                      else "never within") + ")")
+                      else "never within"))
     lines += [f"The issue's targets, FedAvg within {WITHIN * 100:g} point of centralized in "
               f"<= {TARGET_ROUNDS} rounds and a {CLIENTS}-client {TARGET_ROUNDS}-round "
               f"simulation in <= {TARGET_SECONDS:g} s on 2 cores: {verdict}.", ""]
