@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 import warnings
@@ -46,6 +45,7 @@ from machine import describe, load_average, write_results  # noqa: E402  (benchm
 from dlsec.data import load_dataset  # noqa: E402
 from dlsec.defenses.federated import ATTACKS  # noqa: E402
 from dlsec.defenses.federated import apps as fed_apps  # noqa: E402
+from dlsec.intervals import wilson_interval  # noqa: E402
 from dlsec.scenarios.federated import (  # noqa: E402
     FederatedScenarioError,
     FederationCell,
@@ -108,17 +108,6 @@ def backdoor_cells() -> list[FederationCell]:
     """Each of ``BACKDOOR_STRATEGIES`` without the attack and with it."""
     return [c for s in BACKDOOR_STRATEGIES
             for c in (FederationCell(s), FederationCell(s, BACKDOOR_FRACTION, BACKDOOR_ATTACK))]
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a proportion (95 % at z = 1.96); e.g. 0 of 10:
-    (0, 0.2775)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def centralized(ds, cfg: TrainConfig) -> tuple[float, float]:
@@ -281,7 +270,7 @@ def backdoor_section(res: ScenarioResult, n_asr: int, rounds: int, lines: list[s
         asr = float(m[f"{key}_backdoor_asr"])
         k = round(asr * n_asr)
         rows[s] = {"clean": float(m[f"{s}_accuracy"]), "attacked": float(m[f"{key}_accuracy"]),
-                   "asr": asr, "asr_ci": wilson(k, n_asr), "asr_hits": k,
+                   "asr": asr, "asr_ci": wilson_interval(k, n_asr), "asr_hits": k,
                    "asr_without": float(asr_curves[s][-1])}
     base = rows["fedavg"]["clean"]
     for r in rows.values():  # the cost: clean FedAvg less the lower of the two accuracies
