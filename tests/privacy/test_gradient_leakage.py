@@ -24,17 +24,9 @@ from dlsec.attacks.privacy.gradient_leakage import (
 )
 from dlsec.errors import DlsecError
 from dlsec.scenarios.gradient_leakage import LeakageSettingsError, gradient_leakage
-from dlsec.training import TrainConfig, predict_logits, train_model
+from dlsec.training import predict_logits
 
 POINTS = [3, 101, 250, 777, 1200]
-
-
-@pytest.fixture(scope="module")
-def evaluator(digits):
-    """Trained separately from the attacked model (another seed)."""
-    model, _, _ = train_model(digits, "simplenet", TrainConfig(epochs=10, lr=3e-3, seed=11),
-                              progress=False)
-    return model
 
 
 def _random_psnr(digits) -> float:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from dlsec.attacks.privacy.inversion import (
@@ -12,14 +11,7 @@ from dlsec.attacks.privacy.inversion import (
     mi_face_black_box,
 )
 from dlsec.threat import LocalOracle
-from dlsec.training import TrainConfig, predict_logits, train_model
-
-
-@pytest.fixture(scope="module")
-def evaluator(digits):
-    model, _, _ = train_model(digits, "simplenet", TrainConfig(epochs=10, lr=3e-3, seed=11),
-                              progress=False)
-    return model
+from dlsec.training import predict_logits
 
 
 def test_class_means_by_hand() -> None:
