@@ -29,7 +29,7 @@ cores, CPU, load average, Python, torch and threads). Ratios compare runs made s
 side in one process on the same model, data, batches and threads.
 """
 
-BLOCK = re.compile(r"<!-- readme: (?P<key>[\w-]+) -->\n(?P<body>.*?)\n<!-- end readme: (?P=key) -->",
+BLOCK = re.compile(r"<!-- readme: (?P<key>[\w-]+) -->\n(?P<body>.*?)\n?<!-- end readme: (?P=key) -->",
                    re.S)
 
 
