@@ -372,3 +372,43 @@ def test_build_deployment_follows_the_run_config(tmp_path: Path) -> None:
     assert not all(torch.equal(w1[k], v) for k, v in other.plan.new_model().state_dict().items())
     with pytest.raises(FederatedScenarioError, match=r"krum tolerates .* 1 of 3 is too many"):
         build_deployment({**config, "strategy": "krum"})
+
+
+def test_deployment_carries_client_level_dp(tmp_path: Path, capsys, one_line_error) -> None:
+    """--dp-* reach the deployed federation: Flower's DP wrapper around the strategy, the
+    planned epsilon (Opacus's accountant at the effective z, one release per round), the
+    settings round trip; a --dp-* flag without --dp-noise is one line, nothing written."""
+    from flwr.serverapp.strategy import (
+        DifferentialPrivacyClientSideFixedClipping,
+        DifferentialPrivacyServerSideFixedClipping,
+    )
+
+    from dlsec.defenses.federated.client_dp import client_epsilon, default_delta, effective_noise
+    from dlsec.scenarios.federated_apps import build_deployment
+
+    settings = FederationSettings(clients=3, rounds=4, dp_noise=2.0, dp_clip=0.5)
+    config = settings.to_run_config()
+    assert config["dp-noise"] == 2.0 and config["dp-delta"] == 0.0  # 0: the default delta
+    assert FederationSettings.from_run_config(config) == settings
+    dep = build_deployment(config)
+    assert isinstance(dep.strategy, DifferentialPrivacyServerSideFixedClipping)
+    dp = dep.details["dp"]
+    sizes = [float(p.numel()) for p in dep.plan.parts]
+    assert dp["delta"] == default_delta(3) and dp["clipping_norm"] == 0.5 and dp["proven"]
+    expected = client_epsilon(noise_multiplier=effective_noise(2.0, sizes), sample_rate=1.0,
+                              rounds=4, delta=default_delta(3))
+    assert dp["epsilon"] == pytest.approx(expected, rel=1e-9) and 0 < dp["epsilon"] < 50
+    more_noise = build_deployment({**config, "dp-noise": 4.0}).details["dp"]["epsilon"]
+    assert more_noise < dp["epsilon"] / 1.5  # twice the noise, a much smaller epsilon
+    client_side = build_deployment({**config, "dp-side": "client"})
+    assert isinstance(client_side.strategy, DifferentialPrivacyClientSideFixedClipping)
+    assert build_deployment(FederationSettings(clients=3).to_run_config()).details["dp"] is None
+
+    assert main(["flower", "app", str(tmp_path / "dp"), "--clients", "3", "--dp-noise", "1",
+                 "--dp-side", "client"]) == 0
+    assert "client-level DP z=1 (client side)" in capsys.readouterr().out
+    written = tomllib.loads((tmp_path / "dp" / "pyproject.toml").read_text())
+    assert written["tool"]["flwr"]["app"]["config"]["dp-side"] == "client"
+    assert main(["flower", "app", str(tmp_path / "nodp"), "--dp-clip", "1"]) == 2
+    one_line_error(capsys.readouterr().err, "--dp-clip without --dp-noise")
+    assert not (tmp_path / "nodp").exists()

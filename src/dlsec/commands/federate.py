@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,6 +23,35 @@ from dlsec.commands.options import DeviceOpt, SeedOpt, TestSizeOpt, count, numbe
 STRATEGY_HELP = ("fedavg | fedprox | fedmedian | fedtrimmedavg | krum | multikrum | bulyan | "
                  "clipping (alias fedavg-clip) | fltrust")
 ATTACK_HELP = "label-flip | sign-flip | gaussian | scale (plants a backdoor) | alie | ipm"
+
+
+DpNoiseOpt = Annotated[float | None, typer.Option(
+    "--dp-noise", help="Client-level DP: the noise multiplier z (noise std z*C/clients on "
+    "the aggregate, Flower's fixed-clipping DP wrapper); off by default")]
+DpClipOpt = Annotated[float | None, typer.Option(
+    "--dp-clip", help="Client-level DP: the clipping norm C of each update "
+    "[default: 0.3, about the median for SimpleNet on digits]")]
+DpSideOpt = Annotated[str | None, typer.Option(
+    "--dp-side", help="Client-level DP: who clips, server | client (Flower's "
+    "fixedclipping_mod; malicious clients skip it) [default: server]")]
+DpDeltaOpt = Annotated[float | None, typer.Option(
+    "--dp-delta", help="Client-level DP: the delta of the epsilon reported "
+    "[default: 1/clients^1.1]")]
+
+
+def dp_settings(dp_noise: float | None, dp_clip: float | None, dp_side: str | None,
+                dp_delta: float | None) -> dict[str, Any]:
+    """The client-level DP keywords of the federation scenarios from the ``--dp-*`` flags
+    (defaults filled in); a ``--dp-*`` flag without ``--dp-noise`` is a one-line error."""
+    from dlsec.scenarios.federated import DP_CLIP, FederatedScenarioError
+
+    given = [flag for flag, v in (("--dp-clip", dp_clip), ("--dp-side", dp_side),
+                                  ("--dp-delta", dp_delta)) if v is not None]
+    if dp_noise is None and given:
+        raise FederatedScenarioError(f"{', '.join(given)} without --dp-noise: client-level DP "
+                                     "is on only with a noise multiplier (e.g. --dp-noise 1)")
+    return {"dp_noise": dp_noise, "dp_clip": DP_CLIP if dp_clip is None else dp_clip,
+            "dp_side": dp_side or "server", "dp_delta": dp_delta}
 
 
 def register(app: typer.Typer) -> None:
@@ -51,18 +80,10 @@ def register(app: typer.Typer) -> None:
                                         "--root-size")] = 100,
         backdoor_target: Annotated[int, count("scale attack: the backdoor's target class",
                                               "--backdoor-target", low=0)] = 0,
-        dp_noise: Annotated[float | None, typer.Option(
-            "--dp-noise", help="Client-level DP: the noise multiplier z (noise std z*C/clients on "
-            "the aggregate, Flower's fixed-clipping DP wrapper); off by default")] = None,
-        dp_clip: Annotated[float | None, typer.Option(
-            "--dp-clip", help="Client-level DP: the clipping norm C of each update "
-            "[default: 0.3, about the median for SimpleNet on digits]")] = None,
-        dp_side: Annotated[str | None, typer.Option(
-            "--dp-side", help="Client-level DP: who clips, server | client (Flower's "
-            "fixedclipping_mod; malicious clients skip it) [default: server]")] = None,
-        dp_delta: Annotated[float | None, typer.Option(
-            "--dp-delta", help="Client-level DP: the delta of the epsilon reported "
-            "[default: 1/clients^1.1]")] = None,
+        dp_noise: DpNoiseOpt = None,
+        dp_clip: DpClipOpt = None,
+        dp_side: DpSideOpt = None,
+        dp_delta: DpDeltaOpt = None,
         seed: SeedOpt = 0,
         device: DeviceOpt = "cpu",
         test_size: TestSizeOpt = 0.2,
@@ -73,26 +94,14 @@ def register(app: typer.Typer) -> None:
         fraction of malicious clients, and print its test accuracy per round."""
         from dlsec.data import load_dataset
         from dlsec.files import atomic_write_text, check_output
-        from dlsec.scenarios.federated import (
-            DP_CLIP,
-            FederatedScenarioError,
-            FederationCell,
-            check_federation,
-            run_federation,
-        )
+        from dlsec.scenarios.federated import FederationCell, check_federation, run_federation
 
         if json_out is not None:
             check_output(json_out, kind="file", option="--json")
-        given = [flag for flag, v in (("--dp-clip", dp_clip), ("--dp-side", dp_side),
-                                      ("--dp-delta", dp_delta)) if v is not None]
-        if dp_noise is None and given:
-            raise FederatedScenarioError(f"{', '.join(given)} without --dp-noise: client-level DP is on only "
-                             "with a noise multiplier (e.g. --dp-noise 1)")
-        dp = {"dp_noise": dp_noise, "dp_clip": DP_CLIP if dp_clip is None else dp_clip,
-              "dp_side": dp_side or "server", "dp_delta": dp_delta}
+        dp = dp_settings(dp_noise, dp_clip, dp_side, dp_delta)
         cell = FederationCell(strategy, malicious, attack, attack_scale)
         check_federation([cell], clients=clients, rounds=rounds, partition_spec=partition,
-                         clip_norm=clip_norm, root_size=root_size, **dp)  # type: ignore[arg-type]
+                         clip_norm=clip_norm, root_size=root_size, **dp)
         ds = load_dataset(dataset, seed=seed, test_size=test_size)
         res = run_federation(ds, model, strategy=strategy, malicious=malicious, attack=attack,
                              scale=attack_scale, clients=clients, rounds=rounds,

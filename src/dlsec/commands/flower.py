@@ -15,7 +15,15 @@ from typing import Annotated
 
 import typer
 
-from dlsec.commands.federate import ATTACK_HELP, STRATEGY_HELP
+from dlsec.commands.federate import (
+    ATTACK_HELP,
+    STRATEGY_HELP,
+    DpClipOpt,
+    DpDeltaOpt,
+    DpNoiseOpt,
+    DpSideOpt,
+    dp_settings,
+)
 from dlsec.commands.options import SeedOpt, TestSizeOpt, count, number, share
 
 flower_app = typer.Typer(help="Federations on Flower's deployment engine (SuperLink, SuperNodes).")
@@ -49,6 +57,10 @@ def write_app(
                                     "--root-size")] = 100,
     backdoor_target: Annotated[int, count("scale attack: the backdoor's target class",
                                           "--backdoor-target", low=0)] = 0,
+    dp_noise: DpNoiseOpt = None,
+    dp_clip: DpClipOpt = None,
+    dp_side: DpSideOpt = None,
+    dp_delta: DpDeltaOpt = None,
     result_path: Annotated[str, typer.Option(
         "--result-path", help="Where the ServerApp writes its JSON, on the SuperLink's machine")] = "",
     seed: SeedOpt = 0,
@@ -62,20 +74,23 @@ def write_app(
     from dlsec.scenarios.flower_project import FederationSettings, write_project
 
     check_output(directory, kind="dir", option="DIRECTORY")
+    dp = dp_settings(dp_noise, dp_clip, dp_side, dp_delta)
     ds = load_dataset(dataset, seed=seed, test_size=test_size)
     check_federation([FederationCell(strategy, malicious, attack, attack_scale)], clients=clients,
                      rounds=rounds, local_epochs=local_epochs, partition_spec=partition,
                      n_train=int(ds.y_train.shape[0]), clip_norm=clip_norm, root_size=root_size,
-                     backdoor_target=backdoor_target, classes=len(ds.classes))
+                     backdoor_target=backdoor_target, classes=len(ds.classes), **dp)
     settings = FederationSettings(
         dataset=dataset, test_size=test_size, seed=seed, architecture=model, clients=clients,
         rounds=rounds, strategy=strategy, malicious=malicious, attack=attack, scale=attack_scale,
         partition=partition, local_epochs=local_epochs, lr=lr, batch_size=batch_size,
         clip_norm=clip_norm, root_size=root_size, backdoor_target=backdoor_target,
-        result_path=result_path)
+        result_path=result_path, **dp)
     path = write_project(directory, settings)
+    dp_note = "" if dp_noise is None else f", client-level DP z={dp_noise:g} ({dp['dp_side']} side)"
     typer.echo(f"wrote {path}: {strategy}, {clients} clients, {rounds} rounds"
-               f"{f', {malicious:g} malicious ({attack})' if malicious else ''}")
+               f"{f', {malicious:g} malicious ({attack})' if malicious else ''}"
+               f"{dp_note}")
     typer.echo(f"start {clients} SuperNodes with --node-config 'partition-id=K num-partitions={clients}' "
                f"(K = 0..{clients - 1}), then: dlsec flower run {directory} --superlink HOST:PORT "
                "--ca-cert ca.pem")
@@ -111,5 +126,7 @@ def run_app(
                     on_round=on_round)
     typer.echo(f"final accuracy {result.accuracy[-1]:.4f} in {result.seconds:.1f} s; "
                f"weights sha256 {result.weights_sha256}")
+    if result.epsilon is not None:
+        typer.echo(f"client-level DP: epsilon {result.epsilon:.3g} at delta {result.delta:.3g}")
     if out is not None:
         atomic_write_text(out, json.dumps(result.to_dict(), indent=2))

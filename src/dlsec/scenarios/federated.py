@@ -138,49 +138,34 @@ def check_federation(cells: Sequence[FederationCell], *, clients: int, rounds: i
             raise FederatedScenarioError(reason)
 
 
-def run_federations(dataset: Dataset, architecture: str, cells: Sequence[FederationCell], *,
-                    clients: int = 10, rounds: int = 20, partition_spec: str = "iid",
-                    local_epochs: int = 1, lr: float = 0.1, batch_size: int = 16,
-                    seed: int = 0, device: str = "cpu", workers: int = 1,
-                    clip_norm: float | None = None, root_size: int = 100,
-                    backdoor_target: int = 0, dp_noise: float | None = None,
-                    dp_clip: float = DP_CLIP, dp_side: str = "server",
-                    dp_delta: float | None = None, progress: bool = True) -> ScenarioResult:
-    """Run each cell as its own federation on Flower's simulation engine (one start).
+@dataclass
+class FederationSetup:
+    """What :func:`plan_federations` builds: the plan both Flower apps read (partition,
+    local settings, one threat per cell), each cell's Flower strategy and noise multiplier
+    (None: no DP), the partition scheme, the device, and FLTrust's root size (0: unused)."""
 
-    Clients train with SGD (``lr``, no momentum, ``local_epochs`` per round, batches of
-    ``batch_size``) on their partition; the server evaluates the global model on the test
-    split after every round. Metrics: ``<cell.key>_accuracy`` (final test accuracy) per
-    cell; figures: ``accuracy_per_round`` (cell key -> list, round 0 first).
+    plan: Any
+    threats: list[Any]
+    strategies: list[Any]
+    noises: list[float | None]
+    scheme: Any
+    device: torch.device
+    root_size: int
 
-    Every cell's global model is also scored for a backdoor (test images not of
-    ``backdoor_target`` with the trigger patch, classified as the target): cells of the
-    ``scale`` attack, whose clients plant it, get the metric ``<cell.key>_backdoor_asr``
-    (final round); the figure ``backdoor_asr_per_round`` has every cell's curve (an
-    honest cell's: the baseline). ``clipping`` takes ``clip_norm`` (None: the round's
-    median update norm); ``fltrust`` trains on ``root_size`` training records drawn with
-    the seed (the server's root data; the clients keep theirs too).
 
-    Client-level DP (DP-FedAvg, :mod:`dlsec.defenses.federated.client_dp`): a cell with a
-    noise multiplier (its own ``dp_noise``, else this ``dp_noise``) runs its strategy inside
-    Flower's fixed-clipping DP wrapper (updates clipped to ``dp_clip``, clipped by the
-    server or, ``dp_side="client"``, by the honest clients with Flower's mod; noise of std
-    ``z * dp_clip / clients`` on the aggregate). Metrics ``<cell.key>_epsilon`` per DP cell
-    and ``epsilon`` (the largest: the weakest guarantee), at ``dp_delta`` (None:
-    1/clients^1.1), from Opacus's RDP accountant with sample rate 1 (every client trains
-    every round), one step per round and the effective noise multiplier (z scaled by the
-    partition sizes' weighting); details ``dp`` record them.
-    """
-    from rich.progress import Progress
-
+def plan_federations(dataset: Dataset, architecture: str, cells: Sequence[FederationCell], *,
+                     clients: int, partition_spec: str = "iid", local_epochs: int = 1,
+                     lr: float = 0.1, batch_size: int = 16, seed: int = 0, device: str = "cpu",
+                     clip_norm: float | None = None, root_size: int = 100,
+                     backdoor_target: int = 0, dp_noise: float | None = None,
+                     dp_clip: float = DP_CLIP, dp_side: str = "server") -> FederationSetup:
+    """The federations of ``cells`` (settings as in :func:`run_federations`, checked there
+    by :func:`check_federation` first): one function for a simulation and for Flower's
+    deployment engine (:func:`dlsec.scenarios.federated_apps.build_deployment`), so both draw
+    the same partition, malicious clients, initial weights, client seeds and DP noise from
+    ``seed`` and give the same global model."""
     apps = _apps()
-    FederationPlan, Threat, make_strategy, simulate = (
-        apps.FederationPlan, apps.Threat, apps.make_strategy, apps.simulate)
-    check_federation(cells, clients=clients, rounds=rounds, local_epochs=local_epochs,
-                     partition_spec=partition_spec, n_train=int(dataset.y_train.shape[0]),
-                     clip_norm=clip_norm, root_size=root_size, backdoor_target=backdoor_target,
-                     classes=len(dataset.classes), dp_noise=dp_noise, dp_clip=dp_clip,
-                     dp_side=dp_side, dp_delta=dp_delta)
+    FederationPlan, Threat, make_strategy = apps.FederationPlan, apps.Threat, apps.make_strategy
     scheme = parse_partition(partition_spec)
     dev = resolve_device(device)
     parts = partition(dataset.y_train, clients, scheme, seed=stream_seed(seed, "federated/partition"))
@@ -218,6 +203,59 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
                                 dp=None if z is None else ClientDP(z, dp_clip, dp_side),
                                 dp_seed=stream_seed(seed, "federated/dp"))
                   for c, t, z in zip(cells, threats, noises, strict=True)]
+    return FederationSetup(plan=plan, threats=threats, strategies=strategies, noises=noises,
+                           scheme=scheme, device=dev,
+                           root_size=root_size if root_train is not None else 0)
+
+
+def run_federations(dataset: Dataset, architecture: str, cells: Sequence[FederationCell], *,
+                    clients: int = 10, rounds: int = 20, partition_spec: str = "iid",
+                    local_epochs: int = 1, lr: float = 0.1, batch_size: int = 16,
+                    seed: int = 0, device: str = "cpu", workers: int = 1,
+                    clip_norm: float | None = None, root_size: int = 100,
+                    backdoor_target: int = 0, dp_noise: float | None = None,
+                    dp_clip: float = DP_CLIP, dp_side: str = "server",
+                    dp_delta: float | None = None, progress: bool = True) -> ScenarioResult:
+    """Run each cell as its own federation on Flower's simulation engine (one start).
+
+    Clients train with SGD (``lr``, no momentum, ``local_epochs`` per round, batches of
+    ``batch_size``) on their partition; the server evaluates the global model on the test
+    split after every round. Metrics: ``<cell.key>_accuracy`` (final test accuracy) per
+    cell; figures: ``accuracy_per_round`` (cell key -> list, round 0 first).
+
+    Every cell's global model is also scored for a backdoor (test images not of
+    ``backdoor_target`` with the trigger patch, classified as the target): cells of the
+    ``scale`` attack, whose clients plant it, get the metric ``<cell.key>_backdoor_asr``
+    (final round); the figure ``backdoor_asr_per_round`` has every cell's curve (an
+    honest cell's: the baseline). ``clipping`` takes ``clip_norm`` (None: the round's
+    median update norm); ``fltrust`` trains on ``root_size`` training records drawn with
+    the seed (the server's root data; the clients keep theirs too).
+
+    Client-level DP (DP-FedAvg, :mod:`dlsec.defenses.federated.client_dp`): a cell with a
+    noise multiplier (its own ``dp_noise``, else this ``dp_noise``) runs its strategy inside
+    Flower's fixed-clipping DP wrapper (updates clipped to ``dp_clip``, clipped by the
+    server or, ``dp_side="client"``, by the honest clients with Flower's mod; noise of std
+    ``z * dp_clip / clients`` on the aggregate). Metrics ``<cell.key>_epsilon`` per DP cell
+    and ``epsilon`` (the largest: the weakest guarantee), at ``dp_delta`` (None:
+    1/clients^1.1), from Opacus's RDP accountant with sample rate 1 (every client trains
+    every round), one step per round and the effective noise multiplier (z scaled by the
+    partition sizes' weighting); details ``dp`` record them.
+    """
+    from rich.progress import Progress
+
+    simulate = _apps().simulate
+    check_federation(cells, clients=clients, rounds=rounds, local_epochs=local_epochs,
+                     partition_spec=partition_spec, n_train=int(dataset.y_train.shape[0]),
+                     clip_norm=clip_norm, root_size=root_size, backdoor_target=backdoor_target,
+                     classes=len(dataset.classes), dp_noise=dp_noise, dp_clip=dp_clip,
+                     dp_side=dp_side, dp_delta=dp_delta)
+    setup = plan_federations(dataset, architecture, cells, clients=clients,
+                             partition_spec=partition_spec, local_epochs=local_epochs, lr=lr,
+                             batch_size=batch_size, seed=seed, device=device, clip_norm=clip_norm,
+                             root_size=root_size, backdoor_target=backdoor_target,
+                             dp_noise=dp_noise, dp_clip=dp_clip, dp_side=dp_side)
+    plan, threats, strategies, noises = setup.plan, setup.threats, setup.strategies, setup.noises
+    scheme, dev, parts = setup.scheme, setup.device, plan.parts
     gpus = 1.0 / max(1, workers) if dev.type == "cuda" else 0.0
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("federating", total=len(cells) * (rounds + 1))
@@ -250,7 +288,7 @@ def run_federations(dataset: Dataset, architecture: str, cells: Sequence[Federat
         "clients": clients, "rounds": rounds, "partition": str(scheme),
         "client_sizes": [int(p.numel()) for p in parts], "local_epochs": local_epochs, "lr": lr,
         "batch_size": batch_size, "seed": seed, "device": str(dev), "clip_norm": clip_norm,
-        "root_size": root_size if root_train is not None else 0,
+        "root_size": setup.root_size,
         "backdoor_target": backdoor_target, "trigger_size": plan.trigger,
         "cells": [{"key": c.key, "strategy": c.strategy, "malicious_fraction": c.malicious,
                    "malicious_clients": list(t.malicious), "attack": t.attack, "scale": t.scale,

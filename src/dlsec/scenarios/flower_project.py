@@ -45,6 +45,10 @@ APP_COMPONENTS = {"serverapp": "dlsec.scenarios.federated_apps:server_app",
 CONNECTION = "dlsec"
 ROUND_LINE = re.compile(r"dlsec round (\d+)/(\d+) accuracy ([0-9.]+) backdoor_asr ([0-9.]+)")
 FINAL_LINE = re.compile(r"dlsec final accuracy ([0-9.]+) weights_sha256 ([0-9a-f]{64})")
+DP_LINE = re.compile(r"dlsec client-level DP epsilon ([0-9.e+-]+|inf) delta ([0-9.e+-]+)")
+
+
+OPTIONAL_FLOATS = ("scale", "clip_norm", "dp_noise", "dp_delta")  # 0 in a run config: None
 
 
 class DeploymentError(DlsecError):
@@ -56,8 +60,9 @@ class DeploymentError(DlsecError):
 class FederationSettings:
     """One federation's settings, the run config of the Flower App (keys hyphenated:
     ``local-epochs``). The meanings are :func:`dlsec.scenarios.federated.run_federation`'s;
-    in the run config ``scale`` and ``clip-norm`` 0 mean None (the attack's default
-    scale, the round's median norm) and ``result-path`` "" means no JSON on the server."""
+    in the run config ``scale``, ``clip-norm``, ``dp-noise`` and ``dp-delta`` 0 mean None (the
+    attack's default scale, the round's median norm, no client-level DP, ``1/clients^1.1``)
+    and ``result-path`` "" means no JSON on the server."""
 
     dataset: str = "digits"
     test_size: float = 0.2
@@ -76,13 +81,17 @@ class FederationSettings:
     clip_norm: float | None = None
     root_size: int = 100
     backdoor_target: int = 0
+    dp_noise: float | None = None
+    dp_clip: float = 0.3  # dlsec.scenarios.federated.DP_CLIP
+    dp_side: str = "server"
+    dp_delta: float | None = None
     result_path: str = ""
 
     def to_run_config(self) -> dict[str, Any]:
         """The run config (TOML-typed values: no None)."""
         out: dict[str, Any] = {}
         for k, v in asdict(self).items():
-            if k in ("scale", "clip_norm"):
+            if k in OPTIONAL_FLOATS:
                 v = 0.0 if v is None else float(v)
             out[k.replace("_", "-")] = v
         return out
@@ -98,14 +107,14 @@ class FederationSettings:
                 raise DeploymentError(f"unknown run-config key {key!r} (known: "
                                       f"{', '.join(sorted(k.replace('_', '-') for k in names))})")
             values[name] = value
-        for name in ("scale", "clip_norm"):
+        for name in OPTIONAL_FLOATS:
             if name in values:
                 values[name] = float(values[name]) or None
         for name in ("seed", "clients", "rounds", "local_epochs", "batch_size", "root_size",
                      "backdoor_target"):
             if name in values:
                 values[name] = int(values[name])
-        for name in ("test_size", "malicious", "lr"):
+        for name in ("test_size", "malicious", "lr", "dp_clip"):
             if name in values:
                 values[name] = float(values[name])
         return cls(**values)
@@ -185,10 +194,13 @@ def probe(address: str, ca_cert: Path | None, *, timeout: float = 5.0) -> None:
 @dataclass
 class SubmittedRun:
     """What the ServerApp logged: test accuracy and backdoor success per round (round 0
-    first), the final weights' sha256, the wall time of ``flwr run`` and its output."""
+    first), the client-level DP epsilon and delta (None without DP), the final weights'
+    sha256, the wall time of ``flwr run`` and its output."""
 
     accuracy: list[float] = field(default_factory=list)
     backdoor_asr: list[float] = field(default_factory=list)
+    epsilon: float | None = None
+    delta: float | None = None
     weights_sha256: str = ""
     seconds: float = 0.0
     log: str = ""
@@ -196,6 +208,7 @@ class SubmittedRun:
     def to_dict(self) -> dict[str, Any]:
         return {"accuracy": self.accuracy, "backdoor_asr": self.backdoor_asr,
                 "final_accuracy": self.accuracy[-1] if self.accuracy else None,
+                "epsilon": self.epsilon, "delta": self.delta,
                 "weights_sha256": self.weights_sha256, "seconds": round(self.seconds, 2)}
 
 
@@ -256,6 +269,8 @@ def submit(project: Path, *, superlink: str, ca_cert: Path | None,
                         if on_round is not None:
                             on_round(int(m.group(1)), int(m.group(2)), float(m.group(3)),
                                      float(m.group(4)))
+                    elif m := DP_LINE.search(line):
+                        result.epsilon, result.delta = float(m.group(1)), float(m.group(2))
                     elif m := FINAL_LINE.search(line):
                         result.weights_sha256 = m.group(2)
                         break  # the run is over; Flower may take a while to end the stream

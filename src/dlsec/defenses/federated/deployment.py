@@ -41,6 +41,7 @@ from dlsec.defenses.federated.apps import (
     client_update,
     make_server_app,
 )
+from dlsec.defenses.federated.client_dp import clipping_mod
 from dlsec.files import atomic_write_text
 
 RunConfig = dict[str, Any]
@@ -78,8 +79,6 @@ def deployment_apps(build: Callable[[RunConfig], Deployment], *,
     one: a SuperNode's ClientApp process serves one run). The ServerApp logs each
     round's accuracy (``flwr run --stream`` shows it) and writes the result JSON;
     ``digest`` names the final weights."""
-    server = ServerApp()
-    client = ClientApp()
     cache: dict[str, Deployment] = {}
 
     def cached(config: RunConfig) -> Deployment:
@@ -88,6 +87,15 @@ def deployment_apps(build: Callable[[RunConfig], Deployment], *,
             cache.clear()
             cache[key] = build(config)
         return cache[key]
+
+    def honest(msg: Message, context: Context) -> bool:
+        """Under client-side DP only honest clients clip (a malicious one runs its own code)."""
+        threat = cached(dict(context.run_config)).plan.threats[0]
+        partition_id = int(cast(Any, context.node_config.get("partition-id", -1)))
+        return not (threat.attack is not None and partition_id in threat.malicious)
+
+    server = ServerApp()
+    client = ClientApp(mods=[clipping_mod(honest)])
 
     @server.main()
     def main(grid: Grid, context: Context) -> None:
@@ -109,6 +117,9 @@ def deployment_apps(build: Callable[[RunConfig], Deployment], *,
         payload = run_payload(run, deployment, digest(run.weights))
         if deployment.result_path is not None:
             atomic_write_text(deployment.result_path, json.dumps(payload, indent=2))
+        dp = deployment.details.get("dp")
+        if dp:  # before the final line: the submitter stops reading there
+            log(INFO, "dlsec client-level DP epsilon %.6g delta %.6g", dp["epsilon"], dp["delta"])
         log(INFO, "dlsec final accuracy %.6f weights_sha256 %s", run.accuracy[-1],
             payload["weights_sha256"])
 
