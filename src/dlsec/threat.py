@@ -24,15 +24,16 @@ from torch import Tensor, nn
 
 from dlsec.errors import DlsecError
 from dlsec.models import CardLike
+from dlsec.output_policies import POLICY_KINDS, OutputPolicy, PolicyError
 from dlsec.training import predict_logits
 
 Knowledge = Literal["white-box", "gray-box", "black-box"]
 Norm = Literal["linf", "l2", "l1", "l0"]
-OutputKind = Literal["scores", "topk", "rounded", "label"]
+OutputKind = Literal["scores", "topk", "rounded", "label", "noise", "reverse-sigmoid"]
 
 KNOWLEDGE: tuple[str, ...] = ("white-box", "gray-box", "black-box")
 NORMS: tuple[str, ...] = ("linf", "l2", "l1", "l0")
-OUTPUTS: tuple[str, ...] = ("scores", "topk", "rounded", "label")
+OUTPUTS: tuple[str, ...] = POLICY_KINDS
 
 
 class ThreatModelError(DlsecError):
@@ -153,11 +154,19 @@ class _Counter:
 class BaseOracle(abc.ABC):
     """Counting, budgets, input checks and output degradation; subclasses only score inputs.
 
-    Output kinds (``output``):
+    Output kinds (``output``), applied by one :class:`dlsec.output_policies.OutputPolicy`
+    (the same code the model server runs for a key's policy):
       * ``scores``: class probabilities, ``N x K``;
       * ``topk``: probabilities of the ``top_k`` most likely classes, the rest zero;
       * ``rounded``: probabilities rounded to ``decimals`` places;
-      * ``label``: the predicted class only, an ``N`` int64 tensor.
+      * ``label``: the predicted class only, an ``N`` int64 tensor;
+      * ``noise``, ``reverse-sigmoid``: perturbed scores; pass a policy with its
+        parameters, ``output=OutputPolicy.parse("noise:0.05")`` (``output="noise"`` alone
+        is refused: it has no sigma). ``output`` may be any :class:`OutputPolicy`; the
+        attribute ``output`` is then its kind and ``policy`` the policy itself.
+
+    ``seed`` seeds the oracle's own generator for the ``noise`` kind (answers are then
+    reproducible; its state is in :meth:`state_dict`); ``None`` uses torch's global one.
 
     Every row sent counts as one query, whether or not ``ids`` are given; ``ids``
     (one int per row) attribute queries to samples for per-sample counts and
@@ -171,19 +180,30 @@ class BaseOracle(abc.ABC):
         num_classes: int,
         input_shape: Sequence[int],
         bounds: tuple[float, float],
-        output: OutputKind = "scores",
+        output: OutputKind | OutputPolicy = "scores",
         top_k: int = 1,
         decimals: int = 2,
         budget: int | None = None,
         per_sample_budget: int | None = None,
+        seed: int | None = 0,
     ) -> None:
-        if output not in OUTPUTS:
+        if isinstance(output, OutputPolicy):
+            top_k, decimals = output.k, output.decimals
+        elif output not in OUTPUTS:
             raise OracleError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
         if top_k < 1 or top_k > num_classes:
             raise OracleError(f"top_k must be in 1..{num_classes}, got {top_k}")
+        if isinstance(output, OutputPolicy):
+            policy = output
+        else:
+            try:
+                policy = OutputPolicy(kind=output, k=top_k, decimals=decimals)
+            except PolicyError as e:
+                raise OracleError(f"output {output!r}: {e}; pass output=OutputPolicy.parse(...)") from None
         if budget is not None and budget < 0:
             raise OracleError(f"budget must be >= 0, got {budget}")
-        self.output: OutputKind = output
+        self.policy = policy
+        self.output: OutputKind = cast(OutputKind, policy.kind)
         self.num_classes = int(num_classes)
         self.input_shape = tuple(int(s) for s in input_shape)
         self.bounds = (float(bounds[0]), float(bounds[1]))
@@ -192,6 +212,7 @@ class BaseOracle(abc.ABC):
         self.budget = budget
         self.per_sample_budget = per_sample_budget
         self._count = _Counter()
+        self._generator = None if seed is None else torch.Generator().manual_seed(int(seed))
         # called with the number of rows after each charged query (progress bars, logs)
         self.on_query: Callable[[int], None] | None = None
 
@@ -214,10 +235,16 @@ class BaseOracle(abc.ABC):
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        return {"total": self._count.total, "per_sample": self._count.per_sample.clone()}
+        state: dict[str, Any] = {"total": self._count.total,
+                                 "per_sample": self._count.per_sample.clone()}
+        if self._generator is not None:
+            state["generator"] = self._generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._count = _Counter(int(state["total"]), state["per_sample"].clone())
+        if self._generator is not None and "generator" in state:
+            self._generator.set_state(state["generator"])
 
     def _charge(self, n: int, ids: Tensor | None) -> None:
         if self.budget is not None and self._count.total + n > self.budget:
@@ -261,15 +288,7 @@ class BaseOracle(abc.ABC):
         """Class probabilities ``N x K`` for valid inputs (not yet degraded)."""
 
     def _degrade(self, probs: Tensor) -> Tensor:
-        if self.output == "label":
-            return probs.argmax(1)
-        if self.output == "topk":
-            top = probs.topk(self.top_k, dim=1)
-            return torch.zeros_like(probs).scatter_(1, top.indices, top.values)
-        if self.output == "rounded":
-            scale = 10.0**self.decimals
-            return torch.round(probs * scale) / scale
-        return probs
+        return self.policy.apply(probs, generator=self._generator)
 
     def query(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor:
         """Answer a batch of queries; each row costs one query."""
