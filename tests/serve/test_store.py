@@ -207,6 +207,42 @@ def test_every_committed_row_survives_kill_9(db: Path) -> None:
         assert store.get(key.id).used == 2 * n and store.remaining(key.id) == 1000 - 2 * n
 
 
+_RACE = """
+import hashlib, sys, time
+from pathlib import Path
+from dlsec.serve.store import BudgetExceeded, KeyStore
+store = KeyStore(Path(sys.argv[1]))
+key, charged = store.list()[0].id, 0
+print("ready", flush=True)
+while not Path(sys.argv[3]).exists():  # start together
+    time.sleep(0.002)
+for i in range(int(sys.argv[2])):
+    try:
+        store.record(key, rows=1, input_sha256=hashlib.sha256(b"q").hexdigest(),
+                     outputs="", policy="scores")
+        charged += 1
+    except BudgetExceeded:
+        pass
+print(charged)
+"""
+
+
+def test_budget_holds_across_processes(db: Path) -> None:
+    with KeyStore(db) as store:
+        key, _ = store.create("alice", budget=300)
+    go = db.parent / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(db), "200", str(go)],
+                              stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    for p in procs:  # all started and connected before any records
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+    go.touch()
+    charged = [int(p.communicate(timeout=60)[0]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(charged) == 300  # 600 rows asked of 300
+    with KeyStore(db) as store:
+        assert store.get(key.id).used == 300 and len(store.log_rows()) == 300
+
+
 def test_database_is_wal_versioned_and_private(db: Path) -> None:
     KeyStore(db).close()
     raw = sqlite3.connect(db)
