@@ -16,6 +16,13 @@ Kinds (:data:`POLICY_KINDS`) and their spec strings (:meth:`OutputPolicy.parse`)
 * ``reverse-sigmoid:BETA,GAMMA``: the deceptive perturbation of Lee et al. (2019), top-1
   label preserved (see :meth:`OutputPolicy.apply`).
 
+Notes:
+    None of these hides the label, and only ``label`` hides the scores' ranking. Fresh
+    ``noise`` per answer averages out: a client that sends the same input ``m`` times
+    recovers the scores to about ``SIGMA / sqrt(m)``, so the server pairs it with rate
+    limits and query logs. ``reverse-sigmoid`` is deterministic, so repeating a query
+    gains nothing, but it keeps the top-1 label, which label-only extraction needs.
+
 Example:
     >>> p = OutputPolicy.parse("topk:2")
     >>> p.apply(torch.tensor([[0.5, 0.3, 0.2]])).tolist()
