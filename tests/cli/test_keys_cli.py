@@ -29,13 +29,13 @@ def create(db: Path, capsys, *extra: str) -> tuple[str, str]:
 def test_create_list_revoke_log_round_trip(tmp_path: Path, capsys) -> None:
     db = tmp_path / "keys.db"
     alice, token = create(db, capsys, "--name", "alice", "--budget", "10", "--rate", "2.5",
-                          "--policy", "top-k:1")
+                          "--policy", "topk:1")
     bob, bob_token = create(db, capsys, "--name", "bob")
     assert token.startswith(TOKEN_PREFIX) and alice != bob
 
     with KeyStore(db) as store:  # what a server on the same file would see
         assert store.authenticate(token).id == alice
-        store.record(alice, rows=4, input_sha256=H, outputs="[1]", policy="top-k:1")
+        store.record(alice, rows=4, input_sha256=H, outputs="[1]", policy="topk:1")
 
     assert main(["keys", "list", "--db", str(db)]) == 0
     out = capsys.readouterr().out
@@ -43,7 +43,7 @@ def test_create_list_revoke_log_round_trip(tmp_path: Path, capsys) -> None:
     assert lines[0].split() == ["id", "name", "created", "revoked", "policy", "rate", "burst",
                                 "budget", "used"]
     row = lines[1].split()  # created is "DATE TIME": 10 fields
-    assert row[:2] == [alice, "alice"] and row[4:] == ["no", "top-k:1", "2.5", "3", "10", "4"]
+    assert row[:2] == [alice, "alice"] and row[4:] == ["no", "topk:1", "2.5", "3", "10", "4"]
     assert lines[2].split()[:2] == [bob, "bob"] and lines[2].split()[-5:] == ["-"] * 4 + ["0"]
     assert token not in out and bob_token not in out
     assert hashlib.sha256(token.encode()).hexdigest() not in out
@@ -72,6 +72,7 @@ def test_create_list_revoke_log_round_trip(tmp_path: Path, capsys) -> None:
     (["create", "--name", "a", "--rate", "1", "--burst", "0"], ["burst"]),
     (["create", "--name", "a", "--burst", "2"], ["needs a rate"]),
     (["create", "--name", " "], ["name"]),
+    (["create", "--name", "a", "--policy", "everything"], ["bad output policy", "topk:K"]),
     (["list"], ["no key database", "keys create"]),
     (["revoke", "abcd1234"], ["no key database"]),
     (["log"], ["no key database"]),

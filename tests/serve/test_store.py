@@ -37,10 +37,10 @@ def db(tmp_path: Path) -> Path:
 
 def test_create_authenticate_revoke_seen_by_a_second_store_at_once(db: Path) -> None:
     a, b = KeyStore(db), KeyStore(db)
-    key, token = a.create("alice", policy="top-k:1", rate=2.5, burst=4, budget=10)
+    key, token = a.create("alice", policy="topk:1", rate=2.5, burst=4, budget=10)
     assert token.startswith(TOKEN_PREFIX) and len(token) == len(TOKEN_PREFIX) + 43
     assert len(key.id) == 8 and int(key.id, 16) >= 0
-    assert (key.policy, key.rate, key.burst, key.budget, key.used) == ("top-k:1", 2.5, 4, 10, 0)
+    assert (key.policy, key.rate, key.burst, key.budget, key.used) == ("topk:1", 2.5, 4, 10, 0)
     other, other_token = a.create("bob")
     assert other_token != token and other.id != key.id and other.rate is None
     seen = b.authenticate(token)
@@ -120,7 +120,8 @@ def test_record_refuses_malformed_arguments(db: Path, kwargs: dict, words: str) 
 @pytest.mark.parametrize(("kwargs", "words"), [
     ({"budget": -1}, "budget"), ({"rate": -1.0}, "rate"), ({"rate": 0.0}, "rate"),
     ({"rate": float("nan")}, "rate"), ({"rate": 1.0, "burst": 0}, "burst"),
-    ({"burst": 3}, "needs a rate"),
+    ({"burst": 3}, "needs a rate"), ({"policy": "top-k:1"}, "bad output policy"),
+    ({"policy": "topk:0"}, "topk"),
 ])
 def test_create_refuses_bad_limits(db: Path, kwargs: dict, words: str) -> None:
     with KeyStore(db) as store:
@@ -131,6 +132,7 @@ def test_create_refuses_bad_limits(db: Path, kwargs: dict, words: str) -> None:
         assert store.list() == []
         assert store.create("r", rate=2.5)[0].burst == 3  # default burst: ceil(rate)
         assert store.create("r", rate=0.2)[0].burst == 1
+        assert store.create("p", policy=" TopK:2")[0].policy == "topk:2"  # canonical
 
 
 def _hammer(stores: list[KeyStore], key_id: str, per_thread: int, rows: int) -> list[int]:

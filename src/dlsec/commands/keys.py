@@ -18,7 +18,7 @@ from typing import Annotated
 
 import typer
 
-from dlsec.serve.store import KeyRecord, KeyStore, check_limits, check_name
+from dlsec.serve.store import KeyRecord, KeyStore, check_limits, check_name, check_policy
 
 keys_app = typer.Typer(help="API keys of dlsec serve: create, list, revoke; the query log.")
 
@@ -56,13 +56,14 @@ def _key_row(key: KeyRecord) -> list[str]:
 def create(
     db: DbOpt,
     name: Annotated[str, typer.Option(help="Who the key is for (shown by list)")],
-    policy: Annotated[str | None, typer.Option(help="This key's output policy (default: the server's)")] = None,
+    policy: Annotated[str | None, typer.Option(help="This key's output policy: scores | topk:K | rounded:D | label | noise:SIGMA | reverse-sigmoid:BETA,GAMMA (default: the server's)")] = None,
     rate: Annotated[float | None, typer.Option(help="Requests per second (token bucket; default unlimited)")] = None,
     burst: Annotated[int | None, typer.Option(help="Bucket size in requests (default ceil(rate))")] = None,
     budget: Annotated[int | None, typer.Option(help="Rows the key may query in all (default unlimited)")] = None,
 ) -> None:
     """Create a key; prints 'KEY_ID TOKEN' once on stdout (the token is not kept)."""
     check_name(name)  # before the database is created: a refused key writes nothing
+    check_policy(policy)
     check_limits(rate=rate, burst=burst, budget=budget)
     with KeyStore(db) as store:
         key, token = store.create(name, policy=policy, rate=rate, burst=burst, budget=budget)

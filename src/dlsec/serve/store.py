@@ -154,6 +154,19 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_policy(policy: str | None) -> str | None:
+    """A key's output policy as its canonical spec (see :mod:`dlsec.output_policies`)."""
+    if policy is None:
+        return None
+    # imported here: the store itself needs no torch (a bare authenticate or record)
+    from dlsec.output_policies import OutputPolicy, PolicyError
+
+    try:
+        return OutputPolicy.parse(policy).spec()
+    except PolicyError as exc:
+        raise StoreError(str(exc)) from None
+
+
 def check_limits(
     *, rate: float | None, burst: int | None, budget: int | None
 ) -> tuple[float | None, int | None, int | None]:
@@ -310,8 +323,14 @@ class KeyStore:
         self, name: str, *, policy: str | None = None, rate: float | None = None,
         burst: int | None = None, budget: int | None = None,
     ) -> tuple[KeyRecord, str]:
-        """A new key and its token; the token is not kept and cannot be shown again."""
+        """A new key and its token; the token is not kept and cannot be shown again.
+
+        ``policy`` is an output-policy spec (``"topk:1"``, ``"label"``; None: the
+        server's), stored in its canonical form; ``rate``/``burst``/``budget``: see
+        :class:`KeyRecord` and :func:`check_limits`.
+        """
         check_name(name)
+        policy = check_policy(policy)
         rate, burst, budget = check_limits(rate=rate, burst=burst, budget=budget)
         conn = self._conn()
         while True:
