@@ -31,7 +31,10 @@ Notes:
     writes are serialised by SQLite's own write lock (``BEGIN IMMEDIATE`` with a busy
     timeout), which also serialises writers in other processes on the same file. No
     result is cached: every :meth:`authenticate` reads the database, so a revocation by
-    any connection or process is seen by the next request.
+    any connection or process is seen by the next request. Calls block (a commit takes
+    about 50 us with ``normal``, 110 us with ``full`` on an ext4 disk): call them from
+    sync endpoints (the thread pool), not inside an ``async def``. A thread's connection
+    stays open until :meth:`close` (a pool's threads are reused).
 
     Tokens. Only ``sha256(token)`` is stored. The lookup uses the hash as an index and
     the match is confirmed with :func:`hmac.compare_digest`; what a timing difference
