@@ -92,6 +92,8 @@ def _detail(response: httpx.Response) -> str:
     if not isinstance(body, dict):
         return ""
     text = body.get("detail") or body.get("code") or ""
+    if isinstance(text, list) and text and isinstance(text[0], dict):  # FastAPI's validation
+        text = str(text[0].get("msg", ""))
     if not isinstance(text, str):
         text = str(text)
     return " ".join(text.split())[:200]
@@ -167,7 +169,8 @@ class HttpOracle(BaseOracle):
                          per_sample_budget=per_sample_budget, seed=seed)
 
     def __repr__(self) -> str:
-        return f"HttpOracle({self.url!r}, output={self.policy.spec()!r})"
+        policy = getattr(self, "policy", None)  # None while __init__ runs
+        return f"HttpOracle({self.url!r}, output={policy.spec() if policy else None!r})"
 
     # -- lifetime ---------------------------------------------------------------------------
     def close(self) -> None:
