@@ -296,3 +296,30 @@ def test_over_a_real_uvicorn_server_on_loopback(trained_simplenet, digits, tmp_p
         sock.close()
         store.close()
     assert not thread.is_alive()
+
+
+def test_label_only_extraction_through_http_matches_local(served, digits) -> None:
+    from dlsec.attacks.surrogate import extract
+    from dlsec.threat import LocalOracle
+    from dlsec.training import TrainConfig
+
+    model, card, store, _ = served
+    pool, eval_x = digits.x_train[:600], digits.x_test[:200]
+    with torch.inference_mode():
+        victim = model(eval_x).argmax(1)
+
+    def steal(oracle):
+        return extract(oracle, card=card, strategy="natural", budget=300, x_pool=pool,
+                       eval_x=eval_x, eval_victim_labels=victim, schedule=[300],
+                       config=TrainConfig(epochs=10, lr=3e-3, batch_size=64),
+                       generator=torch.Generator().manual_seed(0))
+
+    remote_oracle = _oracle(served, name="thief", policy="label", budget=300)
+    local = steal(LocalOracle(model, card=card, output="label"))
+    remote = steal(remote_oracle)
+    assert remote.queries == local.queries == 300 and remote_oracle.remaining == 0
+    # the same labels bought, the same substitute trained: the same fidelity
+    assert abs(remote.fidelity - local.fidelity) < 1e-9
+    assert remote.fidelity > 0.5  # a real theft (measured 0.86; chance is about 0.1)
+    thief = next(k for k in store.list() if k.name == "thief")
+    assert sum(r["rows"] for r in store.log_rows(thief.id)) == 300
