@@ -339,3 +339,39 @@ def test_bad_arguments_are_one_line_errors(trained_simplenet, store, kw, error, 
     model, card, _ = trained_simplenet
     with pytest.raises(error, match=re.escape(words)):
         create_app((model, card), store=store, **kw)
+
+
+def test_checks_run_in_order_key_then_rate_then_body(served) -> None:
+    client, _, store, _ = served
+    key, token = store.create("jo", rate=0.1, burst=1)
+    too_big = b"x" * 20_001
+    # no key: 401 even for a body over the limit (the body is not read first)
+    r = client.post("/v1/predict", content=too_big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 401
+    # a key: the body is checked (413), and the request took the key's one token
+    r = client.post("/v1/predict", content=too_big,
+                    headers={**_bearer(token), "Content-Type": "application/json"})
+    assert r.status_code == 413
+    r = client.post("/v1/predict", content=b"{", headers={**_bearer(token), "Content-Type": "application/json"})
+    assert r.status_code == 429 and r.headers["Retry-After"] == "10"  # rate before the body
+    assert store.log_rows(key.id) == []
+
+
+def test_the_noise_policy_follows_the_apps_seed(trained_simplenet, store, digits) -> None:
+    model, card, _ = trained_simplenet
+    _, token = store.create("noisy", policy="noise:0.05")
+    body = _json(digits.x_test[:6])
+
+    def answers(seed: int | None) -> list[torch.Tensor]:
+        with TestClient(create_app((model, card), store=store, seed=seed)) as client:
+            return [torch.tensor(client.post("/v1/predict", json=body, headers=_bearer(token))
+                                 .json()["outputs"]) for _ in range(2)]
+
+    a1, a2 = answers(7)
+    b1, b2 = answers(7)
+    c1, _ = answers(None)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)  # same seed, same noise
+    assert (a1 - a2).abs().max() > 1e-3  # fresh noise per answer
+    assert (a1 - c1).abs().max() > 1e-3  # no seed: a secret one
+    probs = _softmax(model, digits.x_test[:6])
+    assert (a1 - probs).abs().max() > 1e-3 and (a1.sum(1) - 1).abs().max() < 1e-5

@@ -152,3 +152,20 @@ def test_serve_refuses_a_missing_db_bad_flags_and_a_port_in_use(
 )
 def test_which_hosts_are_loopback(host, loopback) -> None:
     assert is_loopback(host) is loopback
+
+
+def test_serve_refuses_a_card_naming_code_without_trust_code(model_dir, tmp_path, capsys,
+                                                             one_line_error) -> None:
+    import json
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    card = json.loads((copy / "card.json").read_text())
+    card["architecture"] = "os:system"
+    (copy / "card.json").write_text(json.dumps(card))
+    db = tmp_path / "keys.db"
+    assert main(["keys", "create", "--db", str(db), "--name", "x"]) == 0
+    capsys.readouterr()
+    assert main(["serve", str(copy), "--db", str(db)]) == 2
+    one_line_error(capsys.readouterr().err, "would import and run module 'os'", "--trust-code")

@@ -19,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from dlsec.commands.options import DeviceOpt, TrustCodeOpt
 from dlsec.errors import DlsecError
 from dlsec.output_policies import OutputPolicy
 from dlsec.serve.limits import RequestLimits
@@ -64,8 +65,8 @@ def serve(
     burst: Annotated[int | None, typer.Option(help="Bucket size in requests (default ceil(rate))")] = None,
     max_rows: Annotated[int, typer.Option("--max-rows", help="Inputs per request at most (413 beyond)")] = RequestLimits.max_rows,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", help="Request body bytes at most (413 beyond)")] = RequestLimits.max_body_bytes,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")] = "cpu",
-    trust_code: Annotated[bool, typer.Option("--trust-code", help="Let the card name a module:factory architecture (imports and runs that module)")] = False,
+    device: DeviceOpt = "auto",
+    trust_code: TrustCodeOpt = False,
 ) -> None:
     """Serve a saved model over HTTP: API keys, rate limits, budgets, a query log."""
     # every flag is checked before the model is loaded or a port is bound
