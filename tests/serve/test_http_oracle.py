@@ -14,7 +14,7 @@ import torch
 
 from dlsec.output_policies import OutputPolicy
 from dlsec.serve.http_oracle import HttpOracle
-from dlsec.threat import BudgetExhausted, OracleError
+from dlsec.threat import BudgetExhausted, Oracle, OracleError
 
 KEY = "sk-test-secret-0123456789"
 MODEL = {"input_shape": [4], "classes": ["a", "b", "c"], "bounds": [0.0, 1.0],
@@ -87,6 +87,16 @@ def test_timeout_and_refused_connection_are_one_line_errors_naming_the_url() -> 
     with pytest.raises(OracleError, match=rf"cannot reach http://127.0.0.1:{port}/v1/model") as err:
         HttpOracle(f"http://user:pw@127.0.0.1:{port}", KEY, timeout=5)
     assert "pw" not in str(err.value) and KEY not in str(err.value)
+
+
+def test_key_from_the_environment_when_none_is_passed(monkeypatch) -> None:
+    seen: list[httpx.Request] = []
+    monkeypatch.setenv("DLSEC_API_KEY", KEY)
+    HttpOracle("http://srv", transport=_transport([], seen=seen))
+    assert seen[0].headers["authorization"] == f"Bearer {KEY}"
+    monkeypatch.delenv("DLSEC_API_KEY")
+    with pytest.raises(OracleError, match="DLSEC_API_KEY"):
+        HttpOracle("http://srv", transport=_transport([]))
 
 
 @pytest.mark.parametrize("url", ["ftp://srv/x", "srv:8000", "file:///etc/passwd", "http://"])
@@ -184,6 +194,7 @@ def test_answers_equal_the_local_oracles(served, digits) -> None:
     model, card, _, _ = served
     x = digits.x_test[:40]
     oracle = _oracle(served)
+    assert isinstance(oracle, Oracle)
     assert oracle.input_shape == tuple(card.input_shape) and oracle.num_classes == 10
     assert oracle.max_rows == 16 and oracle.output == "scores"
     remote = oracle.query(x, ids=torch.arange(40))

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -62,6 +63,8 @@ from dlsec.output_policies import OutputPolicy, PolicyError
 from dlsec.threat import BaseOracle, BudgetExhausted, OracleError
 
 NPY_TYPE = "application/x-npy"
+# the environment variable a key is read from when none is passed (keeps it out of argv)
+API_KEY_ENV = "DLSEC_API_KEY"
 RETRY_STATUSES = (429, 503)
 
 
@@ -103,7 +106,9 @@ class HttpOracle(BaseOracle):
     """The black-box view of a model served by ``dlsec serve`` at ``url`` (see the module
     docstring for the contract, the errors and the counting).
 
-    ``api_key`` is the bearer token (``dlsec keys create``); ``budget`` and
+    ``api_key`` is the bearer token (``dlsec keys create``; ``None``: the
+    ``DLSEC_API_KEY`` environment variable, so a key need not be on a command line);
+    ``budget`` and
     ``per_sample_budget`` are client-side budgets exactly as for
     :class:`dlsec.threat.LocalOracle`, on top of the server's own. ``retries`` (default 5)
     bounds the retries of one request on 429/503; the wait before retry ``i`` (0-based)
@@ -121,7 +126,7 @@ class HttpOracle(BaseOracle):
     def __init__(
         self,
         url: str,
-        api_key: str,
+        api_key: str | None = None,
         *,
         budget: int | None = None,
         per_sample_budget: int | None = None,
@@ -136,8 +141,10 @@ class HttpOracle(BaseOracle):
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.url = _safe_url(url)
+        if api_key is None:
+            api_key = os.environ.get(API_KEY_ENV)
         if not isinstance(api_key, str) or not api_key.strip():
-            raise OracleError("an API key is needed (--api-key or the DLSEC_API_KEY variable)")
+            raise OracleError(f"an API key is needed (--api-key or the {API_KEY_ENV} variable)")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise OracleError(f"retries must be an integer >= 0, got {retries!r}")
         for name, value in (("backoff", backoff), ("max_wait", max_wait), ("jitter", jitter),
