@@ -114,7 +114,8 @@ class HttpOracle(BaseOracle):
     bounds the retries of one request on 429/503; the wait before retry ``i`` (0-based)
     is ``max(Retry-After, backoff * 2**i)`` capped at ``max_wait`` seconds, times a
     jitter factor uniform in ``[1, 1 + jitter]`` drawn from ``random.Random(seed)``.
-    ``timeout`` is the seconds one request may take. ``client`` is an
+    ``timeout`` is the seconds one request may take (on the client made here; a client
+    passed in keeps its own). ``client`` is an
     :class:`httpx.Client` to send through (tests pass FastAPI's ``TestClient``; the
     caller closes it), else one is made and closed by :meth:`close`; ``transport`` is
     handed to the client made. ``sleep`` waits (injectable for tests).
