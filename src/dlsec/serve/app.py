@@ -26,7 +26,8 @@ up) -> read and check the body (413 too large, 422 malformed, ``{"detail": msg}`
 predict -> :meth:`KeyStore.record` (charge the rows, log the request) -> answer. A
 budget the request does not fit is 403 ``{"detail": ..., "code": "budget_exhausted",
 "remaining": N}`` and nothing is charged or logged. A database locked past its busy
-timeout is 503 with ``Retry-After: 1``, never a 500.
+timeout is 503 with ``Retry-After: 1``, never a 500. Only predictions are rate limited
+and charged; ``/v1/model`` and ``/metrics`` check the key and read nothing else.
 
 Example:
     >>> store = KeyStore(Path("keys.db"))                               # doctest: +SKIP
