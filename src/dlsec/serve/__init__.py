@@ -1,5 +1,7 @@
-"""Zero-trust model serving: API keys, per-key limits and the query log (``store``).
+"""Zero-trust model serving: the HTTP app (``app``: ``create_app``, ``dlsec serve``), API
+keys, per-key budgets and the query log (``store``), request limits (``limits``) and the
+Oracle of a served model (``http_oracle.HttpOracle``).
 
-The HTTP app, output policies, extraction detection, watermarking and ``HttpOracle``
-join this package as issue 15 proceeds; see DESIGN.md ("Layout").
+Extraction detection and watermarking join this package as issue 15 proceeds; see
+DESIGN.md ("Layout").
 """
