@@ -25,6 +25,25 @@ STRATEGY_HELP = ("fedavg | fedprox | fedmedian | fedtrimmedavg | krum | multikru
 ATTACK_HELP = "label-flip | sign-flip | gaussian | scale (plants a backdoor) | alie | ipm"
 
 
+# the options `dlsec federate` shares with `dlsec flower app`
+RoundsOpt = Annotated[int, count("Federated rounds")]
+StrategyOpt = Annotated[str, typer.Option(help=STRATEGY_HELP)]
+MaliciousOpt = Annotated[float, share("Fraction of malicious clients, in [0, 1)")]
+AttackOpt = Annotated[str, typer.Option(help=ATTACK_HELP)]
+AttackScaleOpt = Annotated[float | None, number(
+    "The attack's scale (sign-flip 4, gaussian 1, scale: the number of clients, "
+    "alie: z_max of Baruch et al., ipm: epsilon 0.1)",
+    "--attack-scale", low=0.0, low_open=True)]
+PartitionOpt = Annotated[str, typer.Option(help="iid | dirichlet:ALPHA | shards:K")]
+LocalEpochsOpt = Annotated[int, count("Local epochs per round", "--local-epochs")]
+ClientLrOpt = Annotated[float, number("Clients' SGD learning rate", low=0.0, low_open=True)]
+ClientBatchOpt = Annotated[int, count("Clients' batch size", "--batch-size")]
+ClipNormOpt = Annotated[float | None, number(
+    "clipping: the updates' L2 bound (default: the round's median norm)",
+    "--clip-norm", low=0.0, low_open=True)]
+RootSizeOpt = Annotated[int, count("fltrust: the server's root training records", "--root-size")]
+BackdoorTargetOpt = Annotated[int, count("scale attack: the backdoor's target class",
+                                        "--backdoor-target", low=0)]
 DpNoiseOpt = Annotated[float | None, typer.Option(
     "--dp-noise", help="Client-level DP: the noise multiplier z (noise std z*C/clients on "
     "the aggregate, Flower's fixed-clipping DP wrapper); off by default")]
@@ -60,26 +79,19 @@ def register(app: typer.Typer) -> None:
         dataset: Annotated[str, typer.Option(help="digits | fashion-mnist | mnist | idx:DIR | npz:PATH")] = "digits",
         model: Annotated[str, typer.Option(help="A registered name or module:factory")] = "simplenet",
         clients: Annotated[int, count("Clients (each gets one partition)", low=2)] = 10,
-        rounds: Annotated[int, count("Federated rounds")] = 20,
-        strategy: Annotated[str, typer.Option(help=STRATEGY_HELP)] = "fedavg",
-        malicious: Annotated[float, share("Fraction of malicious clients, in [0, 1)")] = 0.0,
-        attack: Annotated[str, typer.Option(help=ATTACK_HELP)] = "sign-flip",
-        attack_scale: Annotated[float | None, number(
-            "The attack's scale (sign-flip 4, gaussian 1, scale: the number of clients, "
-            "alie: z_max of Baruch et al., ipm: epsilon 0.1)",
-            "--attack-scale", low=0.0, low_open=True)] = None,
-        partition: Annotated[str, typer.Option(help="iid | dirichlet:ALPHA | shards:K")] = "iid",
-        local_epochs: Annotated[int, count("Local epochs per round", "--local-epochs")] = 1,
-        lr: Annotated[float, number("Clients' SGD learning rate", low=0.0, low_open=True)] = 0.1,
-        batch_size: Annotated[int, count("Clients' batch size", "--batch-size")] = 16,
+        rounds: RoundsOpt = 20,
+        strategy: StrategyOpt = "fedavg",
+        malicious: MaliciousOpt = 0.0,
+        attack: AttackOpt = "sign-flip",
+        attack_scale: AttackScaleOpt = None,
+        partition: PartitionOpt = "iid",
+        local_epochs: LocalEpochsOpt = 1,
+        lr: ClientLrOpt = 0.1,
+        batch_size: ClientBatchOpt = 16,
         workers: Annotated[int, count("Clients training at a time (Ray workers)")] = 1,
-        clip_norm: Annotated[float | None, number(
-            "clipping: the updates' L2 bound (default: the round's median norm)",
-            "--clip-norm", low=0.0, low_open=True)] = None,
-        root_size: Annotated[int, count("fltrust: the server's root training records",
-                                        "--root-size")] = 100,
-        backdoor_target: Annotated[int, count("scale attack: the backdoor's target class",
-                                              "--backdoor-target", low=0)] = 0,
+        clip_norm: ClipNormOpt = None,
+        root_size: RootSizeOpt = 100,
+        backdoor_target: BackdoorTargetOpt = 0,
         dp_noise: DpNoiseOpt = None,
         dp_clip: DpClipOpt = None,
         dp_side: DpSideOpt = None,

@@ -16,15 +16,25 @@ from typing import Annotated
 import typer
 
 from dlsec.commands.federate import (
-    ATTACK_HELP,
-    STRATEGY_HELP,
+    AttackOpt,
+    AttackScaleOpt,
+    BackdoorTargetOpt,
+    ClientBatchOpt,
+    ClientLrOpt,
+    ClipNormOpt,
     DpClipOpt,
     DpDeltaOpt,
     DpNoiseOpt,
     DpSideOpt,
+    LocalEpochsOpt,
+    MaliciousOpt,
+    PartitionOpt,
+    RootSizeOpt,
+    RoundsOpt,
+    StrategyOpt,
     dp_settings,
 )
-from dlsec.commands.options import SeedOpt, TestSizeOpt, count, number, share
+from dlsec.commands.options import SeedOpt, TestSizeOpt, count, number
 
 flower_app = typer.Typer(help="Federations on Flower's deployment engine (SuperLink, SuperNodes).")
 
@@ -39,24 +49,18 @@ def write_app(
     dataset: Annotated[str, typer.Option(help="digits | fashion-mnist | mnist | idx:DIR | npz:PATH (as the SuperNodes see it)")] = "digits",
     model: Annotated[str, typer.Option(help="A registered name or module:factory")] = "simplenet",
     clients: Annotated[int, count("SuperNodes (partition-id 0..clients-1)", low=2)] = 3,
-    rounds: Annotated[int, count("Federated rounds")] = 5,
-    strategy: Annotated[str, typer.Option(help=STRATEGY_HELP)] = "fedavg",
-    malicious: Annotated[float, share("Fraction of malicious clients, in [0, 1)")] = 0.0,
-    attack: Annotated[str, typer.Option(help=ATTACK_HELP)] = "sign-flip",
-    attack_scale: Annotated[float | None, number(
-        "The attack's scale (default: the attack's own)", "--attack-scale", low=0.0,
-        low_open=True)] = None,
-    partition: Annotated[str, typer.Option(help="iid | dirichlet:ALPHA | shards:K")] = "iid",
-    local_epochs: Annotated[int, count("Local epochs per round", "--local-epochs")] = 1,
-    lr: Annotated[float, number("Clients' SGD learning rate", low=0.0, low_open=True)] = 0.1,
-    batch_size: Annotated[int, count("Clients' batch size", "--batch-size")] = 16,
-    clip_norm: Annotated[float | None, number(
-        "clipping: the updates' L2 bound (default: the round's median norm)", "--clip-norm",
-        low=0.0, low_open=True)] = None,
-    root_size: Annotated[int, count("fltrust: the server's root training records",
-                                    "--root-size")] = 100,
-    backdoor_target: Annotated[int, count("scale attack: the backdoor's target class",
-                                          "--backdoor-target", low=0)] = 0,
+    rounds: RoundsOpt = 5,
+    strategy: StrategyOpt = "fedavg",
+    malicious: MaliciousOpt = 0.0,
+    attack: AttackOpt = "sign-flip",
+    attack_scale: AttackScaleOpt = None,
+    partition: PartitionOpt = "iid",
+    local_epochs: LocalEpochsOpt = 1,
+    lr: ClientLrOpt = 0.1,
+    batch_size: ClientBatchOpt = 16,
+    clip_norm: ClipNormOpt = None,
+    root_size: RootSizeOpt = 100,
+    backdoor_target: BackdoorTargetOpt = 0,
     dp_noise: DpNoiseOpt = None,
     dp_clip: DpClipOpt = None,
     dp_side: DpSideOpt = None,
