@@ -1,0 +1,178 @@
+"""PRADA (dlsec.serve.detection): exact distances and growing sets on a hand-checked
+2-D case, the Shapiro-Wilk W by hand, and the measured verdicts on digits: held-out
+test images are not flagged, a Jacobian-augmentation extraction stream is."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from dlsec.data import Dataset, load_dataset
+from dlsec.serve.detection import DetectionError, Detectors, Prada
+
+
+def _feed(det: Prada, points: Sequence[Sequence[float]], classes: list[int]) -> None:
+    for p, c in zip(points, classes, strict=True):
+        det.observe(torch.tensor([p]), torch.tensor([c]))
+
+
+def test_distances_and_growing_set_by_hand() -> None:
+    # Class 0 stream; T_0 = max(T_0, mean(DG) - std(DG)) with DG starting at [0]:
+    # (0,0) first -> G; (3,4) d=5 -> G, T=0; (0,1) d=1 -> G, T=0; (6,8) d=5 -> G,
+    # DG=[0,5,1,5], T=2.75-sqrt(5.1875)=0.4724; (0,1.3) d=0.3 < T -> NOT in G;
+    # (9,12) d=5 -> G, DG=[0,5,1,5,5], T=3.2-sqrt(4.96)=0.9729; (0,2) d=1 (to (0,1):
+    # (0,1.3) is not in G, else d=0.7) > T -> G. A class-1 query adds no distance.
+    det = Prada(min_distances=3)
+    pts = [(0, 0), (3, 4), (0, 1), (5, 5), (6, 8), (0, 1.3), (9, 12), (0, 2)]
+    cls = [0, 0, 0, 1, 0, 0, 0, 0]
+    _feed(det, pts, cls)
+    assert det.distances == pytest.approx([5, 1, 5, 0.3, 5, 1], abs=1e-6)  # float32 input
+    expected_g = torch.tensor(
+        [(0, 0), (3, 4), (0, 1), (6, 8), (9, 12), (0, 2)], dtype=torch.float64
+    )
+    assert torch.equal(det.growing_set(0), expected_g)
+    assert torch.equal(det.growing_set(1), torch.tensor([[5.0, 5.0]], dtype=torch.float64))
+    s = det.state
+    assert (s.queries, s.distances, s.growing_set) == (8, 6, 7)
+    # Pooled (per_class=False): the class-1 point (5,5) joins the same set, so (6,8) is
+    # at distance sqrt(1+9) from it instead of 5.
+    pooled = Prada(min_distances=3, per_class=False)
+    _feed(pooled, pts, cls)
+    assert pooled.distances[3] == pytest.approx(math.sqrt(10), abs=1e-9)
+
+
+def test_shapiro_w_by_hand() -> None:
+    # 1-D points 0, 1, 3, 7 -> D = [1, 2, 4]. For n=3, a = (-1/sqrt2, 0, 1/sqrt2):
+    # W = (4-1)^2/2 / sum((d - 7/3)^2) = 4.5 / (42/9) = 27/28.
+    det = Prada(min_distances=3, delta=0.97)
+    _feed(det, [(0,), (1,), (3,), (7,)], [0, 0, 0, 0])
+    assert det.distances == pytest.approx([1, 2, 4], abs=1e-12)
+    s = det.state
+    assert s.w is not None and abs(s.w - 27 / 28) < 1e-6
+    assert s.flagged and s.flagged_at == 4  # 0.9643 < 0.97
+    det2 = Prada(min_distances=3, delta=0.96)
+    _feed(det2, [(0,), (1,), (3,), (7,)], [0, 0, 0, 0])
+    assert not det2.state.flagged and det2.state.flagged_at is None
+    # Before min_distances no test runs.
+    det3 = Prada(min_distances=4, delta=1.0)
+    _feed(det3, [(0,), (1,), (3,), (7,)], [0, 0, 0, 0])
+    assert det3.state.w is None and not det3.state.flagged
+
+
+def test_constant_distances_are_flagged() -> None:
+    det = Prada(min_distances=5, per_class=False)
+    _feed(det, [(float(i),) for i in range(8)], [0] * 8)  # every distance is exactly 1
+    assert det.state.w == 0.0 and det.state.flagged
+
+
+@pytest.mark.parametrize("delta", [0.0, -0.1, 1.01, float("nan"), "0.9"])
+def test_delta_validated(delta: object) -> None:
+    with pytest.raises(DetectionError, match=r"delta must be in \(0, 1\]") as info:
+        Prada(delta=delta)  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+def test_bad_settings_and_batches() -> None:
+    with pytest.raises(DetectionError, match="min_distances"):
+        Prada(min_distances=2)
+    with pytest.raises(DetectionError, match="min_distances"):
+        Detectors(min_distances=True)
+    det = Prada()
+    with pytest.raises(DetectionError, match="predicted"):
+        det.observe(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
+    det.observe(torch.zeros(1, 3), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(DetectionError, match="features"):
+        det.observe(torch.zeros(1, 4), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(DetectionError, match="finite"):
+        det.observe(torch.full((1, 3), float("inf")), torch.zeros(1, dtype=torch.long))
+    with pytest.raises(DetectionError, match="state_dict"):
+        det.load_state_dict({"delta": 0.9})
+
+
+# ---- digits: measured verdicts ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_model() -> tuple[Dataset, torch.nn.Module]:
+    data = load_dataset("digits", seed=0)
+    linear = torch.nn.Linear(64, 10)
+    torch.nn.init.zeros_(linear.weight)  # deterministic start, no seed needed
+    torch.nn.init.zeros_(linear.bias)
+    model = torch.nn.Sequential(torch.nn.Flatten(), linear)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    for _ in range(200):  # full-batch logistic regression: ~96% test accuracy
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(data.x_train), data.y_train).backward()
+        opt.step()
+    model.eval()
+    return data, model
+
+
+def _stream(det: Prada, model: torch.nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    for i in range(len(x)):
+        det.observe(x[i : i + 1], pred[i : i + 1])
+
+
+def _jacobian_augmentation(model: torch.nn.Module, seeds: torch.Tensor, n: int) -> torch.Tensor:
+    """Papernot et al.'s JBDA queries: each round adds x + 0.1 * sign(grad of the
+    predicted logit) for every point so far (bounds [0, 1])."""
+    pool = seeds.clone()
+    while len(pool) < n:
+        x = pool.clone().requires_grad_(True)
+        logits = model(x)
+        top = logits.gather(1, logits.argmax(1, keepdim=True)).sum()
+        (grad,) = torch.autograd.grad(top, x)
+        pool = torch.cat([pool, (pool + 0.1 * grad.sign()).clamp(0, 1)])
+    return pool[:n].detach()
+
+
+def test_benign_digits_stream_not_flagged(digits_model: tuple[Dataset, torch.nn.Module]) -> None:
+    data, model = digits_model
+    det = Prada()  # paper-style defaults: delta 0.95, test from 100 distances
+    _stream(det, model, data.x_test)
+    s = det.state
+    # Measured: W = 0.966 after all 359 held-out images, never below 0.95 on the way.
+    assert s.queries == 359 and s.distances >= 340
+    assert s.w is not None and s.w > 0.955
+    assert not s.flagged and s.flagged_at is None
+
+
+def test_extraction_stream_flagged(digits_model: tuple[Dataset, torch.nn.Module]) -> None:
+    data, model = digits_model
+    seeds = torch.stack([data.x_train[(data.y_train == c).nonzero()[0, 0]] for c in range(10)])
+    queries = _jacobian_augmentation(model, seeds, 359)
+    det = Prada()
+    _stream(det, model, queries)
+    s = det.state
+    # Measured: W = 0.41, flagged at query 109, the first query with 100 distances in.
+    assert s.w is not None and s.w < 0.7
+    assert s.flagged and s.flagged_at is not None and s.flagged_at <= 130
+    # Same input, same verdict; a resumed detector agrees with an uninterrupted one.
+    again = Prada()
+    _stream(again, model, queries[:200])
+    resumed = Prada()
+    resumed.load_state_dict(again.state_dict())
+    _stream(resumed, model, queries[200:])
+    assert resumed.state == s and resumed.distances == det.distances
+
+
+def test_detectors_keep_keys_apart(digits_model: tuple[Dataset, torch.nn.Module]) -> None:
+    data, model = digits_model
+    seeds = torch.stack([data.x_train[(data.y_train == c).nonzero()[0, 0]] for c in range(10)])
+    attack = _jacobian_augmentation(model, seeds, 200)
+    reg = Detectors()
+    with torch.no_grad():
+        pa, pb = model(attack).argmax(1), model(data.x_test[:200]).argmax(1)
+    for i in range(200):
+        reg.observe("attacker", attack[i : i + 1], pa[i : i + 1])
+        reg.observe("benign", data.x_test[i : i + 1], pb[i : i + 1])
+    assert reg.flagged() == ["attacker"] and len(reg) == 2
+    restored = Detectors()
+    restored.load_state_dict(reg.state_dict())
+    assert restored.flagged() == ["attacker"]
+    assert restored.get("benign").state == reg.get("benign").state
