@@ -95,9 +95,8 @@ def test_bad_settings_and_batches() -> None:
 # ---- digits: measured verdicts ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def digits_model() -> tuple[Dataset, torch.nn.Module]:
-    data = load_dataset("digits", seed=0)
+def _train(seed: int) -> tuple[Dataset, torch.nn.Module]:
+    data = load_dataset("digits", seed=seed)
     linear = torch.nn.Linear(64, 10)
     torch.nn.init.zeros_(linear.weight)  # deterministic start, no seed needed
     torch.nn.init.zeros_(linear.bias)
@@ -109,6 +108,11 @@ def digits_model() -> tuple[Dataset, torch.nn.Module]:
         opt.step()
     model.eval()
     return data, model
+
+
+@pytest.fixture(scope="module")
+def digits_model() -> tuple[Dataset, torch.nn.Module]:
+    return _train(0)
 
 
 def _stream(det: Prada, model: torch.nn.Module, x: torch.Tensor) -> None:
@@ -131,14 +135,21 @@ def _jacobian_augmentation(model: torch.nn.Module, seeds: torch.Tensor, n: int) 
     return pool[:n].detach()
 
 
-def test_benign_digits_stream_not_flagged(digits_model: tuple[Dataset, torch.nn.Module]) -> None:
-    data, model = digits_model
-    det = Prada()  # paper-style defaults: delta 0.95, test from 100 distances
-    _stream(det, model, data.x_test)
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_benign_digits_stream_not_flagged(seed: int) -> None:
+    data, model = _train(seed)
+    det = Prada()  # defaults: delta 0.9, test from 100 distances
+    ws = []
+    with torch.no_grad():
+        pred = model(data.x_test).argmax(1)
+    for i in range(len(data.x_test)):
+        state = det.observe(data.x_test[i : i + 1], pred[i : i + 1])
+        if state.w is not None:
+            ws.append(state.w)
     s = det.state
-    # Measured: W = 0.966 after all 359 held-out images, never below 0.95 on the way.
-    assert s.queries == 359 and s.distances >= 340
-    assert s.w is not None and s.w > 0.955
+    # Measured over seeds 0-3: final W 0.953-0.966, lowest W along the stream 0.939.
+    assert s.queries == 359 and s.distances >= 340 and len(ws) >= 240
+    assert min(ws) > 0.92
     assert not s.flagged and s.flagged_at is None
 
 

@@ -18,12 +18,15 @@ step sizes, so their distances are not. PRADA tests exactly that:
   of ``D`` is computed after every :meth:`Prada.observe`; the client is flagged while
   ``W < delta``.
 
-Defaults: ``delta = 0.95`` and ``min_distances = 100`` (the authors' reference code
-tests once more than 100 distances are in; the paper sets ``delta`` per victim model so
-that benign streams raise no alarm; 0.95 is the value common in public reproductions).
-Tune ``delta`` on your own benign traffic: a lower ``delta`` means fewer false alarms
-and later detection. Distances are computed in input units on the flattened input,
-in float64.
+Defaults: ``delta = 0.9`` and ``min_distances = 100`` (the authors' reference code
+tests once more than 100 distances are in). The paper sets ``delta`` per victim model so
+that benign streams raise no alarm; 0.95 is common in public reproductions, but on
+dlsec's digits (raw 8x8 pixels, logistic regression) it flagged the held-out test
+stream of 2 of 4 splits (lowest benign W along the stream 0.939, seeds 0-3), while
+Jacobian-augmentation streams stay at W 0.29-0.45 (step 0.05-0.2); 0.9 separates both
+with a wide margin. Tune ``delta`` on your own benign traffic: a lower ``delta`` means
+fewer false alarms and later detection. Distances are computed in input units on the
+flattened input, in float64.
 
 Notes:
     The authors' reference code also drops distances more than 3 std from the mean and
@@ -35,7 +38,7 @@ Notes:
     stored query per accepted point, per key.
 
 Example:
-    >>> det = Prada(delta=0.95)
+    >>> det = Prada(delta=0.9)
     >>> state = det.observe(x_batch, predicted=logits.argmax(1))   # doctest: +SKIP
     >>> state.flagged, state.w, state.queries                      # doctest: +SKIP
 """
@@ -52,7 +55,7 @@ from torch import Tensor
 
 from dlsec.errors import DlsecError
 
-DEFAULT_DELTA = 0.95
+DEFAULT_DELTA = 0.9
 DEFAULT_MIN_DISTANCES = 100
 
 
