@@ -5,6 +5,7 @@ test images are not flagged, a Jacobian-augmentation extraction stream is."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import pytest
@@ -66,6 +67,18 @@ def test_constant_distances_are_flagged() -> None:
     det = Prada(min_distances=5, per_class=False)
     _feed(det, [(float(i),) for i in range(8)], [0] * 8)  # every distance is exactly 1
     assert det.state.w == 0.0 and det.state.flagged
+
+
+def test_long_stream_no_scipy_warning() -> None:
+    # 5003 1-D queries with a non-repeating spacing: D has 5002 values, past scipy's
+    # 5000 (where it warns about the p-value only); W is still computed, silently.
+    pts = torch.cumsum(torch.rand(5003, 1, generator=torch.Generator().manual_seed(0)), 0)
+    det = Prada(per_class=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s = det.observe(pts, torch.zeros(5003, dtype=torch.long))
+    # Measured W = 0.985 (distances to a thinned growing set of uniform gaps).
+    assert s.distances == 5002 and s.w is not None and 0.95 < s.w < 0.995
 
 
 @pytest.mark.parametrize("delta", [0.0, -0.1, 1.01, float("nan"), "0.9"])
