@@ -33,6 +33,16 @@ and the one-sided p-value is the exact binomial tail
 ``P(K >= k) = sum_{j=k}^{n} C(n, j) p0^j (1 - p0)^(n - j)``, a valid (conservative) p-value.
 The paper reports ownership "with confidence > 1 - 2^-64" from the same kind of tail.
 
+Notes:
+    The watermark is only as strong as the thief's fit: it is embedded when the surrogate
+    learns its training answers, wrong ones included. Measured on digits (SimpleNet, 1000
+    label queries, fraction 0.05, 64 marked): a surrogate fitted to its answers (60 epochs of
+    Adam, lr 1e-2) reproduces 64/64 watermark labels (p = 8.5e-62), one trained on the
+    answered probabilities 56/64 (p = 6.4e-45); but a thief that stops early (dlsec's default
+    TrainConfig: 30 epochs, lr 1e-3, best validation epoch) reproduces 0/64 (p = 1) and is
+    not identified, and 100 epochs at lr 3e-3 give 7/64 (p = 0.58). Larger models memorise
+    more readily; the paper reports its results on CNNs.
+
 Example:
     >>> dawn = Dawn(b"a secret of at least 16 bytes", fraction=0.05, num_classes=10)
     >>> out = dawn.apply("key-1", x, probs)           # probs: the model's softmax, (N, 10)
