@@ -11,7 +11,7 @@ import torch
 
 from dlsec.errors import DlsecError
 from dlsec.models import build_model
-from dlsec.serve.watermark import Dawn, WatermarkError, ownership_p_value
+from dlsec.serve.watermark import Dawn, WatermarkError, ownership_p_value, suspect_ownership
 from dlsec.training import TrainConfig, fit, predict_logits, train_model
 
 SECRET = b"0123456789abcdef-test-secret"
@@ -149,6 +149,12 @@ def test_a_surrogate_trained_on_watermarked_answers_is_identified(
     stolen = ownership_p_value(pred, out.watermark_labels[m], num_classes=10)
     # measured: 64 of 64 reproduced, p = 8.5e-62 (chance 1/9)
     assert stolen.agreement > 0.5 and stolen.p_value < 1e-10 and stolen.stolen(0.01), stolen
+    # the same through suspect_ownership, checked against 1000 clients' logs (Bonferroni)
+    many = suspect_ownership(surrogate, x[m], out.watermark_labels[m], num_classes=10, tests=1000)
+    assert many.matches == stolen.matches
+    assert abs(many.p_value / stolen.p_value - 1000) < 1e-6 and many.stolen(0.01)
+    with pytest.raises(WatermarkError, match="tests"):
+        suspect_ownership(surrogate, x[m], out.watermark_labels[m], num_classes=10, tests=0)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -215,3 +221,22 @@ def test_a_thief_of_the_probabilities_is_identified_too(trained_simplenet, dawn_
     result = ownership_p_value(pred, answered.watermark_labels[m], num_classes=10)
     # measured: 56 of 64, p = 6.4e-45
     assert result.agreement > 0.5 and result.p_value < 1e-10, result
+
+
+def test_the_p_value_is_valid_under_the_null() -> None:
+    """Suspects that guess uniformly (the worst case of H0: never the served label, else
+    uniform) are rejected at level 0.05 at most 5% of the time."""
+    gen = torch.Generator().manual_seed(7)
+    n, trials, classes = 40, 2000, 10
+    served = torch.randint(0, classes, (trials, n), generator=gen)
+    wm = (served + torch.randint(1, classes, (trials, n), generator=gen)) % classes  # != served
+    guess = (served + torch.randint(1, classes, (trials, n), generator=gen)) % classes
+    p = torch.tensor(
+        [
+            ownership_p_value(g, w, num_classes=classes).p_value
+            for g, w in zip(guess, wm, strict=True)
+        ]
+    )
+    rejected = float((p < 0.05).float().mean())
+    # exact size of the discrete test: P(Binom(40, 1/9) >= 9) = 0.029; sd over 2000 trials 0.0038
+    assert 0.015 < rejected < 0.05, rejected

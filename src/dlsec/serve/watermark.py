@@ -54,6 +54,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from dataclasses import dataclass
@@ -61,11 +62,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from scipy.stats import binom
-from torch import Tensor
+from torch import Tensor, nn
 
 from dlsec.errors import DlsecError
+from dlsec.training import predict_logits
 
-__all__ = ["Dawn", "DawnAnswer", "OwnershipResult", "WatermarkError", "ownership_p_value"]
+__all__ = [
+    "Dawn",
+    "DawnAnswer",
+    "OwnershipResult",
+    "WatermarkError",
+    "ownership_p_value",
+    "suspect_ownership",
+]
 
 MIN_SECRET_BYTES = 16
 _TWO_64 = 1 << 64
@@ -249,3 +258,29 @@ def ownership_p_value(
     return OwnershipResult(
         matches=matches, n=n, agreement=matches / n, chance=p0, p_value=min(1.0, p_value)
     )
+
+
+def suspect_ownership(
+    suspect: nn.Module,
+    x_marked: Tensor,
+    watermark_labels: Tensor,
+    *,
+    num_classes: int,
+    tests: int = 1,
+    batch_size: int = 1024,
+) -> OwnershipResult:
+    """Run ``suspect`` (a local model) on one client's recorded watermarked inputs and test it.
+
+    ``tests``: how many clients' watermarks this suspect is checked against in all; the
+    p-value is multiplied by it (Bonferroni, capped at 1) so that checking every client's
+    log does not find a thief by chance.
+    """
+    if tests < 1:
+        raise WatermarkError(f"tests must be at least 1, got {tests}")
+    if len(x_marked) == 0:
+        raise WatermarkError(
+            "no watermarked queries to test: this client's log holds no watermark labels"
+        )
+    pred = predict_logits(suspect, x_marked, batch_size=batch_size).argmax(1)
+    result = ownership_p_value(pred, watermark_labels, num_classes=num_classes)
+    return dataclasses.replace(result, p_value=min(1.0, result.p_value * tests))
