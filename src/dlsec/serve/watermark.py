@@ -28,10 +28,11 @@ was made without the watermarked answers (its predictions do not depend on the s
 Under H0, on each marked row the watermark label is uniform over the ``C - 1`` classes other
 than the served one and independent of the suspect, so the suspect hits it with probability
 ``P(suspect != served) / (C - 1) <= 1 / (C - 1)``, independently across rows (distinct HMAC
-outputs). ``k`` is then stochastically dominated by ``Binomial(n, p0)`` with ``p0 = 1/(C-1)``
+outputs; a log must therefore count each distinct input once). ``k`` is then stochastically dominated by ``Binomial(n, p0)`` with ``p0 = 1/(C-1)``
 and the one-sided p-value is the exact binomial tail
 ``P(K >= k) = sum_{j=k}^{n} C(n, j) p0^j (1 - p0)^(n - j)``, a valid (conservative) p-value.
-The paper reports ownership "with confidence > 1 - 2^-64" from the same kind of tail.
+(The paper states its ownership claims "with confidence > 1 - 2^-64"; here the exact tail
+for the client's own ``n`` and ``k`` is reported instead of a fixed threshold.)
 
 Notes:
     The watermark is only as strong as the thief's fit: it is embedded when the surrogate
