@@ -1,5 +1,9 @@
-"""PRADA model-extraction detection (Juuti et al., "PRADA: Protecting Against DNN Model
-Stealing Attacks", EuroS&P 2019), one detector per API key.
+"""Model-extraction detection per API key: PRADA (Juuti et al., "PRADA: Protecting Against
+DNN Model Stealing Attacks", EuroS&P 2019) and an out-of-distribution-share detector
+(:class:`OodShare`, its reasoning and sources in its docstring); :class:`KeyDetectors`
+holds several named ones per key for the server (:func:`dlsec.serve.app.create_app`).
+
+PRADA:
 
 Threat model: a client queries a served classifier to train a copy of it. Natural
 queries (photos, scans) lie at distances from each other that are roughly normally
@@ -79,6 +83,11 @@ class PradaState:
     w: float | None
     flagged: bool
     flagged_at: int | None
+
+    @property
+    def statistic(self) -> float | None:
+        """The detector's test statistic (here ``w``), as every detector state names it."""
+        return self.w
 
 
 def _shapiro_w(values: list[float]) -> float:
@@ -305,3 +314,294 @@ class Detectors:
             detectors[str(key)] = det
         with self._lock:
             self._settings, self._detectors = settings, detectors
+
+
+# -- the second detector: share of out-of-distribution queries -----------------------------
+
+DEFAULT_OOD_QUANTILE = 0.99
+DEFAULT_OOD_THRESHOLD = 0.1
+DEFAULT_OOD_MIN_QUERIES = 20
+_CHUNK = 1024  # reference rows per distance block (bounds memory to chunk x n floats)
+
+
+def _nn_distances(x: Tensor, ref: Tensor, *, exclude_self: bool = False) -> Tensor:
+    """Each row of ``x``'s L2 distance to its nearest row of ``ref`` (float32, chunked);
+    ``exclude_self``: ``x`` is ``ref`` and a row's own distance does not count."""
+    out = torch.empty(x.shape[0], dtype=torch.float32)
+    for start in range(0, x.shape[0], _CHUNK):
+        block = torch.cdist(x[start : start + _CHUNK], ref)
+        if exclude_self:
+            rows = torch.arange(block.shape[0])
+            block[rows, rows + start] = float("inf")
+        out[start : start + _CHUNK] = block.min(dim=1).values
+    return out
+
+
+class OodReference:
+    """A benign reference sample and its outlier radius, shared by every key's
+    :class:`OodShare`.
+
+    ``radius`` is the ``quantile`` of the reference's own leave-one-out nearest-neighbour
+    distances: a fresh point from the reference's distribution lies farther than it from
+    every reference point with probability about ``1 - quantile``.
+
+    Args:
+        reference: benign inputs (n, ...) in the model's input units, n >= 2; e.g. the
+            training split or any sample of the traffic the server expects.
+        quantile: in (0, 1).
+    """
+
+    def __init__(self, reference: Tensor, *, quantile: float = DEFAULT_OOD_QUANTILE) -> None:
+        if not (isinstance(quantile, (int, float)) and 0.0 < float(quantile) < 1.0):
+            raise DetectionError(f"OOD quantile must be in (0, 1), got {quantile!r}")
+        if not isinstance(reference, Tensor) or reference.ndim < 2 or reference.shape[0] < 2:
+            shape = tuple(reference.shape) if isinstance(reference, Tensor) else type(reference)
+            raise DetectionError(f"an OOD reference needs at least 2 rows (n, ...), got {shape}")
+        flat = reference.detach().reshape(reference.shape[0], -1).to("cpu", torch.float32)
+        if not bool(torch.isfinite(flat).all()):
+            raise DetectionError("the OOD reference must be finite")
+        self.points = flat.contiguous()
+        self.quantile = float(quantile)
+        loo = _nn_distances(self.points, self.points, exclude_self=True)
+        self.radius = float(torch.quantile(loo.double(), self.quantile))
+
+    @property
+    def features(self) -> int:
+        return int(self.points.shape[1])
+
+    def outliers(self, x: Tensor) -> Tensor:
+        """A bool per row of ``x``: farther than ``radius`` from every reference point."""
+        flat = x.detach().reshape(x.shape[0], -1).to("cpu", torch.float32)
+        if flat.shape[1] != self.features:
+            raise DetectionError(
+                f"query has {flat.shape[1]} features, the OOD reference has {self.features}"
+            )
+        if not bool(torch.isfinite(flat).all()):
+            raise DetectionError("OOD queries must be finite")
+        return _nn_distances(flat, self.points) > self.radius
+
+
+@dataclass(frozen=True)
+class OodState:
+    """One client after its latest batch: ``outliers`` of ``queries`` were out of
+    distribution; ``lower`` is the Wilson 95% lower bound of that share (None before
+    ``min_queries``); ``flagged`` while ``lower > threshold``; ``flagged_at`` the query
+    count at the first flag (None if never)."""
+
+    queries: int
+    outliers: int
+    lower: float | None
+    flagged: bool
+    flagged_at: int | None
+
+    @property
+    def statistic(self) -> float | None:
+        """The Wilson lower bound of the out-of-distribution share."""
+        return self.lower
+
+
+class OodShare:
+    """Out-of-distribution share detector for one client.
+
+    Reasoning and sources: extraction attacks that synthesise their queries (random
+    inputs, Papernot et al.'s Jacobian-based augmentation, adversarial-style steps as in
+    Tramer et al. 2016 and Juuti et al. 2019) ask about points a benign user never sends,
+    far from the data the model serves. Kesarwani et al. ("Model Extraction Warning in
+    MLaaS Paradigm", ACSAC 2018) and Atli et al. ("Extraction of Complex DNN Models:
+    Real Threat or Boogeyman?", 2020) measure how much of the input space a client covers;
+    this is the simplest form of that idea that a test can pin: a query is an *outlier*
+    when its nearest-neighbour L2 distance to the server's benign reference sample
+    exceeds the reference's own leave-one-out ``quantile`` (so a benign query is one with
+    probability about ``1 - quantile``, 1% by default); the client is flagged once it has
+    sent ``min_queries`` and the Wilson 95% lower bound of its outlier share exceeds
+    ``threshold`` (0.1 by default, ten times the benign rate).
+
+    What it misses: natural queries (Knockoff Nets, Orekondy et al. 2019: real images of
+    the same or a related domain) are in distribution and are not flagged; nor is an
+    attacker who dilutes synthetic queries with enough benign ones, or one who spreads
+    its queries over many keys. Distances are in input units on flattened inputs, so the
+    reference must be in the model's input units and sample its benign traffic.
+
+    Args:
+        reference: the shared :class:`OodReference`.
+        threshold: flag when the lower bound of the outlier share exceeds it; in (0, 1).
+        min_queries: queries before any verdict; at least 1.
+    """
+
+    def __init__(
+        self,
+        reference: OodReference,
+        *,
+        threshold: float = DEFAULT_OOD_THRESHOLD,
+        min_queries: int = DEFAULT_OOD_MIN_QUERIES,
+    ) -> None:
+        if not isinstance(reference, OodReference):
+            raise DetectionError("OodShare needs an OodReference")
+        if not (isinstance(threshold, (int, float)) and 0.0 < float(threshold) < 1.0):
+            raise DetectionError(f"OOD threshold must be in (0, 1), got {threshold!r}")
+        if isinstance(min_queries, bool) or not isinstance(min_queries, int) or min_queries < 1:
+            raise DetectionError(f"OOD min_queries must be an integer >= 1, got {min_queries!r}")
+        self.reference = reference
+        self.threshold = float(threshold)
+        self.min_queries = min_queries
+        self._queries = 0
+        self._outliers = 0
+        self._lower: float | None = None
+        self._flagged_at: int | None = None
+
+    def observe(self, x: Tensor, predicted: Tensor | None = None) -> OodState:
+        """Take a batch ``x`` (n, ...); ``predicted`` is accepted for the same signature as
+        :meth:`Prada.observe` and not used. The verdict is updated once per batch."""
+        if x.ndim < 1:
+            raise DetectionError(f"OOD detection needs x (n, ...), got {tuple(x.shape)}")
+        flags = self.reference.outliers(x)
+        self._queries += int(flags.shape[0])
+        self._outliers += int(flags.sum())
+        if self._queries >= self.min_queries:
+            from dlsec.intervals import wilson_interval
+
+            self._lower = wilson_interval(self._outliers, self._queries)[0]
+            if self._lower > self.threshold and self._flagged_at is None:
+                self._flagged_at = self._queries
+        return self.state
+
+    @property
+    def state(self) -> OodState:
+        return OodState(
+            queries=self._queries,
+            outliers=self._outliers,
+            lower=self._lower,
+            flagged=self._lower is not None and self._lower > self.threshold,
+            flagged_at=self._flagged_at,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counts and settings; the shared reference is not included (only its radius)."""
+        return {
+            "threshold": self.threshold,
+            "min_queries": self.min_queries,
+            "radius": self.reference.radius,
+            "queries": self._queries,
+            "outliers": self._outliers,
+            "lower": self._lower,
+            "flagged_at": self._flagged_at,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict` onto this detector's reference."""
+        try:
+            fresh = OodShare(self.reference, threshold=state["threshold"],
+                             min_queries=state["min_queries"])
+            radius = float(state["radius"])
+            queries, outliers = int(state["queries"]), int(state["outliers"])
+            lower = None if state["lower"] is None else float(state["lower"])
+            flagged_at = None if state["flagged_at"] is None else int(state["flagged_at"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DetectionError(f"not an OodShare state_dict: {exc}") from exc
+        if not math.isclose(radius, self.reference.radius, rel_tol=1e-6):
+            raise DetectionError("OodShare state_dict was made with another reference")
+        if not 0 <= outliers <= queries:
+            raise DetectionError("not an OodShare state_dict: outliers must be in [0, queries]")
+        self.threshold, self.min_queries = fresh.threshold, fresh.min_queries
+        self._queries, self._outliers = queries, outliers
+        self._lower, self._flagged_at = lower, flagged_at
+
+
+# -- several named detectors per key --------------------------------------------------------
+
+DETECTOR_NAMES = ("prada", "ood")
+DetectorState = PradaState | OodState
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One detector's state for a key after a batch; ``new`` when this batch made the
+    detector flag the key for the first time."""
+
+    detector: str
+    state: DetectorState
+    new: bool
+
+
+class KeyDetectors:
+    """Several named detectors per API key (``"prada"``: :class:`Prada`, ``"ood"``:
+    :class:`OodShare`), each created on first use with shared settings.
+
+    Thread-safe: one lock serialises observations (the app's endpoints run in a thread
+    pool). States live in memory: a restarted server starts every key's detectors afresh
+    (the app persists the *flag* in its key database).
+
+    Args:
+        names: which detectors, a subset of :data:`DETECTOR_NAMES` (may be empty).
+        prada_delta, prada_min_distances: see :class:`Prada`.
+        reference: benign inputs for ``"ood"`` (required by it), see :class:`OodReference`.
+        ood_quantile, ood_threshold, ood_min_queries: see :class:`OodReference` and
+            :class:`OodShare`.
+    """
+
+    def __init__(
+        self,
+        names: tuple[str, ...] | list[str] = ("prada",),
+        *,
+        prada_delta: float = DEFAULT_DELTA,
+        prada_min_distances: int = DEFAULT_MIN_DISTANCES,
+        reference: Tensor | None = None,
+        ood_quantile: float = DEFAULT_OOD_QUANTILE,
+        ood_threshold: float = DEFAULT_OOD_THRESHOLD,
+        ood_min_queries: int = DEFAULT_OOD_MIN_QUERIES,
+    ) -> None:
+        names = tuple(names)
+        for name in names:
+            if name not in DETECTOR_NAMES:
+                raise DetectionError(
+                    f"unknown detector {name!r} (choose from {', '.join(DETECTOR_NAMES)})"
+                )
+        if len(set(names)) != len(names):
+            raise DetectionError(f"detectors named twice: {', '.join(names)}")
+        self.names = names
+        self._prada = {"delta": prada_delta, "min_distances": prada_min_distances}
+        Prada(**self._prada)  # type: ignore[arg-type]  # validate now
+        self.reference: OodReference | None = None
+        self._ood: dict[str, Any] = {"threshold": ood_threshold, "min_queries": ood_min_queries}
+        if "ood" in names:
+            if reference is None:
+                raise DetectionError("the ood detector needs a benign reference sample")
+            self.reference = OodReference(reference, quantile=ood_quantile)
+            OodShare(self.reference, **self._ood)  # validate now
+        self._keys: dict[str, dict[str, Prada | OodShare]] = {}
+        self._lock = threading.Lock()
+
+    def _make(self, name: str) -> Prada | OodShare:
+        if name == "prada":
+            return Prada(**self._prada)  # type: ignore[arg-type]
+        assert self.reference is not None
+        return OodShare(self.reference, **self._ood)
+
+    def get(self, key: str) -> dict[str, Prada | OodShare]:
+        """The detectors of ``key`` by name (created on first use)."""
+        with self._lock:
+            return self._get(key)
+
+    def _get(self, key: str) -> dict[str, Prada | OodShare]:
+        dets = self._keys.get(key)
+        if dets is None:
+            dets = self._keys[key] = {n: self._make(n) for n in self.names}
+        return dets
+
+    def observe(self, key: str, x: Tensor, predicted: Tensor) -> list[Verdict]:
+        """Feed ``key``'s batch (with the model's predicted classes) to each detector."""
+        verdicts = []
+        with self._lock:
+            for name, det in self._get(key).items():
+                before = det.state.flagged_at
+                state = det.observe(x, predicted)
+                verdicts.append(Verdict(name, state, before is None and state.flagged_at is not None))
+        return verdicts
+
+    def flagged(self) -> list[str]:
+        """Keys that any detector flags now, sorted."""
+        with self._lock:
+            return sorted(k for k, d in self._keys.items() if any(v.state.flagged for v in d.values()))
+
+    def __len__(self) -> int:
+        return len(self._keys)
