@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dlsec.errors import DlsecError
+from dlsec.output_policies import OutputPolicy
 from dlsec.scenarios import ScenarioContext
 from dlsec.scenarios.extraction import ExtractionOptions, run_extraction
 from dlsec.scenarios.inversion import InversionOptions, no_data, run_inversion
@@ -85,3 +86,35 @@ def test_inversion_without_data(trained_simplenet) -> None:
     assert res.metrics == {} and res.tables == []
     with pytest.raises(DlsecError):
         InversionOptions(white_box=False, black_box_iters=0)
+
+
+def test_extraction_takes_any_output_policy(digits, trained_simplenet) -> None:
+    from dlsec.scenarios.extraction import attacker_view
+    from dlsec.threat import LocalOracle
+
+    model, card, _ = trained_simplenet
+    with pytest.raises(DlsecError, match=r"unknown oracle output 'topk:0' \(valid forms: ") as err:
+        ExtractionOptions(runs=(("natural", "topk:0"),))
+    assert "\n" not in str(err.value)
+    # topk:1 renormalised by the attacker is exactly the one-hot label (p / p == 1.0)
+    x = digits.x_test[:50]
+    view = attacker_view(LocalOracle(model, card=card, output=OutputPolicy.parse("topk:1")))
+    onehot = view.query(x)
+    labels = LocalOracle(model, card=card, output="label").query(x)
+    assert torch.equal(onehot, torch.nn.functional.one_hot(labels, 10).float())
+    rounded = attacker_view(LocalOracle(model, card=card, output=OutputPolicy.parse("rounded:1")))
+    assert (rounded.query(x).sum(1) - 1).abs().max() < 1e-6
+    assert view.queries_total == 50  # the view charges the oracle's own counter
+    ctx = ScenarioContext(model=model, card=card, dataset=digits, seed=0)
+    runs = (("natural", "label"), ("natural", "topk:1"), ("natural", "noise:0.1"))
+    res = run_extraction(ctx, ExtractionOptions(runs=runs, budget=300, epochs=10, rounds=2))
+    label, top1, noisy = res.artifacts["results"]
+    assert label.queries == top1.queries == noisy.queries == 300
+    # one-hot soft targets train the same substitute as the labels, up to float rounding
+    # of the two losses (measured: equal fidelity); chance is about 0.1
+    assert abs(top1.fidelity - label.fidelity) <= 0.02 and label.fidelity > 0.6
+    assert noisy.fidelity > 0.6 and noisy.output == "scores"
+    assert [r[1] for r in res.tables[0].rows] == ["label", "topk:1", "noise:0.1"]
+    assert res.metrics == {"extraction_fidelity_labels": round(label.fidelity, 6)}
+    again = run_extraction(ctx, ExtractionOptions(runs=runs[2:], budget=300, epochs=10, rounds=2))
+    assert again.artifacts["results"][0].fidelity == noisy.fidelity  # noise from the seed

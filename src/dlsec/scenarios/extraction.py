@@ -3,9 +3,16 @@
 The test split is cut in two at random (stream ``extraction/split``): one half is the
 attacker's unlabeled data, the other (at most ``max_eval`` records) measures fidelity, the
 share of inputs on which the substitute predicts what the model predicts. Each run is one
-query strategy (:data:`STRATEGIES`) against one output kind (:data:`OUTPUTS`), within the
-same budget and from the same seeds (streams ``extraction/substitute`` and
-``extraction/proposal``), so runs differ only by what they measure.
+query strategy (:data:`STRATEGIES`) against one output policy, within the same budget and
+from the same seeds (streams ``extraction/substitute`` and ``extraction/proposal``), so
+runs differ only by what they measure.
+
+The output of a run is any :class:`dlsec.output_policies.OutputPolicy` spec (``scores``,
+``label``, ``topk:1``, ``rounded:1``, ``noise:0.1``, ``reverse-sigmoid:0.7,0.4``...), the
+same degradation a served key gets. ``label`` trains the substitute on labels; every other
+policy on the answered vectors (soft cross-entropy). ``topk`` and ``rounded`` answers do
+not sum to 1, so the attacker renormalises each row first (``topk:1`` is then the one-hot
+label); ``noise`` and ``reverse-sigmoid`` answers already sum to 1 and are used as sent.
 """
 
 from __future__ import annotations
@@ -17,12 +24,37 @@ import torch
 
 from dlsec.attacks.surrogate import STRATEGIES, ExtractionResult, default_schedule, extract
 from dlsec.errors import DlsecError
+from dlsec.output_policies import SPEC_FORMS, OutputPolicy, PolicyError
 from dlsec.scenarios.context import ScenarioContext
 from dlsec.scenarios.result import ScenarioResult, Table
+from dlsec.threat import Oracle, OracleWrapper
 from dlsec.training import TrainConfig, predict_logits
 
-OUTPUTS = ("scores", "label")
+OUTPUTS = ("scores", "label")  # the plain kinds; any OutputPolicy spec is accepted
 EXTRACTION_EVAL = 2000  # held-out test inputs fidelity is measured on, at most (the audit's)
+
+
+def output_policy(spec: str) -> OutputPolicy:
+    """The output policy of a run's spec; a bad one is a one-line :class:`DlsecError`."""
+    try:
+        return OutputPolicy.parse(spec)
+    except PolicyError:
+        raise DlsecError(f"unknown oracle output {spec!r} (valid forms: {SPEC_FORMS})") from None
+
+
+class _Renormalised(OracleWrapper):
+    """What an attacker does with ``topk``/``rounded`` answers: each row divided by its sum
+    (rows are never all zero: the top probability is at least 1/C and survives both)."""
+
+    def query(self, x: torch.Tensor, *, ids: torch.Tensor | None = None) -> torch.Tensor:
+        out = self.inner.query(x, ids=ids)
+        return out / out.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def attacker_view(oracle: Oracle) -> Oracle:
+    """The oracle as a rational attacker trains on it: ``topk`` and ``rounded`` rows
+    renormalised to sum to 1, every other kind as sent."""
+    return _Renormalised(oracle) if oracle.output in ("topk", "rounded") else oracle
 
 
 def default_runs(strategies: Sequence[str]) -> tuple[tuple[str, str], ...]:
@@ -35,7 +67,7 @@ def default_runs(strategies: Sequence[str]) -> tuple[tuple[str, str], ...]:
 
 @dataclass
 class ExtractionOptions:
-    """``runs``: ``(strategy, output)`` pairs; ``budget``: queries per run; ``epochs``:
+    """``runs``: ``(strategy, output)`` pairs, ``output`` an output-policy spec; ``budget``: queries per run; ``epochs``:
     substitute training per checkpoint (None: the attack's default recipe); ``rounds``:
     checkpoints (None: the attack's default schedule); ``max_eval``: held-out inputs at most
     (None: the whole other half)."""
@@ -52,8 +84,7 @@ class ExtractionOptions:
             if strategy not in STRATEGIES:
                 raise DlsecError(f"unknown extraction strategy {strategy!r} "
                                  f"(choose from {', '.join(STRATEGIES)})")
-            if output not in OUTPUTS:
-                raise DlsecError(f"unknown oracle output {output!r} (choose from scores, label)")
+            output_policy(output)
         if not self.runs or self.budget < 1:
             raise DlsecError("extraction needs at least one run and a budget >= 1")
 
@@ -84,7 +115,8 @@ def run_extraction(ctx: ScenarioContext, options: ExtractionOptions | None = Non
     rows: list[list] = []
     results: list[ExtractionResult] = []
     for strategy, output in opt.runs:
-        oracle = ctx.oracle(output=output, budget=opt.budget)
+        policy = output if output in OUTPUTS else output_policy(output)
+        oracle = attacker_view(ctx.oracle(output=policy, budget=opt.budget))
         res = extract(oracle, card=ctx.card, strategy=strategy,  # type: ignore[arg-type]
                       budget=opt.budget, x_pool=pool, eval_x=eval_x,
                       eval_victim_labels=victim_labels, eval_y=eval_y, schedule=schedule,
@@ -102,8 +134,11 @@ def run_extraction(ctx: ScenarioContext, options: ExtractionOptions | None = Non
         metrics["extraction_fidelity"] = round(max(scores), 6)
     if labels:
         metrics["extraction_fidelity_labels"] = round(labels[-1], 6)
-    kind = "score" if scores else "label"
-    fidelity = max(scores) if scores else labels[-1]
+    if scores or labels:
+        kind = "score" if scores else "label"
+        fidelity = max(scores) if scores else labels[-1]
+    else:
+        kind, fidelity = f"{opt.runs[-1][1]}", results[-1].fidelity
     summary = (f"a substitute agrees with the model on {fidelity:.1%} of held-out inputs after "
                f"{opt.budget} {kind} queries")
     stolen = metrics.get("extraction_fidelity", 0.0)
@@ -118,5 +153,5 @@ def run_extraction(ctx: ScenarioContext, options: ExtractionOptions | None = Non
         artifacts={"results": results})
 
 
-__all__ = ["EXTRACTION_EVAL", "OUTPUTS", "STRATEGIES", "ExtractionOptions", "default_runs",
-           "run_extraction"]
+__all__ = ["EXTRACTION_EVAL", "OUTPUTS", "STRATEGIES", "ExtractionOptions", "attacker_view",
+           "default_runs", "output_policy", "run_extraction"]
