@@ -296,3 +296,59 @@ def test_bad_paths_are_refused_and_left_untouched(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(StoreError, match="closed"):
         store.list()
+
+
+def test_flag_unflag_and_detection_events(db: Path) -> None:
+    with KeyStore(db) as store:
+        a, _ = store.create("a")
+        b, _ = store.create("b")
+        assert not store.get(a.id).flagged
+        got = store.flag(a.id, detector="prada", queries=109, statistic=0.41, action="block")
+        assert got.flagged and not store.get(b.id).flagged
+        first = store._conn().execute("SELECT flagged FROM keys WHERE id = ?", (a.id,)).fetchone()
+        store.flag(a.id, detector="ood", queries=120, statistic=None, action="block")
+        again = store._conn().execute("SELECT flagged FROM keys WHERE id = ?", (a.id,)).fetchone()
+        assert first == again  # the first flag time is kept
+        events = store.detections()
+        assert [(e["key_id"], e["detector"], e["queries"], e["statistic"], e["action"])
+                for e in events] == [(a.id, "prada", 109, 0.41, "block"),
+                                     (a.id, "ood", 120, None, "block")]
+        assert store.detections(b.id) == []
+        with pytest.raises(StoreError, match="unknown key"):
+            store.flag("nope", detector="prada", queries=1, statistic=None, action="log")
+        with pytest.raises(StoreError, match="unknown key"):
+            store.detections("nope")
+    with KeyStore(db, create=False) as store:  # the flag is on disk
+        assert store.get(a.id).flagged
+        assert not store.unflag(a.id).flagged
+        assert len(store.detections(a.id)) == 2  # events stay
+
+
+def test_schema_1_database_is_migrated_keeping_its_keys(db: Path) -> None:
+    # A database as dlsec's schema 1 wrote it (no flag column, no detections table).
+    conn = sqlite3.connect(db)
+    conn.executescript("""
+        CREATE TABLE keys (id TEXT PRIMARY KEY, name TEXT NOT NULL,
+            token_sha256 BLOB NOT NULL UNIQUE, created REAL NOT NULL, revoked REAL,
+            policy TEXT, rate REAL, burst INTEGER, budget INTEGER,
+            used INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE queries (id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key_id TEXT NOT NULL REFERENCES keys(id), time REAL NOT NULL,
+            rows INTEGER NOT NULL, input_sha256 TEXT NOT NULL, outputs TEXT NOT NULL,
+            policy TEXT NOT NULL, status INTEGER NOT NULL);
+    """)
+    token = TOKEN_PREFIX + "old"
+    conn.execute("INSERT INTO keys (id, name, token_sha256, created, budget, used)"
+                 " VALUES ('k1', 'old', ?, 1.0, 10, 4)", (hashlib.sha256(token.encode()).digest(),))
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with KeyStore(db, create=False) as store:
+        key = store.authenticate(token)
+        assert key is not None and (key.id, key.used, key.budget, key.flagged) == ("k1", 4, 10, False)
+        store.flag("k1", detector="ood", queries=20, statistic=0.84, action="throttle")
+        assert store.get("k1").flagged
+    raw = sqlite3.connect(db)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    raw.close()

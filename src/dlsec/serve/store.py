@@ -61,7 +61,7 @@ from dlsec.errors import DlsecError
 from dlsec.files import OutputError, check_output
 
 TOKEN_PREFIX = "dlsec_"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x646C7365  # "dlse": marks a dlsec key database
 BUSY_TIMEOUT_MS = 30_000
 _MAX_TOKEN_CHARS = 256
@@ -94,8 +94,24 @@ CREATE TABLE queries (
 CREATE INDEX queries_key ON queries(key_id, id);
 """
 
-_KEY_COLUMNS = "id, name, created, revoked, policy, rate, burst, budget, used"
+# schema 1 -> 2: extraction detection (a flag per key, an event table)
+_MIGRATE_2 = """
+ALTER TABLE keys ADD COLUMN flagged REAL;
+CREATE TABLE detections (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key_id TEXT NOT NULL REFERENCES keys(id),
+    time REAL NOT NULL,
+    detector TEXT NOT NULL,
+    queries INTEGER NOT NULL,
+    statistic REAL,
+    action TEXT NOT NULL
+);
+CREATE INDEX detections_key ON detections(key_id, id)
+"""
+
+_KEY_COLUMNS = "id, name, created, revoked, policy, rate, burst, budget, used, flagged"
 LOG_FIELDS = ("id", "key_id", "time", "rows", "input_sha256", "outputs", "policy", "status")
+DETECTION_FIELDS = ("id", "key_id", "time", "detector", "queries", "statistic", "action")
 
 
 class StoreError(DlsecError):
@@ -123,7 +139,8 @@ class KeyRecord:
     """One API key as stored (never its token or hash).
 
     ``rate`` is in requests per second with a bucket of ``burst``; ``budget`` is the
-    total number of rows the key may query (None: unlimited); ``used`` the rows charged.
+    total number of rows the key may query (None: unlimited); ``used`` the rows charged;
+    ``flagged``: an extraction detector flagged the key (until :meth:`KeyStore.unflag`).
     """
 
     id: str
@@ -135,6 +152,7 @@ class KeyRecord:
     burst: int | None
     budget: int | None
     used: int
+    flagged: bool = False
 
 
 def hash_token(token: str) -> bytes:
@@ -143,10 +161,10 @@ def hash_token(token: str) -> bytes:
 
 
 def _record(row: tuple[Any, ...]) -> KeyRecord:
-    kid, name, created, revoked, policy, rate, burst, budget, used = row
+    kid, name, created, revoked, policy, rate, burst, budget, used, flagged = row
     return KeyRecord(
         id=kid, name=name, created=created, revoked=revoked is not None, policy=policy,
-        rate=rate, burst=burst, budget=budget, used=used,
+        rate=rate, burst=burst, budget=budget, used=used, flagged=flagged is not None,
     )
 
 
@@ -292,10 +310,15 @@ class KeyStore:
                 )
             if version == 0:
                 # statement by statement: executescript would COMMIT the open transaction
-                for statement in _SCHEMA.split(";"):
+                for statement in (_SCHEMA + ";" + _MIGRATE_2).split(";"):
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            elif version == 1:  # a database of an older dlsec: add detection, keep all
+                for statement in _MIGRATE_2.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
@@ -450,3 +473,51 @@ class KeyStore:
             sql, args = sql + " WHERE key_id = ?", (key_id,)
         rows = self._conn().execute(sql + " ORDER BY id", args).fetchall()
         return [dict(zip(LOG_FIELDS, r, strict=True)) for r in rows]
+
+    # -- extraction detection ------------------------------------------------------------
+
+    def flag(
+        self, key_id: str, *, detector: str, queries: int, statistic: float | None, action: str,
+    ) -> KeyRecord:
+        """Log a detection event and mark the key flagged (one transaction); a key flagged
+        already keeps its first flag time. Returns the key after it."""
+        if not isinstance(detector, str) or not detector or not isinstance(action, str):
+            raise StoreError("a detection needs a detector name and an action")
+        now = time.time()
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM keys WHERE id = ?", (key_id,)).fetchone() is None:
+                raise StoreError(f"unknown key id {key_id!r}")
+            conn.execute(
+                "INSERT INTO detections (key_id, time, detector, queries, statistic, action)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key_id, now, detector, int(queries),
+                 None if statistic is None else float(statistic), action),
+            )
+            conn.execute("UPDATE keys SET flagged = ? WHERE id = ? AND flagged IS NULL",
+                         (now, key_id))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return self.get(key_id)
+
+    def unflag(self, key_id: str) -> KeyRecord:
+        """Clear a key's flag (its detection events stay in the log); at once, for every
+        running server that reads this database."""
+        self.get(key_id)
+        self._conn().execute("UPDATE keys SET flagged = NULL WHERE id = ?", (key_id,))
+        return self.get(key_id)
+
+    def detections(self, key_id: str | None = None) -> builtins.list[dict[str, Any]]:
+        """Detection events (all keys, or one), oldest first, as dicts of
+        :data:`DETECTION_FIELDS`."""
+        sql = f"SELECT {', '.join(DETECTION_FIELDS)} FROM detections"
+        args: tuple[str, ...] = ()
+        if key_id is not None:
+            self.get(key_id)
+            sql, args = sql + " WHERE key_id = ?", (key_id,)
+        rows = self._conn().execute(sql + " ORDER BY id", args).fetchall()
+        return [dict(zip(DETECTION_FIELDS, r, strict=True)) for r in rows]
