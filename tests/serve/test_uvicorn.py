@@ -1,18 +1,14 @@
-"""``dlsec serve`` for real: a uvicorn server in a subprocess on a free loopback port, a
-model trained and saved here, a key made by ``dlsec keys create``; plus the command's
-one-line errors."""
+"""``dlsec serve`` for real: a uvicorn server in a subprocess on a free loopback port (the
+``dlsec_server`` fixture of conftest.py), a model trained and saved there, a key made by
+``dlsec keys create``; plus the command's one-line errors."""
 
 from __future__ import annotations
 
 import io
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,55 +17,7 @@ import torch
 
 from dlsec.cli import main
 from dlsec.commands.serve import is_loopback
-from dlsec.models import save
 from dlsec.serve.http_oracle import HttpOracle
-from dlsec.training import TrainConfig, train_model
-
-CLI = [sys.executable, "-m", "dlsec.cli"]
-START_TIMEOUT_S = 60.0
-
-
-@pytest.fixture(scope="module")
-def model_dir(digits, tmp_path_factory) -> Path:
-    """A digits SimpleNet (3 epochs, seed 0) saved with dlsec's save."""
-    model, card, _ = train_model(digits, "simplenet", TrainConfig(epochs=3, lr=3e-3, seed=0),
-                                 progress=False)
-    out = tmp_path_factory.mktemp("served") / "model"
-    save(model, card, out)
-    return out
-
-
-def _create_key(db: Path, *extra: str) -> tuple[str, str]:
-    done = subprocess.run([*CLI, "keys", "create", "--db", str(db), "--name", "test", *extra],
-                          capture_output=True, text=True, timeout=60, check=True)
-    key_id, token = done.stdout.split()
-    return key_id, token
-
-
-def _start(model_dir: Path, db: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    """``dlsec serve`` on a port the OS picks (--port 0); returns the process and its URL,
-    read from the one line it prints on stderr."""
-    proc = subprocess.Popen([*CLI, "serve", str(model_dir), "--db", str(db), "--port", "0", *extra],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stderr is not None
-    line = proc.stderr.readline()  # blocks until the line, or EOF if it died
-    m = re.search(r"on (http://127\.0\.0\.1:\d+) \(Ctrl-C stops\)", line)
-    if m is None:
-        proc.kill()
-        raise AssertionError(f"dlsec serve did not start: {line}{proc.stderr.read()}")
-    url = m.group(1)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:  # the line is printed just before uvicorn serves the bound socket
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            raise AssertionError("dlsec serve bound its port but never answered /healthz")
-        time.sleep(0.05)
 
 
 def _npy(x: torch.Tensor) -> bytes:
@@ -78,13 +26,17 @@ def _npy(x: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def test_dlsec_serve_answers_over_http_like_the_local_model(model_dir, digits, tmp_path) -> None:
+def test_dlsec_serve_answers_over_http_like_the_local_model(
+    served_model_dir, digits, tmp_path, keys, dlsec_server
+) -> None:
     from dlsec.models import load
 
+    model_dir = served_model_dir
     db = tmp_path / "keys.db"
-    _, token = _create_key(db)
-    _, labels_token = _create_key(db, "--policy", "label")
-    proc, url = _start(model_dir, db)
+    _, token = keys(db)
+    _, labels_token = keys(db, "--policy", "label")
+    server = dlsec_server(model_dir, db)
+    proc, url = server.proc, server.url
     try:
         model, _ = load(model_dir)
         x = digits.x_test[:50]
@@ -125,8 +77,9 @@ def test_dlsec_serve_answers_over_http_like_the_local_model(model_dir, digits, t
 
 
 def test_serve_refuses_a_missing_db_bad_flags_and_a_port_in_use(
-    model_dir, tmp_path, capsys, one_line_error
+    served_model_dir, tmp_path, capsys, one_line_error
 ) -> None:
+    model_dir = served_model_dir
     db = tmp_path / "keys.db"
     assert main(["serve", str(model_dir), "--db", str(db)]) == 2
     one_line_error(capsys.readouterr().err, "no key database", "dlsec keys create")
@@ -154,13 +107,13 @@ def test_which_hosts_are_loopback(host, loopback) -> None:
     assert is_loopback(host) is loopback
 
 
-def test_serve_refuses_a_card_naming_code_without_trust_code(model_dir, tmp_path, capsys,
+def test_serve_refuses_a_card_naming_code_without_trust_code(served_model_dir, tmp_path, capsys,
                                                              one_line_error) -> None:
     import json
     import shutil
 
     copy = tmp_path / "model"
-    shutil.copytree(model_dir, copy)
+    shutil.copytree(served_model_dir, copy)
     card = json.loads((copy / "card.json").read_text())
     card["architecture"] = "os:system"
     (copy / "card.json").write_text(json.dumps(card))

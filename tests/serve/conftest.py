@@ -1,0 +1,117 @@
+"""Real servers for the serve tests: a saved digits model, keys made by ``dlsec keys
+create``, and ``dlsec serve`` in a subprocess on a port the OS picks (``--port 0``),
+stopped by the fixture whatever the test did."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dlsec.models import save
+from dlsec.training import TrainConfig, train_model
+
+CLI = [sys.executable, "-m", "dlsec.cli"]
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+
+
+@dataclass
+class Server:
+    """A running ``dlsec serve``: its process and its URL."""
+
+    proc: subprocess.Popen[str]
+    url: str
+
+    def stop(self) -> int:
+        """Ctrl-C (SIGINT), then SIGKILL if it has not stopped in STOP_TIMEOUT_S; the exit
+        code (negative: the signal that ended it)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+        return self.proc.returncode
+
+    def kill9(self) -> None:
+        """``kill -9``: no handler, no flush, no clean-up runs in the server."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+@pytest.fixture(scope="session")
+def served_model_dir(digits, tmp_path_factory) -> Path:
+    """A digits SimpleNet (3 epochs, seed 0) saved with dlsec's save."""
+    model, card, _ = train_model(digits, "simplenet", TrainConfig(epochs=3, lr=3e-3, seed=0),
+                                 progress=False)
+    out = tmp_path_factory.mktemp("served") / "model"
+    save(model, card, out)
+    return out
+
+
+def create_key(db: Path, *extra: str) -> tuple[str, str]:
+    """``dlsec keys create --db DB --name test EXTRA...``: (key id, token)."""
+    done = subprocess.run([*CLI, "keys", "create", "--db", str(db), "--name", "test", *extra],
+                          capture_output=True, text=True, timeout=60, check=True)
+    key_id, token = done.stdout.split()
+    return key_id, token
+
+
+@pytest.fixture
+def keys() -> Callable[..., tuple[str, str]]:
+    """``keys(db, *flags)``: a new key made by ``dlsec keys create``; (id, token)."""
+    return create_key
+
+
+def _start(model_dir: Path, db: Path, *extra: str) -> Server:
+    proc = subprocess.Popen([*CLI, "serve", str(model_dir), "--db", str(db), "--port", "0", *extra],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stderr is not None
+    line = proc.stderr.readline()  # blocks until the line, or EOF if it died
+    m = re.search(r"on (http://127\.0\.0\.1:\d+) \(Ctrl-C stops\)", line)
+    if m is None:
+        proc.kill()
+        proc.wait()
+        raise AssertionError(f"dlsec serve did not start: {line}{proc.stderr.read()}")
+    server = Server(proc, m.group(1))
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:  # the line is printed just before uvicorn serves the bound socket
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            proc.wait()
+            raise AssertionError("dlsec serve bound its port but never answered /healthz")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def dlsec_server() -> Iterator[Callable[..., Server]]:
+    """``dlsec_server(model_dir, db, *flags)``: ``dlsec serve`` started in a subprocess and
+    answering /healthz; every server it started is stopped (SIGINT, then SIGKILL) when the
+    test ends."""
+    started: list[Server] = []
+
+    def start(model_dir: Path, db: Path, *extra: str) -> Server:
+        server = _start(model_dir, db, *extra)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -1,0 +1,63 @@
+"""``dlsec serve`` under load: 8 concurrent clients, 400 requests against a real uvicorn
+subprocess; no 5xx, and the query log has exactly one row per answered request, charged
+for its rows, with the sha256 of the inputs the client sent."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from dlsec.serve.loadgen import LoadError, make_inputs, model_facts, run_load
+from dlsec.serve.store import KeyStore
+
+SHAPE, BOUNDS = (1, 8, 8), (0.0, 1.0)  # the digits card's
+
+
+def _log_by_hash(db, key_id) -> tuple[Counter[str], int, list[dict]]:
+    with KeyStore(db, create=False) as store:
+        rows = store.log_rows(key_id)
+    return Counter(r["input_sha256"] for r in rows), sum(r["rows"] for r in rows), rows
+
+
+@pytest.mark.timeout(120)
+def test_load_no_5xx_and_one_log_row_per_answer(served_model_dir, tmp_path, keys,
+                                                dlsec_server) -> None:
+    db = tmp_path / "keys.db"
+    # budget 700 rows: the 400 requests (300 of 1 row, then of 2...) run it out mid-load
+    key_id, token = keys(db, "--budget", "700")
+    other_id, _ = keys(db)
+    server = dlsec_server(served_model_dir, db)
+    assert model_facts(server.url, token) == (SHAPE, BOUNDS)
+    first = run_load(server.url, token, input_shape=SHAPE, bounds=BOUNDS, clients=8,
+                     requests=400, batch=1, seed=1, duration_s=60)
+    second = run_load(server.url, token, input_shape=SHAPE, bounds=BOUNDS, clients=8,
+                      requests=400, batch=2, seed=2, encoding="json", duration_s=60)
+    assert first.counts() == {200: 400}, first.errors
+    # 300 rows left, 2 rows a request: exactly 150 answered, the rest refused with 403
+    assert second.counts() == {200: 150, 403: 250}, second.errors
+    answered = first.answered() + second.answered()
+    logged, charged, rows = _log_by_hash(db, key_id)
+    assert len(rows) == len(answered) == 550
+    assert logged == Counter(r.input_sha256 for r in answered)  # every answer, each once
+    assert charged == 700
+    assert all(r["status"] == 200 for r in rows)
+    with KeyStore(db, create=False) as store:
+        assert store.remaining(key_id) == 0
+        assert store.log_rows(other_id) == []
+    # the seeded inputs: a distinct input per request, the same for a seed
+    assert len(logged) == 550
+    assert (make_inputs(3, seed=1, batch=1, input_shape=SHAPE, bounds=BOUNDS).tobytes()
+            == make_inputs(3, seed=1, batch=1, input_shape=SHAPE, bounds=BOUNDS).tobytes())
+    # a positive latency and throughput were measured
+    assert 0 < first.percentile(50) <= first.percentile(99) < 10
+    assert first.requests_per_second() > 0
+
+
+def test_loadgen_refuses_a_non_loopback_url_and_bad_counts() -> None:
+    for url in ("http://192.168.1.4:8000", "http://example.org", "http://0.0.0.0:80",
+                "ftp://127.0.0.1/"):
+        with pytest.raises(LoadError):
+            run_load(url, "k", input_shape=SHAPE, bounds=BOUNDS, requests=1)
+    with pytest.raises(LoadError, match="must be >= 1"):
+        run_load("http://127.0.0.1:9", "k", input_shape=SHAPE, bounds=BOUNDS, clients=0)
