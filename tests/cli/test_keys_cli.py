@@ -41,10 +41,10 @@ def test_create_list_revoke_log_round_trip(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0].split() == ["id", "name", "created", "revoked", "policy", "rate", "burst",
-                                "budget", "used"]
+                                "budget", "used", "flagged"]
     row = lines[1].split()  # created is "DATE TIME": 10 fields
-    assert row[:2] == [alice, "alice"] and row[4:] == ["no", "topk:1", "2.5", "3", "10", "4"]
-    assert lines[2].split()[:2] == [bob, "bob"] and lines[2].split()[-5:] == ["-"] * 4 + ["0"]
+    assert row[:2] == [alice, "alice"] and row[4:] == ["no", "topk:1", "2.5", "3", "10", "4", "no"]
+    assert lines[2].split()[:2] == [bob, "bob"] and lines[2].split()[-6:] == ["-"] * 4 + ["0", "no"]
     assert token not in out and bob_token not in out
     assert hashlib.sha256(token.encode()).hexdigest() not in out
 

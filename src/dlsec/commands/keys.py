@@ -6,7 +6,9 @@
 its SHA-256 is stored. ``list`` prints a table (never tokens or hashes), ``revoke ID``
 stops a key at once, even for a server that is running, and ``log`` prints the query log
 (``--json`` for a machine-readable one). ``list``, ``revoke`` and ``log`` refuse a
-missing database instead of creating an empty one.
+missing database instead of creating an empty one. ``list`` shows which keys an
+extraction detector of ``dlsec serve`` flagged, ``events`` lists the detection events and
+``unflag ID`` clears a key's flag (a running server reads it at the key's next request).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def _key_row(key: KeyRecord) -> list[str]:
     return [
         key.id, key.name, _when(key.created), "yes" if key.revoked else "no", _opt(key.policy),
         _opt(key.rate), _opt(key.burst), _opt(key.budget), str(key.used),
+        "yes" if key.flagged else "no",
     ]
 
 
@@ -73,10 +76,11 @@ def create(
 
 @keys_app.command("list")
 def list_keys(db: DbOpt) -> None:
-    """List the keys: id, name, created (UTC), revoked, limits, rows used."""
+    """List the keys: id, name, created (UTC), revoked, limits, rows used, flagged."""
     with KeyStore(db, create=False) as store:
         keys = store.list()
-    header = ["id", "name", "created", "revoked", "policy", "rate", "burst", "budget", "used"]
+    header = ["id", "name", "created", "revoked", "policy", "rate", "burst", "budget", "used",
+              "flagged"]
     typer.echo(_table(header, [_key_row(k) for k in keys]))
 
 
@@ -109,3 +113,36 @@ def log(
          r["policy"], r["input_sha256"][:16]]
         for r in rows
     ]))
+
+
+@keys_app.command("events")
+def events(
+    db: DbOpt,
+    key: Annotated[str | None, typer.Option("--key", help="Only this key's events")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON: a list of the events")] = False,
+) -> None:
+    """Print the extraction-detection events, oldest first: time, key, detector, queries
+    seen, the detector's statistic and the server's action."""
+    with KeyStore(db, create=False) as store:
+        rows = store.detections(key)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    header = ["id", "time", "key", "detector", "queries", "statistic", "action"]
+    typer.echo(_table(header, [
+        [str(r["id"]), _when(r["time"]), r["key_id"], r["detector"], str(r["queries"]),
+         "-" if r["statistic"] is None else f"{r['statistic']:.4g}", r["action"]]
+        for r in rows
+    ]))
+
+
+@keys_app.command("unflag")
+def unflag(
+    db: DbOpt,
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (see dlsec keys list)")],
+) -> None:
+    """Clear a key's extraction flag (its events stay); a running server's detectors may
+    flag it again from their in-memory state."""
+    with KeyStore(db, create=False) as store:
+        key = store.unflag(key_id)
+    typer.echo(f"unflagged {key.id} ({key.name})")
