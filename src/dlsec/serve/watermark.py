@@ -180,24 +180,40 @@ class Dawn:
             dtype=torch.int64,
         )
 
-    def apply(self, key_id: str, x: Tensor, answer: Tensor) -> DawnAnswer:
+    def apply(
+        self, key_id: str, x: Tensor, answer: Tensor, *, served: Tensor | None = None
+    ) -> DawnAnswer:
         """Watermark one batch of answers for the client ``key_id``.
 
         ``answer`` is either labels ``(N,)`` (integer) or scores ``(N, C)`` (probabilities or
         logits). For labels, a marked row's label is replaced by its watermark label; for
         scores, the marked row's top score and the watermark class's score swap places, so
         the row stays a valid distribution whose argmax is the watermark label.
+
+        ``served``: the labels ``(N,)`` the model itself gives, from which the watermark
+        label is drawn (default: the answer's own labels). A server passes the argmax of
+        the clean probabilities, so that a row's watermark label does not depend on what an
+        output policy did to the answer (fresh noise, rounding ties): the same input gets
+        the same wrong label every time.
         """
         if len(answer) != len(x):
             raise WatermarkError(f"{len(x)} rows but {len(answer)} answers")
         if answer.dim() == 1 and not answer.is_floating_point():
-            served = answer.to(torch.int64)
+            top = answer.to(torch.int64)
         elif answer.dim() == 2 and answer.shape[1] == self.num_classes:
-            served = answer.argmax(1)
+            top = answer.argmax(1)
         else:
             raise WatermarkError(
                 f"answers must be labels (N,) or scores (N, {self.num_classes}), got {tuple(answer.shape)}"
             )
+        if served is None:
+            served = top
+        else:
+            served = served.reshape(-1).to(torch.int64)
+            if len(served) != len(x) or bool(((served < 0) | (served >= self.num_classes)).any()):
+                raise WatermarkError(
+                    f"served labels must be {len(x)} labels in 0..{self.num_classes - 1}"
+                )
         digests = self._digests(key_id, x)
         served_list = served.tolist()
         marked_list = [int.from_bytes(d[:8], "big") < self._threshold for d in digests]
@@ -214,7 +230,7 @@ class Dawn:
             if answer.dim() == 1:
                 out[rows] = new.to(answer.dtype)
             else:
-                old = served.to(answer.device)[rows]
+                old = top.to(answer.device)[rows]
                 top, theirs = out[rows, old].clone(), out[rows, new].clone()
                 out[rows, old], out[rows, new] = theirs, top
         return DawnAnswer(

@@ -1,0 +1,212 @@
+"""DAWN in the server (dlsec.serve.ledger through create_app's ``watermark=``) and
+``dlsec ownership``: a thief fitted closely to the answers it bought through the API is
+identified, models trained independently on the same data are not, a marked input gets
+the same wrong label every time and is recorded once, and the CLI's errors are one line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from dlsec.cli import main
+from dlsec.models import build_model, save
+from dlsec.serve.app import create_app
+from dlsec.serve.ledger import ServedWatermark, WatermarkLedger
+from dlsec.serve.store import KeyStore
+from dlsec.serve.watermark import WatermarkError
+from dlsec.training import TrainConfig, fit, predict_logits, train_model
+
+FRACTION = 0.05
+SECRET = b"a test secret of 16+ bytes"
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _ask(client: TestClient, token: str, x: torch.Tensor, batch: int = 250) -> list:
+    outputs: list = []
+    for i in range(0, len(x), batch):
+        r = client.post("/v1/predict", json={"inputs": x[i:i + batch].tolist()},
+                        headers=_bearer(token))
+        assert r.status_code == 200, r.text
+        outputs += r.json()["outputs"]
+    return outputs
+
+
+def _thief(card, x: torch.Tensor, answers: torch.Tensor) -> torch.nn.Module:
+    """A SimpleNet fitted closely to the bought answers (60 epochs of Adam, lr 1e-2, no
+    hold-out), as in tests/serve/test_watermark.py."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        model = build_model(card, factory="simplenet")
+    config = TrainConfig(epochs=60, lr=1e-2, schedule="none", batch_size=32, val_fraction=0.0,
+                         seed=1, measure_train_accuracy=False)
+    fit(model, x, answers, config=config, progress=False)
+    return model
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, trained_simplenet, digits):
+    """A watermarked server (fraction 0.05) that a label-only thief queried with the 1000
+    first training digits; yields (db, client, tokens, store, answers)."""
+    db = tmp_path_factory.mktemp("own") / "keys.db"
+    model, card, _ = trained_simplenet
+    with KeyStore(db) as store:
+        ids, tokens = {}, {}
+        for name, policy in (("thief", "label"), ("scorer", "scores"), ("noisy", "noise:0.05"),
+                             ("top", "topk:2")):
+            key, tokens[name] = store.create(name, policy=policy)
+            ids[name] = key.id
+        with WatermarkLedger(db) as ledger:
+            wm = ServedWatermark(ledger, fraction=FRACTION, secret=SECRET)
+            app = create_app((model, card), store=store, watermark=wm, seed=0)
+            with TestClient(app) as client:
+                x = digits.x_train[:1000]
+                answers = torch.tensor(_ask(client, tokens["thief"], x))
+                yield db, client, tokens, ids, store, answers
+
+
+def test_the_thiefs_marked_share_is_near_the_fraction_and_each_is_recorded(
+    served, digits, trained_simplenet
+) -> None:
+    db, _, _, ids, store, answers = served
+    x = digits.x_train[:1000]
+    with WatermarkLedger(db, create=False) as ledger:
+        rec = ledger.records(ids["thief"])
+    n = len(rec.labels)
+    # 1000 distinct inputs at 0.05: 50 expected, sd 6.9; within 3 sd
+    assert abs(n - 1000 * FRACTION) < 3 * math.sqrt(1000 * FRACTION * (1 - FRACTION)), n
+    # each record is a row the thief sent, answered with the recorded wrong label
+    index = {row.numpy().tobytes(): i for i, row in enumerate(x)}
+    rows = [index[r.numpy().tobytes()] for r in rec.inputs]
+    assert torch.equal(answers[rows], rec.labels)
+    assert bool((rec.labels != rec.served).all())
+    # exactly the recorded rows were answered with another label than the model's
+    clean = predict_logits(trained_simplenet[0], x).argmax(1)
+    assert sorted(rows) == (answers != clean).nonzero().flatten().tolist()
+    log = store.log_rows(ids["thief"])
+    assert sum(r["rows"] for r in log) == 1000
+    # the log holds what the client got (marked labels included)
+    logged = [v for r in log for v in json.loads(r["outputs"])]
+    assert logged == answers.tolist()
+
+
+def test_the_same_input_gets_the_same_wrong_label_in_every_policy_and_one_record(
+    served, digits, trained_simplenet
+) -> None:
+    db, client, tokens, ids, _, _ = served
+    model = trained_simplenet[0]
+    x = digits.x_test[:300]
+    clean = predict_logits(model, x).argmax(1)
+    for name in ("scorer", "noisy", "top"):
+        first = torch.tensor(_ask(client, tokens[name], x))
+        second = torch.tensor(_ask(client, tokens[name], x))
+        with WatermarkLedger(db, create=False) as ledger:
+            rec = ledger.records(ids[name])
+        assert 5 <= len(rec.labels) <= 30, (name, len(rec.labels))  # 15 expected, sd 3.8
+        hashes = {r.numpy().tobytes() for r in rec.inputs}
+        assert len(hashes) == len(rec.labels)  # sent twice, recorded once
+        index = {row.numpy().tobytes(): i for i, row in enumerate(x)}
+        rows = torch.tensor([index[r.numpy().tobytes()] for r in rec.inputs])
+        marked = torch.zeros(len(x), dtype=torch.bool)
+        marked[rows] = True
+        for out in (first, second):
+            assert torch.equal(out.argmax(1)[rows], rec.labels), name
+            assert bool((out.argmax(1)[rows] != clean[rows]).all())
+        if name != "noisy":
+            assert torch.equal(first, second)
+            # unmarked rows keep the model's label
+            assert torch.equal(first.argmax(1)[~marked], clean[~marked])
+
+
+def _save(tmp_path, name, model, card):
+    out = tmp_path / name
+    save(model, card, out)
+    return out
+
+
+def test_a_thief_is_identified_and_independent_models_are_not(
+    served, digits, trained_simplenet, tmp_path, capsys
+) -> None:
+    db, _, _, ids, _, answers = served
+    card = trained_simplenet[1]
+    x = digits.x_train[:1000]
+    thief = _thief(card, x, answers)
+    copy_acc = float((predict_logits(thief, digits.x_test).argmax(1) == digits.y_test).float().mean())
+    assert copy_acc > 0.85, copy_acc  # a useful copy
+    suspect = _save(tmp_path, "thief", thief, card)
+    out_json = tmp_path / "own.json"
+    assert main(["ownership", "--suspect", str(suspect), "--log", str(db), "--key", ids["thief"],
+                 "--json", str(out_json), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    result = json.loads(out_json.read_text())
+    (key,) = result["keys"]
+    # measured: all marked reproduced (e.g. 46/46), p ~ 1e-44
+    assert key["stolen"] and key["p_value"] < 0.01 and key["agreement"] > 0.5, key
+    assert "STOLEN" in printed and f"key {ids['thief']}" in printed
+    # every key with records (thief + the three of the consistency test, or only the
+    # thief when run alone), Bonferroni-corrected: still stolen
+    assert main(["ownership", "--suspect", str(suspect), "--log", str(db), "--json",
+                 str(out_json), "--device", "cpu"]) == 0
+    every = json.loads(out_json.read_text())
+    k = len(every["keys"])
+    thief_row = next(r for r in every["keys"] if r["key"] == ids["thief"])
+    assert abs(thief_row["p_value"] / key["p_value"] - k) < 1e-6 * k and every["stolen"]
+    capsys.readouterr()
+    for seed in (1, 2):
+        model, ind_card, _ = train_model(digits, "simplenet", TrainConfig(epochs=10, lr=3e-3, seed=seed),
+                                         progress=False)
+        path = _save(tmp_path, f"independent{seed}", model, ind_card)
+        assert main(["ownership", "--suspect", str(path), "--log", str(db), "--key", ids["thief"],
+                     "--json", str(out_json), "--device", "cpu"]) == 0
+        (row,) = json.loads(out_json.read_text())["keys"]
+        # measured: 0 of the marked inputs agree, p = 1.0
+        assert not row["stolen"] and row["p_value"] > 0.05 and row["agreement"] < 0.1, (seed, row)
+        assert "overall: not stolen" in capsys.readouterr().out
+
+
+def test_ownership_errors_are_one_line(served, tmp_path, trained_simplenet, capsys, one_line_error) -> None:
+    db = served[0]
+    model, card, _ = trained_simplenet
+    suspect = _save(tmp_path, "victim", model, card)
+
+    def fails(*args: str, words: tuple[str, ...] = ()) -> None:
+        assert main(["ownership", "--suspect", str(suspect), *args]) == 2
+        one_line_error(capsys.readouterr().err, *words)
+
+    fails("--log", str(tmp_path / "missing.db"), words=("no key database",))
+    with KeyStore(tmp_path / "plain.db"):
+        pass
+    fails("--log", str(tmp_path / "plain.db"), words=("no watermark records",))
+    fails("--log", str(db), "--key", "nokey", words=("nokey",))
+    fails("--log", str(db), "--alpha", "1.5", words=("--alpha",))
+    # records of a model with another input shape, or another class count
+    for name, inputs, classes, word in (("shape.db", torch.rand(3, 32), 10, "shape"),
+                                        ("classes.db", torch.rand(3, 1, 8, 8), 5, "classes")):
+        with KeyStore(tmp_path / name) as s:
+            key, _ = s.create("k")
+        with WatermarkLedger(tmp_path / name) as ledger:
+            ledger.record(key.id, inputs, torch.tensor([1, 2, 3]), torch.tensor([0, 0, 0]),
+                          num_classes=classes)
+        fails("--log", str(tmp_path / name), words=(word,))
+    assert not (tmp_path / "never.json").exists()
+
+
+def test_served_watermark_settings_and_secret(tmp_path) -> None:
+    with KeyStore(tmp_path / "k.db"):
+        pass
+    with WatermarkLedger(tmp_path / "k.db") as ledger:
+        first = ledger.secret()
+        assert len(first) == 32 and ledger.secret() == first  # drawn once, then kept
+        with pytest.raises(WatermarkError, match="fraction"):
+            ServedWatermark(ledger, fraction=0.0)
+        with pytest.raises(WatermarkError, match="16 bytes"):
+            ServedWatermark(ledger, fraction=0.1, secret=b"short")
+        assert first.hex() not in repr(ServedWatermark(ledger, fraction=0.1))
+    with WatermarkLedger(tmp_path / "k.db") as again:
+        assert again.secret() == first
