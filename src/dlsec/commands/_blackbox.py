@@ -4,19 +4,28 @@ model, seen only through an oracle (scores or labels), with exact query accounti
 The ``attack`` command itself lives in :mod:`dlsec.commands.evasion`; it hands the
 black-box names to :func:`run_black_box`, which maps the flags onto the scenarios
 (:mod:`dlsec.scenarios.blackbox`, :mod:`dlsec.scenarios.transfer`) and prints or writes
-their results.
+their results. With ``url`` the same attacks run against a served model through
+:class:`dlsec.serve.HttpOracle` (:func:`dlsec.commands._target.remote_oracles`); the
+server's budget running out is a one-line error.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from dlsec.commands._target import EvasionCommandError, check_samples, load_model_data, save_npz
+from dlsec.commands._target import (
+    EvasionCommandError,
+    check_samples,
+    load_model_data,
+    remote_context,
+    remote_oracles,
+    save_npz,
+)
 
 SCORE_BASED = ("square", "simba", "nes")
 DECISION_BASED = ("hsja", "boundary")
@@ -46,16 +55,15 @@ def _query_bar(oracle: Any, label: str, total: int, show: bool) -> Iterator[None
             oracle.on_query = None
 
 
-def run_black_box(name: str, model_dir: Path, eps_list: list[float] | None, *, out: Path | None,
+def run_black_box(name: str, model_dir: Path | None, eps_list: list[float] | None, *, out: Path | None,
                   dataset: str | None, samples: int | None, seed: int, device: str,
                   max_queries: int, budget: int, norm: str, basis: str, surrogate: str, craft: str,
-                  threads: int = 0, trust_code: bool = False, progress: bool = True) -> None:
+                  threads: int = 0, trust_code: bool = False, progress: bool = True,
+                  url: str | None = None, api_key: str | None = None) -> None:
     """Run one black-box attack (see the module docstring) and print what it cost.
 
     ``max_queries``: per point (score- and decision-based attacks); ``budget``: the oracle
     answers a transfer surrogate may buy (an oracle total)."""
-    import numpy as np
-
     from dlsec.scenarios import ScenarioContext
     from dlsec.threat import ThreatModel
 
@@ -70,13 +78,30 @@ def run_black_box(name: str, model_dir: Path, eps_list: list[float] | None, *, o
     if name == "boundary" and norm != "l2":
         raise EvasionCommandError("--norm: the boundary attack is an L2 attack; pass --norm l2")
     check_samples(samples)
-    model, card, ds = load_model_data(model_dir, dataset, device, threads=threads,
-                                      trust_code=trust_code)
+    with ExitStack() as stack:
+        if url is not None:
+            factory = stack.enter_context(remote_oracles(url, api_key))
+            ctx = remote_context(factory, dataset, seed=seed, progress=progress,
+                                 knowledge="black-box", norm=norm, eps=tuple(eps_list or [0.0]))
+        else:
+            assert model_dir is not None
+            model, card, ds = load_model_data(model_dir, dataset, device, threads=threads,
+                                              trust_code=trust_code)
+            threat = ThreatModel.from_card(card, knowledge="black-box", norm=norm,
+                                           eps=tuple(eps_list or [0.0]))
+            ctx = ScenarioContext(model=model, card=card, dataset=ds, threat=threat, seed=seed,
+                                  device=ds.x_test.device, progress=progress)
+        _run(ctx, name, eps_list, out=out, samples=samples, max_queries=max_queries,
+             budget=budget, basis=basis, surrogate=surrogate, craft=craft, progress=progress)
+
+
+def _run(ctx: Any, name: str, eps_list: list[float] | None, *, out: Path | None,
+         samples: int | None, max_queries: int, budget: int, basis: str, surrogate: str,
+         craft: str, progress: bool) -> None:
+    import numpy as np
+
+    ds = ctx.dataset
     n = len(ds.y_test) if samples is None else min(samples, len(ds.y_test))
-    threat = ThreatModel.from_card(card, knowledge="black-box", norm=norm,
-                                   eps=tuple(eps_list or [0.0]))
-    ctx = ScenarioContext(model=model, card=card, dataset=ds, threat=threat, seed=seed,
-                          device=ds.x_test.device, progress=progress)
     watch = _watch(progress)
     if name == "transfer":
         arrays = _transfer(ctx, n, eps_list or [], budget=budget, surrogate=surrogate,

@@ -1,10 +1,19 @@
-"""What the evasion commands share: the saved model and the test points it is attacked on,
-the ``--eps`` list, and the ``.npz`` the adversarials are written to."""
+"""What the evasion commands share: the saved model (or a served one, ``--url``) and the
+test points it is attacked on, the ``--eps`` list, and the ``.npz`` the adversarials are
+written to.
+
+A served model (``dlsec serve``) is attacked through :class:`dlsec.serve.HttpOracle`:
+``--url URL`` with ``--api-key KEY`` or the ``DLSEC_API_KEY`` variable (the key is never
+printed), and ``--dataset`` (required: the server does not say which data it learned
+from; a dataset without a test split is split with ``--seed``).
+"""
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,8 +24,20 @@ from dlsec.errors import DlsecError
 if TYPE_CHECKING:
     from dlsec.data import Dataset
     from dlsec.models import ModelCard
+    from dlsec.scenarios import ScenarioContext
+    from dlsec.scenarios.context import OracleFactory
 
 ModelDirOpt = Annotated[Path, typer.Option("--model-dir", help="A saved model (card.json + weights)")]
+UrlOpt = Annotated[str | None, typer.Option(
+    "--url", help="A model served by dlsec serve, e.g. http://127.0.0.1:8000 (black-box only)")]
+ApiKeyOpt = Annotated[str | None, typer.Option(
+    "--api-key", help="The key for --url (default: the DLSEC_API_KEY variable)",
+    show_default=False)]
+
+# the attacker's guess of the served model's architecture, for substitutes and surrogates
+REMOTE_ARCHITECTURE = "simplenet"
+CONNECT_TIMEOUT = 5.0  # seconds: an unreachable server is an error well within 10 s
+REQUEST_TIMEOUT = 60.0
 
 
 class EvasionCommandError(DlsecError):
@@ -72,3 +93,66 @@ def save_npz(path: Path, arrays: dict[str, Any]) -> None:
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def check_target(model_dir: Path | None, url: str | None) -> None:
+    """Exactly one of ``--model-dir`` and ``--url``."""
+    if (model_dir is None) == (url is None):
+        raise EvasionCommandError("name the target: --model-dir DIR (a saved model) or --url URL "
+                                  "(a served one), not both")
+
+
+class RemoteOracles:
+    """A factory of :class:`dlsec.serve.HttpOracle` s of one URL over one HTTP client; it
+    remembers the oracles it made, to tell afterwards whether the server's budget ran out."""
+
+    def __init__(self, url: str, api_key: str | None, client: Any) -> None:
+        self.url, self._key, self._client = url, api_key, client
+        self.made: list[Any] = []
+
+    def __call__(self, **kwargs: Any) -> Any:
+        from dlsec.serve.http_oracle import HttpOracle
+
+        oracle = HttpOracle(self.url, self._key, client=self._client, **kwargs)
+        self.made.append(oracle)
+        return oracle
+
+    @property
+    def budget_spent(self) -> bool:
+        """Whether the server said this key has no rows left (the latest answer of any
+        oracle made here): the results are then partial."""
+        return any(o.server_remaining == 0 for o in self.made)
+
+
+@contextmanager
+def remote_oracles(url: str, api_key: str | None) -> Iterator[RemoteOracles]:
+    """:class:`RemoteOracles` of ``url`` sharing one HTTP client (closed on exit); each
+    oracle takes ``budget=`` and ``per_sample_budget=``. A spent server budget is told
+    on stderr in one line when the block ends."""
+    import httpx
+
+    client = httpx.Client(timeout=httpx.Timeout(REQUEST_TIMEOUT, connect=CONNECT_TIMEOUT),
+                          follow_redirects=False)
+    factory = RemoteOracles(url, api_key, client)
+    try:
+        yield factory
+    finally:
+        client.close()
+    if factory.budget_spent:
+        typer.echo("warning: the server's query budget for this key ran out: the results "
+                   "above are partial", err=True)
+
+
+def remote_context(factory: OracleFactory, dataset: str | None, *, seed: int, progress: bool,
+                   **threat: Any) -> ScenarioContext:
+    """The scenario context of a served model: the server's input contract, ``dataset``
+    (required) split with ``seed``; ``threat`` settings for the threat model."""
+    from dlsec.data import load_dataset
+    from dlsec.scenarios import ScenarioContext
+
+    if not dataset:
+        raise EvasionCommandError("--dataset: required with --url (the server does not say "
+                                  "which data its model learned from)")
+    ds = load_dataset(dataset, seed=seed)
+    return ScenarioContext.for_remote(factory, ds, architecture=REMOTE_ARCHITECTURE, seed=seed,
+                                      progress=progress, **threat)

@@ -9,8 +9,11 @@ from typing import Annotated, Any
 import typer
 
 from dlsec.commands._target import (
+    ApiKeyOpt,
     EvasionCommandError,
     ModelDirOpt,
+    UrlOpt,
+    check_target,
     load_model_data,
     parse_eps,
     save_npz,
@@ -24,10 +27,12 @@ def register(app: typer.Typer) -> None:
     @app.command("attack")
     def attack(
         name: Annotated[str, typer.Argument(help="White-box: fgsm | bim | pgd | mifgsm | difgsm | apgd | apgd-t | cw | deepfool. Black-box: square | simba | nes (scores), hsja | boundary (labels), transfer")],
-        model_dir: ModelDirOpt,
+        model_dir: Annotated[Path | None, typer.Option("--model-dir", help="A saved model (card.json + weights)")] = None,
+        url: UrlOpt = None,
+        api_key: ApiKeyOpt = None,
         eps: Annotated[str | None, typer.Option(help="Comma-separated epsilons, e.g. 0.05,0.1,0.2 (optional for hsja and boundary)")] = None,
         out: Annotated[Path | None, typer.Option(help="Write adversarials to this .npz")] = None,
-        dataset: Annotated[str | None, typer.Option(help="Default: the dataset named in the card")] = None,
+        dataset: Annotated[str | None, typer.Option(help="Default: the dataset named in the card (required with --url)")] = None,
         norm: Annotated[str | None, typer.Option(help="linf | l2 (default: linf; l2 for cw, deepfool and boundary)")] = None,
         steps: Annotated[int | None, count("Iterations (iterative attacks)")] = None,
         samples: Annotated[int | None, count("Attack the first N test points")] = None,
@@ -52,6 +57,8 @@ def register(app: typer.Typer) -> None:
         spend ``--max-queries`` queries per point and report the smallest adversarials
         found; ``transfer`` trains a ``--surrogate`` on at most ``--budget`` oracle labels,
         crafts adversarials on it with ``--craft`` and sends each once to the model.
+        ``--url`` (with ``--api-key`` or ``DLSEC_API_KEY``, and ``--dataset``) runs a
+        black-box attack against a model served by ``dlsec serve``.
         """
         import numpy as np
 
@@ -59,6 +66,13 @@ def register(app: typer.Typer) -> None:
         from dlsec.files import check_output
         from dlsec.scenarios.whitebox import make_white_box, single_attack
 
+        if target.startswith(("http://", "https://")):
+            raise EvasionCommandError("--target is the class a targeted attack aims at; to "
+                                      f"attack a served model pass --url {target}")
+        check_target(model_dir, url)
+        if url is not None and name not in BLACK_BOX:
+            raise EvasionCommandError(f"--url: {name} is not a black-box attack (white-box attacks need the model's "
+                                      f"weights); against a served model use {', '.join(BLACK_BOX)}")
         if out is not None:
             check_output(out, kind="file", option="--out")
         eps_list = parse_eps(eps) if eps is not None else None
@@ -73,8 +87,9 @@ def register(app: typer.Typer) -> None:
                           budget=1000 if budget is None else budget, basis=basis,
                           norm=norm or ("l2" if name == "boundary" else "linf"),
                           surrogate=surrogate, craft=craft, threads=threads,
-                          trust_code=trust_code, progress=not quiet)
+                          trust_code=trust_code, progress=not quiet, url=url, api_key=api_key)
             return
+        assert model_dir is not None
         if eps_list is None:
             raise EvasionCommandError(
                 f"--eps: {name} needs epsilons (only {' and '.join(DECISION_BASED)} go without)"

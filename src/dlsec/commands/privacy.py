@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from dlsec.commands._target import ApiKeyOpt, UrlOpt
 from dlsec.commands.options import (
     SeedOpt,
     TestSizeOpt,
@@ -276,7 +277,9 @@ def register(app: typer.Typer) -> None:
 
     @app.command("extract")
     def extract_cmd(
-        model_dir: Annotated[Path, typer.Option("--model-dir", help="Victim model")],
+        model_dir: Annotated[Path | None, typer.Option("--model-dir", help="Victim model")] = None,
+        url: UrlOpt = None,
+        api_key: ApiKeyOpt = None,
         budget: Annotated[int, count("Query budget")] = 10_000,
         strategy: Annotated[str, typer.Option(help="random | natural | jacobian | active")] = "active",
         labels_only: Annotated[bool, typer.Option("--labels-only", help="The oracle returns labels only")] = False,
@@ -290,10 +293,17 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     ) -> None:
         """Steal the model through its oracle: half of the test split is the attacker's
-        unlabeled data, the other half measures fidelity."""
+        unlabeled data, the other half measures fidelity. ``--url`` (with ``--api-key`` or
+        ``DLSEC_API_KEY``, and ``--dataset``) steals a model served by ``dlsec serve``:
+        the substitute is a ``simplenet``, and the target's labels on the held-out half are
+        bought from the server too (its budget pays for them)."""
+        from contextlib import ExitStack
+
+        from dlsec.commands._target import check_target, remote_context, remote_oracles
         from dlsec.models import save
         from dlsec.scenarios.extraction import ExtractionOptions, run_extraction
 
+        check_target(model_dir, url)
         _check_out(save_to, kind="dir", option="--save-to")
         _check_out(out)
         try:
@@ -301,9 +311,15 @@ def register(app: typer.Typer) -> None:
                                         budget=budget, epochs=None, rounds=None, max_eval=None)
         except DlsecError as e:
             raise DlsecError(f"--strategy: {e}") from None
-        ctx = _context(model_dir, dataset, seed, test_size, threads=threads,
-                       trust_code=trust_code, progress=not quiet)
-        res = run_extraction(ctx, options).artifacts["results"][0]
+        with ExitStack() as stack:
+            if url is not None:
+                factory = stack.enter_context(remote_oracles(url, api_key))
+                ctx = remote_context(factory, dataset, seed=seed, progress=not quiet)
+            else:
+                assert model_dir is not None
+                ctx = _context(model_dir, dataset, seed, test_size, threads=threads,
+                               trust_code=trust_code, progress=not quiet)
+            res = run_extraction(ctx, options).artifacts["results"][0]
         if save_to is not None:
             save(res.substitute, ctx.card, save_to)
         _emit({**res.summary(), "curve": res.curve}, out)

@@ -205,9 +205,15 @@ def evaluate(ctx: ScenarioContext, query: QueryOptions, transfer: TransferOption
             if mask.shape == fooled.shape:  # not when the attacker took half the points
                 fooled |= mask.to(fooled.device)
             best_transfer[strategy] = t.metrics[f"transfer_{strategy}_success_rate"]
+    bb_robust = float((~fooled).double().mean())
+    if ctx.remote is not None:  # no weights: no white-box comparison
+        metrics["blackbox_robust_accuracy"] = round(bb_robust, 6)
+        summary = (f"{ctx.threat.norm} eps {eps:g}: black-box robust accuracy {bb_robust:.1%} "
+                   "(remote target: no white-box comparison, it needs the model's weights)")
+        return ScenarioResult(name="blackbox", summary=summary, metrics=metrics, tables=tables,
+                              figures=figures, details=dict(result.details) if result else {})
     wb_fooled = whitebox_fooled(ctx, x, y, eps) | ~correct
     wb_robust = float((~wb_fooled).double().mean())
-    bb_robust = float((~fooled).double().mean())
     gap = wb_robust - bb_robust
     only_bb = int((fooled & ~wb_fooled).sum())
     metrics |= {"whitebox_robust_accuracy": round(wb_robust, 6),

@@ -4,20 +4,34 @@
 benchmark) and handed to a scenario function. Its seed streams are named by strings
 (``ctx.generator("blackbox/square")``, seeded by a hash of the run's seed and the name):
 two uses cannot collide by accident, and a reader sees what each stream is for.
+
+A remote target (a model served by ``dlsec serve``, seen through ``--url``) is a context
+built by :meth:`ScenarioContext.for_remote` from an oracle factory: there are no weights,
+the card is what the server reports (input shape, classes, bounds) plus the attacker's
+guess of an architecture for substitutes, and ``model`` is a :class:`RemoteModel`, which
+answers with the target's labels (each call is charged by the server like any query) and
+refuses gradients in one line. Scenarios that only query the oracle run unchanged.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dlsec.data import Dataset, stratified_split
+from dlsec.errors import DlsecError
 from dlsec.models import ModelCard
-from dlsec.threat import LocalOracle, ThreatModel
+from dlsec.output_policies import OutputPolicy
+from dlsec.threat import BaseOracle, LocalOracle, Oracle, OracleWrapper, ThreatModel
+
+# builds a fresh oracle of the remote target; takes budget= and per_sample_budget=
+OracleFactory = Callable[..., BaseOracle]
 
 SEED_BITS = 63
 
@@ -27,6 +41,62 @@ def stream_seed(seed: int, stream: str) -> int:
     ``sha256("<seed>/<stream>")``. Example: ``stream_seed(0, "a") != stream_seed(0, "b")``."""
     digest = hashlib.sha256(f"{int(seed)}/{stream}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> (64 - SEED_BITS)
+
+
+class RemoteTargetError(DlsecError):
+    """What a remote target cannot give (weights, gradients, an output its key is not
+    allowed)."""
+
+
+class _LabelView(OracleWrapper):
+    """The label-only view of a scores oracle (counts and budget are the inner oracle's)."""
+
+    def __init__(self, inner: Oracle) -> None:
+        super().__init__(inner)
+        self.output = "label"
+
+    def query(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor:
+        return self.inner.query_labels(x, ids=ids)
+
+
+def adapt_output(oracle: BaseOracle, output: str | OutputPolicy) -> Oracle:
+    """``oracle`` (whose answers a server already degraded by its own policy) as the view a
+    scenario asks for: ``label`` from any answers (the argmax of scores); ``scores`` from
+    any non-label answers, as sent; the server's own policy as is. Anything else (scores
+    from a label-only key, a policy other than the server's) is a one-line
+    :class:`RemoteTargetError`."""
+    want = output if isinstance(output, OutputPolicy) else OutputPolicy.parse(output)
+    have = oracle.policy
+    if want.kind == "label":
+        return oracle if have.kind == "label" else _LabelView(oracle)
+    if want == have or (want.kind == "scores" and have.kind != "label"):
+        return oracle
+    raise RemoteTargetError(f"the server answers this key with {have.spec()!r}; this run needs "
+                            f"{want.spec()!r}")
+
+
+class RemoteModel(nn.Module):
+    """The model slot of a remote target: ``model(x)`` returns the target's labels as one-hot
+    rows (so ``model(x).argmax(1)`` is what the server says; every row is a query the
+    server charges), and refuses gradients: a white-box attack on a remote target is a
+    one-line :class:`RemoteTargetError`, never a silent attack on zero gradients."""
+
+    def __init__(self, factory: OracleFactory, num_classes: int) -> None:
+        super().__init__()
+        self.factory = factory
+        self.num_classes = num_classes
+        self._oracle: Oracle | None = None
+        # no weights; an empty tensor tells code that asks for the model's device (cpu)
+        self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            raise RemoteTargetError("this needs the model's weights (gradients); a remote "
+                                    "target (--url) only answers queries")
+        if self._oracle is None:
+            self._oracle = _LabelView(self.factory())
+        labels = self._oracle.query_labels(x.detach())
+        return F.one_hot(labels.to(torch.int64), self.num_classes).to(torch.float32)
 
 
 @dataclass
@@ -44,6 +114,7 @@ class ScenarioContext:
     seed: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool = False
+    remote: OracleFactory | None = None
 
     def __post_init__(self) -> None:
         if self.threat is None:
@@ -58,10 +129,42 @@ class ScenarioContext:
         """A fresh CPU generator for the named stream; the same name gives the same numbers."""
         return torch.Generator().manual_seed(self.seed_for(stream))
 
+    @classmethod
+    def for_remote(cls, factory: OracleFactory, dataset: Dataset, *, architecture: str,
+                   threat: ThreatModel | None = None, seed: int = 0, progress: bool = False,
+                   **threat_settings: Any) -> ScenarioContext:
+        """The context of a remote target: ``factory()`` builds its oracle (the server's
+        input shape, classes and bounds are read from it and checked against
+        ``dataset``); ``architecture`` is the attacker's guess for substitutes and
+        surrogates. ``threat_settings`` go to :meth:`ThreatModel.from_card` when no
+        ``threat`` is given."""
+        probe = factory()
+        if tuple(dataset.input_shape) != tuple(probe.input_shape):
+            raise RemoteTargetError(
+                f"--dataset: {dataset.name} inputs {tuple(dataset.input_shape)} do not fit the "
+                f"served model's {tuple(probe.input_shape)}")
+        if dataset.num_classes != probe.num_classes:
+            raise RemoteTargetError(
+                f"--dataset: {dataset.name} has {dataset.num_classes} classes, the served "
+                f"model {probe.num_classes}")
+        classes = list(getattr(probe, "classes", None) or dataset.classes)
+        card = ModelCard(architecture=architecture, input_shape=list(probe.input_shape),
+                         classes=[str(c) for c in classes], bounds=probe.bounds,
+                         dataset=dataset.name)
+        if threat is None:
+            threat = ThreatModel.from_card(card, **threat_settings)
+        return cls(model=RemoteModel(factory, probe.num_classes), card=card, dataset=dataset,
+                   threat=threat, seed=seed, progress=progress, remote=factory)
+
     # -- the model's views ------------------------------------------------------------------
-    def oracle(self, **kwargs: Any) -> LocalOracle:
-        """A fresh black-box view of the model (see :class:`dlsec.threat.BaseOracle`)."""
-        return LocalOracle(self.model, card=self.card, **kwargs)
+    def oracle(self, **kwargs: Any) -> Any:
+        """A fresh black-box view of the model (see :class:`dlsec.threat.BaseOracle`); for
+        a remote target, a fresh oracle of the server as the view ``output`` asks for
+        (:func:`adapt_output`; the server's budget applies, ``budget`` on top)."""
+        if self.remote is None:
+            return LocalOracle(self.model, card=self.card, **kwargs)
+        output = kwargs.pop("output", "scores")
+        return adapt_output(self.remote(**kwargs), output)
 
     # -- data the threat needs ----------------------------------------------------------------
     def member_indices(self) -> Tensor:
@@ -85,4 +188,5 @@ class ScenarioContext:
         return torch.arange(k), torch.arange(k, n)
 
 
-__all__ = ["ScenarioContext", "stream_seed"]
+__all__ = ["OracleFactory", "RemoteModel", "RemoteTargetError", "ScenarioContext",
+           "adapt_output", "stream_seed"]
