@@ -230,3 +230,60 @@ def test_served_watermark_settings_and_secret(tmp_path) -> None:
         assert first.hex() not in repr(ServedWatermark(ledger, fraction=0.1))
     with WatermarkLedger(tmp_path / "k.db") as again:
         assert again.secret() == first
+
+
+def test_serve_refuses_bad_watermark_flags(served_model_dir, tmp_path, capsys, one_line_error) -> None:
+    db = tmp_path / "keys.db"
+    with KeyStore(db):
+        pass
+    short = tmp_path / "short.key"
+    short.write_bytes(b"0123456789")
+    for extra, word in ((["--watermark", "1.5"], "--watermark"),
+                        (["--watermark", "0"], "--watermark"),
+                        (["--watermark-secret-file", str(short)], "needs --watermark"),
+                        (["--watermark", "0.1", "--watermark-secret-file", str(short)], "16 bytes"),
+                        (["--watermark", "0.1", "--watermark-secret-file", str(tmp_path / "no")],
+                         "cannot read")):
+        assert main(["serve", str(served_model_dir), "--db", str(db), "--port", "0", *extra]) == 2
+        one_line_error(capsys.readouterr().err, word)
+
+
+@pytest.mark.slow
+def test_dlsec_serve_watermark_is_kept_across_a_restart(
+    served_model_dir, digits, tmp_path, keys, dlsec_server, capsys
+) -> None:
+    """A real ``dlsec serve --watermark 0.2``: the marked answers are recorded, the secret is
+    drawn once into the database (never printed), and a restarted server gives the same
+    inputs the same wrong labels."""
+    import httpx
+
+    from dlsec.models import load
+
+    db = tmp_path / "keys.db"
+    key_id, token = keys(db, "--policy", "label")
+    model, _ = load(served_model_dir)
+    x = digits.x_test[:200]
+    clean = predict_logits(model, x).argmax(1)
+    answers = []
+    for _ in range(2):
+        server = dlsec_server(served_model_dir, db, "--watermark", "0.2")
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            r = client.post("/v1/predict", json={"inputs": x.tolist()}, headers=_bearer(token))
+            assert r.status_code == 200, r.text
+            answers.append(torch.tensor(r.json()["outputs"]))
+        assert server.stop() == 0
+        assert server.proc.stderr is not None
+        err = server.proc.stderr.read()
+        with WatermarkLedger(db, create=False) as ledger:
+            secret = ledger.secret()
+            rec = ledger.records(key_id)
+        assert secret.hex() not in err and "secret" not in err.lower()
+    assert torch.equal(answers[0], answers[1])
+    marked = answers[0] != clean
+    # 200 inputs at 0.2: 40 expected, sd 5.7
+    assert 15 <= int(marked.sum()) <= 70 and len(rec.labels) == int(marked.sum())
+    assert sorted(rec.labels.tolist()) == sorted(answers[0][marked].tolist())
+    # the served model itself never gives a watermark label: not stolen
+    assert main(["ownership", "--suspect", str(served_model_dir), "--log", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert f"0/{len(rec.labels)} watermark labels" in out and "overall: not stolen" in out
