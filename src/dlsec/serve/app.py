@@ -50,12 +50,13 @@ Notes:
 
 import hashlib
 import json
+import logging
 import math
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -77,6 +78,8 @@ from dlsec.errors import DlsecError
 from dlsec.models.card import ModelCard
 from dlsec.models.io import load
 from dlsec.output_policies import OutputPolicy
+from dlsec.serve.detection import DEFAULT_DELTA, DetectionError, KeyDetectors
+from dlsec.serve.ledger import ServedWatermark
 from dlsec.serve.limits import CONTENT_TYPES, RateLimiter, RequestError, RequestLimits, parse_inputs
 from dlsec.serve.store import BudgetExceeded, KeyRecord, KeyRevoked, KeyStore, StoreError
 from dlsec.training import resolve_device
@@ -100,8 +103,18 @@ _PREDICT_BODY: dict[str, Any] = {
 }
 
 
+ON_FLAG_ACTIONS = ("log", "throttle", "block")
+DEFAULT_THROTTLE_RATE = 0.2  # requests per second of a flagged key under "throttle"
+
+_log = logging.getLogger(__name__)
+
+
 class ServeError(DlsecError):
     """A server that cannot be built (bad policy, limits or model argument)."""
+
+
+class _Blocked(Exception):
+    """A flagged key under ``on_flag="block"`` (answered 403 extraction_suspected)."""
 
 
 class _Unavailable(Exception):
@@ -131,6 +144,11 @@ class _Metrics:
                                     registry=r)
         self.budget_exhausted = Counter("dlsec_budget_exhausted",
                                         "Predictions refused for a spent budget (403)", registry=r)
+        self.flagged = Counter("dlsec_extraction_flagged",
+                               "Keys newly flagged by an extraction detector", ["detector"],
+                               registry=r)
+        self.blocked = Counter("dlsec_extraction_blocked",
+                               "Predictions refused for a flagged key (403)", registry=r)
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route=route, status=str(status)).inc()
@@ -139,8 +157,6 @@ class _Metrics:
             self.unauthorized.inc()
         elif status == 429:
             self.rate_limited.inc()
-        elif status == 403 and route == "/v1/predict":
-            self.budget_exhausted.inc()
 
 
 def _locked(fn: Callable[[], Any]) -> Any:
@@ -167,6 +183,12 @@ def create_app(
     trust_code: bool = False,
     seed: int | None = None,
     clock: Callable[[], float] = time.monotonic,
+    watermark: ServedWatermark | None = None,
+    detect: Sequence[str] = (),
+    on_flag: str = "throttle",
+    throttle_rate: float = DEFAULT_THROTTLE_RATE,
+    prada_delta: float = DEFAULT_DELTA,
+    reference: Tensor | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``model`` (a directory written by
     :func:`dlsec.models.save`, loaded safely, or a ``(module, card)`` pair) with the keys
@@ -182,6 +204,20 @@ def create_app(
         trust_code: let a directory's card name a ``module:factory`` architecture.
         seed: seeds the ``noise`` policy's generator (None: a secret random seed).
         clock: the rate limiter's monotonic clock (tests inject one).
+        watermark: DAWN (:class:`dlsec.serve.ledger.ServedWatermark`): a keyed-hash-chosen
+            fraction of each key's inputs is answered with a wrong but consistent label
+            (in the form of the key's policy) and recorded before the request is charged
+            and logged; the log holds what the client got. None: no watermark.
+        detect: extraction detectors watching every key's answered batches, names of
+            :data:`dlsec.serve.detection.DETECTOR_NAMES` (``"prada"``, ``"ood"``; the
+            latter needs ``reference``); empty: none (``dlsec serve`` turns PRADA on).
+        on_flag: what a key gets once a detector flags it (the flag is kept in the store,
+            so a restarted server applies it too; ``dlsec keys unflag`` clears it):
+            ``"log"`` (the event only), ``"throttle"`` (its later predictions at most
+            ``throttle_rate`` per second, burst 1: 429 with Retry-After beyond) or
+            ``"block"`` (403 ``{"code": "extraction_suspected"}``, nothing charged).
+        prada_delta: PRADA's Shapiro-Wilk threshold (:class:`dlsec.serve.detection.Prada`).
+        reference: benign inputs (n, *input_shape) for the ``ood`` detector.
 
     Raises:
         ServeError, PolicyError, ModelError: a bad argument, policy or model directory.
@@ -197,6 +233,16 @@ def create_app(
             raise ServeError(f"burst must be an integer >= 1, got {burst!r}")
     elif rate is not None:
         burst = max(1, math.ceil(rate))
+    if on_flag not in ON_FLAG_ACTIONS:
+        raise ServeError(f"on_flag must be one of {', '.join(ON_FLAG_ACTIONS)}, got {on_flag!r}")
+    if not (isinstance(throttle_rate, (int, float)) and math.isfinite(throttle_rate)
+            and throttle_rate > 0):
+        raise ServeError(f"throttle rate must be a finite number of requests per second > 0, "
+                         f"got {throttle_rate!r}")
+    try:
+        detectors = KeyDetectors(tuple(detect), prada_delta=prada_delta, reference=reference)
+    except DetectionError as exc:
+        raise ServeError(str(exc)) from None
     dev = resolve_device(device)
     if isinstance(model, tuple):
         net, card = model
@@ -204,6 +250,10 @@ def create_app(
     else:
         net, card = load(model, device=dev, trust_code=trust_code)
     input_shape = tuple(int(s) for s in card.input_shape)
+    if detectors.reference is not None and detectors.reference.features != math.prod(input_shape):
+        raise ServeError(f"the OOD reference has {detectors.reference.features} features per "
+                         f"row, the model's input shape {list(input_shape)} has "
+                         f"{math.prod(input_shape)}")
     bounds = (float(card.bounds[0]), float(card.bounds[1]))
     generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
     noise_lock = threading.Lock()
@@ -216,6 +266,7 @@ def create_app(
     app.state.store = store
     app.state.card = card
     app.state.metrics = metrics
+    app.state.detectors = detectors
 
     # -- errors and metrics ---------------------------------------------------------------
     @app.exception_handler(RequestError)
@@ -225,6 +276,13 @@ def create_app(
             wait = exc.retry_after if exc.retry_after is not None else 1.0
             headers["Retry-After"] = str(max(1, math.ceil(wait)))
         return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
+
+    @app.exception_handler(_Blocked)
+    async def _blocked(request: Request, exc: _Blocked) -> JSONResponse:
+        metrics.blocked.inc()
+        return JSONResponse({"detail": "this key is blocked: its queries look like a model "
+                             "extraction attack (an administrator can clear the flag)",
+                             "code": "extraction_suspected"}, status_code=403)
 
     @app.exception_handler(_Unavailable)
     async def _unavailable(request: Request, exc: _Unavailable) -> JSONResponse:
@@ -257,6 +315,12 @@ def create_app(
     def limited_caller(key: Annotated[KeyRecord, Depends(caller)]) -> KeyRecord:
         """The caller, after its rate limit (the key's own, else the server's)."""
         k_rate, k_burst = (key.rate, key.burst) if key.rate is not None else (rate, burst)
+        if key.flagged and on_flag == "block":
+            raise _Blocked()
+        if key.flagged and on_flag == "throttle":
+            slow = min(throttle_rate, k_rate) if k_rate is not None else throttle_rate
+            limiter.enforce(f"{key.id}/flagged", rate=slow, burst=1)
+            return key
         if k_rate is not None:
             limiter.enforce(key.id, rate=k_rate, burst=k_burst or max(1, math.ceil(k_rate)))
         return key
@@ -285,7 +349,7 @@ def create_app(
             found = policies[key.policy] = OutputPolicy.parse(key.policy)
         return found
 
-    def answer(x: Tensor, pol: OutputPolicy) -> list[Any]:
+    def answer(x: Tensor, pol: OutputPolicy, key_id: str) -> tuple[list[Any], Tensor]:
         with torch.inference_mode():
             probs = torch.softmax(net(x.to(dev)).float(), dim=1).cpu()
         if pol.kind == "noise":
@@ -293,8 +357,24 @@ def create_app(
                 out = pol.apply(probs, generator=generator)
         else:
             out = pol.apply(probs)
+        if watermark is not None:  # records committed here, before store.record
+            out = _locked(lambda: watermark.apply(key_id, x, probs, out))
         result: list[Any] = out.tolist()
-        return result
+        return result, probs.argmax(dim=1)
+
+    def watch(key: KeyRecord, x: Tensor, predicted: Tensor) -> None:
+        """Feed an answered batch to the key's detectors; store and count new flags. A
+        database error here is logged, not raised: the answer is charged already."""
+        for verdict in detectors.observe(key.id, x, predicted):
+            if not verdict.new:
+                continue
+            metrics.flagged.labels(detector=verdict.detector).inc()
+            try:
+                store.flag(key.id, detector=verdict.detector, queries=verdict.state.queries,
+                           statistic=verdict.state.statistic, action=on_flag)
+            except (sqlite3.Error, StoreError) as exc:
+                _log.error("could not store the %s flag of key %s: %s", verdict.detector,
+                           key.id, exc)
 
     # -- routes ---------------------------------------------------------------------------
     @app.get("/healthz")
@@ -324,7 +404,7 @@ def create_app(
         x = parse_inputs(raw, request.headers.get("content-type", ""), input_shape=input_shape,
                          bounds=bounds, limits=limits)
         pol = key_policy(key)
-        outputs = answer(x, pol)
+        outputs, predicted = answer(x, pol, key.id)
         digest = hashlib.sha256(x.numpy().tobytes()).hexdigest()
         text = json.dumps(outputs, separators=(",", ":"))
         try:
@@ -332,6 +412,7 @@ def create_app(
                 key.id, rows=int(x.shape[0]), input_sha256=digest, outputs=text,
                 policy=pol.spec()))
         except BudgetExceeded as exc:
+            metrics.budget_exhausted.inc()
             return JSONResponse(status_code=403, content={
                 "detail": f"query budget exhausted: {exc.remaining} rows left, the request "
                           f"has {exc.rows}",
@@ -340,6 +421,8 @@ def create_app(
             raise HTTPException(401, "an unknown or revoked API key",
                                 headers={"WWW-Authenticate": "Bearer"}) from None
         metrics.rows.inc(int(x.shape[0]))
+        if detectors.names:
+            watch(key, x, predicted)
         return {"outputs": outputs, "policy": pol.spec(), "remaining": remaining}
 
     @app.get("/metrics", response_class=Response)
