@@ -80,12 +80,21 @@ def audit(
     test_size: Annotated[float | None, typer.Option("--test-size", help="Test fraction for datasets without a test split")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (0: one for small models, else torch's default)")] = None,
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Let --model-dir's card name a module:factory architecture (imports and runs that module)")] = False,
+    url: Annotated[str | None, typer.Option("--url", help="Audit a model served by dlsec serve, black-box (needs --dataset)")] = None,
+    api_key: Annotated[str | None, typer.Option("--api-key", help="The key for --url (default: the DLSEC_API_KEY variable)", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output")] = False,
 ) -> None:
-    """Audit a model and write report.json and report.html (exit 1 if a gate fails)."""
+    """Audit a model and write report.json and report.html (exit 1 if a gate fails).
+
+    ``--url`` audits a served model through its API: the sections that need the model's
+    weights or training data are skipped, and the report says why.
+    """
+    from contextlib import ExitStack
+
     from dlsec.audit.config import load_config
     from dlsec.audit.report.terminal import print_summary
     from dlsec.audit.runner import run_audit
+    from dlsec.commands._target import remote_oracles
     from dlsec.files import check_output
 
     overrides: dict[str, Any] = {
@@ -96,9 +105,16 @@ def audit(
         "trust-code": True if trust_code else None,
     }
     cfg = load_config(config, overrides)
+    if url is not None and (cfg.model_dir or model is not None):
+        raise DlsecError("--url audits a served model: drop --model-dir and --model")
+    if url is not None and cfg.dataset is None:
+        raise DlsecError("--dataset: required with --url (the server does not say which data "
+                         "its model learned from)")
     check_output(cfg.run_dir, kind="dir", option="--out")
     try:
-        outcome = run_audit(cfg, progress=not quiet)
+        with ExitStack() as stack:
+            remote = stack.enter_context(remote_oracles(url, api_key)) if url else None
+            outcome = run_audit(cfg, progress=not quiet, remote=remote, url=url or "")
     except KeyboardInterrupt:
         _told_interrupted.append(True)
         typer.echo("interrupted: rerun the same command to resume", err=True)

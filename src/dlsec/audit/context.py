@@ -1,4 +1,8 @@
-"""What every audit section reads: the model, its card, the data, settings, earlier results."""
+"""What every audit section reads: the model, its card, the data, settings, earlier results.
+
+A remote audit (``dlsec audit --url``) has ``remote`` set: the oracle factory of the served
+model; ``model`` is then a :class:`dlsec.scenarios.context.RemoteModel` (labels only, no
+weights) and ``card`` the server's input contract."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from dlsec.audit.result import SectionResult
 from dlsec.data import Dataset
 from dlsec.models import ModelCard
 from dlsec.scenarios import ScenarioContext
+from dlsec.scenarios.context import OracleFactory
 from dlsec.threat import ThreatModel
 
 
@@ -29,10 +34,12 @@ class AuditContext:
     history: list[dict[str, float]] | None = None
     results: dict[str, SectionResult] = field(default_factory=dict)
     progress: bool = True
+    remote: OracleFactory | None = None
 
     def scenario(self, threat: ThreatModel | None = None) -> ScenarioContext:
         """The context a scenario runs in: this audit's model, card, data, seed and device."""
         return ScenarioContext(
             model=self.model, card=self.card, dataset=self.dataset, threat=threat,
             seed=self.config.seed, device=self.device, progress=self.progress,
+            remote=self.remote,
         )

@@ -1,5 +1,9 @@
 """Run an audit: get the model, run the sections (resuming from cache), write the report.
 
+A served model (``remote``: ``dlsec audit --url``) is audited black-box: only the sections
+that need no weights run (:data:`REMOTE_SECTIONS`), the others are listed as skipped with
+the reason, and every query is charged by the server.
+
 Resume: the trained model and every finished section are cached in the run directory
 under a key made of everything their result depends on (settings, the data's digest, the
 model's weights); see :mod:`dlsec.audit.cache`. Rerunning an interrupted audit with the
@@ -42,6 +46,8 @@ from dlsec.data import Dataset, load_dataset
 from dlsec.errors import DlsecError
 from dlsec.files import atomic_write_text, check_output
 from dlsec.models import ModelCard, ModelError, load, read_card
+from dlsec.scenarios import ScenarioContext
+from dlsec.scenarios.context import OracleFactory
 from dlsec.training import (
     AUTO_TRAINING_SAMPLES,
     TrainConfig,
@@ -275,12 +281,16 @@ def _plain_result(result: SectionResult, spec: SectionSpec) -> dict[str, Any]:
 
 
 def run_audit(
-    config: AuditConfig, *, progress: bool = True, console: Console | None = None
+    config: AuditConfig, *, progress: bool = True, console: Console | None = None,
+    remote: OracleFactory | None = None, url: str = "",
 ) -> AuditOutcome:
     """Run every selected section and write ``report.json`` and ``report.html``.
 
     Progress goes to ``console`` (stderr, silent without ``progress``); warnings and
-    notices of damaged cache files are printed even without progress.
+    notices of damaged cache files are printed even without progress. ``remote`` (an
+    oracle factory of the model served at ``url``) audits that model black-box
+    (:data:`REMOTE_SECTIONS`); every other selected section is listed as skipped, with
+    its reason, in the report and the summary.
     """
     from dlsec.audit.config import validate_options
     from dlsec.audit.report import render_html
@@ -292,21 +302,38 @@ def run_audit(
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
     dataset = load_dataset(config.dataset_spec, seed=config.seed, test_size=config.test_size)
-    _set_threads(config, dataset, device)
-    got = obtain_model(
-        config, dataset, device=device, progress=progress, console=console, notices=notices
-    )
+    if remote is not None:
+        sctx = ScenarioContext.for_remote(remote, dataset, architecture=REMOTE_ARCHITECTURE,
+                                          seed=config.seed, progress=progress)
+        got = _Obtained(sctx.model, sctx.card, None)
+        configure_threads(config.threads, model=None, device=device)
+    else:
+        _set_threads(config, dataset, device)
+        got = obtain_model(
+            config, dataset, device=device, progress=progress, console=console, notices=notices
+        )
     model, card = got.model, got.card
     if config.model_dir:
         _set_threads(config, dataset, device, model)
     model.eval()
     ctx = AuditContext(
         config=config, dataset=dataset, model=model, card=card, device=device,
-        run_dir=run_dir, history=got.history, progress=progress,
+        run_dir=run_dir, history=got.history, progress=progress, remote=remote,
     )
     cache_dir = run_dir / "sections"
+    skipped: list[dict[str, str]] = []
     for spec in selected(config.sections):
+        if remote is not None and spec.name not in REMOTE_SECTIONS:
+            reason = remote_skip_reason(spec)
+            skipped.append({"section": spec.name, "title": spec.title, "reason": reason})
+            ctx.results[spec.name] = SectionResult(
+                name=spec.name, title=spec.title, summary=f"skipped: {reason}",
+                details={"skipped": reason})
+            console.print(f"[dim]{spec.title}: skipped ({escape(reason)})[/dim]")
+            continue
         key = section_key(spec, config, card, dataset)
+        if remote is not None:  # the served model, not a card's weights, is what was audited
+            key = digest({"section": key, "url": url})
         cache_path = cache_dir / f"{spec.name}.json"
         try:
             cached = read_section(cache_path, key, spec.name)
@@ -330,11 +357,37 @@ def run_audit(
         write_json(cache_path, section_entry(key, plain))
         console.print(f"{spec.title}: done in {time.perf_counter() - t0:.1f} s")
     report = build_report(config, dataset, card, list(ctx.results.values()), warnings=got.warnings)
+    if remote is not None:
+        report |= {"title": f"dlsec audit: {url} on {dataset.name}", "skipped": skipped,
+                   "model": {"url": url, "input_shape": list(card.input_shape),
+                             "classes": list(card.classes), "bounds": list(card.bounds),
+                             "remote": True}}
     for warning in report["warnings"]:
         notices.print(f"warning: {escape(warning)}")
     atomic_write_text(html_path, render_html(report))
     write_json(json_path, report)  # last: its presence means the run finished
     return AuditOutcome(report, run_dir, json_path, html_path)
+
+
+# what an audit of a served model (``--url``) runs: no weights, no training data, no card
+REMOTE_SECTIONS = ("dataset", "blackbox")
+REMOTE_ARCHITECTURE = "simplenet"  # the attacker's guess, for transfer surrogates
+_REMOTE_SKIPS = {
+    "model": "needs the model's card and weights; the server reports only its input contract",
+    "training": "needs the model's training history",
+    "accuracy": "needs the model's logits (test loss); the black-box section measures the "
+                "served model's clean accuracy on its points",
+    "evasion": "needs the model's weights: white-box evasion",
+    "poisoning": "retrains the model: needs its architecture, training data and recipe",
+    "privacy": "needs the model's weights and training record (which records it trained on)",
+    "dp": "retrains the model with DP-SGD: needs its architecture and training data",
+    "federated": "trains federated models: needs the architecture and training data",
+}
+
+
+def remote_skip_reason(spec: SectionSpec) -> str:
+    """Why a section is skipped when the model is only reachable through its API."""
+    return _REMOTE_SKIPS.get(spec.name, f"needs the model's weights: {spec.title.lower()}")
 
 
 def build_report(
