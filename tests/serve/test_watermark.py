@@ -215,3 +215,22 @@ def test_the_p_value_is_valid_under_the_null() -> None:
     rejected = float((p < 0.05).float().mean())
     # exact size of the discrete test: P(Binom(40, 1/9) >= 9) = 0.029; sd over 2000 trials 0.0038
     assert 0.015 < rejected < 0.05, rejected
+
+
+def test_apply_draws_the_wrong_label_from_the_served_labels_not_the_answer() -> None:
+    """A server passes the clean argmax: a noisy answer whose top class moved still gets the
+    watermark label of the clean one, and its argmax becomes that label."""
+    x = _rows(1000, seed=8)
+    dawn = Dawn(SECRET, fraction=0.3, num_classes=4)
+    gen = torch.Generator().manual_seed(9)
+    probs = torch.softmax(torch.randn(1000, 4, generator=gen), 1)
+    noisy = probs.roll(1, dims=1)  # every row's top class moved by one
+    clean = dawn.apply("k", x, probs)
+    out = dawn.apply("k", x, noisy, served=probs.argmax(1))
+    m = out.marked
+    assert torch.equal(m, clean.marked) and 220 < int(m.sum()) < 380  # 300 expected, sd 14.5
+    assert torch.equal(out.watermark_labels, clean.watermark_labels)
+    assert torch.equal(out.answer[m].argmax(1), clean.watermark_labels[m])
+    assert torch.equal(out.answer[~m], noisy[~m])
+    with pytest.raises(WatermarkError, match="served labels"):
+        dawn.apply("k", x, noisy, served=torch.full((1000,), 4))

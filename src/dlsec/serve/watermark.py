@@ -44,6 +44,12 @@ Notes:
     not identified, and 100 epochs at lr 3e-3 give 7/64 (p = 0.58). Larger models memorise
     more readily; the paper reports its results on CNNs.
 
+    In the server (:class:`dlsec.serve.ledger.ServedWatermark`, ``dlsec serve --watermark``,
+    ``dlsec ownership``), measured on digits through the app (fraction 0.05, a label-only
+    thief querying 2876 digits-like inputs, 144-159 of them marked): the fitted thief
+    (test accuracy 0.89-0.93) reproduces 138-146 of them, p < 1e-115; SimpleNets trained
+    independently (seeds 1-5) reproduce 0-1 of 35 (p >= 0.98).
+
 Example:
     >>> dawn = Dawn(b"a secret of at least 16 bytes", fraction=0.05, num_classes=10)
     >>> out = dawn.apply("key-1", x, probs)           # probs: the model's softmax, (N, 10)
