@@ -172,7 +172,7 @@ def test_a_thief_is_identified_and_independent_models_are_not(
     printed = capsys.readouterr().out
     result = json.loads(out_json.read_text())
     (key,) = result["keys"]
-    # measured (3 key ids): 138-146 of 144-159 reproduced, p < 1e-115
+    # measured (4 key ids): 120-146 of 141-159 reproduced, p < 1e-90
     assert key["stolen"] and key["p_value"] < 0.01 and key["agreement"] > 0.5, key
     assert "STOLEN" in printed and f"key {ids['thief']}" in printed
     # every key with records (thief + the three of the consistency test, or only the
@@ -191,7 +191,7 @@ def test_a_thief_is_identified_and_independent_models_are_not(
         assert main(["ownership", "--suspect", str(path), "--log", str(db), "--key", ids["thief"],
                      "--json", str(out_json), "--device", "cpu"]) == 0
         (row,) = json.loads(out_json.read_text())["keys"]
-        # measured: 0 of the marked inputs agree, p = 1.0
+        # measured (seeds 1-5): 0 or 1 of 141 agree, p > 0.99
         assert not row["stolen"] and row["p_value"] > 0.05 and row["agreement"] < 0.1, (seed, row)
         assert "overall: not stolen" in capsys.readouterr().out
 
