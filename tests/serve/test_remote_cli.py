@@ -196,3 +196,15 @@ def test_key_from_the_environment(server, capsys, monkeypatch) -> None:
     assert code == 0, err
     assert "through a labels oracle on 2 points" in out and token not in out + err
     assert httpx.get(f"{server.url}/healthz", timeout=5).status_code == 200
+
+
+def test_transfer_through_the_url_equals_the_local_run(server, served_model_dir, capsys) -> None:
+    token = _key(server)
+    argv = ("attack", "transfer", "--eps", "0.2", "--samples", "10", "--budget", "150",
+            "--surrogate", "knockoff", "--craft", "pgd", "--dataset", "digits", "--quiet")
+    code, local, err = _run(capsys, *argv, "--model-dir", str(served_model_dir))
+    assert code == 0, err
+    code, remote, err = _run(capsys, *argv, "--url", server.url, "--api-key", token)
+    assert code == 0, err
+    # the surrogate bought 150 answers and each of the 10 adversarials was sent once
+    assert remote == local and "queries spent 160 (150 training, 10 sending)" in remote
