@@ -208,3 +208,24 @@ def test_transfer_through_the_url_equals_the_local_run(server, served_model_dir,
     assert code == 0, err
     # the surrogate bought 150 answers and each of the 10 adversarials was sent once
     assert remote == local and "queries spent 160 (150 training, 10 sending)" in remote
+
+
+def test_a_label_only_key_refuses_score_attacks_and_gradients(server, capsys,
+                                                              one_line_error) -> None:
+
+    from dlsec.commands._target import remote_context, remote_oracles
+    from dlsec.scenarios.context import RemoteTargetError
+
+    _, token = server.store.create("labels", policy="label")
+    code, _, err = _run(capsys, *SQUARE, "--url", server.url, "--api-key", token)
+    assert code == 2
+    one_line_error(err, "'label'", "'scores'")
+    with remote_oracles(server.url, token) as factory:
+        ctx = remote_context(factory, "digits", seed=0, progress=False)
+        x = ctx.dataset.x_test[:4]
+        labels = ctx.model(x).argmax(1)  # one-hot rows of the served labels
+        assert ctx.oracle(output="label").query(x).tolist() == labels.tolist()
+        with pytest.raises(RemoteTargetError, match="weights"):
+            ctx.model(x.clone().requires_grad_())
+        with pytest.raises(RemoteTargetError, match="'label'"):
+            ctx.oracle(output="scores")
