@@ -3,10 +3,11 @@ queried by ``HttpOracle``): PRADA flags a Jacobian-augmentation thief before its
 spent and never flags a client replaying held-out data, and a theft through HTTP buys the
 same answers, hence the same substitute, as the same theft from a local oracle.
 
-PRADA (``dlsec.serve.detection.Prada``, delta 0.9) watches each client's traffic beside
-its HttpOracle, one row at a time, with the label the server answered: the same algorithm
-the server runs per key, fed deterministically (``benchmarks/serving_extraction.py`` does
-the same at 10,000 queries).
+The server runs PRADA itself (``detect=("prada",)``, ``on_flag="log"`` so the thief is
+still answered and its theft measured to the end) per key and request; the same detector
+(``dlsec.serve.detection.Prada``, delta 0.9) also watches each client's traffic beside its
+HttpOracle one row at a time, which gives the exact query of the flag
+(``benchmarks/serving_extraction.py`` does the same at 10,000 queries).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def server(trained_simplenet, tmp_path_factory) -> Iterator[tuple[str, Any]]:
 
     model, card, _ = trained_simplenet
     store = KeyStore(tmp_path_factory.mktemp("keys") / "keys.db")
-    app = create_app((model, card), store=store, policy="scores", seed=0)
+    app = create_app((model, card), store=store, policy="scores", seed=0, detect=("prada",),
+                     on_flag="log")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -78,10 +80,11 @@ def server(trained_simplenet, tmp_path_factory) -> Iterator[tuple[str, Any]]:
 
 
 def _remote(server, name: str, *, budget: int | None = None, policy: str | None = None
-            ) -> HttpOracle:
+            ) -> tuple[HttpOracle, str]:
+    """An HttpOracle of a new key, and the key's id."""
     url, store = server
-    _, token = store.create(name, budget=budget, policy=policy)
-    return HttpOracle(url, token)
+    record, token = store.create(name, budget=budget, policy=policy)
+    return HttpOracle(url, token), record.id
 
 
 def _split(digits) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,7 +99,8 @@ def test_prada_flags_jacobian_through_the_server_not_a_benign_replay(
     pool, eval_x = _split(digits)
     victim = LocalOracle(model, card=card).query_labels(eval_x)
     budget = 400
-    with _remote(server, "thief", budget=budget) as http:
+    http, thief_id = _remote(server, "thief", budget=budget)
+    with http:
         thief = _Watched(http)
         res = extract(thief, card=card, strategy="jacobian", budget=budget, x_pool=pool,
                       eval_x=eval_x, eval_victim_labels=victim, schedule=[100, 200, 400],
@@ -110,9 +114,15 @@ def test_prada_flags_jacobian_through_the_server_not_a_benign_replay(
     assert flagged_at is not None and flagged_at < budget
     assert thief.min_w < 0.85  # below delta 0.9
     assert res.fidelity > 0.5  # a real theft; chance is about 0.1
+    # the server flagged it too, at the end of the request holding that row (measured 200:
+    # the Jacobian round from 100 to 200 queries is one request)
+    (event,) = server[1].detections(thief_id)
+    assert event["detector"] == "prada" and flagged_at <= event["queries"] < budget
+    assert server[1].get(thief_id).flagged
 
     # a benign user: the held-out test split, in a random order, 8 rows a request
-    with _remote(server, "user") as http:
+    http, user_id = _remote(server, "user")
+    with http:
         user = _Watched(http)
         order = torch.randperm(len(digits.y_test), generator=torch.Generator().manual_seed(0))
         for start in range(0, len(order), 8):
@@ -122,6 +132,7 @@ def test_prada_flags_jacobian_through_the_server_not_a_benign_replay(
     # never flagged; measured lowest W along the stream 0.937 (delta 0.9): the stream, its
     # order and the detector are deterministic, so the margin is the data's
     assert state.flagged_at is None and user.min_w > 0.92
+    assert server[1].detections(user_id) == [] and not server[1].get(user_id).flagged
 
 
 def test_theft_through_http_equals_the_local_theft(server, trained_simplenet, digits) -> None:
@@ -137,7 +148,8 @@ def test_theft_through_http_equals_the_local_theft(server, trained_simplenet, di
                        generator=torch.Generator().manual_seed(0))
 
     local = steal(LocalOracle(model, card=card, output=OutputPolicy.parse(policy)))
-    with _remote(server, "topk-thief", budget=300, policy=policy) as http:
+    http, _ = _remote(server, "topk-thief", budget=300, policy=policy)
+    with http:
         assert http.output == "topk"
         remote = steal(http)
     assert remote.queries == local.queries == 300
