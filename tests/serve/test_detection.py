@@ -200,3 +200,28 @@ def test_detectors_keep_keys_apart(digits_model: tuple[Dataset, torch.nn.Module]
     restored.load_state_dict(reg.state_dict())
     assert restored.flagged() == ["attacker"]
     assert restored.get("benign").state == reg.get("benign").state
+
+
+@pytest.mark.parametrize("per_class", [True, False])
+def test_a_batch_equals_the_same_queries_one_by_one(digits_model, per_class: bool) -> None:
+    # observe() handles a batch with one cdist per class; the verdicts, D (in arrival
+    # order) and the growing sets must be those of Algorithm 1 run query by query.
+    data, model = digits_model
+    seeds = torch.stack([data.x_train[(data.y_train == c).nonzero()[0, 0]] for c in range(10)])
+    x = torch.cat([_jacobian_augmentation(model, seeds, 160), data.x_test[:160]])
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))]
+    x = torch.cat([x, x[:7]])  # exact repeats (distance 0 to those that entered G)
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    one, batched = Prada(per_class=per_class), Prada(per_class=per_class)
+    _stream(one, model, x)
+    for i in range(0, len(x), 64):
+        batched.observe(x[i : i + 64], pred[i : i + 64])
+    assert batched.distances == pytest.approx(one.distances, abs=1e-12)
+    assert 0.0 in batched.distances
+    for c in range(10 if per_class else 1):
+        assert torch.equal(batched.growing_set(c), one.growing_set(c))
+    s, t = batched.state, one.state
+    assert (s.queries, s.distances, s.growing_set, s.flagged) == (
+        t.queries, t.distances, t.growing_set, t.flagged)
+    assert s.w is not None and t.w is not None and abs(s.w - t.w) < 1e-9

@@ -55,6 +55,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -90,14 +91,15 @@ class PradaState:
         return self.w
 
 
-def _shapiro_w(values: list[float]) -> float:
+def _shapiro_w(values: np.ndarray) -> float:
     try:
         from scipy.stats import shapiro
     except ImportError as exc:  # scipy is a base dependency; this guards broken installs
         raise DetectionError("PRADA needs scipy (pip install scipy)") from exc
     # A constant sample has no spread: W is undefined (scipy warns and answers 1.0). All
     # queries at exactly the same distance is the most synthetic stream there is.
-    if max(values) - min(values) <= 1e-12 * max(1.0, abs(max(values))):
+    top, bottom = float(values.max()), float(values.min())
+    if top - bottom <= 1e-12 * max(1.0, abs(top)):
         return 0.0
     with warnings.catch_warnings():
         # Past 5000 values scipy warns that its *p-value* may be inaccurate; PRADA uses
@@ -136,32 +138,57 @@ class Prada:
         self._growing: dict[int, Tensor] = {}  # class -> (k, features) float64
         self._entry_dists: dict[int, list[float]] = {}  # class -> DG_c (starts with 0)
         self._threshold: dict[int, float] = {}  # class -> T_c
-        self._distances: list[float] = []  # D, in arrival order
+        self._moments: dict[int, tuple[int, float, float]] = {}  # class -> DG_c count, mean, M2
+        self._dist = np.zeros(0)  # D, in arrival order: the first _ndist entries
+        self._ndist = 0
         self._queries = 0
         self._w: float | None = None
         self._flagged_at: int | None = None
 
-    def _observe_one(self, x: Tensor, cls: int) -> None:
-        self._queries += 1
+    def _enter(self, cls: int, d: float) -> None:
+        """``d`` joins ``DG_cls``; ``T_cls <- max(T_cls, mean - std)`` (population std,
+        Welford's running mean and sum of squares: O(1) per entry, not O(|DG|))."""
+        dg = self._entry_dists[cls]
+        dg.append(d)
+        count, mean, m2 = self._moments[cls]
+        count += 1
+        delta = d - mean
+        mean += delta / count
+        m2 += delta * (d - mean)
+        self._moments[cls] = (count, mean, m2)
+        self._threshold[cls] = max(self._threshold[cls], mean - math.sqrt(max(m2, 0.0) / count))
+
+    def _observe_class(self, rows: Tensor, cls: int) -> list[float | None]:
+        """Algorithm 1 for one class's rows of a batch, in order; each row's distance
+        (None for the class's very first query). One ``cdist`` to ``G_cls`` as it was
+        and one among the batch's rows replace a tensor operation per query; the
+        distances are the same as query by query."""
         grown = self._growing.get(cls)
+        first = grown is None
         if grown is None:
-            self._growing[cls] = x.unsqueeze(0)
+            grown = rows[:1]
             self._entry_dists[cls] = [0.0]
+            self._moments[cls] = (1, 0.0, 0.0)
             self._threshold[cls] = 0.0
-            return
-        if grown.shape[1] != x.shape[0]:
+        elif grown.shape[1] != rows.shape[1]:
             raise DetectionError(
-                f"query has {x.shape[0]} features, earlier queries had {grown.shape[1]}"
+                f"query has {rows.shape[1]} features, earlier queries had {grown.shape[1]}"
             )
-        d = float((grown - x).norm(dim=1).min())
-        self._distances.append(d)
-        if d > self._threshold[cls]:
-            self._growing[cls] = torch.cat([grown, x.unsqueeze(0)])
-            dg = self._entry_dists[cls]
-            dg.append(d)
-            mean = math.fsum(dg) / len(dg)
-            std = math.sqrt(math.fsum((v - mean) ** 2 for v in dg) / len(dg))
-            self._threshold[cls] = max(self._threshold[cls], mean - std)
+        exact = "donot_use_mm_for_euclid_dist"
+        base = torch.cdist(rows, grown, compute_mode=exact).min(dim=1).values.tolist()
+        pair = torch.cdist(rows, rows, compute_mode=exact).tolist() if len(rows) > 1 else []
+        out: list[float | None] = [None] if first else []
+        joined: list[int] = []  # rows of this batch that entered G (after ``grown``)
+        for i in range(1 if first else 0, len(rows)):
+            d = min([base[i], *(pair[i][j] for j in joined)])
+            out.append(d)
+            if d > self._threshold[cls]:
+                joined.append(i)
+                self._enter(cls, d)
+        if joined:
+            grown = torch.cat([grown, rows[joined]])
+        self._growing[cls] = grown
+        return out
 
     def observe(self, x: Tensor, predicted: Tensor) -> PradaState:
         """Take a batch ``x`` (n, ...) with the served model's predicted classes (n,), in
@@ -175,10 +202,17 @@ class Prada:
         if not bool(torch.isfinite(flat).all()):
             raise DetectionError("PRADA queries must be finite")
         classes = predicted.detach().to("cpu").tolist() if self.per_class else [0] * len(flat)
-        for row, cls in zip(flat, classes, strict=True):
-            self._observe_one(row, int(cls))
-        if len(self._distances) >= self.min_distances:
-            self._w = _shapiro_w(self._distances)
+        by_class: dict[int, list[int]] = {}
+        for i, cls in enumerate(classes):
+            by_class.setdefault(int(cls), []).append(i)
+        found: list[float | None] = [None] * len(flat)
+        for cls, idx in by_class.items():
+            for i, d in zip(idx, self._observe_class(flat[idx], cls), strict=True):
+                found[i] = d
+        self._queries += len(flat)
+        self._append([d for d in found if d is not None])  # arrival order
+        if self._ndist >= self.min_distances:
+            self._w = _shapiro_w(self._dist[: self._ndist])
             if self._w < self.delta and self._flagged_at is None:
                 self._flagged_at = self._queries
         return self.state
@@ -187,7 +221,7 @@ class Prada:
     def state(self) -> PradaState:
         return PradaState(
             queries=self._queries,
-            distances=len(self._distances),
+            distances=self._ndist,
             growing_set=sum(int(g.shape[0]) for g in self._growing.values()),
             w=self._w,
             flagged=self._w is not None and self._w < self.delta,
@@ -197,7 +231,17 @@ class Prada:
     @property
     def distances(self) -> list[float]:
         """The set D: each query's minimum distance to its class's growing set, in order."""
-        return list(self._distances)
+        return [float(v) for v in self._dist[: self._ndist]]
+
+    def _append(self, values: list[float]) -> None:
+        """Add distances to D (a buffer that doubles: amortised O(1) per distance)."""
+        need = self._ndist + len(values)
+        if need > len(self._dist):
+            grown = np.zeros(max(need, 2 * len(self._dist), 256))
+            grown[: self._ndist] = self._dist[: self._ndist]
+            self._dist = grown
+        self._dist[self._ndist : need] = values
+        self._ndist = need
 
     def growing_set(self, cls: int = 0) -> Tensor:
         """The flattened queries of ``G_cls`` (float64), in the order they entered."""
@@ -213,7 +257,7 @@ class Prada:
             "growing": {c: g.clone() for c, g in self._growing.items()},
             "entry_dists": {c: list(v) for c, v in self._entry_dists.items()},
             "threshold": dict(self._threshold),
-            "distances": list(self._distances),
+            "distances": self.distances,
             "queries": self._queries,
             "w": self._w,
             "flagged_at": self._flagged_at,
@@ -244,7 +288,12 @@ class Prada:
             fresh.per_class,
         )
         self._growing, self._entry_dists, self._threshold = growing, entry, threshold
-        self._distances, self._queries = distances, queries
+        self._moments = {}
+        for c, dg in entry.items():
+            mean = math.fsum(dg) / len(dg)
+            self._moments[c] = (len(dg), mean, math.fsum((v - mean) ** 2 for v in dg))
+        self._dist, self._ndist, self._queries = np.zeros(0), 0, queries
+        self._append(distances)
         self._w, self._flagged_at = w, flagged_at
 
 
