@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
 from dlsec.cli import main
+from dlsec.commands.serve import ServeCommandError, _reference
 from dlsec.models import save
 from dlsec.serve.app import ServeError, create_app
 from dlsec.serve.store import KeyStore
@@ -200,3 +202,38 @@ def test_dlsec_serve_bad_detection_flags_are_one_line(
     argv = ["serve", str(model_dir), "--db", str(tmp_path / "keys.db"), "--port", "0", *args]
     assert main([a.replace("missing.npy", str(tmp_path / "missing.npy")) for a in argv]) == 2
     one_line_error(capsys.readouterr().err, *words)
+
+
+def test_keys_list_events_and_unflag_on_the_command_line(tmp_path, capsys) -> None:
+    db = tmp_path / "keys.db"
+    with KeyStore(db) as store:
+        thief, _ = store.create("thief")
+        benign, _ = store.create("benign")
+        store.flag(thief.id, detector="prada", queries=112, statistic=0.591, action="block")
+    assert main(["keys", "list", "--db", str(db)]) == 0
+    rows = {ln.split()[0]: ln.split()[-1] for ln in capsys.readouterr().out.splitlines()[1:]}
+    assert rows == {thief.id: "yes", benign.id: "no"}
+    assert main(["keys", "events", "--db", str(db)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["id", "time", "key", "detector", "queries", "statistic", "action"]
+    assert len(lines) == 2 and lines[1].split()[-5:] == [thief.id, "prada", "112", "0.591", "block"]
+    assert main(["keys", "events", "--db", str(db), "--key", benign.id, "--json"]) == 0
+    assert capsys.readouterr().out.strip() == "[]"
+    assert main(["keys", "unflag", "--db", str(db), thief.id]) == 0
+    assert capsys.readouterr().out == f"unflagged {thief.id} (thief)\n"
+    with KeyStore(db) as store:
+        assert not store.get(thief.id).flagged and len(store.detections()) == 1
+
+
+def test_ood_reference_defaults_to_the_cards_dataset(trained_simplenet, digits, tmp_path) -> None:
+    model, card, _ = trained_simplenet
+    model_dir = tmp_path / "model"
+    save(model, card, model_dir)
+    ref = _reference(None, model_dir, ("prada", "ood"))
+    assert ref is not None and torch.equal(ref, digits.x_train)  # card.dataset == "digits"
+    assert _reference(None, model_dir, ("prada",)) is None
+    np.save(tmp_path / "ref.npy", digits.x_test.numpy())
+    assert torch.equal(_reference(tmp_path / "ref.npy", model_dir, ("ood",)), digits.x_test)
+    np.save(tmp_path / "bad.npy", np.array(["a", "b"]))
+    with pytest.raises(ServeCommandError, match="numeric array"):
+        _reference(tmp_path / "bad.npy", model_dir, ("ood",))

@@ -23,7 +23,11 @@ A key is sent as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. A predicti
 handled in this order: authenticate (401 with ``WWW-Authenticate: Bearer`` for a missing,
 unknown or revoked key) -> rate limit (429 with ``Retry-After``, whole seconds rounded
 up) -> read and check the body (413 too large, 422 malformed, ``{"detail": msg}``) ->
-predict -> :meth:`KeyStore.record` (charge the rows, log the request) -> answer. A
+predict -> :meth:`KeyStore.record` (charge the rows, log the request) -> the key's
+extraction detectors see the batch (a new flag is stored and counted before the answer)
+-> answer. A flagged key (``detect=``, ``on_flag=``) is refused right after
+authentication: 403 ``{"code": "extraction_suspected"}`` under ``block``, or rate limited
+to ``throttle_rate`` (429) under ``throttle``. A
 budget the request does not fit is 403 ``{"detail": ..., "code": "budget_exhausted",
 "remaining": N}`` and nothing is charged or logged. A database locked past its busy
 timeout is 503 with ``Retry-After: 1``, never a 500. Only predictions are rate limited
@@ -42,6 +46,13 @@ Notes:
     answer; a refused one has none. The ``noise`` policy draws from one generator per
     app, seeded by ``seed`` (None: a fresh secret seed, so a client cannot predict the
     noise), under a lock.
+
+    Detection runs in the request, under one lock for all keys, so that the request after
+    the flagging one is already refused. Its cost grows with a key's history: a PRADA
+    update of a batch of 64 after 10,000 queries took 1.3 ms (growing set 1,564) to 4 ms
+    (10,000: uniform queries, each one enters it) on one CPU thread, the OOD share
+    0.3-0.4 ms (reference 1,438 rows). Detector states are in memory (a restart starts
+    them afresh); flags and events are in the key database.
 
     This module does not use ``from __future__ import annotations``: FastAPI reads the
     ``Annotated[..., Depends(fn)]`` of the routes at run time, and ``fn`` is local to
