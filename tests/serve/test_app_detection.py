@@ -237,3 +237,16 @@ def test_ood_reference_defaults_to_the_cards_dataset(trained_simplenet, digits, 
     np.save(tmp_path / "bad.npy", np.array(["a", "b"]))
     with pytest.raises(ServeCommandError, match="numeric array"):
         _reference(tmp_path / "bad.npy", model_dir, ("ood",))
+
+
+def test_log_only_records_the_flag_and_keeps_answering(trained_simplenet, attack_stream, store) -> None:
+    model, card, _ = trained_simplenet
+    app = create_app((model, card), store=store, detect=("prada",), on_flag="log")
+    key, token = store.create("thief")
+    with TestClient(app) as client:
+        answered, refused = _send_until_refused(client, token, attack_stream)
+    assert refused is None and answered == len(attack_stream) == 320
+    (event,) = store.detections(key.id)  # flagged once (measured: at query 112)
+    assert (event["detector"], event["action"]) == ("prada", "log")
+    assert 104 <= event["queries"] <= 160
+    assert store.get(key.id).flagged and store.get(key.id).used == 320
