@@ -250,3 +250,21 @@ def test_log_only_records_the_flag_and_keeps_answering(trained_simplenet, attack
     assert (event["detector"], event["action"]) == ("prada", "log")
     assert 104 <= event["queries"] <= 160
     assert store.get(key.id).flagged and store.get(key.id).used == 320
+
+
+def test_background_detection_flags_after_the_worker_catches_up(
+    trained_simplenet, attack_stream, store
+) -> None:
+    model, card, _ = trained_simplenet
+    app = create_app((model, card), store=store, detect=("prada",), on_flag="block",
+                     detect_background=True)
+    key, token = store.create("thief")
+    with TestClient(app) as client:
+        for i in range(0, 160, BATCH):  # past the measured flag at 112, without waiting
+            r = _post(client, token, attack_stream[i : i + BATCH])
+            assert r.status_code in (200, 403)
+        app.state.watcher.join()  # every answered batch observed
+        (event,) = store.detections(key.id)
+        assert event["detector"] == "prada" and 104 <= event["queries"] <= 160
+        r = _post(client, token, attack_stream[:1])
+        assert r.status_code == 403 and r.json()["code"] == "extraction_suspected"

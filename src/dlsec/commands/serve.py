@@ -154,6 +154,7 @@ def serve(
     throttle_rate: Annotated[float, typer.Option("--throttle-rate", help="Requests per second of a flagged key under --on-flag throttle")] = THROTTLE_RATE,
     prada_delta: Annotated[float, typer.Option("--prada-delta", help="PRADA flags a key while the Shapiro-Wilk W of its query distances is below this")] = DEFAULT_DELTA,
     reference: Annotated[Path | None, typer.Option("--reference", help="Benign inputs (.npy, rows in the model's input shape) for --detect ood; default: the training split of the card's dataset")] = None,
+    detect_background: Annotated[bool, typer.Option("--detect-background", help="Run the detectors in a worker thread after each answer (lower latency; a flag takes effect a few requests later)")] = False,
     device: DeviceOpt = "auto",
     trust_code: TrustCodeOpt = False,
     watermark: Annotated[float | None, typer.Option("--watermark", metavar="FRACTION", help="DAWN: answer this fraction of each key's distinct inputs with a wrong, consistent label and record it for dlsec ownership (default off: each mark is a wrong answer to a benign client too)")] = None,
@@ -186,7 +187,8 @@ def serve(
         app = create_app(model_dir, store=store, policy=default_policy, limits=limits,
                          rate=rate, burst=burst, device=device, trust_code=trust_code,
                          watermark=marks, detect=names, on_flag=on_flag,
-                         throttle_rate=throttle_rate, prada_delta=prada_delta, reference=ref)
+                         throttle_rate=throttle_rate, prada_delta=prada_delta, reference=ref,
+                         detect_background=detect_background)
         if not is_loopback(host):
             typer.echo(f"warning: listening on {host}, reachable from the network; every "
                        "request but /healthz still needs an API key", err=True)
