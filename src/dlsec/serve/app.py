@@ -128,9 +128,10 @@ class ServeError(DlsecError):
 
 
 class _Watcher:
-    """Detection off the request path: answered batches go to a queue that one worker
-    thread drains (started on demand, gone after a second idle). ``join`` waits until
-    every submitted batch has been observed."""
+    """Detection off the request path: answered batches go to a queue that one daemon
+    worker thread drains (started with the first batch, then kept: a thread of its own
+    keeps one store connection). ``join`` waits until every submitted batch has been
+    observed."""
 
     def __init__(self, fn: Callable[..., None], *, maxsize: int = 256) -> None:
         self._fn = fn
@@ -149,14 +150,7 @@ class _Watcher:
 
     def _run(self) -> None:
         while True:
-            try:
-                args = self._queue.get(timeout=1.0)
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():
-                        self._thread = None
-                        return
-                continue
+            args = self._queue.get()
             try:
                 self._fn(*args)
             except Exception:  # a detector bug must not stop detection for every key
@@ -275,8 +269,8 @@ def create_app(
         prada_delta: PRADA's Shapiro-Wilk threshold (:class:`dlsec.serve.detection.Prada`).
         reference: benign inputs (n, *input_shape) for the ``ood`` detector.
         detect_background: observe answered batches in a worker thread after the answer
-            instead of before it (lower latency; a flag then takes effect a few requests
-            later, as soon as the worker reaches the flagging batch).
+            instead of before it, in one daemon thread (lower latency; a flag then takes
+            effect a few requests later, as soon as the worker reaches the flagging batch).
 
     Raises:
         ServeError, PolicyError, ModelError: a bad argument, policy or model directory.
