@@ -8,6 +8,11 @@ was answered always has its log row, and a budget can never be exceeded or reset
 the process is killed (``kill -9``) at any moment. Budgets count rows (queried points),
 not requests, like :class:`dlsec.threat.Oracle`.
 
+Extraction detection (schema 2): :meth:`KeyStore.flag` logs a detector's verdict in the
+``detections`` table and marks the key flagged in one transaction (a server keeps
+refusing or throttling it after a restart); :meth:`KeyStore.unflag` clears the mark and
+keeps the events. A schema-1 database of an older dlsec is migrated in place when opened.
+
 Example:
     >>> from pathlib import Path
     >>> store = KeyStore(Path("keys.db"))                    # doctest: +SKIP
