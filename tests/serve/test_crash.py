@@ -17,6 +17,9 @@ from dlsec.serve.store import KeyStore
 
 SHAPE, BOUNDS = (1, 8, 8), (0.0, 1.0)  # the digits card's
 CLIENTS, BUDGET, KILL_AFTER = 8, 5000, 150
+# every protection on (the watermark and detection write to the same database); a flag is
+# only logged, so that no request is refused
+PROTECTED = ("--detect", "prada,ood", "--on-flag", "log", "--watermark", "0.05")
 
 
 @pytest.mark.timeout(180)
@@ -25,7 +28,7 @@ def test_kill_9_mid_load_loses_no_logged_answer_and_keeps_the_budget(
 ) -> None:
     db = tmp_path / "keys.db"
     key_id, token = keys(db, "--budget", str(BUDGET))
-    server = dlsec_server(served_model_dir, db)
+    server = dlsec_server(served_model_dir, db, *PROTECTED)
     answered = threading.Event()
     count = [0]
     lock = threading.Lock()
@@ -70,7 +73,7 @@ def test_kill_9_mid_load_loses_no_logged_answer_and_keeps_the_budget(
     assert remaining == BUDGET - used
 
     # restart on the same database: it serves again, and the budget is not reset
-    again = dlsec_server(served_model_dir, db)
+    again = dlsec_server(served_model_dir, db, *PROTECTED)
     x = make_inputs(0, seed=99, batch=3, input_shape=SHAPE, bounds=BOUNDS)
     r = httpx.post(f"{again.url}/v1/predict", json={"inputs": x.tolist()},
                    headers={"Authorization": f"Bearer {token}"}, timeout=10)

@@ -12,6 +12,7 @@ from dlsec.serve.loadgen import LoadError, make_inputs, model_facts, run_load
 from dlsec.serve.store import KeyStore
 
 SHAPE, BOUNDS = (1, 8, 8), (0.0, 1.0)  # the digits card's
+PROTECTED = ("--detect", "prada,ood", "--on-flag", "log", "--watermark", "0.05")
 
 
 def _log_by_hash(db, key_id) -> tuple[Counter[str], int, list[dict]]:
@@ -24,18 +25,20 @@ def _log_by_hash(db, key_id) -> tuple[Counter[str], int, list[dict]]:
 def test_load_no_5xx_and_one_log_row_per_answer(served_model_dir, tmp_path, keys,
                                                 dlsec_server) -> None:
     db = tmp_path / "keys.db"
-    # budget 700 rows: the 400 requests (300 of 1 row, then of 2...) run it out mid-load
+    # budget 700 rows: 400 requests of 1 row, then 200 of 2 rows run it out mid-load
     key_id, token = keys(db, "--budget", "700")
     other_id, _ = keys(db)
-    server = dlsec_server(served_model_dir, db)
+    # every protection on; a flag is only logged (uniform noise looks like extraction to
+    # the OOD detector, and this test is about the log, not about refusals)
+    server = dlsec_server(served_model_dir, db, *PROTECTED)
     assert model_facts(server.url, token) == (SHAPE, BOUNDS)
     first = run_load(server.url, token, input_shape=SHAPE, bounds=BOUNDS, clients=8,
                      requests=400, batch=1, seed=1, duration_s=60)
     second = run_load(server.url, token, input_shape=SHAPE, bounds=BOUNDS, clients=8,
-                      requests=400, batch=2, seed=2, encoding="json", duration_s=60)
+                      requests=200, batch=2, seed=2, encoding="json", duration_s=60)
     assert first.counts() == {200: 400}, first.errors
     # 300 rows left, 2 rows a request: exactly 150 answered, the rest refused with 403
-    assert second.counts() == {200: 150, 403: 250}, second.errors
+    assert second.counts() == {200: 150, 403: 50}, second.errors
     answered = first.answered() + second.answered()
     logged, charged, rows = _log_by_hash(db, key_id)
     assert len(rows) == len(answered) == 550
@@ -45,6 +48,11 @@ def test_load_no_5xx_and_one_log_row_per_answer(served_model_dir, tmp_path, keys
     with KeyStore(db, create=False) as store:
         assert store.remaining(key_id) == 0
         assert store.log_rows(other_id) == []
+        # detection ran under load: the OOD detector flagged the noise, once, logged only
+        events = store.detections(key_id)
+        detectors = [e["detector"] for e in events]
+        assert "ood" in detectors and len(set(detectors)) == len(detectors)  # once each
+        assert {e["action"] for e in events} == {"log"}
     # the seeded inputs: a distinct input per request, the same for a seed
     assert len(logged) == 550
     assert (make_inputs(3, seed=1, batch=1, input_shape=SHAPE, bounds=BOUNDS).tobytes()

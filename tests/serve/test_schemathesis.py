@@ -19,6 +19,7 @@ from schemathesis import GenerationMode
 from starlette.testclient import TestClient
 
 from dlsec.serve.app import create_app
+from dlsec.serve.ledger import ServedWatermark, WatermarkLedger
 from dlsec.serve.store import KeyStore
 
 PUBLIC = {"/healthz", "/openapi.json"}
@@ -33,14 +34,18 @@ def _examples(n: int) -> settings:
 
 
 @pytest.fixture(scope="module")
-def served(served_model_dir, tmp_path_factory):
-    """(app, schema, token, revoked token): the app of ``dlsec serve`` on a fresh key
-    database, its schema as Schemathesis reads it over ASGI."""
-    store = KeyStore(tmp_path_factory.mktemp("schemathesis") / "keys.db")
-    _, token = store.create("fuzzer")
+def served(served_model_dir, digits, tmp_path_factory):
+    """(app, schema, token, revoked token): the app of ``dlsec serve`` with every
+    protection on (rate limit, PRADA and OOD detection with flags logged, DAWN watermark)
+    on a fresh key database, its schema as Schemathesis reads it over ASGI."""
+    db = tmp_path_factory.mktemp("schemathesis") / "keys.db"
+    store = KeyStore(db)
+    _, token = store.create("fuzzer", budget=10**9)
     revoked, revoked_token = store.create("gone")
     store.revoke(revoked.id)
-    app = create_app(served_model_dir, store=store, seed=0, rate=1e6)
+    marks = ServedWatermark(WatermarkLedger(db), fraction=0.05, secret=b"s" * 32)
+    app = create_app(served_model_dir, store=store, seed=0, rate=1e6, detect=("prada", "ood"),
+                     on_flag="log", reference=digits.x_train, watermark=marks)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     yield app, schema, token, revoked_token
     store.close()
@@ -64,7 +69,7 @@ def test_no_generated_request_gets_a_5xx(served, mode) -> None:
     _, schema, token, _ = served
     seen: Counter[tuple[str, int]] = Counter()
 
-    @_examples(120)
+    @_examples(100)
     @given(case=schema.as_strategy(generation_mode=mode))
     def check(case) -> None:
         r = case.call(headers={"Authorization": f"Bearer {token}"})
@@ -157,7 +162,7 @@ def test_bodies_close_to_valid_are_answered_or_refused_never_a_5xx(served) -> No
     seen: Counter[int] = Counter()
     with TestClient(app) as client:
 
-        @_examples(150)
+        @_examples(100)
         @given(inputs=_near_valid())
         def check(inputs) -> None:
             body = json.dumps({"inputs": inputs}, allow_nan=True)  # NaN and Infinity as such
