@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from dlsec.data import Dataset, load_dataset
-from dlsec.serve.detection import DetectionError, Detectors, Prada
+from dlsec.intervals import Z95
+from dlsec.serve.detection import (
+    DetectionError,
+    Detectors,
+    KeyDetectors,
+    OodReference,
+    OodShare,
+    Prada,
+)
 
 
 def _feed(det: Prada, points: Sequence[Sequence[float]], classes: list[int]) -> None:
@@ -225,3 +233,60 @@ def test_a_batch_equals_the_same_queries_one_by_one(digits_model, per_class: boo
     assert (s.queries, s.distances, s.growing_set, s.flagged) == (
         t.queries, t.distances, t.growing_set, t.flagged)
     assert s.w is not None and t.w is not None and abs(s.w - t.w) < 1e-9
+
+
+# ---- the OOD-share detector -------------------------------------------------------------
+
+
+def test_ood_radius_outliers_and_wilson_verdict_by_hand() -> None:
+    # Reference 0, 1, 3, 7 (1-D): leave-one-out NN distances 1, 1, 2, 4; their median
+    # (linear interpolation) is 1.5. A query at 5 is 2 from 3 or 7: an outlier; 2 is 1
+    # from 1 and 3: not one.
+    ref = OodReference(torch.tensor([[0.0], [1.0], [3.0], [7.0]]), quantile=0.5)
+    assert ref.radius == pytest.approx(1.5, abs=1e-9)
+    assert ref.outliers(torch.tensor([[5.0], [2.0], [-1.6], [-1.4]])).tolist() == [
+        True, False, True, False]
+    det = OodShare(ref, min_queries=3)
+    s = det.observe(torch.tensor([[5.0], [20.0]]))
+    assert (s.queries, s.outliers, s.lower, s.flagged) == (2, 2, None, False)  # < min_queries
+    s = det.observe(torch.tensor([[-9.0]]))
+    # Wilson lower bound of 3/3 is 3 / (3 + z^2) = 0.4385 > 0.1
+    assert s.lower == pytest.approx(3 / (3 + Z95**2), abs=1e-9)
+    assert s.flagged and s.flagged_at == 3 and s.statistic == s.lower
+    s = det.observe(torch.tensor([[2.0]] * 37))  # 3 of 40: lower bound 0.026 < 0.1
+    assert s.outliers == 3 and s.lower is not None and s.lower < 0.1
+    assert not s.flagged and s.flagged_at == 3  # the first flag is remembered
+    resumed = OodShare(ref)
+    resumed.load_state_dict(det.state_dict())
+    assert resumed.state == det.state and resumed.min_queries == 3
+    other = OodReference(torch.tensor([[0.0], [10.0]]))
+    with pytest.raises(DetectionError, match="another reference"):
+        OodShare(other).load_state_dict(det.state_dict())
+
+
+def test_ood_and_key_detectors_settings_are_checked() -> None:
+    with pytest.raises(DetectionError, match="quantile"):
+        OodReference(torch.zeros(3, 2), quantile=1.0)
+    with pytest.raises(DetectionError, match="at least 2 rows"):
+        OodReference(torch.zeros(1, 2))
+    with pytest.raises(DetectionError, match="finite"):
+        OodReference(torch.tensor([[0.0], [float("nan")]]))
+    ref = OodReference(torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    with pytest.raises(DetectionError, match="threshold"):
+        OodShare(ref, threshold=0.0)
+    with pytest.raises(DetectionError, match="min_queries"):
+        OodShare(ref, min_queries=0)
+    with pytest.raises(DetectionError, match="3 features"):
+        ref.outliers(torch.zeros(1, 3))
+    with pytest.raises(DetectionError, match="unknown detector 'pada'"):
+        KeyDetectors(("pada",))
+    with pytest.raises(DetectionError, match="twice"):
+        KeyDetectors(("prada", "prada"))
+    with pytest.raises(DetectionError, match="reference"):
+        KeyDetectors(("ood",))
+    kd = KeyDetectors(("prada", "ood"), reference=torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
+    verdicts = kd.observe("a", torch.full((20, 2), 50.0), torch.zeros(20, dtype=torch.long))
+    assert [(v.detector, v.new) for v in verdicts] == [("prada", False), ("ood", True)]
+    again = kd.observe("a", torch.full((1, 2), 50.0), torch.zeros(1, dtype=torch.long))
+    assert [v.new for v in again] == [False, False]  # "new" only once per detector
+    assert kd.flagged() == ["a"] and len(kd) == 1 and list(kd.get("b")) == ["prada", "ood"]
