@@ -22,12 +22,14 @@ def _log_by_hash(db, key_id) -> tuple[Counter[str], int, list[dict]]:
 
 
 @pytest.mark.timeout(120)
-def test_load_no_5xx_and_one_log_row_per_answer(served_model_dir, tmp_path, keys,
+def test_load_no_5xx_and_one_log_row_per_answer(served_model_dir, tmp_path,
                                                 dlsec_server) -> None:
     db = tmp_path / "keys.db"
     # budget 700 rows: 400 requests of 1 row, then 200 of 2 rows run it out mid-load
-    key_id, token = keys(db, "--budget", "700")
-    other_id, _ = keys(db)
+    with KeyStore(db) as store:  # in-process: `dlsec keys create` is tested elsewhere
+        key, token = store.create("load", budget=700)
+        other, _ = store.create("idle")
+    key_id, other_id = key.id, other.id
     # every protection on; a flag is only logged (uniform noise looks like extraction to
     # the OOD detector, and this test is about the log, not about refusals)
     server = dlsec_server(served_model_dir, db, *PROTECTED)
