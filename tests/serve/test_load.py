@@ -4,7 +4,11 @@ for its rows, with the sha256 of the inputs the client sent."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
 from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -71,3 +75,47 @@ def test_loadgen_refuses_a_non_loopback_url_and_bad_counts() -> None:
             run_load(url, "k", input_shape=SHAPE, bounds=BOUNDS, requests=1)
     with pytest.raises(LoadError, match="must be >= 1"):
         run_load("http://127.0.0.1:9", "k", input_shape=SHAPE, bounds=BOUNDS, clients=0)
+
+
+class _Slow(BaseHTTPRequestHandler):
+    """Answers every POST with 200 after DELAY_S, reading the body first."""
+
+    DELAY_S = 0.05
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        time.sleep(self.DELAY_S)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+
+def test_loadgen_stops_at_its_duration_and_sends_seeded_inputs() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        rep = run_load(url, None, input_shape=SHAPE, bounds=BOUNDS, clients=2, requests=1000,
+                       duration_s=0.5, seed=3)
+        again = run_load(url, None, input_shape=SHAPE, bounds=BOUNDS, clients=3, requests=6,
+                         seed=3, encoding="json")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    # 2 clients x 0.5 s / 0.05 s a request: about 20 requests, far from the 1000 asked
+    assert rep.stopped_by_duration and 4 <= len(rep.results) <= 40, len(rep.results)
+    assert rep.counts() == {200: len(rep.results)}
+    assert rep.wall_seconds < 0.5 + 5 * _Slow.DELAY_S + 1.0
+    assert _Slow.DELAY_S <= rep.percentile(50) < _Slow.DELAY_S + 0.5
+    # the same seed sends the same inputs whatever the client count and encoding
+    assert not again.stopped_by_duration and again.counts() == {200: 6}
+    assert [r.input_sha256 for r in again.results] == [r.input_sha256 for r in rep.results[:6]]
+    other = make_inputs(0, seed=4, batch=1, input_shape=SHAPE, bounds=BOUNDS)
+    assert hashlib.sha256(other.tobytes()).hexdigest() != rep.results[0].input_sha256
