@@ -36,3 +36,25 @@ def test_invert_and_bad_attack(model_dir, tmp_path, capsys) -> None:
     assert rc == 0
     assert (tmp_path / "inversion.png").stat().st_size > 0
     assert main(["privacy", "membership", "--model-dir", str(model_dir), "--attack", "nope"]) == 2
+
+
+def test_extract_output_policy(model_dir, tmp_path, capsys, one_line_error) -> None:
+    """``--output`` takes any output policy: top-1 scores carry exactly what labels carry
+    (the attacker renormalises them to one-hot), so the same seed steals the same copy;
+    a bad spec or a contradiction with ``--labels-only`` is one line, exit 2."""
+    fid = {}
+    for name, flags in {"topk1": ["--output", "topk:1"], "label": ["--labels-only"],
+                        "scores": []}.items():
+        out = tmp_path / f"{name}.json"
+        assert main(["extract", "--model-dir", str(model_dir), "--budget", "100", "--strategy",
+                     "natural", "--quiet", "--out", str(out), *flags]) == 0
+        summary = json.loads(out.read_text())
+        assert summary["output"] == {"topk1": "topk:1", "label": "label"}.get(name, "scores")
+        fid[name] = summary["fidelity"]
+    assert fid["topk1"] == pytest.approx(fid["label"], abs=1e-9)
+    capsys.readouterr()
+    assert main(["extract", "--model-dir", str(model_dir), "--output", "topk:0"]) == 2
+    one_line_error(capsys.readouterr().err, "--output")
+    assert main(["extract", "--model-dir", str(model_dir), "--labels-only", "--output",
+                 "scores"]) == 2
+    one_line_error(capsys.readouterr().err, "--labels-only")

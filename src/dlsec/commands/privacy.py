@@ -282,7 +282,8 @@ def register(app: typer.Typer) -> None:
         api_key: ApiKeyOpt = None,
         budget: Annotated[int, count("Query budget")] = 10_000,
         strategy: Annotated[str, typer.Option(help="random | natural | jacobian | active")] = "active",
-        labels_only: Annotated[bool, typer.Option("--labels-only", help="The oracle returns labels only")] = False,
+        labels_only: Annotated[bool, typer.Option("--labels-only", help="The oracle returns labels only (= --output label)")] = False,
+        output: Annotated[str | None, typer.Option("--output", help="What the local oracle returns, an output policy: scores | label | topk:K | rounded:D | noise:SIGMA | reverse-sigmoid:BETA,GAMMA (default scores; with --url the key's policy on the server decides)")] = None,
         dataset: Annotated[str | None, typer.Option(help="Dataset (default: the card's)")] = None,
         seed: SeedOpt = 0,
         test_size: TestSizeOpt = 0.2,
@@ -306,11 +307,18 @@ def register(app: typer.Typer) -> None:
         check_target(model_dir, url)
         _check_out(save_to, kind="dir", option="--save-to")
         _check_out(out)
+        if labels_only and output not in (None, "label"):
+            raise DlsecError(f"--labels-only and --output {output} disagree: give one of them")
+        if url is not None and output not in (None, "scores", "label"):
+            raise DlsecError(f"--output {output}: against --url the server applies the key's "
+                             "own output policy; only scores or label can be asked for")
+        kind = "label" if labels_only else (output or "scores")
         try:
-            options = ExtractionOptions(runs=((strategy, "label" if labels_only else "scores"),),
-                                        budget=budget, epochs=None, rounds=None, max_eval=None)
+            options = ExtractionOptions(runs=((strategy, kind),), budget=budget, epochs=None,
+                                        rounds=None, max_eval=None)
         except DlsecError as e:
-            raise DlsecError(f"--strategy: {e}") from None
+            flag = "--strategy" if "strategy" in str(e) else "--output"
+            raise DlsecError(f"{flag}: {e}") from None
         with ExitStack() as stack:
             if url is not None:
                 factory = stack.enter_context(remote_oracles(url, api_key))
@@ -322,7 +330,8 @@ def register(app: typer.Typer) -> None:
             res = run_extraction(ctx, options).artifacts["results"][0]
         if save_to is not None:
             save(res.substitute, ctx.card, save_to)
-        _emit({**res.summary(), "curve": res.curve}, out)
+        # the output policy asked for, not the attacker's view of it (topk:1 is seen as scores)
+        _emit({**res.summary(), "output": kind, "curve": res.curve}, out)
 
 
 LEAKAGE_ATTACKS = {"ig": "inverting-gradients", "inverting-gradients": "inverting-gradients",
