@@ -288,6 +288,30 @@ def detection(model: Any, card: Any, ds: Any, budget: int, db: Path,
     return out
 
 
+def readme_block(table: list[dict[str, Any]], detect: dict[str, Any], budget: int,
+                 cmd: str) -> list[str]:
+    """The README's summary: one row per policy, one line on detection."""
+    rows = ["<!-- readme: serving-extraction -->",
+            f"| output policy | strongest thief | its fidelity at {budget:,} queries % [95% CI] "
+            "| benign accuracy % [95% CI] |", "|---|---|---|---|"]
+    for r in table:
+        k = round(r["fidelity"] * r["fidelity_n"])
+        kb = round(r["benign_accuracy"] * r["benign_n"])
+        rows.append(f"| `{r['policy']}` | {r['strongest']} | {_ci(k, r['fidelity_n'])} | "
+                    f"{_ci(kb, r['benign_n'])} |")
+    flagged = []
+    for name, c in detect["clients"].items():
+        sf = c["server_flags"]
+        got = [f"{d.upper() if d == 'ood' else 'PRADA'} at query {sf[d]:,}"
+               for d in ("prada", "ood") if sf[d] is not None]
+        flagged.append(f"{name}: {', '.join(got) if got else 'never flagged'}")
+    rows += ["", f"Detection through a real server (PRADA + OOD share, {budget:,} queries per "
+             f"thief): {'; '.join(flagged)}. Command: `{cmd}` "
+             "(benchmarks/results/serving_extraction.md).",
+             "<!-- end readme: serving-extraction -->", ""]
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1,000 queries: a smoke run")
@@ -314,7 +338,8 @@ def main() -> int:
     head = ["# Serving vs extraction: output policies and detection", "",
             f"Command: `{cmd}`: {machine}. The whole script took {total:.0f} s; load average "
             f"at its end {load_average()}.", ""]
-    text = "\n".join(head + lines).rstrip() + "\n"
+    block = readme_block(table, detect, budget, cmd)
+    text = "\n".join(head + block + lines).rstrip() + "\n"
     write_results(out, text)
     raw = {"command": cmd, "seconds": round(total, 1), "budget": budget, "seed": SEED,
            "machine": machine, "policies": table, "detection": detect}
