@@ -144,15 +144,16 @@ def remote_oracles(url: str, api_key: str | None) -> Iterator[RemoteOracles]:
 
 
 def remote_context(factory: OracleFactory, dataset: str | None, *, seed: int, progress: bool,
-                   **threat: Any) -> ScenarioContext:
+                   test_size: float = 0.2, **threat: Any) -> ScenarioContext:
     """The scenario context of a served model: the server's input contract, ``dataset``
-    (required) split with ``seed``; ``threat`` settings for the threat model."""
+    (required) split with ``seed`` (``test_size``: the test share of a dataset that ships
+    none); ``threat`` settings for the threat model."""
     from dlsec.data import load_dataset
     from dlsec.scenarios import ScenarioContext
 
     if not dataset:
         raise EvasionCommandError("--dataset: required with --url (the server does not say "
                                   "which data its model learned from)")
-    ds = load_dataset(dataset, seed=seed)
+    ds = load_dataset(dataset, seed=seed, test_size=test_size)
     return ScenarioContext.for_remote(factory, ds, architecture=REMOTE_ARCHITECTURE, seed=seed,
                                       progress=progress, **threat)

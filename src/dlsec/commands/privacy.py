@@ -48,6 +48,47 @@ def _context(model_dir: Path, dataset: str | None, seed: int, test_size: float, 
     return ScenarioContext(model=model, card=card, dataset=ds, seed=seed, progress=progress)
 
 
+def _remote_members(ctx: ScenarioContext, training_record: Path | None,
+                    val_fraction: float | None, seed: int) -> ScenarioContext:
+    """``ctx`` (a served model's) with the training record that says who its members are:
+    ``training_record``'s card (checked against the server's input shape and classes; the
+    shadows then follow its recipe and architecture), else ``val_fraction`` (default
+    ``dlsec train``'s 0.1) held out with ``seed``."""
+    import dataclasses
+
+    from dlsec.models import read_card
+
+    if training_record is None:
+        vf = 0.1 if val_fraction is None else val_fraction
+        card = dataclasses.replace(ctx.card, training={"seed": seed, "val_fraction": vf})
+    else:
+        path = training_record.parent if training_record.name == "card.json" else training_record
+        card = read_card(path)
+        if (tuple(card.input_shape) != tuple(ctx.card.input_shape)
+                or len(card.classes) != len(ctx.card.classes)):
+            raise DlsecError(f"--training-record: {training_record} is the card of a model of "
+                             f"inputs {tuple(card.input_shape)} and {len(card.classes)} classes, "
+                             f"the server's is {tuple(ctx.card.input_shape)}, "
+                             f"{len(ctx.card.classes)}")
+        card = dataclasses.replace(card, bounds=ctx.card.bounds)
+    return dataclasses.replace(ctx, card=card)
+
+
+def _remote_no_data(factory: Any, seed: int) -> ScenarioContext:
+    """The context of a served model with no data (inversion needs none): its card is the
+    server's input shape, classes and bounds."""
+    from dlsec.commands._target import REMOTE_ARCHITECTURE
+    from dlsec.models import ModelCard
+    from dlsec.scenarios import ScenarioContext
+    from dlsec.scenarios.inversion import no_data
+
+    probe = factory()
+    card = ModelCard(architecture=REMOTE_ARCHITECTURE, input_shape=list(probe.input_shape),
+                     classes=[str(c) for c in probe.classes], bounds=probe.bounds)
+    return ScenarioContext.for_remote(factory, no_data(card), architecture=REMOTE_ARCHITECTURE,
+                                      seed=seed)
+
+
 def _check_out(path: Path | None, *, kind: str = "file", option: str = "--out") -> None:
     from dlsec.files import check_output
 
@@ -72,12 +113,23 @@ def register(app: typer.Typer) -> None:
 
     @privacy_app.command("membership")
     def membership(
-        model_dir: ModelDirOpt,
+        model_dir: Annotated[Path | None, typer.Option(
+            "--model-dir", help="Saved model to attack")] = None,
+        url: UrlOpt = None,
+        api_key: ApiKeyOpt = None,
         attack: Annotated[str, typer.Option(
             help="loss | confidence | entropy | shadow | lira | lira-offline | label-only")] = "lira",
         shadows: Annotated[int, count("Shadow models (shadow, lira): at least 2", low=2)] = 16,
         members: Annotated[int, count("Members tested (as many non-members)")] = 500,
-        dataset: Annotated[str | None, typer.Option(help="Dataset (default: the card's)")] = None,
+        dataset: Annotated[str | None, typer.Option(help="Dataset (default: the card's; required with --url)")] = None,
+        val_fraction: Annotated[float | None, number(
+            "With --url: the validation share dlsec train held out of the training split "
+            "(split with --seed); the members are the rest [default: 0.1, dlsec train's]",
+            "--val-fraction", low=0.0, high=1.0, high_open=True)] = None,
+        training_record: Annotated[Path | None, typer.Option(
+            "--training-record", help="With --url: the served model's directory (or its "
+            "card.json); its training record says who the members are, and the shadows "
+            "follow its recipe and architecture")] = None,
         seed: SeedOpt = 0,
         test_size: TestSizeOpt = 0.2,
         out: JsonOutOpt = None,
@@ -85,41 +137,89 @@ def register(app: typer.Typer) -> None:
         trust_code: TrustCodeOpt = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     ) -> None:
-        """Membership inference on the model's training records vs its test records."""
+        """Membership inference on the model's training records vs its test records.
+
+        ``--url`` (with ``--api-key`` or ``DLSEC_API_KEY``, and ``--dataset``) attacks a
+        model served by ``dlsec serve``: every attack needs only its answers (label-only
+        needs labels, the others scores). The server does not say who its members are:
+        they are the dataset's training split minus ``--val-fraction`` (split with
+        ``--seed``, as ``dlsec train`` held it out), or what ``--training-record`` states.
+        Each record is bought once and charged to the key; if its budget runs out, the
+        records answered so far (half members) are the result, with one warning line."""
+        from contextlib import ExitStack
+
+        from dlsec.commands._target import check_target, remote_context, remote_oracles
         from dlsec.scenarios.membership import MEMBERSHIP_ATTACKS, MembershipOptions, run_membership
 
+        check_target(model_dir, url)
         if attack not in MEMBERSHIP_ATTACKS:
             raise DlsecError(f"unknown attack {attack!r} (choose from {', '.join(MEMBERSHIP_ATTACKS)})")
+        if url is None and (val_fraction is not None or training_record is not None):
+            raise DlsecError("--val-fraction and --training-record: only with --url (a saved "
+                             "model's card says who its members are)")
+        if val_fraction is not None and training_record is not None:
+            raise DlsecError("--val-fraction and --training-record disagree: give one of them")
         _check_out(out)
-        ctx = _context(model_dir, dataset, seed, test_size, threads=threads,
-                       trust_code=trust_code, progress=not quiet)
-        res = run_membership(ctx, MembershipOptions(attacks=(attack,), members=members,
-                                                    shadows=shadows))
-        _emit(res.artifacts["results"][0].summary(), out)
+        factory = None
+        with ExitStack() as stack:
+            if url is not None:
+                factory = stack.enter_context(remote_oracles(url, api_key))
+                ctx = remote_context(factory, dataset, seed=seed, progress=not quiet,
+                                     test_size=test_size)
+                ctx = _remote_members(ctx, training_record, val_fraction, seed)
+            else:
+                assert model_dir is not None
+                ctx = _context(model_dir, dataset, seed, test_size, threads=threads,
+                               trust_code=trust_code, progress=not quiet)
+            res = run_membership(ctx, MembershipOptions(attacks=(attack,), members=members,
+                                                        shadows=shadows))
+            partial = res.details.get("partial")
+            if partial is not None and factory is not None and not factory.budget_spent:  # else remote_oracles warns
+                typer.echo("warning: the server's query budget for this key ran out: the "
+                           "results above are partial", err=True)
+        summary = res.artifacts["results"][0].summary()
+        if partial is not None:
+            summary["partial"] = partial
+        _emit(summary, out)
 
     @privacy_app.command("invert")
     def invert(
-        model_dir: Annotated[Path, typer.Option("--model-dir", help="Saved model to invert")],
-        black_box: Annotated[bool, typer.Option("--black-box", help="Estimate gradients through the oracle")] = False,
+        model_dir: Annotated[Path | None, typer.Option("--model-dir", help="Saved model to invert")] = None,
+        url: UrlOpt = None,
+        api_key: ApiKeyOpt = None,
+        black_box: Annotated[bool, typer.Option("--black-box", help="Estimate gradients through the oracle (the only variant with --url)")] = False,
         max_iter: Annotated[int, count("Iterations per class", "--max-iter")] = 1000,
         out: Annotated[Path | None, typer.Option(help="Directory for inversion.png and summary.json")] = None,
         seed: SeedOpt = 0,
         threads: ThreadsOpt = 0,
         trust_code: TrustCodeOpt = False,
     ) -> None:
-        """MI-Face: reconstruct one representative input per class."""
+        """MI-Face: reconstruct one representative input per class. ``--url --black-box``
+        inverts a model served by ``dlsec serve`` through its scores (a key whose policy
+        is ``label`` cannot: the gradient estimate needs scores); every query is charged."""
         import base64
+        from contextlib import ExitStack
 
         from dlsec.audit.report.plots import image_grid
+        from dlsec.commands._target import check_target, remote_oracles
         from dlsec.files import atomic_write_bytes
         from dlsec.scenarios.inversion import InversionOptions, run_inversion
 
+        check_target(model_dir, url)
+        if url is not None and not black_box:
+            raise DlsecError("--url: white-box inversion needs the model's weights; a served "
+                             "model is inverted with --black-box")
         _check_out(out, kind="dir")
-        ctx = _context(model_dir, None, seed, 0.2, threads=threads, trust_code=trust_code,
-                       with_data=False)
-        inv = run_inversion(ctx, InversionOptions(
-            white_box=not black_box, white_box_iters=max_iter,
-            black_box_iters=max_iter if black_box else 0, evaluator=None))
+        with ExitStack() as stack:
+            if url is not None:
+                ctx = _remote_no_data(stack.enter_context(remote_oracles(url, api_key)), seed)
+            else:
+                assert model_dir is not None
+                ctx = _context(model_dir, None, seed, 0.2, threads=threads,
+                               trust_code=trust_code, with_data=False)
+            inv = run_inversion(ctx, InversionOptions(
+                white_box=not black_box, white_box_iters=max_iter,
+                black_box_iters=max_iter if black_box else 0, evaluator=None))
         res = next(iter(inv.artifacts["results"].values()))
         summary = {"variant": res.details["variant"], "queries": res.queries,
                    "iterations": res.iterations.tolist(), "seconds": round(res.seconds, 3)}

@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from dlsec.attacks.privacy.membership import (
@@ -39,6 +40,7 @@ from dlsec.errors import DlsecError
 from dlsec.models import ModelCard
 from dlsec.scenarios.context import ScenarioContext
 from dlsec.scenarios.result import ScenarioResult, Table
+from dlsec.threat import BudgetExhausted, Oracle, OracleWrapper
 from dlsec.training import TrainConfig, scaled_epochs
 
 MEMBERSHIP_ATTACKS = ("loss", "confidence", "entropy", "shadow", "lira", "lira-offline",
@@ -82,8 +84,16 @@ def run_membership(ctx: ScenarioContext, options: MembershipOptions | None = Non
         ds.x_train[idx], ds.y_train[idx], ds.x_test, ds.y_test, n=opt.members,
         generator=ctx.generator("membership/set"),
     )
-    oracle = ctx.oracle(output="scores")
-    details: dict = {"members": int(is_member.sum()), "attacks": list(opt.attacks)}
+    details: dict = {"attacks": list(opt.attacks)}
+    oracle: Oracle | None = None
+    if any(a != "label-only" for a in opt.attacks):
+        oracle = ctx.oracle(output="scores")
+        if ctx.remote is not None:  # buy each record's answer once, in member/non-member pairs
+            planned = len(y)
+            x, y, is_member, oracle = buy_answers(oracle, x, y, is_member)
+            if len(y) < planned:
+                details["partial"] = {"records": len(y), "records_planned": planned}
+    details["members"] = int(is_member.sum())
     shadows = None
     if any(a in _SHADOW_ATTACKS for a in opt.attacks):
         cfg = train_config_from_card(ctx.card, device=str(ctx.device),
@@ -103,15 +113,16 @@ def run_membership(ctx: ScenarioContext, options: MembershipOptions | None = Non
     results: list[MembershipResult] = []
     for name in opt.attacks:
         if name in ("loss", "confidence", "entropy"):
+            assert oracle is not None
             results.append(threshold_attack(oracle, x, y, signal=name,  # type: ignore[arg-type]
                                             is_member=is_member))
         elif name == "shadow":
-            assert shadows is not None
+            assert shadows is not None and oracle is not None
             results.append(shadow_attack(
                 oracle, x, y, shadows=shadows, is_member=is_member,
                 config=AttackClassifierConfig(epochs=20, batch_size=256)))
         elif name in ("lira", "lira-offline"):
-            assert shadows is not None
+            assert shadows is not None and oracle is not None
             results.append(lira(oracle, shadows, is_member=is_member, online=name == "lira"))
         else:
             results.append(label_only_attack(
@@ -119,8 +130,80 @@ def run_membership(ctx: ScenarioContext, options: MembershipOptions | None = Non
                 noise_samples=opt.label_only_noise,
                 generator=ctx.generator("membership/label-only")))
     out = _result(results, is_member, details)
+    if "partial" in details:
+        p = details["partial"]
+        out.warnings.append(f"the query budget ran out: {p['records']} of "
+                            f"{p['records_planned']} records answered (partial result)")
     out.artifacts["records"] = (x, y, is_member)
     return out
+
+
+class _Replay(OracleWrapper):
+    """The answers already bought from ``inner``, by the bytes of each row; a row not yet
+    bought is asked of ``inner`` (and kept). ``queries_total`` counts the rows answered here
+    (cached or not), so an attack's query count is the same as on a local oracle."""
+
+    def __init__(self, inner: Oracle) -> None:
+        super().__init__(inner)
+        self.answers: dict[bytes, Tensor] = {}
+        self.answered = 0
+
+    @staticmethod
+    def _key(row: Tensor) -> bytes:
+        return row.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+
+    @property
+    def queries_total(self) -> int:
+        return self.answered
+
+    def buy(self, x: Tensor) -> None:
+        out = self.inner.query(x)
+        for row, answer in zip(x, out, strict=True):
+            self.answers[self._key(row)] = answer
+
+    def query(self, x: Tensor, *, ids: Tensor | None = None) -> Tensor:
+        missing = [i for i, row in enumerate(x) if self._key(row) not in self.answers]
+        if missing:
+            self.buy(x[missing])
+        self.answered += int(x.shape[0])
+        return torch.stack([self.answers[self._key(row)] for row in x])
+
+
+def buy_answers(oracle: Oracle, x: Tensor, y: Tensor, is_member: Tensor, *,
+                batch_size: int = 256) -> tuple[Tensor, Tensor, Tensor, Oracle]:
+    """Ask ``oracle`` (a remote target's) for every record of the membership set ``x`` (its
+    members first, as many non-members after) once, a member and a non-member at a time,
+    in even batches no larger than what the server has left (a refused batch is asked
+    again at the size the refusal says is left); the attacks then read these
+    answers (a :class:`_Replay`), so the server charges each record once. If the budget
+    runs out, the records answered (still half members) are the set: ``(x, y, is_member,
+    replay)``; none answered is a one-line :class:`BudgetExhausted`."""
+    n = int(is_member.sum())
+    order = torch.stack([torch.arange(n), torch.arange(n, 2 * n)], 1).reshape(-1)
+    replay = _Replay(oracle)
+    step = max(2, min(batch_size, int(getattr(oracle, "max_rows", batch_size))) // 2 * 2)
+    done = 0
+    while done < 2 * n:
+        left = oracle.remaining
+        size = min(step, 2 * n - done) if left is None else min(step, 2 * n - done, left // 2 * 2)
+        if size < 2:
+            break
+        try:
+            replay.buy(x[order[done:done + size]])
+        except BudgetExhausted:
+            left = oracle.remaining  # the refusal says what is left: ask for that much
+            if left is not None and 2 <= left < size:
+                continue
+            break
+        done += size
+    if done == 2 * n:
+        return x, y, is_member, replay
+    if done == 0:
+        raise BudgetExhausted("the query budget ran out before the first membership record "
+                              "was answered")
+    k = done // 2
+    keep = torch.cat([torch.arange(k), torch.arange(n, n + k)])
+    return x[keep], y[keep], is_member[keep], replay
 
 
 @dataclass

@@ -1,0 +1,176 @@
+"""``dlsec privacy membership|invert --url``: membership inference and black-box MI-Face
+against a real uvicorn server on 127.0.0.1 (``create_app`` on a free port, stopped by the
+fixture), run in-process through ``dlsec.cli.main`` and compared with the same command on
+the saved model directory (same seed: the same numbers)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dlsec.cli import main
+from dlsec.serve.store import KeyStore
+
+START_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Uvicorn:
+    url: str
+    store: KeyStore
+
+
+@pytest.fixture(scope="module")
+def server(served_model_dir: Path, tmp_path_factory) -> Iterator[Uvicorn]:
+    """``create_app`` over the saved digits model (policy scores) under uvicorn on a free
+    loopback port; stopped (and its thread joined) when the module ends."""
+    import uvicorn
+
+    from dlsec.serve.app import create_app
+
+    store = KeyStore(tmp_path_factory.mktemp("remote-privacy") / "keys.db")
+    app = create_app(served_model_dir, store=store, policy="scores")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not srv.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+            time.sleep(0.02)
+        yield Uvicorn(f"http://127.0.0.1:{port}", store)
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+        store.close()
+    assert not thread.is_alive()
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def _summary(out: str) -> dict:
+    summary = json.loads(out)
+    summary.pop("seconds")
+    return summary
+
+
+def _charged(server: Uvicorn, key_id: str) -> int:
+    return sum(r["rows"] for r in server.store.log_rows(key_id))
+
+
+LOSS = ("privacy", "membership", "--attack", "loss", "--members", "100", "--dataset", "digits",
+        "--seed", "0", "--quiet")
+
+
+def test_loss_attack_through_the_url_equals_the_local_run(server, served_model_dir,
+                                                          capsys) -> None:
+    # the served model was trained by train_model with dlsec train's defaults (validation
+    # share 0.1, seed 0): --url's default members are exactly its card's
+    code, out, err = _run(capsys, *LOSS, "--model-dir", str(served_model_dir))
+    assert code == 0, err
+    local = _summary(out)
+    record, token = server.store.create("auditor")
+    code, out, err = _run(capsys, *LOSS, "--url", server.url, "--api-key", token)
+    assert code == 0, err
+    assert token not in out + err and err == ""
+    remote = _summary(out)
+    assert remote == local  # AUC, TPR at 0.1% and 1% FPR, advantage, queries: all the same
+    assert local["queries"] == 200 and local["auc"] > 0.5
+    # the server charged exactly the 200 records the attack scored, once each
+    assert _charged(server, record.id) == 200 == server.store.get(record.id).used
+    # another validation share is another member set: other numbers
+    code, out, err = _run(capsys, *LOSS, "--url", server.url, "--api-key", token,
+                          "--val-fraction", "0.5")
+    assert code == 0, err
+    assert _summary(out)["auc"] != local["auc"]
+
+
+def test_lira_with_the_training_record_equals_the_local_run(server, served_model_dir,
+                                                            capsys) -> None:
+    # the shadows follow the record's recipe (3 epochs, lr 3e-3) and architecture
+    argv = ("privacy", "membership", "--attack", "lira", "--shadows", "2", "--members", "60",
+            "--dataset", "digits", "--quiet")
+    code, out, err = _run(capsys, *argv, "--model-dir", str(served_model_dir))
+    assert code == 0, err
+    local = _summary(out)
+    record, token = server.store.create("lira")
+    code, out, err = _run(capsys, *argv, "--url", server.url, "--api-key", token,
+                          "--training-record", str(served_model_dir / "card.json"))
+    assert code == 0, err
+    assert _summary(out) == local and local["queries"] == 120
+    assert _charged(server, record.id) == 120
+
+
+def test_the_keys_budget_gives_a_partial_membership_result(server, capsys,
+                                                           one_line_error) -> None:
+    record, token = server.store.create("poor", budget=51)
+    code, out, err = _run(capsys, *LOSS, "--url", server.url, "--api-key", token)
+    assert code == 0, err
+    summary = json.loads(out)
+    # 25 member/non-member pairs bought (an odd row would have been paid for nothing)
+    assert summary["partial"] == {"records": 50, "records_planned": 200}
+    assert summary["queries"] == 50 == _charged(server, record.id)
+    assert err.strip() == ("warning: the server's query budget for this key ran out: the "
+                           "results above are partial")
+    # one row left: not even one pair; then none left: one line, exit 2
+    code, _, err = _run(capsys, *LOSS, "--url", server.url, "--api-key", token)
+    assert code == 2
+    one_line_error(err, "budget")
+    assert server.store.get(record.id).used == 50
+
+
+def test_black_box_inversion_through_the_url_equals_the_local_run(server, served_model_dir,
+                                                                 capsys) -> None:
+    argv = ("privacy", "invert", "--black-box", "--max-iter", "3", "--seed", "0")
+    code, out, err = _run(capsys, *argv, "--model-dir", str(served_model_dir))
+    assert code == 0, err
+    local = _summary(out)
+    record, token = server.store.create("inverter")
+    code, out, err = _run(capsys, *argv, "--url", server.url, "--api-key", token)
+    assert code == 0, err
+    remote = _summary(out)
+    assert remote == local and local["variant"] == "black-box" and local["queries"] > 0
+    assert _charged(server, record.id) == local["queries"]
+
+
+def test_what_cannot_work_remotely_is_one_line(server, served_model_dir, capsys,
+                                               one_line_error) -> None:
+    _, token = server.store.create("any")
+    code, _, err = _run(capsys, "privacy", "invert", "--url", server.url, "--api-key", token)
+    assert code == 2
+    one_line_error(err, "--black-box", "weights")
+    _, labels = server.store.create("labels", policy="label")
+    code, _, err = _run(capsys, "privacy", "invert", "--black-box", "--url", server.url,
+                        "--api-key", labels)
+    assert code == 2
+    one_line_error(err, "'label'", "'scores'")
+    code, _, err = _run(capsys, *LOSS, "--url", server.url, "--api-key", labels)
+    assert code == 2
+    one_line_error(err, "'label'", "'scores'")
+    code, _, err = _run(capsys, *LOSS, "--model-dir", str(served_model_dir),
+                        "--val-fraction", "0.2")
+    assert code == 2
+    one_line_error(err, "--val-fraction", "--url")
+    code, _, err = _run(capsys, *LOSS, "--url", server.url, "--api-key", token,
+                        "--model-dir", str(served_model_dir))
+    assert code == 2
+    one_line_error(err, "--model-dir", "--url")
+    code, _, err = _run(capsys, "privacy", "membership", "--attack", "loss", "--url",
+                        server.url, "--api-key", token)
+    assert code == 2
+    one_line_error(err, "--dataset", "required")
