@@ -116,6 +116,22 @@ def test_lira_with_the_training_record_equals_the_local_run(server, served_model
     assert _charged(server, record.id) == 120
 
 
+def test_label_only_through_a_label_key_equals_the_local_run(server, served_model_dir,
+                                                            capsys) -> None:
+    # label-only needs no scores: a key whose policy is label runs it (noisy views are
+    # bought as asked, not replayed)
+    argv = ("privacy", "membership", "--attack", "label-only", "--members", "20",
+            "--dataset", "digits", "--quiet")
+    code, out, err = _run(capsys, *argv, "--model-dir", str(served_model_dir))
+    assert code == 0, err
+    local = _summary(out)
+    record, token = server.store.create("labels-auditor", policy="label")
+    code, out, err = _run(capsys, *argv, "--url", server.url, "--api-key", token)
+    assert code == 0, err
+    assert _summary(out) == local and local["queries"] >= 40
+    assert _charged(server, record.id) == local["queries"]
+
+
 def test_the_keys_budget_gives_a_partial_membership_result(server, capsys,
                                                            one_line_error) -> None:
     record, token = server.store.create("poor", budget=51)

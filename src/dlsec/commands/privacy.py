@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
         dataset: Annotated[str | None, typer.Option(help="Dataset (default: the card's; required with --url)")] = None,
         val_fraction: Annotated[float | None, number(
             "With --url: the validation share dlsec train held out of the training split "
-            "(split with --seed); the members are the rest [default: 0.1, dlsec train's]",
+            "(split with --seed); the members are the rest (default 0.1, dlsec train's)",
             "--val-fraction", low=0.0, high=1.0, high_open=True)] = None,
         training_record: Annotated[Path | None, typer.Option(
             "--training-record", help="With --url: the served model's directory (or its "
