@@ -143,6 +143,11 @@ def test_the_keys_budget_gives_a_partial_membership_result(server, capsys,
     assert summary["queries"] == 50 == _charged(server, record.id)
     assert err.strip() == ("warning: the server's query budget for this key ran out: the "
                            "results above are partial")
+    # a budget that ends with the last record cut nothing: no warning
+    exact, exact_token = server.store.create("exact", budget=200)
+    code, out, err = _run(capsys, *LOSS, "--url", server.url, "--api-key", exact_token)
+    assert code == 0 and err == "", err
+    assert "partial" not in json.loads(out) and server.store.get(exact.id).used == 200
     # one row left: not even one pair; then none left: one line, exit 2
     code, _, err = _run(capsys, *LOSS, "--url", server.url, "--api-key", token)
     assert code == 2

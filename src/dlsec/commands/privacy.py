@@ -174,6 +174,8 @@ def register(app: typer.Typer) -> None:
             res = run_membership(ctx, MembershipOptions(attacks=(attack,), members=members,
                                                         shadows=shadows))
             partial = res.details.get("partial")
+            if factory is not None and partial is None:
+                factory.whole = True  # every answer bought: a budget ending at 0 cut nothing
             if partial is not None and factory is not None and not factory.budget_spent:  # else remote_oracles warns
                 typer.echo("warning: the server's query budget for this key ran out: the "
                            "results above are partial", err=True)
