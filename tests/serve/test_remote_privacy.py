@@ -90,7 +90,7 @@ def test_loss_attack_through_the_url_equals_the_local_run(server, served_model_d
     assert token not in out + err and err == ""
     remote = _summary(out)
     assert remote == local  # AUC, TPR at 0.1% and 1% FPR, advantage, queries: all the same
-    assert local["queries"] == 200 and local["auc"] > 0.5
+    assert local["queries"] == 200 and local["n_members"] == local["n_nonmembers"] == 100
     # the server charged exactly the 200 records the attack scored, once each
     assert _charged(server, record.id) == 200 == server.store.get(record.id).used
     # another validation share is another member set: other numbers
@@ -156,17 +156,26 @@ def test_the_keys_budget_gives_a_partial_membership_result(server, capsys,
 
 
 def test_black_box_inversion_through_the_url_equals_the_local_run(server, served_model_dir,
-                                                                 capsys) -> None:
+                                                                 tmp_path, capsys) -> None:
+    import hashlib
+
     argv = ("privacy", "invert", "--black-box", "--max-iter", "3", "--seed", "0")
-    code, out, err = _run(capsys, *argv, "--model-dir", str(served_model_dir))
+    code, out, err = _run(capsys, *argv, "--model-dir", str(served_model_dir),
+                          "--out", str(tmp_path / "local"))
     assert code == 0, err
     local = _summary(out)
     record, token = server.store.create("inverter")
-    code, out, err = _run(capsys, *argv, "--url", server.url, "--api-key", token)
+    code, out, err = _run(capsys, *argv, "--url", server.url, "--api-key", token,
+                          "--out", str(tmp_path / "remote"))
     assert code == 0, err
     remote = _summary(out)
     assert remote == local and local["variant"] == "black-box" and local["queries"] > 0
     assert _charged(server, record.id) == local["queries"]
+    # the same scores (float32 through JSON and back) steer the same gradient estimates:
+    # the reconstructions' image is the same, byte for byte
+    png = [hashlib.sha256((tmp_path / d / "inversion.png").read_bytes()).hexdigest()
+           for d in ("local", "remote")]
+    assert png[0] == png[1]
 
 
 def test_what_cannot_work_remotely_is_one_line(server, served_model_dir, capsys,
