@@ -178,9 +178,13 @@ def test_black_box_inversion_through_the_url_equals_the_local_run(server, served
     assert png[0] == png[1]
 
 
-def test_what_cannot_work_remotely_is_one_line(server, served_model_dir, capsys,
+def test_what_cannot_work_remotely_is_one_line(server, served_model_dir, tmp_path, capsys,
                                                one_line_error) -> None:
     _, token = server.store.create("any")
+    code, _, err = _run(capsys, *LOSS, "--url", server.url, "--api-key", token,
+                        "--training-record", str(tmp_path))
+    assert code == 2
+    one_line_error(err, "card")
     code, _, err = _run(capsys, "privacy", "invert", "--url", server.url, "--api-key", token)
     assert code == 2
     one_line_error(err, "--black-box", "weights")

@@ -3,6 +3,8 @@ the shell.
 
 Each command loads a saved model (``--model-dir``), attacks it through an Oracle (or, for
 white-box inversion, directly) and prints a JSON summary; ``--out`` also writes it.
+``membership``, black-box ``invert`` and ``extract`` also take a served model (``--url``,
+:mod:`dlsec.commands._target`).
 """
 
 from __future__ import annotations

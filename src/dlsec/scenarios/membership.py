@@ -9,6 +9,11 @@ of the records. A target trained with DP-SGD (its card's ``training["dp"]``) get
 trained the same way: DP-SGD on Opacus (:func:`dlsec.defenses.dp.dp_train`) with the card's
 noise multiplier, clipping norm and sample rate, one after another.
 
+A remote target (``ctx.remote``) is asked once per record of the membership set, a member
+and a non-member at a time (:func:`buy_answers`); the score attacks read those answers, so
+the server charges exactly the records scored, and a budget that runs out leaves a smaller
+balanced set (``details["partial"]``). Label-only's noisy views are asked as the attack goes.
+
 Seed streams: ``membership/set`` (which records), ``membership/shadows`` (the shadows'
 halves), ``membership/label-only`` (the label-only attack's noise).
 """
@@ -281,4 +286,4 @@ def _result(results: list[MembershipResult], is_member, details: dict) -> Scenar
                           artifacts={"results": results})
 
 
-__all__ = ["MEMBERSHIP_ATTACKS", "MembershipOptions", "run_membership"]
+__all__ = ["MEMBERSHIP_ATTACKS", "MembershipOptions", "buy_answers", "run_membership"]
