@@ -5,6 +5,7 @@ test images are not flagged, a Jacobian-augmentation extraction stream is."""
 from __future__ import annotations
 
 import math
+import struct
 import warnings
 from collections.abc import Sequence
 
@@ -290,3 +291,52 @@ def test_ood_and_key_detectors_settings_are_checked() -> None:
     again = kd.observe("a", torch.full((1, 2), 50.0), torch.zeros(1, dtype=torch.long))
     assert [v.new for v in again] == [False, False]  # "new" only once per detector
     assert kd.flagged() == ["a"] and len(kd) == 1 and list(kd.get("b")) == ["prada", "ood"]
+
+
+def _reference_prada(points: torch.Tensor, classes: list[int]) -> tuple[list[float], int]:
+    """Algorithm 1 query by query with brute-force exact distances (the specification)."""
+    grown: dict[int, list[torch.Tensor]] = {}
+    entry: dict[int, list[float]] = {}
+    thr: dict[int, float] = {}
+    dist: list[float] = []
+    for x, c in zip(points, classes, strict=True):
+        if c not in grown:
+            grown[c], entry[c], thr[c] = [x], [0.0], 0.0
+            continue
+        g = torch.stack(grown[c])
+        d = float(((g - x) ** 2).sum(dim=1).sqrt().min())
+        dist.append(d)
+        if d > thr[c]:
+            grown[c].append(x)
+            entry[c].append(d)
+            t = torch.tensor(entry[c], dtype=torch.float64)
+            thr[c] = max(thr[c], float(t.mean() - t.std(unbiased=False)))
+    return dist, sum(len(v) for v in grown.values())
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.1, 1e153])
+def test_matrix_product_search_matches_brute_force_with_ties(scale: float) -> None:
+    # Integer grid points: many exact ties among nearest neighbours, so the rounding
+    # window of the matrix-product search holds several candidates; at 1e160 the squared
+    # norms' bound overflows and every g must be recomputed directly. Batches of 32 against a
+    # growing set take the matrix-product path. At 1e153 the distances themselves stay
+    # finite (at most 6e153) but the rounding bound overflows: the all-candidates path.
+    g = torch.Generator().manual_seed(3)
+    pts = torch.randint(0, 4, (800, 4), generator=g).to(torch.float64) * scale
+    classes = torch.randint(0, 3, (800,), generator=g)
+    det = Prada(min_distances=50)
+    for k in range(0, 800, 32):
+        det.observe(pts[k : k + 32], classes[k : k + 32])
+    ref, ref_g = _reference_prada(pts, classes.tolist())
+    assert len(det.distances) == len(ref) == 797
+    worst = max(abs(a - b) / max(1.0, abs(b)) for a, b in zip(det.distances, ref, strict=True))
+    assert worst < 1e-12
+    # The search must return the exact minimum, not a near-tie's rounding: same bytes as
+    # brute force with the same direct formula (a mismatch would show up at 1e-16).
+    mismatched = sum(
+        struct.pack("<d", a) != struct.pack("<d", b)
+        for a, b in zip(det.distances, ref, strict=True)
+    )
+    assert mismatched == 0
+    assert det.state.growing_set == ref_g > 50
+    assert sum(d == 0.0 for d in det.distances) > 100  # repeated points: exact zeros

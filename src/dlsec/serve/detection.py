@@ -108,6 +108,80 @@ def _shapiro_w(values: np.ndarray) -> float:
         return float(shapiro(values).statistic)
 
 
+_EPS = float(torch.finfo(torch.float64).eps)
+
+
+def _exact(a: Tensor, b: Tensor) -> Tensor:
+    """Euclidean distances between paired rows of ``a`` and ``b`` (m, f), computed
+    directly (difference, squares, sum, root), never through a matrix product."""
+    diff = a - b
+    return (diff * diff).sum(dim=1).sqrt()
+
+
+class _Rows:
+    """One growing set ``G_c``: its queries (float64) in entry order with their squared
+    norms, in buffers that double (amortised O(1) copy per entered query)."""
+
+    def __init__(self, features: int, rows: Tensor | None = None) -> None:
+        self.features = features
+        self.n = 0
+        self._data = torch.zeros(0, features, dtype=torch.float64)
+        self._sq = torch.zeros(0, dtype=torch.float64)
+        if rows is not None and len(rows):
+            self.add(rows, (rows * rows).sum(dim=1))
+
+    def add(self, rows: Tensor, norms: Tensor) -> None:
+        need = self.n + int(rows.shape[0])
+        if need > self._data.shape[0]:
+            cap = max(need, 2 * int(self._data.shape[0]), 16)
+            data = torch.zeros(cap, self.features, dtype=torch.float64)
+            sq = torch.zeros(cap, dtype=torch.float64)
+            data[: self.n] = self._data[: self.n]
+            sq[: self.n] = self._sq[: self.n]
+            self._data, self._sq = data, sq
+        self._data[self.n : need] = rows
+        self._sq[self.n : need] = norms
+        self.n = need
+
+    @property
+    def rows(self) -> Tensor:
+        return self._data[: self.n]
+
+    def nearest(self, x: Tensor, norms: Tensor) -> list[float]:
+        """Exact ``min_g ||x_i - g||`` per row of ``x`` (see :meth:`Prada._observe_class`).
+
+        ``s = |g|^2 - 2 x.g`` is the squared distance less ``|x|^2`` (a per-row constant
+        that changes no ranking), off by at most ``(2f + 12) eps (|x|^2 + |g|^2)`` in
+        float64 whatever the summation order (dot products of length f); ``tol`` is
+        twice that. A ``g`` whose ``s`` exceeds the row's smallest by more than
+        ``3 tol`` is farther than the nearest by more than ``tol``, more than the
+        rounding of :func:`_exact`, so it cannot win: only the rest are recomputed
+        exactly (almost always one per row: the two smallest ``s`` tell)."""
+        if self.n == 0:
+            return [math.inf] * int(x.shape[0])
+        g, gsq = self.rows, self._sq[: self.n]
+        s = torch.addmm(gsq, x, g.T, alpha=-2.0)
+        two = torch.topk(s, min(2, self.n), dim=1, largest=False)
+        low, idx = two.values, two.indices
+        limit = low[:, 0] + 3.0 * (self.features + 8) * _EPS * 4.0 * (norms + gsq.max())
+        if self.n == 1:
+            hard = ~torch.isfinite(limit)
+        else:  # a NaN or infinite limit (overflowing magnitudes) also lands here
+            hard = ~(low[:, 1] > limit)
+        if not bool(hard.any()):  # the common case: one candidate per row
+            return _exact(x, g[idx[:, 0]]).tolist()
+        unsure = ~torch.isfinite(limit)
+        ties = hard & ~unsure
+        cand = torch.zeros_like(s, dtype=torch.bool)
+        cand[torch.arange(int(x.shape[0])), idx[:, 0]] = True
+        cand[ties] = s[ties] <= limit[ties, None]
+        cand[unsure] = True  # overflowing magnitudes: every g is a candidate
+        ri, gi = cand.nonzero(as_tuple=True)
+        dist = _exact(x[ri], g[gi])
+        best = torch.full((int(x.shape[0]),), math.inf, dtype=torch.float64)
+        return best.scatter_reduce(0, ri, dist, reduce="amin").tolist()
+
+
 class Prada:
     """PRADA detector for one client (see the module docstring for the algorithm).
 
@@ -135,7 +209,7 @@ class Prada:
         self.delta = float(delta)
         self.min_distances = min_distances
         self.per_class = per_class
-        self._growing: dict[int, Tensor] = {}  # class -> (k, features) float64
+        self._growing: dict[int, _Rows] = {}  # class -> G_c (k, features) float64
         self._entry_dists: dict[int, list[float]] = {}  # class -> DG_c (starts with 0)
         self._threshold: dict[int, float] = {}  # class -> T_c
         self._moments: dict[int, tuple[int, float, float]] = {}  # class -> DG_c count, mean, M2
@@ -158,36 +232,49 @@ class Prada:
         self._moments[cls] = (count, mean, m2)
         self._threshold[cls] = max(self._threshold[cls], mean - math.sqrt(max(m2, 0.0) / count))
 
-    def _observe_class(self, rows: Tensor, cls: int) -> list[float | None]:
+    def _observe_class(
+        self, rows: Tensor, norms: Tensor, cls: int, pair: list[list[float]]
+    ) -> list[float | None]:
         """Algorithm 1 for one class's rows of a batch, in order; each row's distance
-        (None for the class's very first query). One ``cdist`` to ``G_cls`` as it was
-        and one among the batch's rows replace a tensor operation per query; the
-        distances are the same as query by query."""
+        (None for the class's very first query).
+
+        The distance to ``G_cls`` as it was is found with one matrix product per class
+        (``|x|^2 + |g|^2 - 2 x.g``) and then made exact: every ``g`` whose approximate
+        squared distance is within three times a rigorous rounding bound of the row's
+        approximate minimum is recomputed directly (:func:`_exact`), and the exact
+        minimum among those is the answer, the same value as the minimum of exact
+        distances over all of ``G_cls``. ``pair[i][j]`` (j < i) is the exact distance
+        between the class's rows i and j of this batch; the sequential pass over the
+        rows is plain Python."""
+        n, features = int(rows.shape[0]), int(rows.shape[1])
         grown = self._growing.get(cls)
         first = grown is None
         if grown is None:
-            grown = rows[:1]
+            grown = _Rows(features)
+            self._growing[cls] = grown
             self._entry_dists[cls] = [0.0]
             self._moments[cls] = (1, 0.0, 0.0)
             self._threshold[cls] = 0.0
-        elif grown.shape[1] != rows.shape[1]:
+        elif grown.features != features:
             raise DetectionError(
-                f"query has {rows.shape[1]} features, earlier queries had {grown.shape[1]}"
+                f"query has {features} features, earlier queries had {grown.features}"
             )
-        exact = "donot_use_mm_for_euclid_dist"
-        base = torch.cdist(rows, grown, compute_mode=exact).min(dim=1).values.tolist()
-        pair = torch.cdist(rows, rows, compute_mode=exact).tolist() if len(rows) > 1 else []
+        base = [math.inf] * n if first else grown.nearest(rows, norms)
         out: list[float | None] = [None] if first else []
-        joined: list[int] = []  # rows of this batch that entered G (after ``grown``)
-        for i in range(1 if first else 0, len(rows)):
-            d = min([base[i], *(pair[i][j] for j in joined)])
+        joined: list[int] = [0] if first else []  # rows of this batch now in G
+        threshold = self._threshold
+        for i in range(1 if first else 0, n):
+            pi = pair[i]
+            d = base[i]
+            for j in joined:
+                if pi[j] < d:
+                    d = pi[j]
             out.append(d)
-            if d > self._threshold[cls]:
+            if d > threshold[cls]:
                 joined.append(i)
                 self._enter(cls, d)
         if joined:
-            grown = torch.cat([grown, rows[joined]])
-        self._growing[cls] = grown
+            grown.add(rows[joined], norms[joined])
         return out
 
     def observe(self, x: Tensor, predicted: Tensor) -> PradaState:
@@ -201,13 +288,32 @@ class Prada:
         flat = x.detach().reshape(x.shape[0], -1).to(device="cpu", dtype=torch.float64)
         if not bool(torch.isfinite(flat).all()):
             raise DetectionError("PRADA queries must be finite")
-        classes = predicted.detach().to("cpu").tolist() if self.per_class else [0] * len(flat)
+        cls_t = predicted.detach().to("cpu")
+        if not self.per_class:
+            cls_t = torch.zeros(len(flat), dtype=torch.long)
+        classes = cls_t.tolist()
         by_class: dict[int, list[int]] = {}
         for i, cls in enumerate(classes):
             by_class.setdefault(int(cls), []).append(i)
+        norms = (flat * flat).sum(dim=1)
+        # Exact distances between same-class rows of the batch, all in one pass.
+        pos: list[int] = [0] * len(flat)  # row -> its place among its class's rows
+        for idx in by_class.values():
+            for k, i in enumerate(idx):
+                pos[i] = k
+        pairs: dict[int, list[list[float]]] = {c: [[] for _ in idx] for c, idx in by_class.items()}
+        if len(flat) > 1:
+            ii, jj = torch.tril_indices(len(flat), len(flat), offset=-1)
+            same = cls_t[ii] == cls_t[jj]
+            ii, jj = ii[same], jj[same]
+            if len(ii):
+                dists = _exact(flat[ii], flat[jj]).tolist()
+                for i, d in zip(ii.tolist(), dists, strict=True):  # j ascending per i
+                    pairs[int(classes[i])][pos[i]].append(d)
         found: list[float | None] = [None] * len(flat)
         for cls, idx in by_class.items():
-            for i, d in zip(idx, self._observe_class(flat[idx], cls), strict=True):
+            rows = self._observe_class(flat[idx], norms[idx], cls, pairs[cls])
+            for i, d in zip(idx, rows, strict=True):
                 found[i] = d
         self._queries += len(flat)
         self._append([d for d in found if d is not None])  # arrival order
@@ -222,7 +328,7 @@ class Prada:
         return PradaState(
             queries=self._queries,
             distances=self._ndist,
-            growing_set=sum(int(g.shape[0]) for g in self._growing.values()),
+            growing_set=sum(g.n for g in self._growing.values()),
             w=self._w,
             flagged=self._w is not None and self._w < self.delta,
             flagged_at=self._flagged_at,
@@ -246,7 +352,7 @@ class Prada:
     def growing_set(self, cls: int = 0) -> Tensor:
         """The flattened queries of ``G_cls`` (float64), in the order they entered."""
         grown = self._growing.get(cls)
-        return grown.clone() if grown is not None else torch.zeros(0, dtype=torch.float64)
+        return grown.rows.clone() if grown is not None else torch.zeros(0, dtype=torch.float64)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume this detector (tensors and plain Python values)."""
@@ -254,7 +360,7 @@ class Prada:
             "delta": self.delta,
             "min_distances": self.min_distances,
             "per_class": self.per_class,
-            "growing": {c: g.clone() for c, g in self._growing.items()},
+            "growing": {c: g.rows.clone() for c, g in self._growing.items()},
             "entry_dists": {c: list(v) for c, v in self._entry_dists.items()},
             "threshold": dict(self._threshold),
             "distances": self.distances,
@@ -271,14 +377,17 @@ class Prada:
                 min_distances=state["min_distances"],
                 per_class=bool(state["per_class"]),
             )
-            growing = {int(c): g.to(torch.float64).clone() for c, g in state["growing"].items()}
+            growing = {
+                int(c): _Rows(int(g.shape[1]), g.to(torch.float64))
+                for c, g in state["growing"].items()
+            }
             entry = {int(c): [float(v) for v in d] for c, d in state["entry_dists"].items()}
             threshold = {int(c): float(t) for c, t in state["threshold"].items()}
             distances = [float(v) for v in state["distances"]]
             queries = int(state["queries"])
             w = None if state["w"] is None else float(state["w"])
             flagged_at = None if state["flagged_at"] is None else int(state["flagged_at"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
             raise DetectionError(f"not a PRADA state_dict: {exc}") from exc
         if not (growing.keys() == entry.keys() == threshold.keys()):
             raise DetectionError("not a PRADA state_dict: per-class entries disagree")
