@@ -24,7 +24,7 @@ from dlsec.errors import DlsecError
         (["train", "--out"], ["--out", "(see dlsec train --help)"]),
         (["audit", "--epochs", "many"], ["--epochs", "(see dlsec audit --help)"]),
         (["attack"], ["Missing argument", "(see dlsec attack --help)"]),
-        (["attack", "pgd", "--eps", "0.1"], ["--model-dir", "--url"]),  # neither target named
+        (["attack", "pgd", "--eps", "0.1"], ["--model-dir", "--url", "(see dlsec attack --help)"]),
         (["poison"], ["ommand", "(see dlsec poison --help)"]),
         (["poison", "nope"], ["nope", "(see dlsec poison --help)"]),
         (["poison", "random-flip", "--rate", "x", "--out", "p.npz"], ["--rate", "(see dlsec poison random-flip --help)"]),

@@ -96,10 +96,11 @@ def save_npz(path: Path, arrays: dict[str, Any]) -> None:
 
 
 def check_target(model_dir: Path | None, url: str | None) -> None:
-    """Exactly one of ``--model-dir`` and ``--url``."""
+    """Exactly one of ``--model-dir`` and ``--url`` (else a usage error: one line that ends
+    with the command's ``--help``)."""
     if (model_dir is None) == (url is None):
-        raise EvasionCommandError("name the target: --model-dir DIR (a saved model) or --url URL "
-                                  "(a served one), not both")
+        raise typer.BadParameter("name the target: --model-dir DIR (a saved model) or --url "
+                                 "URL (a served one), not both")
 
 
 class RemoteOracles:
