@@ -64,7 +64,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import hmac
 from dataclasses import dataclass
 
@@ -159,9 +158,8 @@ class Dawn:
         rows = (rows + np.float32(0.0)).astype("<f4", copy=False)
         key = key_id.encode("utf-8")
         prefix = len(key).to_bytes(4, "big") + key
-        return [
-            hmac.new(self._secret, prefix + row.tobytes(), hashlib.sha256).digest() for row in rows
-        ]
+        # hmac.digest: the same HMAC-SHA256 as hmac.new(...).digest(), one C call per row
+        return [hmac.digest(self._secret, prefix + row.tobytes(), "sha256") for row in rows]
 
     def marks(self, key_id: str, x: Tensor) -> Tensor:
         """Bool ``(N,)``: which rows of ``x`` this client gets a watermark label for."""
