@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
-import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -182,23 +181,6 @@ class _ServedContext(ScenarioContext):
         return watched
 
 
-def _serve(app: Any) -> tuple[Any, threading.Thread, socket.socket, str]:
-    import uvicorn
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    return server, thread, sock, f"http://127.0.0.1:{port}"
-
-
 def _fidelity_by(curve: list[dict[str, float]], at: int | None) -> str:
     if at is None:
         return "never flagged"
@@ -214,12 +196,14 @@ def _fidelity_by(curve: list[dict[str, float]], at: int | None) -> str:
 def detection(model: Any, card: Any, ds: Any, budget: int, db: Path,
               lines: list[str]) -> dict[str, Any]:
     from dlsec.serve.app import create_app
+    from dlsec.serve.background import serving
 
     store = KeyStore(db)
     reference = OodReference(ds.x_train)
     app = create_app((model, card), store=store, policy="scores", seed=SEED,
                      detect=("prada", "ood"), on_flag="log", reference=ds.x_train)
-    server, thread, sock, url = _serve(app)
+    stack = ExitStack()
+    url = stack.enter_context(serving(app))  # uvicorn on 127.0.0.1, a free port
     out: dict[str, Any] = {"url_host": "127.0.0.1", "clients": {}}
     t0 = time.perf_counter()
     try:
@@ -247,9 +231,7 @@ def detection(model: Any, card: Any, ds: Any, budget: int, db: Path,
                                     "server_flags": served_flags(record.id)}
         rows_logged = sum(r["rows"] for r in store.log_rows())
     finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-        sock.close()
+        stack.close()
         store.close()
     seconds = time.perf_counter() - t0
     sent = sum(c["queries"] for c in out["clients"].values())

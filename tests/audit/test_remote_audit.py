@@ -6,9 +6,6 @@ skipped with its reason."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,32 +28,18 @@ transfer = []
 def served(trained_simplenet, tmp_path_factory) -> Iterator[tuple[str, KeyStore, Path]]:
     """(url, key store, saved model dir): the digits SimpleNet saved and served by
     ``create_app`` (policy scores) under uvicorn on a free loopback port."""
-    import uvicorn
-
     from dlsec.serve.app import create_app
+    from dlsec.serve.background import serving
 
     model, card, _ = trained_simplenet
     root = tmp_path_factory.mktemp("remote-audit")
     save(model, card, root / "model")
     store = KeyStore(root / "keys.db")
-    app = create_app(root / "model", store=store, policy="scores")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 20
-        while not srv.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", store, root / "model"
+        with serving(create_app(root / "model", store=store, policy="scores")) as url:
+            yield url, store, root / "model"
     finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
         store.close()
-    assert not thread.is_alive()
 
 
 def test_remote_audit_runs_the_query_sections_and_lists_the_skipped(served, tmp_path,

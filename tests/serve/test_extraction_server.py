@@ -12,9 +12,6 @@ HttpOracle one row at a time, which gives the exact query of the flag
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,32 +48,19 @@ class _Watched(OracleWrapper):
 @pytest.fixture(scope="module")
 def server(trained_simplenet, tmp_path_factory) -> Iterator[tuple[str, Any]]:
     """(url, store) of the digits SimpleNet served by uvicorn on 127.0.0.1, stopped after."""
-    import uvicorn
-
     from dlsec.serve.app import create_app
+    from dlsec.serve.background import serving
     from dlsec.serve.store import KeyStore
 
     model, card, _ = trained_simplenet
     store = KeyStore(tmp_path_factory.mktemp("keys") / "keys.db")
     app = create_app((model, card), store=store, policy="scores", seed=0, detect=("prada",),
                      on_flag="log")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 20
-        while not srv.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", store
+        with serving(app) as url:
+            yield url, store
     finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
         store.close()
-    assert not thread.is_alive()
 
 
 def _remote(server, name: str, *, budget: int | None = None, policy: str | None = None

@@ -269,12 +269,8 @@ def test_square_through_http_matches_local_with_the_same_seed(served, digits) ->
 
 
 def test_over_a_real_uvicorn_server_on_loopback(trained_simplenet, digits, tmp_path) -> None:
-    import threading
-    import time
-
-    import uvicorn
-
     from dlsec.serve.app import create_app
+    from dlsec.serve.background import serving
     from dlsec.serve.store import KeyStore
     from dlsec.threat import LocalOracle
 
@@ -282,19 +278,9 @@ def test_over_a_real_uvicorn_server_on_loopback(trained_simplenet, digits, tmp_p
     store = KeyStore(tmp_path / "keys.db")
     _, token = store.create("real", budget=50)
     app = create_app((model, card), store=store, policy="scores")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 20
-        while not server.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        x = digits.x_test[:30]
-        with HttpOracle(f"http://127.0.0.1:{port}", token) as oracle:
+        with serving(app) as url, HttpOracle(url, token) as oracle:
+            x = digits.x_test[:30]
             remote = oracle.query(x)
             assert (remote - LocalOracle(model, card=card).query(x)).abs().max() < 1e-6
             assert oracle.remaining == 20
@@ -302,11 +288,7 @@ def test_over_a_real_uvicorn_server_on_loopback(trained_simplenet, digits, tmp_p
                 oracle.query(x)
         assert [r["rows"] for r in store.log_rows()] == [30]
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
         store.close()
-    assert not thread.is_alive()
 
 
 def test_label_only_extraction_through_http_matches_local(served, digits) -> None:

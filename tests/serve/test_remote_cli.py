@@ -31,30 +31,16 @@ class Uvicorn:
 def server(served_model_dir: Path, tmp_path_factory) -> Iterator[Uvicorn]:
     """``create_app`` over the saved digits model (server policy scores) under uvicorn on a
     free loopback port; stopped (and its thread joined) when the module ends."""
-    import uvicorn
-
     from dlsec.serve.app import create_app
+    from dlsec.serve.background import serving
 
     store = KeyStore(tmp_path_factory.mktemp("remote") / "keys.db")
-    app = create_app(served_model_dir, store=store, policy="scores")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not srv.started:
-            assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
-            time.sleep(0.02)
-        yield Uvicorn(f"http://127.0.0.1:{port}", store)
+        with serving(create_app(served_model_dir, store=store, policy="scores"),
+                     start_timeout=START_TIMEOUT_S) as url:
+            yield Uvicorn(url, store)
     finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
         store.close()
-    assert not thread.is_alive()
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
