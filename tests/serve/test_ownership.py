@@ -174,7 +174,7 @@ def test_a_thief_is_identified_and_independent_models_are_not(
     (key,) = result["keys"]
     # measured (4 key ids): 120-146 of 141-159 reproduced, p < 1e-90
     assert key["stolen"] and key["p_value"] < 0.01 and key["agreement"] > 0.5, key
-    assert "STOLEN" in printed and f"key {ids['thief']}" in printed
+    assert "STOLEN" in printed and f"key {ids['thief']} (thief)" in printed
     # every key with records (thief + the three of the consistency test, or only the
     # thief when run alone), Bonferroni-corrected: still stolen
     assert main(["ownership", "--suspect", str(suspect), "--log", str(db), "--json",

@@ -29,6 +29,7 @@ from dlsec.errors import DlsecError
 from dlsec.files import atomic_write_text, check_output
 from dlsec.models.io import load
 from dlsec.serve.ledger import WatermarkLedger
+from dlsec.serve.store import KeyStore
 from dlsec.serve.watermark import suspect_ownership
 from dlsec.training import resolve_device
 
@@ -66,6 +67,8 @@ def ownership(
         if not keys:
             raise OwnershipError(f"{log} holds no watermark records (no key was watermarked yet)")
         records = [ledger.records(k) for k in keys]
+    with KeyStore(log, create=False) as store:  # names for the report (ids stay the keys)
+        names = {k.id: k.name for k in store.list()}
     model, card = load(suspect, device=resolve_device(device), trust_code=trust_code)
     shape = tuple(int(s) for s in card.input_shape)
     results: list[dict[str, Any]] = []
@@ -81,21 +84,23 @@ def ownership(
         test = suspect_ownership(model, rec.inputs, rec.labels, num_classes=rec.num_classes,
                                  tests=len(records))
         results.append({
-            "key": rec.key_id, "marked": test.n, "matches": test.matches,
+            "key": rec.key_id, "name": names.get(rec.key_id), "marked": test.n, "matches": test.matches,
             "agreement": test.agreement, "chance": test.chance, "p_value": test.p_value,
             "stolen": test.stolen(alpha),
         })
     stolen = [r for r in results if r["stolen"]]
     for r in results:
-        typer.echo(f"key {r['key']}: {r['matches']}/{r['marked']} watermark labels reproduced "
+        named = f" ({r['name']})" if r["name"] else ""
+        typer.echo(f"key {r['key']}{named}: {r['matches']}/{r['marked']} watermark labels reproduced "
                    f"(chance {r['chance']:.3f}), p = {r['p_value']:.3g}: "
                    f"{'STOLEN' if r['stolen'] else 'not stolen'} at alpha {alpha:g}")
     correction = f", Bonferroni over {len(results)} keys" if len(results) > 1 else ""
     if stolen:
         best = min(stolen, key=lambda r: r["p_value"])
+        best_name = f" ({best['name']})" if best["name"] else ""
         typer.echo(f"overall: STOLEN: the suspect reproduces the watermark of "
                    f"{len(stolen)} of {len(results)} keys (smallest p = {best['p_value']:.3g} "
-                   f"for key {best['key']}{correction})")
+                   f"for key {best['key']}{best_name}{correction})")
     else:
         typer.echo(f"overall: not stolen at alpha {alpha:g} ({len(results)} keys tested"
                    f"{correction}); a thief that stopped training early may escape this test")
