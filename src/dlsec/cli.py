@@ -69,7 +69,7 @@ def audit(
     model_dir: Annotated[str | None, typer.Option("--model-dir", help="Audit a saved model (card.json + weights) instead of training one")] = None,
     out: Annotated[str | None, typer.Option(help="Run directory (default runs/<dataset>-<model>)")] = None,
     config: Annotated[Path | None, typer.Option(help="audit.toml with the same keys as these flags")] = None,
-    fail_under: Annotated[list[str] | None, typer.Option("--fail-under", help="KEY=VALUE: exit 1 if metric KEY < VALUE (repeatable)")] = None,
+    fail_under: Annotated[list[str] | None, typer.Option("--fail-under", help="KEY=VALUE: exit 1 if metric KEY < VALUE; KEY:lower=VALUE (or :upper) compares the bound of its 95% interval (repeatable)")] = None,
     sections: Annotated[str | None, typer.Option(help="Comma-separated sections to run (default: all default sections)")] = None,
     seed: Annotated[int | None, typer.Option(min=0, max=SEED_MAX, help="Seed for splits, training and attacks")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
@@ -129,7 +129,8 @@ def audit(
                 f"= {gate['value']:.4g} < {gate['threshold']:g}" if gate["value"] is not None
                 else f"is null ({gate.get('reason', 'not a number')})"
             )
-            typer.echo(f"FAIL: {gate['key']} {shown}", err=True)
+            bound = f":{gate['bound']}" if "bound" in gate else ""
+            typer.echo(f"FAIL: {gate['key']}{bound} {shown}", err=True)
     raise typer.Exit(outcome.exit_code)
 
 

@@ -30,26 +30,46 @@ class ConfigError(DlsecError):
     """A bad audit setting; the message names the key."""
 
 
+GATE_BOUNDS = ("lower", "upper")
+
+
 @dataclass
 class Gate:
-    """``--fail-under KEY=VALUE``: fail (exit 1) when metric KEY is below VALUE."""
+    """``--fail-under KEY=VALUE``: fail (exit 1) when metric KEY is below VALUE.
+
+    ``KEY:lower=VALUE`` (``:upper=``) compares the lower (upper) bound of the metric's 95%
+    interval instead (``bound``), e.g. ``evasion.robust_accuracy@0.1:lower=0.4``; a bound
+    gate on a metric without an interval is a usage error.
+    """
 
     key: str
     threshold: float
+    bound: str = "value"
+
+    @property
+    def label(self) -> str:
+        """The gate's key as written: ``KEY`` or ``KEY:lower``."""
+        return self.key if self.bound == "value" else f"{self.key}:{self.bound}"
 
     @classmethod
     def parse(cls, text: str) -> Gate:
         key, sep, value = text.partition("=")
         key = key.strip()
+        bound = "value"
+        for name in GATE_BOUNDS:
+            if key.endswith(f":{name}"):
+                key, bound = key[: -len(name) - 1].strip(), name
         if not sep or not key:
-            raise ConfigError(f"fail-under: expected KEY=VALUE, got {text!r}")
+            raise ConfigError(
+                f"fail-under: expected KEY=VALUE or KEY:lower=VALUE (or :upper), got {text!r}"
+            )
         try:
             threshold = float(value)
         except ValueError:
             raise ConfigError(f"fail-under: {key}: {value!r} is not a number") from None
         if not math.isfinite(threshold):
             raise ConfigError(f"fail-under: {key}: threshold must be finite")
-        return cls(key, threshold)
+        return cls(key, threshold, bound)
 
 
 DEFAULT_DATASET = "digits"

@@ -28,6 +28,12 @@ class SectionResult:
     finite (NaN, infinity) is not JSON: the runner replaces it with ``None`` (``null``)
     and records why in ``non_finite``, ``{path: "NaN" | "Infinity" | "-Infinity"}`` with
     paths such as ``"metrics.test_loss"`` or ``"tables.0.rows.3.2"``.
+
+    ``intervals`` (optional) gives a metric a 95% interval and the number of points it
+    rests on: ``{metric: {"lower", "upper", "n", "method", ...}}`` (see
+    :func:`dlsec.intervals.interval_record`; ``method`` "wilson" or "bootstrap"; a TPR at an
+    FPR the non-members cannot resolve carries ``"unresolved": true``). A result cached
+    before intervals existed has none.
     """
 
     name: str
@@ -39,6 +45,7 @@ class SectionResult:
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     non_finite: dict[str, str] = field(default_factory=dict)
+    intervals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,6 +78,12 @@ class SectionResult:
             isinstance(non_finite, dict) and all(isinstance(v, str) for v in non_finite.values()),
             "non_finite must map paths to text",
         )
+        intervals = d.get("intervals", {})
+        _expect(
+            isinstance(intervals, dict)
+            and all(isinstance(k, str) and is_interval(v) for k, v in intervals.items()),
+            "intervals must map metric names to {lower, upper, n, method}",
+        )
         tables, figures = d.get("tables", []), d.get("figures", [])
         _expect(isinstance(tables, list), "tables must be a list")
         _expect(isinstance(figures, list), "figures must be a list")
@@ -88,6 +101,17 @@ class SectionResult:
         d["tables"] = [Table(**t) for t in tables]
         d["figures"] = [Figure(**f) for f in figures]
         return cls(**d)
+
+
+def is_interval(value: Any) -> bool:
+    """``value`` is an interval record: numeric ``lower`` <= ``upper``, an integer ``n``
+    >= 0 and a text ``method`` (other keys are flags)."""
+    if not isinstance(value, dict):
+        return False
+    lo, hi, n = value.get("lower"), value.get("upper"), value.get("n")
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (lo, hi))
+    return (numbers and lo <= hi and isinstance(n, int) and not isinstance(n, bool)  # type: ignore[operator]
+            and n >= 0 and isinstance(value.get("method"), str))
 
 
 def _expect(ok: bool, message: str) -> None:

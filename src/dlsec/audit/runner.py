@@ -38,7 +38,7 @@ from dlsec.audit.cache import (
     section_entry,
     write_json,
 )
-from dlsec.audit.config import AuditConfig, ConfigError
+from dlsec.audit.config import AuditConfig, ConfigError, Gate
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult, replace_non_finite
 from dlsec.audit.sections import SectionSpec, selected
@@ -57,9 +57,11 @@ from dlsec.training import (
     train_model,
 )
 
-REPORT_SCHEMA_VERSION = 2
+REPORT_SCHEMA_VERSION = 3
 """2: ``metrics`` values may be ``null`` (a non-finite number, explained in
-``non_finite``); top-level ``warnings``."""
+``non_finite``); top-level ``warnings``. 3: ``intervals`` (``{"<section>.<key>": {"lower",
+"upper", "n", "method", ...}}``, also per section) and gates on a bound (``"bound"``).
+Reports of versions 1 and 2 (no intervals) are still read by :func:`check_report`."""
 
 
 @dataclass
@@ -417,20 +419,8 @@ def build_report(
         warnings.append(
             f"{len(non_finite)} metric(s) are not finite numbers and are written as null: {listed}"
         )
-    gates = []
-    for gate in config.gates:
-        if gate.key not in metrics:
-            raise ConfigError(
-                f"fail-under: {gate.key}: no such metric (available: {', '.join(sorted(metrics))})"
-            )
-        value = metrics[gate.key]
-        entry: dict[str, Any] = {"key": gate.key, "threshold": gate.threshold, "value": value}
-        if value is None:
-            why = non_finite.get(gate.key, "missing")
-            entry |= {"passed": False, "reason": f"{gate.key} is {why}, not a number"}
-        else:
-            entry["passed"] = value >= gate.threshold
-        gates.append(entry)
+    intervals = {f"{r.name}.{k}": v for r in results for k, v in r.intervals.items()}
+    gates = evaluate_gates(config.gates, metrics, intervals, non_finite)
     source = Path(config.model_dir).name if config.model_dir else card.architecture
     report = {
         "schema": "dlsec.report",
@@ -444,6 +434,7 @@ def build_report(
         "sections": [r.to_dict() for r in results],
         "metrics": metrics,
         "non_finite": non_finite,
+        "intervals": intervals,
         "gates": gates,
         "passed": all(g["passed"] for g in gates),
         "warnings": warnings,
@@ -453,3 +444,63 @@ def build_report(
         shown = ", ".join(f"{k} ({v})" for k, v in list(found.items())[:5])
         report["warnings"].append(f"non-finite numbers written as null: {shown}")
     return report
+
+
+def evaluate_gates(
+    gates: list[Gate], metrics: dict[str, Any], intervals: dict[str, Any],
+    non_finite: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """Each gate's entry: ``key``, ``bound``, ``threshold``, ``value`` (the metric or its
+    interval's bound) and ``passed`` (``value >= threshold``; a null value fails, with a
+    ``reason``).
+
+    Raises:
+        ConfigError: a gate names no metric, or a bound of a metric without an interval.
+    """
+    entries = []
+    for gate in gates:
+        if gate.key not in metrics:
+            raise ConfigError(
+                f"fail-under: {gate.key}: no such metric (available: {', '.join(sorted(metrics))})"
+            )
+        value = metrics[gate.key]
+        if gate.bound != "value":
+            record = intervals.get(gate.key)
+            if record is None:
+                having = ", ".join(sorted(intervals)) or "none"
+                raise ConfigError(
+                    f"fail-under: {gate.label}: {gate.key} has no interval to take a bound of "
+                    f"(metrics with intervals: {having})"
+                )
+            value = record[gate.bound]
+        entry: dict[str, Any] = {"key": gate.key, "threshold": gate.threshold, "value": value}
+        if gate.bound != "value":
+            entry["bound"] = gate.bound  # absent: the metric itself (as in schema 2)
+        if value is None:
+            why = (non_finite or {}).get(gate.key, "missing")
+            entry |= {"passed": False, "reason": f"{gate.key} is {why}, not a number"}
+        else:
+            entry["passed"] = value >= gate.threshold
+        entries.append(entry)
+    return entries
+
+
+def check_report(report: dict[str, Any], gates: list[Gate]) -> list[dict[str, Any]]:
+    """:func:`evaluate_gates` on a report read back from ``report.json``, of any schema
+    version up to :data:`REPORT_SCHEMA_VERSION` (1 and 2 have no intervals: a bound gate
+    on them is the usual error naming none).
+
+    Raises:
+        ConfigError: not a dlsec report, a newer schema, or a gate it cannot answer.
+    """
+    version = report.get("schema_version") if isinstance(report, dict) else None
+    if not isinstance(report, dict) or report.get("schema") != "dlsec.report":
+        raise ConfigError("not a dlsec report (no \"schema\": \"dlsec.report\")")
+    if not isinstance(version, int) or not 1 <= version <= REPORT_SCHEMA_VERSION:
+        raise ConfigError(
+            f"report schema version {version!r} is not one this dlsec reads "
+            f"(1..{REPORT_SCHEMA_VERSION})"
+        )
+    metrics = report.get("metrics") or {}
+    intervals = report.get("intervals") or {} if version >= 3 else {}
+    return evaluate_gates(gates, metrics, intervals, report.get("non_finite") or {})

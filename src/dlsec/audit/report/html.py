@@ -19,7 +19,7 @@ from typing import Any
 
 import jinja2
 
-__all__ = ["format_value", "gate_value", "main_metrics", "render_html"]
+__all__ = ["format_interval", "format_value", "gate_value", "main_metrics", "render_html"]
 
 _TEMPLATE = "report.html.j2"
 _STYLESHEET = "report.css"
@@ -46,10 +46,23 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def format_interval(value: str, record: Any) -> str:
+    """``value`` (already formatted) with its interval record: ``value [lower, upper]``;
+    a TPR at an FPR the data cannot resolve reads ``unresolved: value [lower, upper]``;
+    no (or a malformed) record leaves ``value`` as it is."""
+    if not isinstance(record, Mapping) or not {"lower", "upper"} <= set(record):
+        return value
+    text = f"{value} [{format_value(record['lower'])}, {format_value(record['upper'])}]"
+    return f"unresolved: {text}" if record.get("unresolved") else text
+
+
 def main_metrics(section: Mapping[str, Any], n: int = _MAIN_METRICS) -> list[tuple[str, str]]:
-    """The first ``n`` metrics of a section dict as ``(key, formatted value)`` pairs."""
+    """The first ``n`` metrics of a section dict as ``(key, formatted value)`` pairs, each
+    value with its interval where the section gives one (:func:`format_interval`)."""
     metrics = section.get("metrics") or {}
-    return [(str(k), format_value(v)) for k, v in list(metrics.items())[:n]]
+    intervals = section.get("intervals") or {}
+    return [(str(k), format_interval(format_value(v), intervals.get(k)))
+            for k, v in list(metrics.items())[:n]]
 
 
 def gate_value(gate: Mapping[str, Any]) -> str:
@@ -108,6 +121,7 @@ def _section_view(index: int, raw: Any) -> dict[str, Any]:
     ]
     details = s.get("details") or {}
     non_finite = s.get("non_finite") or {}
+    intervals = s.get("intervals") or {}
     return {
         "anchor": f"s{index}-{_slug(name)}",
         "name": name,
@@ -117,7 +131,9 @@ def _section_view(index: int, raw: Any) -> dict[str, Any]:
             {
                 "key": str(k),
                 "gate_key": f"{name}.{k}",
-                "value": _metric_value(v, non_finite.get(f"metrics.{k}")),
+                "value": format_interval(_metric_value(v, non_finite.get(f"metrics.{k}")),
+                                         intervals.get(k)),
+                "points": _points(intervals.get(k)),
             }
             for k, v in metrics.items()
         ],
@@ -136,8 +152,21 @@ def _metric_value(value: Any, non_finite: str | None) -> str:
     return format_value(value)
 
 
+def _points(record: Any) -> str:
+    """What a metric's interval rests on: ``"200 (wilson)"``, or empty without one."""
+    if not isinstance(record, Mapping) or "n" not in record:
+        return ""
+    return f"{record['n']} ({record.get('method', '?')})"
+
+
+def gate_label(gate: Mapping[str, Any]) -> str:
+    """A gate's key as written: ``KEY``, or ``KEY:lower`` / ``KEY:upper`` for a bound."""
+    bound = gate.get("bound", "value")
+    return str(gate.get("key", "")) + ("" if bound in (None, "value") else f":{bound}")
+
+
 def _gate_view(raw: Mapping[str, Any]) -> dict[str, Any]:
-    return {"key": str(raw.get("key", "")), "threshold": format_value(raw.get("threshold")),
+    return {"key": gate_label(raw), "threshold": format_value(raw.get("threshold")),
             "value": gate_value(raw), "passed": bool(raw.get("passed"))}
 
 

@@ -9,9 +9,22 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dlsec.audit.report.html import format_value, gate_value, main_metrics
+from dlsec.audit.report.html import format_value, gate_label, gate_value, main_metrics
 
 __all__ = ["print_summary"]
+
+_MAX_NAME = 36
+"""The widest the key-metrics column is made to fit a metric name whole (longer ones fold)."""
+_MIN_METRICS, _MIN_TITLE, _MAX_TITLE, _ROOMY = 28, 12, 20, 120
+
+
+def _fit(texts: Any, least: int, most: int) -> int:
+    """A column's width: its longest line, but at most ``least`` unless a single word needs
+    more (up to ``most``)."""
+    texts = [str(t) for t in texts]
+    longest_line = max((len(line) for t in texts for line in t.splitlines()), default=1)
+    longest_word = max((len(w) for t in texts for w in t.split()), default=1)
+    return max(1, min(longest_line, max(min(longest_word, most), least)))
 
 
 def print_summary(report: Mapping[str, Any], console: Console | None = None) -> None:
@@ -20,17 +33,26 @@ def print_summary(report: Mapping[str, Any], console: Console | None = None) -> 
     console = console if console is not None else Console()
     title = str(report.get("title") or "dlsec audit")
 
+    rows = [raw.to_dict() if hasattr(raw, "to_dict") else dict(raw)
+            for raw in report.get("sections") or []]
+    shown = {id(s): "\n".join(f"{k} = {v}" for k, v in main_metrics(s, 3)) for s in rows}
+    # lines wrap between words only: the section and metric columns are fixed at their
+    # longest word (a section title's, a metric name's; capped) so the summary absorbs
+    # what 80 columns cannot hold, never a metric name
+    titles = [str(s.get("title") or s.get("name", "")) for s in rows]
     sections = Table(title=Text(title, style="bold"), show_lines=False, expand=False)
-    sections.add_column("Section", style="bold", no_wrap=True)
+    roomy = console.width >= _ROOMY  # a wide terminal holds every title on one line
+    sections.add_column("Section", style="bold", overflow="fold", no_wrap=roomy,
+                        width=None if roomy else _fit(titles, _MIN_TITLE, _MAX_TITLE))
     sections.add_column("Summary", overflow="fold")
-    sections.add_column("Key metrics", overflow="fold")
+    sections.add_column("Key metrics", overflow="fold",
+                        width=_fit(shown.values(), _MIN_METRICS, 2 * _MAX_NAME if roomy else _MAX_NAME))
     sections.add_column("Warnings", justify="right")
     n_warnings = 0
-    for raw in report.get("sections") or []:
-        s = raw.to_dict() if hasattr(raw, "to_dict") else dict(raw)
+    for s in rows:
         warnings = list(s.get("warnings") or [])
         n_warnings += len(warnings)
-        metrics = "\n".join(f"{k} = {v}" for k, v in main_metrics(s, 3))
+        metrics = shown[id(s)]
         sections.add_row(
             Text(str(s.get("title") or s.get("name", ""))),
             Text(str(s.get("summary", ""))),
@@ -48,7 +70,7 @@ def print_summary(report: Mapping[str, Any], console: Console | None = None) -> 
         table.add_column("Result")
         for g in gates:
             table.add_row(
-                Text(str(g.get("key", ""))), format_value(g.get("threshold")), gate_value(g),
+                Text(gate_label(g)), format_value(g.get("threshold")), gate_value(g),
                 Text("pass", style="green") if g.get("passed") else Text("FAIL", style="red bold"),
             )
         console.print(table)
@@ -62,6 +84,6 @@ def print_summary(report: Mapping[str, Any], console: Console | None = None) -> 
     elif passed:
         console.print(Text("PASS", style="bold green"))
     else:
-        failed = [str(g.get("key", "")) for g in gates if not g.get("passed")]
+        failed = [gate_label(g) for g in gates if not g.get("passed")]
         line = "FAIL" + (f": {', '.join(failed)}" if failed else "")
         console.print(Text(line, style="bold red"))

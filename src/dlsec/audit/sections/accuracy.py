@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult, Table
 from dlsec.audit.sections import register_section
+from dlsec.intervals import interval_record, wilson_interval
 from dlsec.training import predict_logits
 
 
@@ -17,7 +18,7 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: in
     return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
-@register_section("accuracy", title="Clean accuracy", order=40)
+@register_section("accuracy", title="Clean accuracy", order=40, version=2)
 def run(ctx: AuditContext, options: None) -> SectionResult:
     from dlsec.audit.report.plots import bar_chart, heatmap
 
@@ -62,5 +63,12 @@ def run(ctx: AuditContext, options: None) -> SectionResult:
                     "are errors."),
         ],
         warnings=warnings,
+        intervals={
+            "clean_accuracy": interval_record(
+                *wilson_interval(int(correct.sum()), len(correct)), len(correct), "wilson"),
+            "worst_class_accuracy": interval_record(
+                *wilson_interval(int(hits[worst]), int(support[worst])), int(support[worst]),
+                "wilson"),
+        },
         details={"confusion_matrix": cm.tolist(), "non_finite_outputs": n_bad},
     )

@@ -14,6 +14,7 @@ from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult
 from dlsec.audit.sections import register_section
 from dlsec.audit.sections._scale import auto, size_note
+from dlsec.intervals import rate_record
 from dlsec.scenarios.blackbox import QueryOptions, evaluate
 from dlsec.scenarios.transfer import TransferOptions, crafting_attack_names
 from dlsec.threat import ThreatModel
@@ -90,7 +91,7 @@ def _eps(options: BlackBoxOptions, bounds: tuple[float, float]) -> float:
 
 
 @register_section("blackbox", title="Evasion (black-box)", order=55, options=BlackBoxOptions,
-                  version=3)
+                  version=4)
 def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
     from dlsec.audit.report.plots import bar_chart, line_chart
 
@@ -136,6 +137,8 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
         name="blackbox", title="Evasion (black-box)", summary=res.summary,
         metrics=res.metrics, tables=res.tables, figures=figures,
         warnings=[*deprecated, *res.warnings],
+        intervals={k: rate_record(v, n) for k, v in res.metrics.items()  # rates on the n points
+                   if k.endswith(("robust_accuracy", "clean_accuracy", "_success_rate"))},
         details={"settings": _settings(options, card, ds, n), "eps": eps, "norm": norm,
                  "max_queries": levels, "curves": res.details.get("curves", {})},
     )

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import Figure, SectionResult
 from dlsec.audit.sections import register_section
+from dlsec.intervals import rate_record
 from dlsec.scenarios.whitebox import WhiteBoxOptions, eps_grid, robustness
 from dlsec.threat import ThreatModel
 
@@ -34,7 +35,8 @@ class EvasionOptions(WhiteBoxOptions):
         self.check_attacks(self.norm)
 
 
-@register_section("evasion", title="Evasion (white-box)", order=50, options=EvasionOptions)
+@register_section("evasion", title="Evasion (white-box)", order=50, options=EvasionOptions,
+                  version=2)
 def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
     from dlsec.audit.report.plots import image_grid, line_chart
     from dlsec.audit.runner import train_config
@@ -48,8 +50,11 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
         plots[data["kind"]](**{k: v for k, v in data.items() if k != "kind"})
         for data in result.figures.values()
     ]
+    n = min(options.samples, len(ctx.dataset.y_test))  # the first test points (attacker_split)
+    intervals = {k: rate_record(v, n) for k, v in result.metrics.items()
+                 if k.startswith(("clean_accuracy", "robust_accuracy"))}
     return SectionResult(
         name="evasion", title="Evasion (white-box)", summary=result.summary,
         metrics=result.metrics, tables=result.tables, figures=figures,
-        warnings=result.warnings, details=result.details,
+        warnings=result.warnings, details=result.details, intervals=intervals,
     )

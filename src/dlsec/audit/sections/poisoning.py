@@ -10,6 +10,7 @@ from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult
 from dlsec.audit.sections import register_section
 from dlsec.audit.sections._scale import auto, is_large, size_note
+from dlsec.intervals import rate_record
 from dlsec.models import CardLike
 from dlsec.scenarios.poisoning import PoisoningOptions, Sizes, run_poisoning
 
@@ -25,7 +26,7 @@ def sizes(o: PoisoningOptions, card: CardLike) -> Sizes:
 
 
 @register_section("poisoning", title="Poisoning", order=60, options=PoisoningOptions,
-                  version=3)
+                  version=4)
 def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
     from dlsec.audit.report.plots import image_grid, line_chart
 
@@ -40,6 +41,9 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
     for fig in res.figures.values():
         spec = {k: v for k, v in fig.items() if k != "kind"}
         figures.append(line_chart(**spec) if fig["kind"] == "line" else image_grid(**spec))
+    n_test = int(res.details["test_samples"])  # the victims' test set
+    intervals = {k: rate_record(v, n_test) for k, v in res.metrics.items()
+                 if k.endswith("_accuracy") and not k.endswith("_accuracy_drop")}
     return SectionResult(name="poisoning", title="Poisoning", summary=res.summary,
                          metrics=res.metrics, tables=res.tables, figures=figures,
-                         warnings=res.warnings, details=res.details)
+                         warnings=res.warnings, details=res.details, intervals=intervals)

@@ -11,11 +11,53 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult, Table
 from dlsec.audit.sections import register_section
 from dlsec.audit.sections._scale import is_large
+from dlsec.intervals import (
+    auc_statistic,
+    bootstrap_interval,
+    fpr_resolved,
+    interval_record,
+    tpr_at_fpr_statistic,
+)
+
+MEMBERSHIP_FPRS = {"tpr_at_0_1_fpr": 0.001, "tpr_at_1_fpr": 0.01}
+BOOTSTRAP_RESAMPLES = 1000
+
+
+def membership_intervals(results: list[Any], generator: torch.Generator) -> dict[str, Any]:
+    """Seeded bootstrap 95% intervals (members and non-members resampled apart) of each
+    attack's AUC and TPRs at :data:`MEMBERSHIP_FPRS`, keyed as the membership metrics,
+    plus ``membership_auc`` (the best attack's). A TPR at an FPR the non-members cannot
+    resolve (:func:`dlsec.intervals.fpr_resolved`) is flagged ``unresolved``."""
+    out: dict[str, Any] = {}
+    best_auc = -1.0
+    for r in results:
+        if r.is_member is None or r.metrics is None:
+            continue
+        members = r.scores[r.is_member.bool()].double().cpu()
+        others = r.scores[~r.is_member.bool()].double().cpu()
+        if not members.numel() or not others.numel():
+            continue
+        n = members.numel() + others.numel()
+        name = r.attack.replace("-", "_")
+        lo, hi = bootstrap_interval(auc_statistic, members, others,
+                                    n=BOOTSTRAP_RESAMPLES, generator=generator)
+        out[f"{name}_auc"] = interval_record(lo, hi, n, "bootstrap")
+        if r.metrics.auc > best_auc:
+            best_auc, out["membership_auc"] = r.metrics.auc, out[f"{name}_auc"]
+        for key, fpr in MEMBERSHIP_FPRS.items():
+            lo, hi = bootstrap_interval(tpr_at_fpr_statistic(fpr), members, others,
+                                        n=BOOTSTRAP_RESAMPLES, generator=generator)
+            flags = {} if fpr_resolved(others.numel(), fpr) else {"unresolved": True}
+            out[f"{name}_{key}"] = interval_record(lo, hi, n, "bootstrap", **flags)
+    return out
 
 
 @dataclass
@@ -52,7 +94,7 @@ class PrivacyOptions:
             raise ValueError(f"unknown extraction strategies {bad} (choose from {list(STRATEGIES)})")
 
 
-@register_section("privacy", title="Privacy", order=70, options=PrivacyOptions, version=3)
+@register_section("privacy", title="Privacy", order=70, options=PrivacyOptions, version=4)
 def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
     from dlsec.audit.report.plots import image_grid, line_chart, roc_curve
     from dlsec.scenarios.extraction import (
@@ -85,13 +127,21 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
                    f"{'' if ev == 1 else 's'}" if opt.inversion else "")
                 + f"; extraction fidelity on {ext.details['held_out']} held-out test inputs")
     metrics: dict[str, float] = dict(mem.metrics)
+    generator = torch.Generator().manual_seed(ctx.config.seed)
+    intervals = membership_intervals(mem.artifacts.get("results", []), generator)
+    mem_summary = mem.summary
+    if "membership_auc" in intervals:
+        auc = intervals["membership_auc"]
+        mem_summary += f" (95% interval {auc['lower']:.3f} to {auc['upper']:.3f})"
+        if auc["lower"] <= 0.5 <= auc["upper"]:
+            mem_summary += ": no measurable leakage"
     figures = [roc_curve(mem.figures["roc"], title="Membership inference ROC",
                          caption="Log-scale axes: what matters is the true-positive rate at "
                          "low false-positive rates (Carlini et al. 2022).")]
     mem_table = mem.tables[0]
     tables = [dataclasses.replace(mem_table,
                                   caption=f"{mem_table.caption[:-1]}. Settings: {settings}.")]
-    risks = [["membership inference", mem.summary]]
+    risks = [["membership inference", mem_summary]]
     warnings = list(mem.warnings)
     if opt.inversion:
         inv = run_inversion(sc, InversionOptions(
@@ -118,4 +168,5 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
     tables.insert(0, Table("Risk summary", ["threat", "finding"], risks))
     return SectionResult(name="privacy", title="Privacy", summary="; ".join(r[1] for r in risks),
                          metrics=metrics, tables=tables, figures=figures, warnings=warnings,
+                         intervals=intervals,
                          details={"options": dataclasses.asdict(opt), "settings": settings})
