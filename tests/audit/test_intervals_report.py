@@ -182,3 +182,44 @@ def test_audit_report_carries_wilson_intervals_and_bound_gates(tmp_path: Path, c
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: fail-under: "
                                                                  "accuracy.test_loss:upper")
     assert "Traceback" not in err
+
+
+# -- the privacy section's bootstrap ------------------------------------------------------
+
+
+def _membership(attack: str, shift: float, n: int, seed: int) -> Any:
+    from types import SimpleNamespace
+
+    import torch
+
+    from dlsec.attacks.privacy.metrics import membership_metrics
+
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.cat([torch.randn(n, generator=g) + shift, torch.randn(n, generator=g)])
+    is_member = torch.arange(2 * n) < n
+    return SimpleNamespace(attack=attack, scores=scores, is_member=is_member,
+                           metrics=membership_metrics(scores, is_member))
+
+
+def test_membership_intervals_flag_unresolved_tprs_and_follow_the_best_attack() -> None:
+    import torch
+
+    from dlsec.audit.sections.privacy import membership_intervals
+
+    results = [_membership("loss", 0.0, 200, 0), _membership("lira-online", 2.0, 1000, 1)]
+    got = membership_intervals(results, torch.Generator().manual_seed(0))
+    assert set(got) == {"loss_auc", "loss_tpr_at_0_1_fpr", "loss_tpr_at_1_fpr", "lira_online_auc",
+                        "lira_online_tpr_at_0_1_fpr", "lira_online_tpr_at_1_fpr", "membership_auc"}
+    assert got["loss_auc"]["lower"] < 0.5 < got["loss_auc"]["upper"]  # no leakage
+    assert got["lira_online_auc"]["lower"] > 0.85  # strong leakage: AUC ~0.92
+    assert got["membership_auc"] == got["lira_online_auc"]  # the best attack's
+    assert got["loss_auc"]["n"] == 400 and got["loss_auc"]["method"] == "bootstrap"
+    # 200 non-members: 2 expected false positives at 1%, unresolved; 1000: 10 at 1%, resolved
+    assert got["loss_tpr_at_1_fpr"].get("unresolved") is True
+    assert got["lira_online_tpr_at_1_fpr"].get("unresolved") is None
+    assert got["lira_online_tpr_at_0_1_fpr"].get("unresolved") is True
+    again = membership_intervals(results, torch.Generator().manual_seed(0))
+    assert again == got  # seeded
+    for r in results:
+        rec = got[f"{r.attack.replace('-', '_')}_tpr_at_1_fpr"]
+        assert rec["lower"] <= r.metrics.tpr_at_1_fpr <= rec["upper"]

@@ -25,6 +25,7 @@ from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult
 from dlsec.audit.sections import register_section
 from dlsec.audit.sections._scale import is_large
+from dlsec.intervals import rate_record
 from dlsec.scenarios.dp_sweep import DPSweepOptions
 
 LARGE_EPOCHS = 2  # DP epochs on large inputs when ``epochs`` is 0 (automatic)
@@ -85,7 +86,7 @@ def _settings(opt: DPSweepOptions, large: bool) -> str:
     return text
 
 
-@register_section("dp", title="Differential privacy", order=75, options=DPOptions, version=2)
+@register_section("dp", title="Differential privacy", order=75, options=DPOptions, version=3)
 def run(ctx: AuditContext, options: DPOptions | None) -> SectionResult:
     from dlsec.audit.report.plots import line_chart
     from dlsec.scenarios.dp_sweep import dp_sweep
@@ -117,7 +118,10 @@ def run(ctx: AuditContext, options: DPOptions | None) -> SectionResult:
             ylabel="empirical ε lower bound",
             caption="One training run with canaries (Steinke, Nasr, Jagielski 2023); "
             "points must stay below the line."))
+    n_test = int(res.details["test_records"])  # every model is scored on the test set
+    intervals = {k: rate_record(v, n_test) for k, v in res.metrics.items()
+                 if k.startswith("accuracy@") and v is not None}
     return SectionResult(name="dp", title="Differential privacy", summary=res.summary,
                          metrics=res.metrics, tables=tables, figures=figures,
-                         warnings=res.warnings,
+                         warnings=res.warnings, intervals=intervals,
                          details={**res.details, "settings": settings})
