@@ -40,7 +40,7 @@ def test_report_files_and_schema(audited) -> None:
     outcome, out = audited
     report = json.loads((out / "report.json").read_text())
     assert report == outcome.report
-    assert report["schema"] == "dlsec.report" and report["schema_version"] == 2
+    assert report["schema"] == "dlsec.report" and report["schema_version"] == 3
     assert [s["name"] for s in report["sections"]][:4] == ["dataset", "model", "training", "accuracy"]
     acc = report["metrics"]["accuracy.clean_accuracy"]
     assert 0.85 < acc <= 1.0
