@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,8 @@ def test_bound_gates_compare_the_bound(gate: str, value: float, passed: bool) ->
 
 
 def test_bound_gate_on_a_metric_without_interval_is_a_usage_error() -> None:
-    with pytest.raises(ConfigError, match="accuracy.test_loss:lower: accuracy.test_loss has no "
-                                          "interval"):
+    with pytest.raises(ConfigError, match=re.escape(
+            "accuracy.test_loss:lower: accuracy.test_loss has no interval")):
         evaluate_gates([Gate.parse("accuracy.test_loss:lower=0")], METRICS, INTERVALS)
 
 
@@ -223,3 +224,18 @@ def test_membership_intervals_flag_unresolved_tprs_and_follow_the_best_attack() 
     for r in results:
         rec = got[f"{r.attack.replace('-', '_')}_tpr_at_1_fpr"]
         assert rec["lower"] <= r.metrics.tpr_at_1_fpr <= rec["upper"]
+
+
+def test_membership_table_cells_carry_intervals_and_unresolved_marks() -> None:
+    from dlsec.audit.sections.privacy import with_intervals
+
+    columns = ["attack", "AUC", "TPR @ 0.1% FPR", "TPR @ 1% FPR", "advantage", "queries"]
+    rows = [["lira-online", 0.52, 0.005, 0.02, 0.04, 400], ["other", 0.6, 0.1, 0.2, 0.1, 10]]
+    intervals = {
+        "lira_online_auc": interval_record(0.46, 0.58, 400, "bootstrap"),
+        "lira_online_tpr_at_1_fpr": interval_record(0.0, 0.04, 400, "bootstrap", unresolved=True),
+    }
+    assert with_intervals(columns, rows, intervals) == [
+        ["lira-online", "0.52 [0.46, 0.58]", 0.005, "unresolved: 0.02 [0, 0.04]", 0.04, 400],
+        ["other", 0.6, 0.1, 0.2, 0.1, 10],
+    ]

@@ -94,6 +94,28 @@ class PrivacyOptions:
             raise ValueError(f"unknown extraction strategies {bad} (choose from {list(STRATEGIES)})")
 
 
+_CELL_KEYS = {"AUC": "auc", "TPR @ 0.1% FPR": "tpr_at_0_1_fpr", "TPR @ 1% FPR": "tpr_at_1_fpr"}
+
+
+def with_intervals(columns: list[str], rows: list[list[Any]],
+                   intervals: dict[str, Any]) -> list[list[Any]]:
+    """The membership table's rows with each AUC and TPR cell as ``value [lower, upper]``
+    (text), an unresolved TPR as ``unresolved: value [lower, upper]``; the values as they
+    were. Rows (or columns) without an interval are left as they are."""
+    from dlsec.audit.report.html import format_interval, format_value
+
+    out = []
+    for row in rows:
+        row = list(row)
+        for i, column in enumerate(columns):
+            key = _CELL_KEYS.get(column)
+            record = intervals.get(f"{str(row[0]).replace('-', '_')}_{key}") if key else None
+            if record is not None and i < len(row):
+                row[i] = format_interval(format_value(row[i]), record)
+        out.append(row)
+    return out
+
+
 @register_section("privacy", title="Privacy", order=70, options=PrivacyOptions, version=4)
 def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
     from dlsec.audit.report.plots import image_grid, line_chart, roc_curve
@@ -139,8 +161,11 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
                          caption="Log-scale axes: what matters is the true-positive rate at "
                          "low false-positive rates (Carlini et al. 2022).")]
     mem_table = mem.tables[0]
-    tables = [dataclasses.replace(mem_table,
-                                  caption=f"{mem_table.caption[:-1]}. Settings: {settings}.")]
+    tables = [dataclasses.replace(
+        mem_table, rows=with_intervals(mem_table.columns, mem_table.rows, intervals),
+        caption=f"{mem_table.caption[:-1]}. Settings: {settings}. Brackets: bootstrap 95% "
+        "intervals; a TPR at an FPR the non-members cannot resolve (fewer than 10 expected "
+        "false positives) is marked unresolved.")]
     risks = [["membership inference", mem_summary]]
     warnings = list(mem.warnings)
     if opt.inversion:
