@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from dlsec.models import save
+from dlsec.serve.store import KeyStore
 from dlsec.training import TrainConfig, train_model
 
 CLI = [sys.executable, "-m", "dlsec.cli"]
@@ -115,3 +116,27 @@ def dlsec_server() -> Iterator[Callable[..., Server]]:
     yield start
     for server in started:
         server.stop()
+
+
+@dataclass
+class Uvicorn:
+    """A served model in this process: its base URL and its key store."""
+
+    url: str
+    store: KeyStore
+
+
+@pytest.fixture(scope="module")
+def server(served_model_dir: Path, tmp_path_factory) -> Iterator[Uvicorn]:
+    """``create_app`` over the saved digits model (server policy scores) under uvicorn in a
+    thread on a free loopback port (:func:`dlsec.serve.background.serving`), one per test
+    module; stopped (and its thread joined) when the module ends."""
+    from dlsec.serve.app import create_app
+    from dlsec.serve.background import serving
+
+    store = KeyStore(tmp_path_factory.mktemp("served") / "keys.db")
+    try:
+        with serving(create_app(served_model_dir, store=store, policy="scores")) as url:
+            yield Uvicorn(url, store)
+    finally:
+        store.close()

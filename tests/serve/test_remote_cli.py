@@ -7,40 +7,12 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from dlsec.cli import main
-from dlsec.serve.store import KeyStore
-
-START_TIMEOUT_S = 20.0
-
-
-@dataclass
-class Uvicorn:
-    url: str
-    store: KeyStore
-
-
-@pytest.fixture(scope="module")
-def server(served_model_dir: Path, tmp_path_factory) -> Iterator[Uvicorn]:
-    """``create_app`` over the saved digits model (server policy scores) under uvicorn on a
-    free loopback port; stopped (and its thread joined) when the module ends."""
-    from dlsec.serve.app import create_app
-    from dlsec.serve.background import serving
-
-    store = KeyStore(tmp_path_factory.mktemp("remote") / "keys.db")
-    try:
-        with serving(create_app(served_model_dir, store=store, policy="scores"),
-                     start_timeout=START_TIMEOUT_S) as url:
-            yield Uvicorn(url, store)
-    finally:
-        store.close()
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -49,7 +21,7 @@ def _run(capsys, *argv: str) -> tuple[int, str, str]:
     return code, cap.out, cap.err
 
 
-def _key(server: Uvicorn, **limits) -> str:
+def _key(server, **limits) -> str:
     _, token = server.store.create("test", **limits)
     return token
 

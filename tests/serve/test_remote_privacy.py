@@ -6,38 +6,8 @@ the saved model directory (same seed: the same numbers)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
-
-import pytest
 
 from dlsec.cli import main
-from dlsec.serve.store import KeyStore
-
-START_TIMEOUT_S = 20.0
-
-
-@dataclass
-class Uvicorn:
-    url: str
-    store: KeyStore
-
-
-@pytest.fixture(scope="module")
-def server(served_model_dir: Path, tmp_path_factory) -> Iterator[Uvicorn]:
-    """``create_app`` over the saved digits model (policy scores) under uvicorn on a free
-    loopback port; stopped (and its thread joined) when the module ends."""
-    from dlsec.serve.app import create_app
-    from dlsec.serve.background import serving
-
-    store = KeyStore(tmp_path_factory.mktemp("remote-privacy") / "keys.db")
-    try:
-        with serving(create_app(served_model_dir, store=store, policy="scores"),
-                     start_timeout=START_TIMEOUT_S) as url:
-            yield Uvicorn(url, store)
-    finally:
-        store.close()
 
 
 def _run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -52,7 +22,7 @@ def _summary(out: str) -> dict:
     return summary
 
 
-def _charged(server: Uvicorn, key_id: str) -> int:
+def _charged(server, key_id: str) -> int:
     return sum(r["rows"] for r in server.store.log_rows(key_id))
 
 
