@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -140,3 +141,47 @@ def server(served_model_dir: Path, tmp_path_factory) -> Iterator[Uvicorn]:
             yield Uvicorn(url, store)
     finally:
         store.close()
+
+
+class Clock:
+    """A monotonic clock a test moves by hand (``clock.now += 1``)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[KeyStore]:
+    """A fresh key database in the test's directory."""
+    with KeyStore(tmp_path / "keys.db") as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def fit_thief() -> Callable[..., Any]:
+    """``fit_thief(card, x, answers)``: the thief's SimpleNet fitted closely to the answers
+    it bought (60 epochs of Adam at lr 1e-2, no validation hold-out: every answer fitted),
+    labels or answered distributions; seeded, so the same answers give the same thief."""
+    import torch
+
+    from dlsec.models import build_model
+    from dlsec.training import fit
+
+    def thief(card: Any, x: Any, answers: Any) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            model = build_model(card, factory="simplenet")
+        config = TrainConfig(epochs=60, lr=1e-2, schedule="none", batch_size=32,
+                             val_fraction=0.0, seed=1, measure_train_accuracy=False)
+        fit(model, x, answers, config=config, progress=False)
+        return model
+
+    return thief

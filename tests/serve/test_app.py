@@ -22,27 +22,10 @@ from dlsec.serve.limits import RequestLimits
 from dlsec.serve.store import KeyStore
 
 
-class Clock:
-    """A monotonic clock the test moves by hand."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def store(tmp_path):
-    with KeyStore(tmp_path / "keys.db") as s:
-        yield s
-
-
-@pytest.fixture
-def served(trained_simplenet, store):
+def served(trained_simplenet, store, clock):
     """(client, model, store, clock) for an app with the default policy 'scores'."""
     model, card, _ = trained_simplenet
-    clock = Clock()
     app = create_app((model, card), store=store, limits=RequestLimits(max_rows=8, max_body_bytes=20_000),
                      clock=clock)
     with TestClient(app) as client:
@@ -191,9 +174,9 @@ def test_a_burst_past_the_rate_limit_is_429_with_retry_after(served, digits) -> 
     assert len(store.log_rows(key.id)) == 3  # refused requests are not logged
 
 
-def test_the_servers_default_rate_applies_to_keys_without_one(trained_simplenet, store, digits) -> None:
+def test_the_servers_default_rate_applies_to_keys_without_one(trained_simplenet, store, digits,
+                                                             clock) -> None:
     model, card, _ = trained_simplenet
-    clock = Clock()
     app = create_app((model, card), store=store, rate=0.5, clock=clock)  # burst ceil(0.5) = 1
     _, token = store.create("default")
     _, own = store.create("own", rate=100.0, burst=10)

@@ -22,20 +22,6 @@ from dlsec.serve.store import KeyStore
 BATCH = 8
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def store(tmp_path):
-    with KeyStore(tmp_path / "keys.db") as s:
-        yield s
-
-
 def _jacobian_stream(model: torch.nn.Module, seeds: torch.Tensor, n: int) -> torch.Tensor:
     """Papernot et al.'s augmentation: each round adds x + 0.1 * sign(grad of the predicted
     logit) for every point so far, clipped to the bounds [0, 1]."""
@@ -111,10 +97,9 @@ def test_jacobian_stream_is_flagged_then_blocked_and_the_flag_persists(
 
 
 def test_throttle_slows_a_flagged_key_to_the_throttle_rate(
-    trained_simplenet, attack_stream, store
+    trained_simplenet, attack_stream, store, clock
 ) -> None:
     model, card, _ = trained_simplenet
-    clock = Clock()
     app = create_app((model, card), store=store, detect=("prada",), on_flag="throttle",
                      throttle_rate=0.25, clock=clock)
     key, token = store.create("thief")

@@ -13,12 +13,12 @@ import torch
 from fastapi.testclient import TestClient
 
 from dlsec.cli import main
-from dlsec.models import build_model, save
+from dlsec.models import save
 from dlsec.serve.app import create_app
 from dlsec.serve.ledger import ServedWatermark, WatermarkLedger
 from dlsec.serve.store import KeyStore
 from dlsec.serve.watermark import WatermarkError
-from dlsec.training import TrainConfig, fit, predict_logits, train_model
+from dlsec.training import TrainConfig, predict_logits, train_model
 
 FRACTION = 0.05
 SECRET = b"a test secret of 16+ bytes"
@@ -36,18 +36,6 @@ def _ask(client: TestClient, token: str, x: torch.Tensor, batch: int = 250) -> l
         assert r.status_code == 200, r.text
         outputs += r.json()["outputs"]
     return outputs
-
-
-def _thief(card, x: torch.Tensor, answers: torch.Tensor) -> torch.nn.Module:
-    """A SimpleNet fitted closely to the bought answers (60 epochs of Adam, lr 1e-2, no
-    hold-out), as in tests/serve/test_watermark.py."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = build_model(card, factory="simplenet")
-    config = TrainConfig(epochs=60, lr=1e-2, schedule="none", batch_size=32, val_fraction=0.0,
-                         seed=1, measure_train_accuracy=False)
-    fit(model, x, answers, config=config, progress=False)
-    return model
 
 
 def _thief_queries(digits) -> torch.Tensor:
@@ -158,11 +146,11 @@ def _save(tmp_path, name, model, card):
 
 
 def test_a_thief_is_identified_and_independent_models_are_not(
-    served, digits, trained_simplenet, tmp_path, capsys
+    served, digits, trained_simplenet, tmp_path, capsys, fit_thief
 ) -> None:
     db, _, _, ids, _, answers, x = served
     card = trained_simplenet[1]
-    thief = _thief(card, x, answers)
+    thief = fit_thief(card, x, answers)
     copy_acc = float((predict_logits(thief, digits.x_test).argmax(1) == digits.y_test).float().mean())
     assert copy_acc > 0.85, copy_acc  # a useful copy
     suspect = _save(tmp_path, "thief", thief, card)

@@ -10,9 +10,8 @@ import pytest
 import torch
 
 from dlsec.errors import DlsecError
-from dlsec.models import build_model
 from dlsec.serve.watermark import Dawn, WatermarkError, ownership_p_value, suspect_ownership
-from dlsec.training import TrainConfig, fit, predict_logits, train_model
+from dlsec.training import TrainConfig, predict_logits, train_model
 
 SECRET = b"0123456789abcdef-test-secret"
 
@@ -121,25 +120,13 @@ def dawn_digits(digits, trained_simplenet):
     return x, out
 
 
-def _thief(card, x: torch.Tensor, answers: torch.Tensor) -> torch.nn.Module:
-    """The thief's SimpleNet fitted closely to the answers it bought (60 epochs of Adam at
-    lr 1e-2, no validation hold-out: all 1000 fitted), labels or answered distributions."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        model = build_model(card, factory="simplenet")
-    config = TrainConfig(epochs=60, lr=1e-2, schedule="none", batch_size=32, val_fraction=0.0,
-                         seed=1, measure_train_accuracy=False)
-    fit(model, x, answers, config=config, progress=False)
-    return model
-
-
 def test_a_surrogate_trained_on_watermarked_answers_is_identified(
-    digits, trained_simplenet, dawn_digits
+    digits, trained_simplenet, dawn_digits, fit_thief
 ) -> None:
     x, out = dawn_digits
     m = out.marked
     assert 30 <= int(m.sum()) <= 75  # 50 expected, sd 6.9
-    surrogate = _thief(trained_simplenet[1], x, out.answer)
+    surrogate = fit_thief(trained_simplenet[1], x, out.answer)
     copy_accuracy = float(
         (predict_logits(surrogate, digits.x_test).argmax(1) == digits.y_test).float().mean()
     )
@@ -170,19 +157,20 @@ def test_independent_models_are_not(digits, dawn_digits, seed) -> None:
 
 
 def test_the_same_extraction_from_an_unwatermarked_api_is_not_flagged(
-    digits, trained_simplenet, dawn_digits
+    digits, trained_simplenet, dawn_digits, fit_thief
 ) -> None:
     """Control: the same thief, the same queries and training, but honest answers."""
     x, out = dawn_digits
     m = out.marked
-    copy = _thief(trained_simplenet[1], x, out.served_labels)
+    copy = fit_thief(trained_simplenet[1], x, out.served_labels)
     result = ownership_p_value(
         predict_logits(copy, x[m]).argmax(1), out.watermark_labels[m], num_classes=10
     )
     assert result.agreement < 0.1 and result.p_value > 0.05, result
 
 
-def test_a_thief_of_the_probabilities_is_identified_too(trained_simplenet, dawn_digits) -> None:
+def test_a_thief_of_the_probabilities_is_identified_too(trained_simplenet, dawn_digits,
+                                                        fit_thief) -> None:
     """Scores answers: the marked rows' top score swapped to the watermark class; the thief
     fits the answered distributions (soft cross-entropy)."""
     x, out = dawn_digits
@@ -191,7 +179,7 @@ def test_a_thief_of_the_probabilities_is_identified_too(trained_simplenet, dawn_
     answered = Dawn(SECRET, fraction=0.05, num_classes=10).apply("thief", x, probs)
     assert torch.equal(answered.marked, out.marked)  # the mark is of the query, not the answer
     m = answered.marked
-    surrogate = _thief(trained_simplenet[1], x, answered.answer)
+    surrogate = fit_thief(trained_simplenet[1], x, answered.answer)
     pred = predict_logits(surrogate, x[m]).argmax(1)
     result = ownership_p_value(pred, answered.watermark_labels[m], num_classes=10)
     # measured: 56 of 64, p = 6.4e-45
