@@ -7,6 +7,8 @@ from dlsec.audit.report.plots import (
     heatmap,
     image_grid,
     line_chart,
+    pareto_chart,
+    pareto_front,
     roc_curve,
 )
 from dlsec.audit.report.terminal import print_summary
@@ -18,6 +20,8 @@ __all__ = [
     "heatmap",
     "image_grid",
     "line_chart",
+    "pareto_chart",
+    "pareto_front",
     "print_summary",
     "render_html",
     "roc_curve",

@@ -176,10 +176,28 @@ def _verdict(passed: Any) -> dict[str, str]:
     return {"text": "PASS", "cls": "pass"} if passed else {"text": "FAIL", "cls": "fail"}
 
 
+def _scorecard_view(raw: Any) -> dict[str, Any]:
+    """A scorecard row (:func:`dlsec.audit.scorecard.build_scorecard`) for the template."""
+    row = _as_dict(raw)
+    severity = str(row.get("severity", "not measured"))
+    defense = row.get("defense") or {}
+    return {
+        "label": str(row.get("label") or row.get("threat", "")),
+        "severity": severity,
+        "cls": _slug(severity),
+        "evidence": str(row.get("evidence", "")),
+        "metric": str(row.get("metric") or ""),
+        "defense": str(defense.get("name", "")),
+        "defense_text": str(defense.get("summary") or row.get("defense_note") or ""),
+        "within_noise": bool(defense.get("within_noise")),
+    }
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """The report dict (``report.json``'s content: ``title``, ``dlsec_version``, ``config``,
-    ``dataset``, ``model``, ``sections`` (each a :meth:`SectionResult.to_dict` or a
-    :class:`SectionResult`), ``gates``, ``passed``; missing keys render as empty) as one
+    ``dataset``, ``model``, ``scorecard`` (shown first), ``sections`` (each a
+    :meth:`SectionResult.to_dict` or a :class:`SectionResult`), ``gates``, ``passed``;
+    missing keys render as empty) as one
     HTML page that inlines its stylesheet and images and references no URL.
 
     Example:
@@ -206,6 +224,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         "schema": f"{report.get('schema', 'dlsec.report')} v{report.get('schema_version', '?')}",
         "verdict": _verdict(report.get("passed")),
         "gates": gates,
+        "scorecard": [_scorecard_view(r) for r in report.get("scorecard") or []],
         "sections": sections,
         "n_warnings": n_warnings,
         "report_warnings": report_warnings,

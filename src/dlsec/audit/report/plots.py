@@ -44,6 +44,8 @@ __all__ = [
     "heatmap",
     "image_grid",
     "line_chart",
+    "pareto_chart",
+    "pareto_front",
     "roc_curve",
 ]
 
@@ -390,3 +392,91 @@ def roc_curve(
         ax.legend(loc="lower right")
 
     return _make(draw, title=title, caption=caption, figsize=(4.5, 4.0))
+
+
+def _check_better(name: str, better: str) -> float:
+    if better not in ("higher", "lower"):
+        raise ValueError(f"{name} must be 'higher' or 'lower', got {better!r}")
+    return 1.0 if better == "higher" else -1.0
+
+
+def pareto_front(
+    points: Mapping[str, tuple[float, float]], x_better: str = "lower", y_better: str = "higher"
+) -> list[str]:
+    """The names of the Pareto-optimal points, ordered by x (ties by name): those no other
+    point dominates, i.e. none is at least as good on both axes and better on one, where
+    "good" follows ``x_better``/``y_better`` (``"higher"`` or ``"lower"``). Identical points
+    are all optimal. ValueError on a non-finite coordinate or a bad direction.
+
+    Example:
+        >>> pareto_front({"a": (0.1, 0.9), "b": (0.2, 0.95), "c": (0.3, 0.9)})
+        ['a', 'b']
+    """
+    sx, sy = _check_better("x_better", x_better), _check_better("y_better", y_better)
+    for name, (x, y) in points.items():
+        if not (math.isfinite(x) and math.isfinite(y)):
+            raise ValueError(f"point {name!r} is not finite: ({x}, {y})")
+    scored = {name: (sx * float(x), sy * float(y)) for name, (x, y) in points.items()}
+
+    def dominated(a: tuple[float, float]) -> bool:
+        return any(b[0] >= a[0] and b[1] >= a[1] and b != a for b in scored.values())
+
+    front = [name for name, a in scored.items() if not dominated(a)]
+    return sorted(front, key=lambda n: (float(points[n][0]), n))
+
+
+def _errors(centres: Sequence[float], names: Sequence[str],
+            intervals: Mapping[str, tuple[float, float]] | None) -> np.ndarray | None:
+    """Asymmetric error bars (2 x N) from ``{name: (low, high)}`` (a missing name: none)."""
+    if not intervals:
+        return None
+    err = np.zeros((2, len(names)))
+    for i, (name, c) in enumerate(zip(names, centres, strict=True)):
+        if name in intervals:
+            lo, hi = intervals[name]
+            err[:, i] = (max(0.0, c - float(lo)), max(0.0, float(hi) - c))
+    return err
+
+
+def pareto_chart(
+    points: Mapping[str, tuple[float, float]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    x_better: str = "lower",
+    y_better: str = "higher",
+    xerr: Mapping[str, tuple[float, float]] | None = None,
+    yerr: Mapping[str, tuple[float, float]] | None = None,
+    caption: str = "",
+) -> Figure:
+    """A trade-off plot: one labelled point per defense ``{name: (x, y)}`` (e.g. x a risk
+    such as membership AUC, y clean accuracy), error bars from the 95% intervals ``xerr``
+    and ``yerr`` (``{name: (low, high)}``, absolute bounds as in the report), and the
+    Pareto-optimal points (:func:`pareto_front` under ``x_better``/``y_better``) ringed and
+    joined by a step line. ValueError on an empty or non-finite point set."""
+    if not points:
+        raise ValueError("pareto_chart needs at least one point")
+    front = pareto_front(points, x_better, y_better)
+    names = list(points)
+    xs = [float(points[n][0]) for n in names]
+    ys = [float(points[n][1]) for n in names]
+    ex, ey = _errors(xs, names, xerr), _errors(ys, names, yerr)
+
+    def draw(fig: MplFigure) -> None:
+        ax = fig.add_subplot()
+        ax.errorbar(xs, ys, xerr=ex, yerr=ey, fmt="o", color="C0", ecolor="0.6",
+                    elinewidth=1.0, capsize=2, label="defense")
+        fx = [float(points[n][0]) for n in front]
+        fy = [float(points[n][1]) for n in front]
+        ax.step(fx, fy, where="post" if (x_better == "lower") == (y_better == "higher")
+                else "pre", color="C3", linewidth=1.2, label="Pareto front")
+        ax.scatter(fx, fy, s=90, facecolors="none", edgecolors="C3", linewidths=1.4, zorder=3)
+        for name, x, y in zip(names, xs, ys, strict=True):
+            ax.annotate(str(name), (x, y), textcoords="offset points", xytext=(5, 4),
+                        fontsize=7)
+        _label(ax, title, f"{xlabel} ({x_better} is better)", f"{ylabel} ({y_better} is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best")
+
+    return _make(draw, title=title, caption=caption)

@@ -11,7 +11,7 @@ from rich.text import Text
 
 from dlsec.audit.report.html import format_value, gate_label, gate_value, main_metrics
 
-__all__ = ["print_summary"]
+__all__ = ["print_scorecard", "print_summary"]
 
 _MAX_NAME = 36
 """The widest the key-metrics column is made to fit a metric name whole (longer ones fold)."""
@@ -27,11 +27,45 @@ def _fit(texts: Any, least: int, most: int) -> int:
     return max(1, min(longest_line, max(min(longest_word, most), least)))
 
 
+_SEVERITY_STYLE = {"high": "bold red", "medium": "yellow", "low": "green",
+                   "not measured": "dim"}
+_MAX_PROSE_WORD = 24
+"""The evidence and defense columns are never narrower than their longest word, up to this."""
+
+
+def print_scorecard(rows: list[Mapping[str, Any]], console: Console) -> None:
+    """The scorecard (:func:`dlsec.audit.scorecard.build_scorecard`'s rows) as a table:
+    threat, severity, evidence, the defense that helps most (or why there is none). Lines
+    wrap between words: each column is at least as wide as its longest word (capped)."""
+    if not rows:
+        return
+    cells = [(str(r.get("label") or r.get("threat", "")), str(r.get("severity", "")),
+              str(r.get("evidence", "")),
+              str((r.get("defense") or {}).get("summary") or r.get("defense_note") or ""))
+             for r in rows]
+    table = Table(title=Text("Scorecard", style="bold"), show_lines=True, expand=False)
+    for i, name in enumerate(("Threat", "Severity", "Evidence", "Best defense")):
+        words = [name, *(c[i] for c in cells)]  # the header is never split either
+        longest_word = max((len(w) for t in words for w in t.split()), default=1)
+        if i < 2:  # short labels: as wide as their longest word, wrapped between words
+            table.add_column(name, width=_fit(words, 1, _MAX_TITLE), overflow="fold")
+        else:
+            table.add_column(name, overflow="fold",
+                             min_width=min(longest_word, _MAX_PROSE_WORD), ratio=1)
+    for (label, severity, evidence, defense), raw in zip(cells, rows, strict=True):
+        style = _SEVERITY_STYLE.get(str(raw.get("severity")), "")
+        table.add_row(Text(label, style="bold"), Text(severity, style=style), Text(evidence),
+                      Text(defense))
+    console.print(table)
+
+
 def print_summary(report: Mapping[str, Any], console: Console | None = None) -> None:
-    """Print the report dict's sections, their key metrics, the gates and the PASS/FAIL
-    verdict on ``console`` (default: stdout), literally (never parsed as rich markup)."""
+    """Print the report dict's scorecard (first: one row per threat), its sections, their
+    key metrics, the gates and the PASS/FAIL verdict on ``console`` (default: stdout),
+    literally (never parsed as rich markup)."""
     console = console if console is not None else Console()
     title = str(report.get("title") or "dlsec audit")
+    print_scorecard(list(report.get("scorecard") or []), console)
 
     rows = [raw.to_dict() if hasattr(raw, "to_dict") else dict(raw)
             for raw in report.get("sections") or []]
