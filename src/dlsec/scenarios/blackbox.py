@@ -212,7 +212,8 @@ def evaluate(ctx: ScenarioContext, query: QueryOptions, transfer: TransferOption
     if ctx.remote is not None:  # no weights: no white-box comparison
         metrics["blackbox_robust_accuracy"] = round(bb_robust, 6)
         summary = (f"{ctx.threat.norm} eps {eps:g}: black-box robust accuracy {bb_robust:.1%} "
-                   "(remote target: no white-box comparison, it needs the model's weights)")
+                   f"on {len(y)} attacked test points (subset; remote target: no white-box "
+                   "comparison, it needs the model's weights)")
         return ScenarioResult(name="blackbox", summary=summary, metrics=metrics, tables=tables,
                               figures=figures, details=dict(result.details) if result else {})
     wb_fooled = whitebox_fooled(ctx, x, y, eps) | ~correct
@@ -234,7 +235,7 @@ def evaluate(ctx: ScenarioContext, query: QueryOptions, transfer: TransferOption
          ["points fooled by black-box only", only_bb]],
     ))
     summary = f"{ctx.threat.norm} eps {eps:g}: black-box robust accuracy {bb_robust:.1%} "
-    summary += f"(white-box PGD {wb_robust:.1%})"
+    summary += f"(white-box PGD {wb_robust:.1%}) on {len(y)} attacked test points (subset)"
     if query.attacks:
         strongest = min(query.attacks, key=lambda n: metrics[f"{n}_robust_accuracy"])
         summary += f"; strongest query attack {strongest}"

@@ -444,6 +444,7 @@ class _Run:
         self.res = ScenarioResult(name="poisoning")
         self.detections: list[list[Any]] = []
         self.stated = ""
+        self.points: dict[str, int] = {}  # rate metric -> the points it was measured on
 
     def experiment(self, poison: PoisonResult, sanitizers: Sequence[str]) -> PoisoningExperiment:
         return run_poisoning_experiment(
@@ -480,6 +481,8 @@ class _Run:
                     metrics[f"{key}_{r.method}_accuracy"] = r.accuracy
                     metrics[f"{key}_{r.method}_recall"] = r.detection.recall
                     metrics[f"{key}_{r.method}_precision"] = r.detection.precision
+                    self.points[f"{key}_{r.method}_recall"] = r.detection.poisoned
+                    self.points[f"{key}_{r.method}_precision"] = r.detection.flagged
                     row.append(_pct(r.accuracy))
                     self.detections.append(_detection_row(f"{attack} {rate:.0%}", r))
                 row += ["–"] * (len(o.flip_sanitizers) - len(exp.sanitized))  # not run here
@@ -517,11 +520,15 @@ class _Run:
         exp = self.experiment(poison, o.backdoor_sanitizers)
         metrics["backdoor_asr"] = float(exp.poisoned_success or 0.0)
         metrics["backdoor_clean_accuracy_drop"] = exp.accuracy_drop
+        triggered = int((ds.y_test != o.backdoor_target).sum())  # what the success rate uses
+        self.points["backdoor_asr"] = triggered
         rows: list[list[Any]] = [["none", _pct(exp.poisoned_accuracy),
                                   _pct(exp.poisoned_success), "–", "–"]]
         for r in exp.sanitized:
             metrics[f"backdoor_{r.method}_recall"] = r.detection.recall
             metrics[f"backdoor_{r.method}_asr"] = float(r.success or 0.0)
+            self.points[f"backdoor_{r.method}_recall"] = r.detection.poisoned
+            self.points[f"backdoor_{r.method}_asr"] = triggered
             rows.append([r.method, _pct(r.accuracy), _pct(r.success),
                          round(r.detection.precision, 4), round(r.detection.recall, 4)])
             self.detections.append(_detection_row(f"backdoor {o.backdoor_rate:.0%}", r))
@@ -545,6 +552,7 @@ class _Run:
         trials = run_collision_trials(ds, self.ctx.model, n_targets=self.o.collision_targets,
                                       generator=self.ctx.generator("poisoning/feature-collision"))
         self.res.metrics["collision_success_rate"] = trials.success_rate
+        self.points["collision_success_rate"] = trials.n_targets
         self.res.tables.append(Table(
             "Clean-label feature collision (Poison Frogs, last layer retrained)",
             ["test sample", "true class", "base class", "success", "feature distance"],
@@ -594,7 +602,8 @@ def run_poisoning(ctx: ScenarioContext, options: PoisoningOptions, sizes: Sizes,
         res.summary += f"; feature collision {metrics['collision_success_rate']:.0%}"
     res.details = {"settings": run.stated,
                    "training_samples": int(run.ds.y_train.numel()),
-                   "test_samples": int(run.ds.y_test.numel()), "epochs": sizes.epochs}
+                   "test_samples": int(run.ds.y_test.numel()), "epochs": sizes.epochs,
+                   "rate_points": run.points}
     return res
 
 

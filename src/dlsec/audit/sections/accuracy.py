@@ -18,7 +18,7 @@ def confusion_matrix(y_true: torch.Tensor, y_pred: torch.Tensor, num_classes: in
     return torch.bincount(idx, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
-@register_section("accuracy", title="Clean accuracy", order=40, version=2)
+@register_section("accuracy", title="Clean accuracy", order=40, version=3)
 def run(ctx: AuditContext, options: None) -> SectionResult:
     from dlsec.audit.report.plots import bar_chart, heatmap
 
@@ -44,13 +44,16 @@ def run(ctx: AuditContext, options: None) -> SectionResult:
             "the model is broken or its weights are damaged"
         )
     worst = min(range(ds.num_classes), key=lambda c: per_class[c])
+    n = len(correct)
+    lo, hi = wilson_interval(int(correct.sum()), n)
     rows = [
         [ds.classes[c], int(support[c]), round(per_class[c], 4)] for c in range(ds.num_classes)
     ]
     return SectionResult(
         name="accuracy", title="Clean accuracy",
-        summary=f"test accuracy {accuracy:.2%}; weakest class {ds.classes[worst]} "
-        f"({per_class[worst]:.2%})",
+        summary=f"clean accuracy on the whole test set ({n} points): {accuracy:.2%} "
+        f"[{lo:.1%}, {hi:.1%}]; weakest class {ds.classes[worst]} ({per_class[worst]:.2%} of "
+        f"{int(support[worst])})",
         metrics={"clean_accuracy": accuracy, "test_loss": loss,
                  "worst_class_accuracy": per_class[worst]},
         tables=[Table("Accuracy per class", ["class", "test samples", "accuracy"], rows)],
@@ -64,11 +67,10 @@ def run(ctx: AuditContext, options: None) -> SectionResult:
         ],
         warnings=warnings,
         intervals={
-            "clean_accuracy": interval_record(
-                *wilson_interval(int(correct.sum()), len(correct)), len(correct), "wilson"),
+            "clean_accuracy": interval_record(lo, hi, n, "wilson"),
             "worst_class_accuracy": interval_record(
                 *wilson_interval(int(hits[worst]), int(support[worst])), int(support[worst]),
                 "wilson"),
         },
-        details={"confusion_matrix": cm.tolist(), "non_finite_outputs": n_bad},
+        details={"confusion_matrix": cm.tolist(), "non_finite_outputs": n_bad, "points": n},
     )

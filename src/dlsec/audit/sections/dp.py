@@ -20,6 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult
@@ -86,7 +89,7 @@ def _settings(opt: DPSweepOptions, large: bool) -> str:
     return text
 
 
-@register_section("dp", title="Differential privacy", order=75, options=DPOptions, version=3)
+@register_section("dp", title="Differential privacy", order=75, options=DPOptions, version=4)
 def run(ctx: AuditContext, options: DPOptions | None) -> SectionResult:
     from dlsec.audit.report.plots import line_chart
     from dlsec.scenarios.dp_sweep import dp_sweep
@@ -121,7 +124,36 @@ def run(ctx: AuditContext, options: DPOptions | None) -> SectionResult:
     n_test = int(res.details["test_records"])  # every model is scored on the test set
     intervals = {k: rate_record(v, n_test) for k, v in res.metrics.items()
                  if k.startswith("accuracy@") and v is not None}
-    return SectionResult(name="dp", title="Differential privacy", summary=res.summary,
+    generator = torch.Generator().manual_seed(ctx.config.seed)
+    for run_ in res.artifacts.get("runs", []):
+        if run_.membership is not None:
+            intervals |= sweep_membership_intervals(
+                run_.label, run_.membership.artifacts.get("results", []), res.metrics, generator)
+    summary = (f"{res.summary}; test accuracies on the {n_test} test points (the undefended "
+               "model's is retrained here when canaries run, so it differs from the clean "
+               "accuracy section's)" if sweep_opt.canaries else
+               f"{res.summary}; test accuracies on the {n_test} test points")
+    return SectionResult(name="dp", title="Differential privacy", summary=summary,
                          metrics=res.metrics, tables=tables, figures=figures,
                          warnings=res.warnings, intervals=intervals,
-                         details={**res.details, "settings": settings})
+                         details={**res.details, "settings": settings, "points": n_test})
+
+
+def sweep_membership_intervals(label: str, results: list[Any], metrics: dict[str, float],
+                               generator: torch.Generator) -> dict[str, Any]:
+    """The bootstrap intervals (:func:`dlsec.audit.sections.privacy.membership_intervals`)
+    of one swept model's membership attacks, keyed as the sweep's metrics
+    (``loss_auc@3``, ``lira_tpr_at_1_fpr@undefended``: every LiRA variant is ``lira``);
+    only keys the metrics hold."""
+    from dlsec.audit.sections.privacy import membership_intervals
+
+    out: dict[str, Any] = {}
+    for key, record in membership_intervals(results, generator).items():
+        for attack, name in (("loss_", "loss_"), ("lira_offline_", "lira_"),
+                             ("lira_online_", "lira_"), ("lira_", "lira_")):
+            if key.startswith(attack):
+                metric = f"{name}{key[len(attack):]}@{label}"
+                if metric in metrics and metric not in out:
+                    out[metric] = record
+                break
+    return out

@@ -91,7 +91,7 @@ def _eps(options: BlackBoxOptions, bounds: tuple[float, float]) -> float:
 
 
 @register_section("blackbox", title="Evasion (black-box)", order=55, options=BlackBoxOptions,
-                  version=4)
+                  version=5)
 def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
     from dlsec.audit.report.plots import bar_chart, line_chart
 
@@ -118,7 +118,7 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
         figures.append(line_chart(
             curves, title=f"Robust accuracy vs queries per point ({norm}, eps {eps:g})",
             xlabel="queries per point", ylabel="accuracy under attack", logx=True,
-            caption=f"{n} test points. Score-based attacks see class probabilities, "
+            caption=f"The first {n} test points (a subset). Score-based attacks see class probabilities, "
             "decision-based ones only labels; each curve is read off one run at the largest "
             "budget (a point counts once the attack found an adversarial within eps).",
         ))
@@ -133,13 +133,18 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
     for table in res.tables:
         if table.title == "Transfer attacks":
             table.caption += f" Settings: {_settings(options, card, ds, n)}."
+    intervals = {k: rate_record(v, n) for k, v in res.metrics.items()  # rates on the n points
+                 if k.endswith(("robust_accuracy", "clean_accuracy", "_success_rate"))}
+    summary = res.summary
+    if "clean_accuracy" in intervals:
+        rec = intervals["clean_accuracy"]
+        summary += (f"; clean accuracy on the {n} attacked test points (subset): "
+                    f"{res.metrics['clean_accuracy']:.1%} [{rec['lower']:.1%}, {rec['upper']:.1%}]")
     return SectionResult(
-        name="blackbox", title="Evasion (black-box)", summary=res.summary,
+        name="blackbox", title="Evasion (black-box)", summary=summary,
         metrics=res.metrics, tables=res.tables, figures=figures,
-        warnings=[*deprecated, *res.warnings],
-        intervals={k: rate_record(v, n) for k, v in res.metrics.items()  # rates on the n points
-                   if k.endswith(("robust_accuracy", "clean_accuracy", "_success_rate"))},
-        details={"settings": _settings(options, card, ds, n), "eps": eps, "norm": norm,
+        warnings=[*deprecated, *res.warnings], intervals=intervals,
+        details={"settings": _settings(options, card, ds, n), "eps": eps, "norm": norm, "points": n,
                  "max_queries": levels, "curves": res.details.get("curves", {})},
     )
 

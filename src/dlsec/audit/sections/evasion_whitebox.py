@@ -36,7 +36,7 @@ class EvasionOptions(WhiteBoxOptions):
 
 
 @register_section("evasion", title="Evasion (white-box)", order=50, options=EvasionOptions,
-                  version=2)
+                  version=3)
 def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
     from dlsec.audit.report.plots import image_grid, line_chart
     from dlsec.audit.runner import train_config
@@ -53,8 +53,12 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
     n = min(options.samples, len(ctx.dataset.y_test))  # the first test points (attacker_split)
     intervals = {k: rate_record(v, n) for k, v in result.metrics.items()
                  if k.startswith(("clean_accuracy", "robust_accuracy"))}
+    summary = result.summary
+    clean = intervals.get("clean_accuracy")
+    if clean is not None and summary.endswith(f"{result.metrics['clean_accuracy']:.1%}"):
+        summary += f" [{clean['lower']:.1%}, {clean['upper']:.1%}]"
     return SectionResult(
-        name="evasion", title="Evasion (white-box)", summary=result.summary,
+        name="evasion", title="Evasion (white-box)", summary=summary,
         metrics=result.metrics, tables=result.tables, figures=figures,
-        warnings=result.warnings, details=result.details, intervals=intervals,
+        warnings=result.warnings, details={**result.details, "points": n}, intervals=intervals,
     )

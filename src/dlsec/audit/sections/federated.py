@@ -31,10 +31,12 @@ Gate keys: ``federated.fedavg_accuracy``, ``federated.<strategy>_<attack>_<fract
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import Figure, SectionResult
 from dlsec.audit.sections import register_section
+from dlsec.intervals import rate_record
 from dlsec.scenarios.federated_audit import (
     BACKDOOR_ATTACK,
     REFERENCE,
@@ -109,7 +111,8 @@ def render_figures(res: ScenarioResult, opt: FederatedAuditOptions, *, image_inp
     return figures
 
 
-@register_section("federated", title=TITLE, order=80, options=FederatedOptions, default=False)
+@register_section("federated", title=TITLE, order=80, options=FederatedOptions, default=False,
+                  version=2)
 def run(ctx: AuditContext, options: FederatedOptions | None) -> SectionResult:
     from dlsec.scenarios.federated_audit import federated_audit
 
@@ -127,8 +130,31 @@ def run(ctx: AuditContext, options: FederatedOptions | None) -> SectionResult:
                      f"cores); [federated] rounds = {FULL_ROUNDS} runs the full one")
     tables = list(res.tables)
     tables[0] = dataclasses.replace(tables[0], caption=f"{tables[0].caption} Settings: {settings}.")
-    return SectionResult(name="federated", title=TITLE, summary=res.summary,
+    n_test = int(res.details["n_test"])
+    return SectionResult(name="federated", title=TITLE,
+                         summary=f"{res.summary}; the federated models' accuracies on the "
+                         f"{n_test} test points",
                          metrics=res.metrics, tables=tables, figures=figures,
                          warnings=res.warnings,
+                         intervals=federated_intervals(res.metrics, res.details, opt),
                          details={**res.details, "options": dataclasses.asdict(opt),
-                                  "settings": settings})
+                                  "settings": settings, "points": n_test})
+
+
+def federated_intervals(metrics: dict[str, float], details: dict[str, Any],
+                        opt: FederatedAuditOptions) -> dict[str, Any]:
+    """Wilson intervals of the section's rates: each federation's accuracy on the
+    ``n_test`` test points, backdoor success on the ``n_backdoor`` test points not of the
+    target class, and gradient leakage's recognition rates on the ``b * trials``
+    reconstructed inputs of batch size ``b``. PSNR and SSIM are not rates: none."""
+    n_test, n_backdoor = int(details["n_test"]), int(details["n_backdoor"])
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if key.startswith("leakage_") and "recognised@" in key:
+            batch = int(key.rsplit("@", 1)[1])
+            out[key] = rate_record(value, batch * opt.leakage_trials)
+        elif key.endswith("_backdoor_asr") or key.startswith("backdoor_asr@"):
+            out[key] = rate_record(value, n_backdoor)
+        elif key.endswith("_accuracy") or key.startswith("backdoor_accuracy@"):
+            out[key] = rate_record(value, n_test)
+    return out

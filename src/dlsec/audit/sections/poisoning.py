@@ -6,6 +6,8 @@ how much each sanitizer repairs. The experiment is
 
 from __future__ import annotations
 
+from typing import Any
+
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult
 from dlsec.audit.sections import register_section
@@ -26,7 +28,7 @@ def sizes(o: PoisoningOptions, card: CardLike) -> Sizes:
 
 
 @register_section("poisoning", title="Poisoning", order=60, options=PoisoningOptions,
-                  version=4)
+                  version=5)
 def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
     from dlsec.audit.report.plots import image_grid, line_chart
 
@@ -41,9 +43,32 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
     for fig in res.figures.values():
         spec = {k: v for k, v in fig.items() if k != "kind"}
         figures.append(line_chart(**spec) if fig["kind"] == "line" else image_grid(**spec))
-    n_test = int(res.details["test_samples"])  # the victims' test set
-    intervals = {k: rate_record(v, n_test) for k, v in res.metrics.items()
-                 if k.endswith("_accuracy") and not k.endswith("_accuracy_drop")}
-    return SectionResult(name="poisoning", title="Poisoning", summary=res.summary,
+    intervals = rate_intervals(res.metrics, res.details)
+    n_test = int(res.details["test_samples"])
+    summary = res.summary + (f"; the retrained victims' accuracies on {n_test} test points "
+                             "(not the audited model's clean accuracy)")
+    for key, what, points in (("backdoor_asr", "backdoor success", "triggered test points"),
+                      ("collision_success_rate", "feature collision", "targets")):
+        if key in intervals:
+            rec = intervals[key]
+            summary += (f"; {what} 95% interval [{rec['lower']:.1%}, {rec['upper']:.1%}] on "
+                        f"{rec['n']} {points}")
+    return SectionResult(name="poisoning", title="Poisoning", summary=summary,
                          metrics=res.metrics, tables=res.tables, figures=figures,
-                         warnings=res.warnings, details=res.details, intervals=intervals)
+                         warnings=res.warnings, details={**res.details, "points": n_test},
+                         intervals=intervals)
+
+
+def rate_intervals(metrics: dict[str, float], details: dict[str, Any]) -> dict[str, Any]:
+    """Wilson intervals of every rate the poisoning scenario measured: the victims'
+    accuracies on its test set (``details["test_samples"]``), and each rate in
+    ``details["rate_points"]`` (a sanitizer's recall on the poisoned points, its precision
+    on the flagged ones, backdoor success on the triggered test points, feature-collision
+    success on the targets) on its own points. Drops (differences) get none."""
+    n_test = int(details["test_samples"])
+    out = {k: rate_record(v, n_test) for k, v in metrics.items()
+           if k.endswith("_accuracy") and not k.endswith("_accuracy_drop")}
+    for key, n in details.get("rate_points", {}).items():
+        if key in metrics:
+            out[key] = rate_record(metrics[key], int(n))
+    return out

@@ -24,6 +24,7 @@ from dlsec.intervals import (
     bootstrap_interval,
     fpr_resolved,
     interval_record,
+    rate_record,
     tpr_at_fpr_statistic,
 )
 
@@ -94,6 +95,13 @@ class PrivacyOptions:
             raise ValueError(f"unknown extraction strategies {bad} (choose from {list(STRATEGIES)})")
 
 
+def _bracket(record: dict[str, Any] | None, what: str) -> str:
+    """`` [lo%, hi%] on n <what>`` for a summary, or nothing without a record."""
+    if record is None:
+        return ""
+    return f" [{record['lower']:.1%}, {record['upper']:.1%}] on {record['n']} {what}"
+
+
 _CELL_KEYS = {"AUC": "auc", "TPR @ 0.1% FPR": "tpr_at_0_1_fpr", "TPR @ 1% FPR": "tpr_at_1_fpr"}
 
 
@@ -116,7 +124,7 @@ def with_intervals(columns: list[str], rows: list[list[Any]],
     return out
 
 
-@register_section("privacy", title="Privacy", order=70, options=PrivacyOptions, version=4)
+@register_section("privacy", title="Privacy", order=70, options=PrivacyOptions, version=5)
 def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
     from dlsec.audit.report.plots import image_grid, line_chart, roc_curve
     from dlsec.scenarios.extraction import (
@@ -173,6 +181,11 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
             black_box_iters=opt.inversion_black_box_iters, evaluator=opt.evaluator,
             evaluator_epochs=opt.evaluator_epochs))
         metrics.update(inv.metrics)
+        found = inv.artifacts.get("results", {})
+        for variant, key in (("white-box", "inversion"), ("black-box", "inversion_black_box")):
+            if f"{key}_eval_accuracy" in inv.metrics and variant in found:
+                intervals[f"{key}_eval_accuracy"] = rate_record(  # one per reconstruction
+                    inv.metrics[f"{key}_eval_accuracy"], len(found[variant].classes))
         grid = inv.figures["reconstructions"]
         if len(ctx.dataset.input_shape) == 3:
             figures.append(image_grid(
@@ -181,17 +194,25 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
                 "class means of the training data for comparison.",
                 ncols=grid["ncols"], bounds=grid["bounds"]))
         tables += inv.tables
-        risks.append(["model inversion", inv.summary])
+        risks.append(["model inversion", inv.summary + _bracket(intervals.get(
+            "inversion_eval_accuracy"), "reconstructions")])
     metrics.update(ext.metrics)
+    held_out = int(ext.details["held_out"])
+    for key in ("extraction_fidelity", "extraction_fidelity_labels"):
+        if key in ext.metrics:
+            intervals[key] = rate_record(ext.metrics[key], held_out)
     figures.append(line_chart(ext.figures["fidelity"], title="Extraction fidelity vs queries",
                               xlabel="queries", ylabel="agreement with the model", logx=True,
                               caption="Share of held-out test inputs on which the stolen "
                               "substitute predicts what the audited model predicts."))
     tables += ext.tables
-    risks.append(["model extraction", ext.summary])
+    risks.append(["model extraction", ext.summary + _bracket(intervals.get(
+        "extraction_fidelity"), "held-out inputs")])
     warnings += ext.warnings
     tables.insert(0, Table("Risk summary", ["threat", "finding"], risks))
     return SectionResult(name="privacy", title="Privacy", summary="; ".join(r[1] for r in risks),
                          metrics=metrics, tables=tables, figures=figures, warnings=warnings,
                          intervals=intervals,
-                         details={"options": dataclasses.asdict(opt), "settings": settings})
+                         details={"options": dataclasses.asdict(opt), "settings": settings,
+                                  "points": intervals.get("membership_auc", {}).get("n", 0),
+                                  "extraction_points": held_out})

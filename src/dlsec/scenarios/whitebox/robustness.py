@@ -178,7 +178,7 @@ def robustness(
         rows += _rows(after, f" (after {method})")
         summary_after = (
             f"; after {method} adversarial training {after.robust_all[len(eps) // 2]:.1%} "
-            f"(clean {after.clean:.1%})"
+            f"(clean accuracy on the subset {after.clean:.1%})"
         )
     figures: dict[str, Any] = {
         "robust-accuracy": {
@@ -195,15 +195,17 @@ def robustness(
     mid = eps[len(eps) // 2]
     return ScenarioResult(
         name="evasion",
-        summary=f"{norm} robust accuracy {ev.robust_all[len(eps) // 2]:.1%} at eps {mid:g} "
-        f"(clean {ev.clean:.1%}); {ev.robust_all[-1]:.1%} at eps {eps[-1]:g}{summary_after}",
+        summary=f"{norm} robust accuracy {ev.robust_all[len(eps) // 2]:.1%} at eps {mid:g}; "
+        f"{ev.robust_all[-1]:.1%} at eps {eps[-1]:g}{summary_after}; clean accuracy on the "
+        f"{len(y)} attacked test points (subset): {ev.clean:.1%}",
         metrics=metrics,
         tables=[
             Table(
                 "Robust accuracy per attack",
                 ["attack", "epsilon", "robust accuracy", "success rate", "gradients"],
                 rows,
-                caption=f"{len(y)} test points; gradients = forward+backward passes spent.",
+                caption=f"The first {len(y)} test points (a subset of the test set); gradients = "
+                "forward+backward passes spent.",
             )
         ],
         figures=figures,
