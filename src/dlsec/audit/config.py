@@ -2,8 +2,9 @@
 
 Every CLI flag has a TOML key of the same (hyphenated) name. A section with options
 reads them from a TOML table named after the section, e.g. ``[evasion]``; the table's
-keys are the fields of the section's options dataclass. Unknown keys and values of
-the wrong type are rejected with an error naming the key.
+keys are the fields of the section's options dataclass. The ``[scorecard]`` table sets
+the scorecard's severity thresholds (:class:`dlsec.audit.scorecard.ScorecardThresholds`).
+Unknown keys and values of the wrong type are rejected with an error naming the key.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, published as tomli
     import tomli as tomllib
 
+from dlsec.audit.scorecard import ScorecardThresholds
 from dlsec.errors import DlsecError
 
 
@@ -105,6 +107,7 @@ class AuditConfig:
     optimizer: str = "adam"
     threads: int = 0
     trust_code: bool = False
+    scorecard: dict[str, Any] = field(default_factory=dict)
     section_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -135,11 +138,18 @@ class AuditConfig:
             raise ConfigError("sections: empty list; name one or more sections, or leave it unset for all")
         if self.dataset is not None and not self.dataset.strip():
             raise ConfigError("dataset: empty name")
+        self.scorecard_thresholds  # noqa: B018 (validates the [scorecard] table)
 
     @property
     def dataset_spec(self) -> str:
         """The dataset to load: ``dataset``, or :data:`DEFAULT_DATASET` when not given."""
         return self.dataset or DEFAULT_DATASET
+
+    @property
+    def scorecard_thresholds(self) -> ScorecardThresholds:
+        """The scorecard's severity thresholds: the defaults, changed by the ``[scorecard]``
+        table (ConfigError naming a bad key)."""
+        return validate_options("scorecard", ScorecardThresholds, self.scorecard)  # type: ignore[no-any-return]
 
     @property
     def gates(self) -> list[Gate]:
@@ -161,6 +171,9 @@ def _key(name: str) -> str:
     return name.replace("_", "-")
 
 
+NON_SECTION_TABLES = ("scorecard",)
+"""TOML tables that configure the report, not a section (``[scorecard]``: the thresholds
+of :class:`dlsec.audit.scorecard.ScorecardThresholds`)."""
 TOP_LEVEL_KEYS = tuple(_key(f.name) for f in dataclasses.fields(AuditConfig) if f.name != "section_options")
 
 
@@ -268,7 +281,9 @@ def _split_toml(data: dict[str, Any], *, source: str) -> tuple[dict[str, Any], d
     values, tables = {}, {}
     known = registry()
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and key in NON_SECTION_TABLES:
+            values[key] = value
+        elif isinstance(value, dict):
             if key not in known:
                 raise ConfigError(
                     f"{source}: [{key}]: unknown section (known: {', '.join(sorted(known))})"

@@ -41,6 +41,7 @@ from dlsec.audit.cache import (
 from dlsec.audit.config import AuditConfig, ConfigError, Gate
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult, replace_non_finite
+from dlsec.audit.scorecard import build_scorecard
 from dlsec.audit.sections import SectionSpec, selected
 from dlsec.data import Dataset, load_dataset
 from dlsec.errors import DlsecError
@@ -60,7 +61,8 @@ from dlsec.training import (
 REPORT_SCHEMA_VERSION = 3
 """2: ``metrics`` values may be ``null`` (a non-finite number, explained in
 ``non_finite``); top-level ``warnings``. 3: ``intervals`` (``{"<section>.<key>": {"lower",
-"upper", "n", "method", ...}}``, also per section) and gates on a bound (``"bound"``).
+"upper", "n", "method", ...}}``, also per section) and gates on a bound (``"bound"``);
+later, additively: ``scorecard`` (one row per threat; not read by gates).
 Reports of versions 1 and 2 (no intervals) are still read by :func:`check_report`."""
 
 
@@ -405,6 +407,9 @@ def build_report(
     ``metrics`` is a flat map of ``"<section>.<key>"`` to a number, or to ``null`` when
     the value was not finite; ``non_finite`` says which (``"NaN"``, ``"Infinity"``,
     ``"-Infinity"``). A gate on a null metric fails. The report holds no NaN or infinity.
+    ``scorecard`` rates each threat (:func:`dlsec.audit.scorecard.build_scorecard`, under
+    the config's ``[scorecard]`` thresholds); a bound gate on an unresolved interval adds
+    a warning naming it.
     """
     metrics = {f"{r.name}.{k}": v for r in results for k, v in r.metrics.items()}
     non_finite = {
@@ -439,11 +444,25 @@ def build_report(
         "passed": all(g["passed"] for g in gates),
         "warnings": warnings,
     }
+    report["warnings"] += unresolved_gate_warnings(config.gates, intervals)
+    report["scorecard"] = build_scorecard(report, config.scorecard_thresholds)
     report, found = replace_non_finite(report)  # the card, the dataset summary, the config
     if found:
         shown = ", ".join(f"{k} ({v})" for k, v in list(found.items())[:5])
         report["warnings"].append(f"non-finite numbers written as null: {shown}")
     return report
+
+
+def unresolved_gate_warnings(gates: list[Gate], intervals: dict[str, Any]) -> list[str]:
+    """One warning per bound gate (``KEY:lower=``, ``KEY:upper=``) whose interval is flagged
+    ``unresolved`` (a TPR at an FPR too small for the non-members measured: see
+    :func:`dlsec.intervals.fpr_resolved`): the bound it compares rests on too few points."""
+    return [
+        f"gate {gate.label} uses the interval of {gate.key}, which is unresolved (too few "
+        "non-members for its false-positive rate): its bound rests on a handful of points"
+        for gate in gates
+        if gate.bound != "value" and (intervals.get(gate.key) or {}).get("unresolved")
+    ]
 
 
 def evaluate_gates(
