@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def _pixels(fig) -> np.ndarray:
 
 
 def test_chart_marks_the_front_and_draws_error_bars() -> None:
-    kw = {"title": "Membership vs accuracy", "xlabel": "membership AUC",
+    kw: dict[str, Any] = {"title": "Membership vs accuracy", "xlabel": "membership AUC",
           "ylabel": "clean accuracy", "caption": "one point per defense"}
     fig = pareto_chart(POINTS, **kw)
     assert fig.title == kw["title"] and fig.caption == kw["caption"]

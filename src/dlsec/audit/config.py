@@ -149,7 +149,9 @@ class AuditConfig:
     def scorecard_thresholds(self) -> ScorecardThresholds:
         """The scorecard's severity thresholds: the defaults, changed by the ``[scorecard]``
         table (ConfigError naming a bad key)."""
-        return validate_options("scorecard", ScorecardThresholds, self.scorecard)  # type: ignore[no-any-return]
+        thresholds: ScorecardThresholds = validate_options(
+            "scorecard", ScorecardThresholds, self.scorecard)
+        return thresholds
 
     @property
     def gates(self) -> list[Gate]:

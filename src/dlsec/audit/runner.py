@@ -426,6 +426,7 @@ def build_report(
         )
     intervals = {f"{r.name}.{k}": v for r in results for k, v in r.intervals.items()}
     gates = evaluate_gates(config.gates, metrics, intervals, non_finite)
+    warnings += unresolved_gate_warnings(config.gates, intervals)
     source = Path(config.model_dir).name if config.model_dir else card.architecture
     report = {
         "schema": "dlsec.report",
@@ -444,7 +445,6 @@ def build_report(
         "passed": all(g["passed"] for g in gates),
         "warnings": warnings,
     }
-    report["warnings"] += unresolved_gate_warnings(config.gates, intervals)
     report["scorecard"] = build_scorecard(report, config.scorecard_thresholds)
     report, found = replace_non_finite(report)  # the card, the dataset summary, the config
     if found:
