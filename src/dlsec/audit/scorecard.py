@@ -243,8 +243,9 @@ def _inversion(report: Mapping[str, Any]) -> _Evidence | None:
     if value is None:
         return None
     iv = _interval(report, key)
-    return _Evidence(key, value, iv, f"{format_figure(value, iv)} of white-box reconstructions "
-                                     f"recognised as their class{_points(iv)}")
+    return _Evidence(key, value, iv, f"reconstructions recognised as their class "
+                                     f"{format_figure(value, iv)} (white-box, by an "
+                                     f"independent model{_points(iv)})")
 
 
 def _extraction(report: Mapping[str, Any]) -> _Evidence | None:
