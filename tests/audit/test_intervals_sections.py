@@ -91,6 +91,47 @@ def test_dp_membership_intervals_are_keyed_as_the_sweep_metrics() -> None:
     assert sweep_membership_intervals("8", results, metrics, torch.Generator()) == {}
 
 
+def test_poisoning_and_dp_table_cells_carry_their_metrics_intervals() -> None:
+    from dlsec.audit.sections.dp import _cell_key as dp_cell
+    from dlsec.audit.sections.poisoning import _cell_key as poison_cell
+    from dlsec.audit.sections.privacy import interval_cells
+    from dlsec.intervals import interval_record, rate_record
+
+    iv = {"random_flip_20_accuracy": rate_record(0.9, 100),
+          "random_flip_20_cleanlab_accuracy": rate_record(0.8, 100),
+          "random_flip_20_cleanlab_precision": rate_record(0.5, 10),
+          "backdoor_asr": rate_record(0.5, 90), "backdoor_spectral_recall": rate_record(1.0, 8)}
+    flips = interval_cells(["attack", "rate", "clean model", "poisoned", "+ cleanlab"],
+                           [["random-flip", "20%", "95.0%", "90.0%", "80.0%"]], poison_cell, iv)
+    lo, hi = wilson_interval(90, 100)
+    assert flips == [["random-flip", "20%", "95.0%", f"90.0% [{lo:.1%}, {hi:.1%}]",
+                      "80.0% [{:.1%}, {:.1%}]".format(*wilson_interval(80, 100))]]
+    detection = interval_cells(
+        ["attack", "sanitizer", "flagged", "poisoned", "precision", "recall"],
+        [["random-flip 20%", "cleanlab", 10, 20, 0.5, 0.25]], poison_cell, iv)[0]
+    assert detection[:4] == ["random-flip 20%", "cleanlab", 10, 20]  # counts untouched
+    assert detection[4].startswith("0.5 [") and detection[5] == 0.25  # recall: no record
+    backdoor = interval_cells(["sanitizer", "clean accuracy", "attack success rate", "precision",
+                               "recall"], [["none", "94.0%", "50.0%", "–", "–"],
+                                           ["spectral", "90.0%", "2.0%", 0.1, 1.0]],
+                              poison_cell, iv)
+    assert backdoor[0][2].startswith("50.0% [") and backdoor[0][4] == "–"
+    assert backdoor[1][2] == "2.0%" and backdoor[1][4].startswith("1 [")  # no asr record here
+    dp_iv = {"accuracy@3": rate_record(0.9, 100), "lira_auc@undefended":
+             interval_record(0.45, 0.55, 400, "bootstrap"),
+             "lira_tpr_at_1_fpr@3": interval_record(0.0, 0.05, 400, "bootstrap", unresolved=True)}
+    main = interval_cells(["model", "test accuracy", "loss AUC", "LiRA (offline) AUC",
+                           "LiRA (offline) TPR @ 1% FPR"],
+                          [["DP-SGD ε=3", 0.9, "0.510", "—", "0.020"],
+                           ["undefended", 0.98, "0.5", "0.501", "0.01"]],
+                          dp_cell("Differential privacy: accuracy"), dp_iv)
+    assert main[0][1].startswith("0.9 [") and main[0][4].startswith("unresolved: 0.020 [")
+    assert main[1][1] == 0.98 and main[1][3] == "0.501 [0.45, 0.55]"
+    per_model = interval_cells(["attack", "AUC", "TPR @ 1% FPR"], [["lira-offline", 0.5, 0.02]],
+                               dp_cell("Membership inference, DP-SGD ε = 3"), dp_iv)
+    assert per_model == [["lira-offline", 0.5, "unresolved: 0.02 [0, 0.05]"]]
+
+
 def test_training_split_sizes_and_the_card_accuracies() -> None:
     from dlsec.audit.sections.model_card import recorded_accuracies
     from dlsec.audit.sections.training_curves import split_sizes
@@ -171,6 +212,12 @@ def test_every_rate_of_the_default_audit_has_its_interval(default_report) -> Non
                 if t["title"] == "Accuracies the card records")
     assert [r[:2] for r in card["rows"]] == [
         ["train", train["points"]], ["validation", train["validation_points"]], ["test", n_test]]
+    # the tables show the intervals too
+    dp_table = by_section["dp"]["tables"][0]
+    assert all(" [" in str(row[1]) for row in dp_table["rows"]), dp_table["rows"]
+    detection = next(t for t in by_section["poisoning"]["tables"]
+                     if t["title"] == "Detection of poisoned samples")
+    assert all(" [" in str(row[5]) for row in detection["rows"])  # every recall
     # the privacy rates use their own points
     priv = report["intervals"]
     assert priv["privacy.extraction_fidelity"]["n"] == 180  # held-out test inputs on digits

@@ -19,6 +19,7 @@ Gate keys: ``dp.accuracy@3``, ``dp.accuracy@undefended``, ``dp.epsilon@3`` (PRV)
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult
 from dlsec.audit.sections import register_section
 from dlsec.audit.sections._scale import is_large
+from dlsec.audit.sections.privacy import interval_cells
 from dlsec.intervals import rate_record
 from dlsec.scenarios.dp_sweep import DPSweepOptions
 
@@ -129,6 +131,11 @@ def run(ctx: AuditContext, options: DPOptions | None) -> SectionResult:
         if run_.membership is not None:
             intervals |= sweep_membership_intervals(
                 run_.label, run_.membership.artifacts.get("results", []), res.metrics, generator)
+    tables = [dataclasses.replace(
+        t, rows=interval_cells(t.columns, t.rows, _cell_key(t.title), intervals),
+        caption=(t.caption + " " if t.caption else "") + "Brackets: 95% intervals (Wilson "
+        "for accuracies, bootstrap for AUCs and TPRs; an unresolved TPR is marked).")
+        for t in tables]
     summary = (f"{res.summary}; test accuracies on the {n_test} test points (the undefended "
                "model's is retrained here when canaries run, so it differs from the clean "
                "accuracy section's)" if sweep_opt.canaries else
@@ -137,6 +144,46 @@ def run(ctx: AuditContext, options: DPOptions | None) -> SectionResult:
                          metrics=res.metrics, tables=tables, figures=figures,
                          warnings=res.warnings, intervals=intervals,
                          details={**res.details, "settings": settings, "points": n_test})
+
+
+_ATTACKS = (("loss", "loss"), ("lira-offline", "lira"), ("lira-online", "lira"),
+            ("lira", "lira"))
+
+
+def _label(model: str) -> str:
+    """The metric label of a table's model cell: ``"DP-SGD ε=3"`` -> ``"3"``."""
+    return model.rsplit("=", 1)[-1].strip() if "=" in model else "undefended"
+
+
+def _cell_key(title: str) -> Callable[[list[Any], str], str | None]:
+    """Which metric a cell of the sweep's tables shows: the main table (a row per model:
+    test accuracy, loss and LiRA AUC, LiRA TPR) or one model's membership table (a row per
+    attack, its label in the title)."""
+    from dlsec.audit.sections.privacy import CELL_KEYS
+
+    if title.startswith("Membership inference, "):
+        label = _label(title.removeprefix("Membership inference, ").replace(" = ", "="))
+
+        def member(row: list[Any], column: str) -> str | None:
+            name = dict(_ATTACKS).get(str(row[0]))
+            key = CELL_KEYS.get(column)
+            return f"{name}_{key}@{label}" if name and key else None
+
+        return member
+
+    def main(row: list[Any], column: str) -> str | None:
+        label = _label(str(row[0]))
+        if column == "test accuracy":
+            return f"accuracy@{label}"
+        if column == "loss AUC":
+            return f"loss_auc@{label}"
+        if column.startswith("LiRA") and column.endswith(" AUC"):
+            return f"lira_auc@{label}"
+        if column.startswith("LiRA") and column.endswith("TPR @ 1% FPR"):
+            return f"lira_tpr_at_1_fpr@{label}"
+        return None
+
+    return main
 
 
 def sweep_membership_intervals(label: str, results: list[Any], metrics: dict[str, float],

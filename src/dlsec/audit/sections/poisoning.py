@@ -6,12 +6,14 @@ how much each sanitizer repairs. The experiment is
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult
 from dlsec.audit.sections import register_section
 from dlsec.audit.sections._scale import auto, is_large, size_note
+from dlsec.audit.sections.privacy import interval_cells
 from dlsec.intervals import rate_record
 from dlsec.models import CardLike
 from dlsec.scenarios.poisoning import PoisoningOptions, Sizes, run_poisoning
@@ -53,10 +55,45 @@ def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
             rec = intervals[key]
             summary += (f"; {what} 95% interval [{rec['lower']:.1%}, {rec['upper']:.1%}] on "
                         f"{rec['n']} {points}")
+    tables = [dataclasses.replace(t, rows=interval_cells(t.columns, t.rows, _cell_key, intervals),
+                                  caption=(t.caption + " " if t.caption else "")
+                                  + "Brackets: Wilson 95% intervals.")
+              if t.title.startswith(_INTERVAL_TABLES) else t for t in res.tables]
     return SectionResult(name="poisoning", title="Poisoning", summary=summary,
-                         metrics=res.metrics, tables=res.tables, figures=figures,
+                         metrics=res.metrics, tables=tables, figures=figures,
                          warnings=res.warnings, details={**res.details, "points": n_test},
                          intervals=intervals)
+
+
+_INTERVAL_TABLES = ("Accuracy after label poisoning", "Backdoor", "Detection of poisoned")
+
+
+def _cell_key(row: list[Any], column: str) -> str | None:
+    """The metric a cell of the scenario's tables shows (see :func:`rate_intervals`):
+    label-flip rows ``[attack, "20%", ...]`` (poisoned, ``+ <sanitizer>``), backdoor rows
+    ``[sanitizer or "none", ...]`` (attack success), detection rows ``[what, sanitizer, ...]``
+    (precision, recall)."""
+    first = str(row[0])
+    if column == "attack success rate":
+        return "backdoor_asr" if first == "none" else f"backdoor_{first}_asr"
+    if column == "recall" and len(row) == 5:  # the backdoor table
+        return None if first == "none" else f"backdoor_{first}_recall"
+    if column in ("precision", "recall") and len(row) == 6:  # the detection table
+        what = first.rsplit(" ", 1)
+        if what[0] == "backdoor":
+            key = "backdoor"
+        elif len(what) == 2 and what[1].endswith("%"):
+            key = f"{what[0].replace('-', '_')}_{what[1][:-1]}"
+        else:
+            return None
+        return f"{key}_{row[1]}_{column}"
+    if column == "poisoned" or column.startswith("+ "):
+        rate = str(row[1])
+        if not rate.endswith("%"):
+            return None
+        key = f"{first.replace('-', '_')}_{rate[:-1]}"
+        return f"{key}_accuracy" if column == "poisoned" else f"{key}_{column[2:]}_accuracy"
+    return None
 
 
 def rate_intervals(metrics: dict[str, float], details: dict[str, Any]) -> dict[str, Any]:

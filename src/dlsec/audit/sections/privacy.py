@@ -10,6 +10,7 @@ the digits audit to a few seconds; raise ``shadows``, ``members`` and
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,7 +103,7 @@ def _bracket(record: dict[str, Any] | None, what: str) -> str:
     return f" [{record['lower']:.1%}, {record['upper']:.1%}] on {record['n']} {what}"
 
 
-_CELL_KEYS = {"AUC": "auc", "TPR @ 0.1% FPR": "tpr_at_0_1_fpr", "TPR @ 1% FPR": "tpr_at_1_fpr"}
+CELL_KEYS = {"AUC": "auc", "TPR @ 0.1% FPR": "tpr_at_0_1_fpr", "TPR @ 1% FPR": "tpr_at_1_fpr"}
 
 
 def with_intervals(columns: list[str], rows: list[list[Any]],
@@ -110,16 +111,44 @@ def with_intervals(columns: list[str], rows: list[list[Any]],
     """The membership table's rows with each AUC and TPR cell as ``value [lower, upper]``
     (text), an unresolved TPR as ``unresolved: value [lower, upper]``; the values as they
     were. Rows (or columns) without an interval are left as they are."""
+    def key_of(row: list[Any], column: str) -> str | None:
+        key = CELL_KEYS.get(column)
+        return f"{str(row[0]).replace('-', '_')}_{key}" if key else None
+
+    return interval_cells(columns, rows, key_of, intervals)
+
+
+def interval_cells(columns: list[str], rows: list[list[Any]],
+                   key_of: Callable[[list[Any], str], str | None],
+                   intervals: dict[str, Any]) -> list[list[Any]]:
+    """``rows`` with each cell whose metric key (``key_of(row, column)``) has an interval
+    record written ``value [lower, upper]`` (text, in percent where the cell is; prefixed
+    ``unresolved:`` when flagged); the other cells as they were.
+
+    Example:
+        >>> from dlsec.intervals import interval_record
+        >>> interval_cells(["model", "acc"], [["a", 0.5], ["b", 0.7]],
+        ...                lambda row, col: f"{row[0]}_{col}" if col == "acc" else None,
+        ...                {"a_acc": interval_record(0.4, 0.6, 96, "wilson")})
+        [['a', '0.5 [0.4, 0.6]'], ['b', 0.7]]
+        >>> interval_cells(["model", "acc"], [["a", "50.0%"]],
+        ...                lambda row, col: "a_acc" if col == "acc" else None, {"a_acc": interval_record(0.4, 0.6, 96, "wilson")})
+        [['a', '50.0% [40.0%, 60.0%]']]
+    """
     from dlsec.audit.report.html import format_interval, format_value
 
     out = []
     for row in rows:
         row = list(row)
         for i, column in enumerate(columns):
-            key = _CELL_KEYS.get(column)
-            record = intervals.get(f"{str(row[0]).replace('-', '_')}_{key}") if key else None
-            if record is not None and i < len(row):
-                row[i] = format_interval(format_value(row[i]), record)
+            key = key_of(row, column) if i < len(row) else None
+            record = intervals.get(key) if key else None
+            if record is not None and isinstance(row[i], str) and row[i].endswith("%"):
+                row[i] = (("unresolved: " if record.get("unresolved") else "") + f"{row[i]} "
+                          f"[{record['lower']:.1%}, {record['upper']:.1%}]")  # as percentages
+            elif record is not None:
+                cell = row[i] if isinstance(row[i], str) else format_value(row[i])
+                row[i] = format_interval(cell, record)
         out.append(row)
     return out
 
