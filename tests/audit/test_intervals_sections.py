@@ -132,6 +132,22 @@ def test_poisoning_and_dp_table_cells_carry_their_metrics_intervals() -> None:
     assert per_model == [["lira-offline", 0.5, "unresolved: 0.02 [0, 0.05]"]]
 
 
+def test_rate_cells_bracket_rates_on_their_points_and_leave_counts() -> None:
+    from dlsec.audit.result import Table
+    from dlsec.audit.sections.privacy import rate_cells
+
+    table = Table("White-box vs black-box", ["view", "robust accuracy at eps 0.1"],
+                  [["white-box PGD", 0.46], ["all black-box attacks", 0.54],
+                   ["points fooled by black-box only", 1]])
+    got = rate_cells(table, {"robust accuracy at eps 0.1": 50}, rows=slice(0, 2))
+    lo, hi = wilson_interval(23, 50)
+    assert got.rows[0] == ["white-box PGD", f"0.46 [{lo:.4g}, {hi:.4g}]"]
+    assert got.rows[2] == ["points fooled by black-box only", 1]  # a count, not a rate
+    assert "Wilson 95% intervals on 50 points" in got.caption
+    assert table.rows[0][1] == 0.46  # the scenario's table is not changed in place
+    assert rate_cells(table, {"other column": 50}) is table
+
+
 def test_training_split_sizes_and_the_card_accuracies() -> None:
     from dlsec.audit.sections.model_card import recorded_accuracies
     from dlsec.audit.sections.training_curves import split_sizes
@@ -218,6 +234,13 @@ def test_every_rate_of_the_default_audit_has_its_interval(default_report) -> Non
     detection = next(t for t in by_section["poisoning"]["tables"]
                      if t["title"] == "Detection of poisoned samples")
     assert all(" [" in str(row[5]) for row in detection["rows"])  # every recall
+    for name, title, column in (("evasion", "Robust accuracy per attack", 2),
+                                ("blackbox", "Query attacks", 4),
+                                ("blackbox", "Transfer attacks", 3),
+                                ("privacy", "Model extraction", 3),
+                                ("privacy", "Model inversion (MI-Face)", 1)):
+        table = next(t for t in by_section[name]["tables"] if t["title"] == title)
+        assert all(" [" in str(row[column]) for row in table["rows"]), (title, table["rows"])
     # the privacy rates use their own points
     priv = report["intervals"]
     assert priv["privacy.extraction_fidelity"]["n"] == 180  # held-out test inputs on digits

@@ -91,7 +91,7 @@ def _settings(opt: DPSweepOptions, large: bool) -> str:
     return text
 
 
-@register_section("dp", title="Differential privacy", order=75, options=DPOptions, version=4)
+@register_section("dp", title="Differential privacy", order=75, options=DPOptions, version=5)
 def run(ctx: AuditContext, options: DPOptions | None) -> SectionResult:
     from dlsec.audit.report.plots import line_chart
     from dlsec.scenarios.dp_sweep import dp_sweep

@@ -14,6 +14,7 @@ from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult
 from dlsec.audit.sections import register_section
 from dlsec.audit.sections._scale import auto, size_note
+from dlsec.audit.sections.privacy import rate_cells
 from dlsec.intervals import rate_record
 from dlsec.scenarios.blackbox import QueryOptions, evaluate
 from dlsec.scenarios.transfer import TransferOptions, crafting_attack_names
@@ -91,7 +92,7 @@ def _eps(options: BlackBoxOptions, bounds: tuple[float, float]) -> float:
 
 
 @register_section("blackbox", title="Evasion (black-box)", order=55, options=BlackBoxOptions,
-                  version=5)
+                  version=6)
 def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
     from dlsec.audit.report.plots import bar_chart, line_chart
 
@@ -142,7 +143,11 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
                     f"{res.metrics['clean_accuracy']:.1%} [{rec['lower']:.1%}, {rec['upper']:.1%}]")
     return SectionResult(
         name="blackbox", title="Evasion (black-box)", summary=summary,
-        metrics=res.metrics, tables=res.tables, figures=figures,
+        metrics=res.metrics, figures=figures,
+        tables=[rate_cells(t, {"robust accuracy": n, "success rate": n,
+                               "surrogate agreement": n, f"robust accuracy at eps {eps:g}": n},
+                           rows=slice(0, 2) if t.title == "White-box vs black-box" else slice(None))
+                for t in res.tables],
         warnings=[*deprecated, *res.warnings], intervals=intervals,
         details={"settings": _settings(options, card, ds, n), "eps": eps, "norm": norm, "points": n,
                  "max_queries": levels, "curves": res.details.get("curves", {})},

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from dlsec.audit.context import AuditContext
 from dlsec.audit.result import Figure, SectionResult
 from dlsec.audit.sections import register_section
+from dlsec.audit.sections.privacy import rate_cells
 from dlsec.intervals import rate_record
 from dlsec.scenarios.whitebox import WhiteBoxOptions, eps_grid, robustness
 from dlsec.threat import ThreatModel
@@ -36,7 +37,7 @@ class EvasionOptions(WhiteBoxOptions):
 
 
 @register_section("evasion", title="Evasion (white-box)", order=50, options=EvasionOptions,
-                  version=3)
+                  version=4)
 def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
     from dlsec.audit.report.plots import image_grid, line_chart
     from dlsec.audit.runner import train_config
@@ -59,6 +60,7 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
         summary += f" [{clean['lower']:.1%}, {clean['upper']:.1%}]"
     return SectionResult(
         name="evasion", title="Evasion (white-box)", summary=summary,
-        metrics=result.metrics, tables=result.tables, figures=figures,
+        metrics=result.metrics, figures=figures,
+        tables=[rate_cells(t, {"robust accuracy": n, "success rate": n}) for t in result.tables],
         warnings=result.warnings, details={**result.details, "points": n}, intervals=intervals,
     )

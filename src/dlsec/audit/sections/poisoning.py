@@ -30,7 +30,7 @@ def sizes(o: PoisoningOptions, card: CardLike) -> Sizes:
 
 
 @register_section("poisoning", title="Poisoning", order=60, options=PoisoningOptions,
-                  version=5)
+                  version=6)
 def run(ctx: AuditContext, options: PoisoningOptions) -> SectionResult:
     from dlsec.audit.report.plots import image_grid, line_chart
 

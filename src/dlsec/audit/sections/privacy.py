@@ -118,6 +118,34 @@ def with_intervals(columns: list[str], rows: list[list[Any]],
     return interval_cells(columns, rows, key_of, intervals)
 
 
+def rate_cells(table: Table, columns: dict[str, int], *, rows: slice = slice(None)) -> Table:
+    """``table`` with each numeric cell in ``[0, 1]`` of the named ``columns`` (column ->
+    the points its rates were measured on) written ``value [lower, upper]`` (Wilson 95%),
+    in the ``rows`` selected; a caption says so.
+
+    Example:
+        >>> t = rate_cells(Table("t", ["attack", "robust accuracy"], [["pgd", 0.5]]),
+        ...                {"robust accuracy": 10})
+        >>> t.rows
+        [['pgd', '0.5 [0.2366, 0.7634]']]
+    """
+    from dlsec.audit.report.html import format_interval, format_value
+
+    index = {i: columns[c] for i, c in enumerate(table.columns) if c in columns}
+    out = [list(r) for r in table.rows]
+    for row in out[rows]:
+        for i, n in index.items():
+            v = row[i] if i < len(row) else None
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 and n:
+                row[i] = format_interval(format_value(v), rate_record(float(v), n))
+    if out == table.rows:
+        return table
+    points = sorted(set(index.values()))
+    caption = (f"{table.caption} " if table.caption else "") + (
+        f"Brackets: Wilson 95% intervals on {' / '.join(map(str, points))} points.")
+    return dataclasses.replace(table, rows=out, caption=caption)
+
+
 def interval_cells(columns: list[str], rows: list[list[Any]],
                    key_of: Callable[[list[Any], str], str | None],
                    intervals: dict[str, Any]) -> list[list[Any]]:
@@ -153,7 +181,7 @@ def interval_cells(columns: list[str], rows: list[list[Any]],
     return out
 
 
-@register_section("privacy", title="Privacy", order=70, options=PrivacyOptions, version=5)
+@register_section("privacy", title="Privacy", order=70, options=PrivacyOptions, version=6)
 def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
     from dlsec.audit.report.plots import image_grid, line_chart, roc_curve
     from dlsec.scenarios.extraction import (
@@ -222,7 +250,9 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
                 caption="One reconstruction per class (white-box, then black-box), then the "
                 "class means of the training data for comparison.",
                 ncols=grid["ncols"], bounds=grid["bounds"]))
-        tables += inv.tables
+        n_rec = {v: len(r.classes) for v, r in found.items()}
+        tables += [rate_cells(t, {"evaluation-model accuracy": min(n_rec.values())})
+                   if n_rec and len(set(n_rec.values())) == 1 else t for t in inv.tables]
         risks.append(["model inversion", inv.summary + _bracket(intervals.get(
             "inversion_eval_accuracy"), "reconstructions")])
     metrics.update(ext.metrics)
@@ -234,7 +264,8 @@ def run(ctx: AuditContext, options: PrivacyOptions | None) -> SectionResult:
                               xlabel="queries", ylabel="agreement with the model", logx=True,
                               caption="Share of held-out test inputs on which the stolen "
                               "substitute predicts what the audited model predicts."))
-    tables += ext.tables
+    tables += [rate_cells(t, {"fidelity": held_out, "accuracy": held_out})
+               if t.title == "Model extraction" else t for t in ext.tables]
     risks.append(["model extraction", ext.summary + _bracket(intervals.get(
         "extraction_fidelity"), "held-out inputs")])
     warnings += ext.warnings
