@@ -38,6 +38,7 @@ BELOW_SCENARIOS = ("dlsec.attacks", "dlsec.defenses")
 IMPORT_BY_NAME = {
     "dlsec.audit.sections": "discovers the section modules of its own package",
     "dlsec.commands": "discovers the command modules of its own package",
+    "dlsec.scenarios.defended": "discovers the defense modules of its own package",
     "dlsec.models.registry": "a user's `module:factory` architecture, only with trust_code",
 }
 

@@ -124,14 +124,20 @@ def test_reverse_sigmoid_label_guard_is_needed() -> None:
 
 def test_spec_round_trip_and_errors() -> None:
     for spec in ("scores", "topk:3", "rounded:0", "rounded:4", "label", "noise:0.05",
-                 "reverse-sigmoid:0.7,0.4", "reverse-sigmoid:1.0,2.5"):
+                 "reverse-sigmoid:0.7,0.4", "reverse-sigmoid:1.0,2.5", "topk-rounded:1,2"):
         p = OutputPolicy.parse(spec)
         assert OutputPolicy.parse(p.spec()) == p
         assert p.spec() == spec
     assert OutputPolicy.parse(" TopK:2 ").k == 2
     assert {OutputPolicy.parse(s).kind for s in ("scores", "topk:1", "rounded:1", "label",
-                                                 "noise:1", "reverse-sigmoid:1,1")} == set(POLICY_KINDS)
-    for bad in ("", "softmax", "topk", "topk:", "topk:0", "topk:1.5", "rounded:-1",
+                                                 "noise:1", "reverse-sigmoid:1,1",
+                                                 "topk-rounded:2,1")} == set(POLICY_KINDS)
+    # top-k, then rounded: [0.123456, 0.8, 0.076544] -> only the 0.8 kept, to 1 decimal
+    out = OutputPolicy.parse("topk-rounded:1,1").apply(torch.tensor([[0.123456, 0.8, 0.076544]]))
+    assert out.tolist() == [[0.0, 0.800000011920929, 0.0]]
+    two = OutputPolicy.parse("topk-rounded:2,2").apply(torch.tensor([[0.123456, 0.8, 0.076544]]))
+    assert [round(v, 6) for v in two[0].tolist()] == [0.12, 0.8, 0.0]
+    for bad in ("topk-rounded:1", "topk-rounded:0,2", "topk-rounded:1,-1", "", "softmax", "topk", "topk:", "topk:0", "topk:1.5", "rounded:-1",
                 "label:2", "scores:1", "noise:0", "noise:-1", "noise:nan", "noise:abc",
                 "reverse-sigmoid:0.5", "reverse-sigmoid:0,1", "reverse-sigmoid:1.5,1",
                 "reverse-sigmoid:0.5,0", "reverse-sigmoid:0.5,1,2"):

@@ -71,6 +71,7 @@ def audit(
     config: Annotated[Path | None, typer.Option(help="audit.toml with the same keys as these flags")] = None,
     fail_under: Annotated[list[str] | None, typer.Option("--fail-under", help="KEY=VALUE: exit 1 if metric KEY < VALUE; KEY:lower=VALUE (or :upper) compares the bound of its 95% interval (repeatable)")] = None,
     sections: Annotated[str | None, typer.Option(help="Comma-separated sections to run (default: all default sections)")] = None,
+    defenses: Annotated[str | None, typer.Option(help="Comma-separated defenses to build and attack, one matrix row each: none, pgd-at, trades, fgsm-rs, dp:EPS, sanitize:METHOD, policy:SPEC")] = None,
     seed: Annotated[int | None, typer.Option(min=0, max=SEED_MAX, help="Seed for splits, training and attacks")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs when the audit trains the model")] = None,
@@ -99,7 +100,8 @@ def audit(
 
     overrides: dict[str, Any] = {
         "dataset": dataset, "model": model, "model-dir": model_dir, "out": out,
-        "fail-under": fail_under or [], "sections": _split_csv(sections), "seed": seed,
+        "fail-under": fail_under or [], "sections": _split_csv(sections),
+        "defenses": _split_csv(defenses), "seed": seed,
         "device": device, "epochs": epochs, "batch-size": batch_size, "lr": lr,
         "optimizer": optimizer, "test-size": test_size, "threads": threads,
         "trust-code": True if trust_code else None,

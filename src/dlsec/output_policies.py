@@ -9,6 +9,8 @@ Kinds (:data:`POLICY_KINDS`) and their spec strings (:meth:`OutputPolicy.parse`)
 * ``scores``: the probabilities unchanged;
 * ``topk:K``: the ``K`` largest probabilities kept in place, the others 0 (not renormalised);
 * ``rounded:D``: every probability rounded to ``D`` decimals (not renormalised);
+* ``topk-rounded:K,D``: ``topk:K``, then the kept probabilities rounded to ``D`` decimals
+  (``topk-rounded:1,2``: the top class and its confidence to two decimals);
 * ``label``: the predicted class only (an int64 tensor of shape ``(n,)``);
 * ``noise:SIGMA``: Gaussian noise ``N(0, SIGMA^2)`` added to every score, clipped to
   ``[0, 1]`` and renormalised to sum to 1; the top-1 label is NOT preserved (a large
@@ -41,9 +43,10 @@ from torch import Tensor
 
 from dlsec.errors import DlsecError
 
-POLICY_KINDS: tuple[str, ...] = ("scores", "topk", "rounded", "label", "noise", "reverse-sigmoid")
+POLICY_KINDS: tuple[str, ...] = ("scores", "topk", "rounded", "topk-rounded", "label", "noise",
+                                  "reverse-sigmoid")
 
-SPEC_FORMS = ("scores, topk:K, rounded:DECIMALS, label, noise:SIGMA, "
+SPEC_FORMS = ("scores, topk:K, rounded:DECIMALS, topk-rounded:K,DECIMALS, label, noise:SIGMA, "
               "reverse-sigmoid:BETA,GAMMA")
 
 # probabilities are clamped away from 0 and 1 before the logit of the reverse sigmoid
@@ -124,6 +127,8 @@ class OutputPolicy:
             parts = arg.split(",")
             if len(parts) != 2:
                 raise bad
+            if kind == "topk-rounded":
+                return cls(kind=kind, k=int(parts[0]), decimals=int(parts[1]))
             return cls(kind=kind, beta=float(parts[0]), gamma=float(parts[1]))
         except ValueError:
             raise bad from None
@@ -135,6 +140,8 @@ class OutputPolicy:
             return f"topk:{self.k}"
         if self.kind == "rounded":
             return f"rounded:{self.decimals}"
+        if self.kind == "topk-rounded":
+            return f"topk-rounded:{self.k},{self.decimals}"
         if self.kind == "noise":
             return f"noise:{self.sigma!r}"
         if self.kind == "reverse-sigmoid":
@@ -182,7 +189,9 @@ class OutputPolicy:
             k = min(self.k, probs.shape[1])
             top = probs.topk(k, dim=1)
             return torch.zeros_like(probs).scatter_(1, top.indices, top.values)
-        if self.kind == "rounded":
+        if self.kind in ("rounded", "topk-rounded"):
+            if self.kind == "topk-rounded":
+                probs = OutputPolicy(kind="topk", k=self.k).apply(probs)
             scale = 10.0**self.decimals
             return torch.round(probs * scale) / scale
         if self.kind == "noise":

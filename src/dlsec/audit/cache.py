@@ -96,15 +96,16 @@ def section_entry(key: str, result: dict[str, Any]) -> dict[str, Any]:
             "sha256": _content_sha256(key, result)}
 
 
-def read_section(path: Path, key: str, name: str) -> SectionResult | None:
-    """The cached result at ``path`` if it was made under ``key``; ``None`` when there is
-    none or it belongs to other inputs. :class:`CacheDamaged` when it cannot be trusted."""
+def read_entry(path: Path, key: str) -> Any | None:
+    """The result of the cache entry at ``path`` (written as :func:`section_entry`) if it was
+    made under ``key``; ``None`` when there is none, it belongs to other inputs or another
+    dlsec version. :class:`CacheDamaged` when it cannot be trusted."""
     try:
         entry = read_json(path)
     except FileNotFoundError:
         return None
     if not isinstance(entry, dict) or not {"key", "result"} <= set(entry):
-        raise CacheDamaged("not a cached section result")
+        raise CacheDamaged("not a cache entry")
     if entry.get("format") != CACHE_FORMAT:
         return None  # written by another dlsec version: recomputed quietly
     try:
@@ -118,8 +119,17 @@ def read_section(path: Path, key: str, name: str) -> SectionResult | None:
         raise CacheDamaged("its content does not match its sha256 (edited or corrupt)")
     if entry["key"] != key:
         return None  # other settings, data or model: recomputed
+    return entry["result"]
+
+
+def read_section(path: Path, key: str, name: str) -> SectionResult | None:
+    """The cached result at ``path`` if it was made under ``key``; ``None`` when there is
+    none or it belongs to other inputs. :class:`CacheDamaged` when it cannot be trusted."""
+    plain = read_entry(path, key)
+    if plain is None:
+        return None
     try:
-        result = SectionResult.from_dict(entry["result"])
+        result = SectionResult.from_dict(plain)
     except (TypeError, ValueError) as exc:
         raise CacheDamaged(f"malformed result ({exc})") from None
     if result.name != name:

@@ -87,6 +87,9 @@ class AuditConfig:
     a ``model-dir`` whose card names another dataset is refused (one line naming both)
     instead of being audited on data it was not trained on. Naming a dataset explicitly
     audits the model on it (the report then warns that the two differ).
+    ``defenses`` (``--defenses none,pgd-at,dp:3,...``) adds the defense x attack matrix (the
+    ``defenses`` section) to the sections run; its ``[defenses]`` table holds the same list
+    as ``names`` and the matrix's settings.
     ``trust-code`` lets a model directory's card name a ``module:factory`` architecture,
     whose module is imported to build the model (otherwise refused: a model directory
     someone sends you must not run code).
@@ -107,6 +110,7 @@ class AuditConfig:
     optimizer: str = "adam"
     threads: int = 0
     trust_code: bool = False
+    defenses: list[str] | None = None
     scorecard: dict[str, Any] = field(default_factory=dict)
     section_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -139,11 +143,26 @@ class AuditConfig:
         if self.dataset is not None and not self.dataset.strip():
             raise ConfigError("dataset: empty name")
         self.scorecard_thresholds  # noqa: B018 (validates the [scorecard] table)
+        if self.defenses is not None and not self.defenses:
+            raise ConfigError("defenses: empty list; name one or more defenses (none, pgd-at, "
+                              "dp:3, policy:label, ...)")
 
     @property
     def dataset_spec(self) -> str:
         """The dataset to load: ``dataset``, or :data:`DEFAULT_DATASET` when not given."""
         return self.dataset or DEFAULT_DATASET
+
+    @property
+    def section_names(self) -> list[str] | None:
+        """The sections to run: ``sections`` (None: the default ones), plus the matrix
+        (``defenses``) when defenses are named, by ``--defenses`` or a ``[defenses]``
+        table with ``names``."""
+        if "names" not in self.section_options.get("defenses", {}):
+            return self.sections
+        from dlsec.audit.sections import registry
+
+        names = self.sections or [n for n, s in registry().items() if s.default]
+        return names if "defenses" in names else [*names, "defenses"]
 
     @property
     def scorecard_thresholds(self) -> ScorecardThresholds:
@@ -273,6 +292,9 @@ def load_config(
         if not _type_ok(value, hints[name]):
             raise ConfigError(f"{key}: expected {_type_name(hints[name])}, got {value!r}")
         kwargs[name] = float(value) if hints[name] is float else value
+    if kwargs.get("defenses") is not None:  # --defenses (or a top-level key) names the rows
+        section_options["defenses"] = {**section_options.get("defenses", {}),
+                                       "names": kwargs["defenses"]}
     _check_sections(kwargs.get("sections"), section_options)
     return AuditConfig(**kwargs, section_options=section_options)
 

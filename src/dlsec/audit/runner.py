@@ -326,7 +326,7 @@ def run_audit(
     )
     cache_dir = run_dir / "sections"
     skipped: list[dict[str, str]] = []
-    for spec in selected(config.sections):
+    for spec in selected(config.section_names):
         if remote is not None and spec.name not in REMOTE_SECTIONS:
             reason = remote_skip_reason(spec)
             skipped.append({"section": spec.name, "title": spec.title, "reason": reason})

@@ -105,6 +105,11 @@ class ScenarioContext:
 
     ``threat`` carries what the attacker knows and may do (knowledge, norm, epsilons,
     targeted, bounds); its bounds are the card's unless the caller says otherwise.
+    ``served``: the model is seen through this output policy (a defended serving variant,
+    as ``dlsec serve`` would answer a key with it): every :meth:`oracle` answers in it,
+    and a view it cannot give (scores from a label-only policy) is a one-line
+    :class:`RemoteTargetError`, as for a remote target. White-box access (``model``) is
+    unchanged.
     """
 
     model: nn.Module
@@ -115,6 +120,7 @@ class ScenarioContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: bool = False
     remote: OracleFactory | None = None
+    served: OutputPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.threat is None:
@@ -160,10 +166,14 @@ class ScenarioContext:
     def oracle(self, **kwargs: Any) -> Any:
         """A fresh black-box view of the model (see :class:`dlsec.threat.BaseOracle`); for
         a remote target, a fresh oracle of the server as the view ``output`` asks for
-        (:func:`adapt_output`; the server's budget applies, ``budget`` on top)."""
-        if self.remote is None:
+        (:func:`adapt_output`; the server's budget applies, ``budget`` on top); with
+        ``served``, the local model answering in that policy, adapted the same way."""
+        if self.remote is None and self.served is None:
             return LocalOracle(self.model, card=self.card, **kwargs)
         output = kwargs.pop("output", "scores")
+        if self.remote is None:
+            served = LocalOracle(self.model, card=self.card, output=self.served, **kwargs)
+            return adapt_output(served, output)
         return adapt_output(self.remote(**kwargs), output)
 
     # -- data the threat needs ----------------------------------------------------------------

@@ -54,7 +54,7 @@ class _Renormalised(OracleWrapper):
 def attacker_view(oracle: Oracle) -> Oracle:
     """The oracle as a rational attacker trains on it: ``topk`` and ``rounded`` rows
     renormalised to sum to 1, every other kind as sent."""
-    return _Renormalised(oracle) if oracle.output in ("topk", "rounded") else oracle
+    return _Renormalised(oracle) if oracle.output in ("topk", "rounded", "topk-rounded") else oracle
 
 
 def default_runs(strategies: Sequence[str]) -> tuple[tuple[str, str], ...]:

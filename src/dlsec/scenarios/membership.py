@@ -106,15 +106,17 @@ def run_membership(ctx: ScenarioContext, options: MembershipOptions | None = Non
         record = ctx.card.training_record
         if record.epochs_rule:  # each shadow trains on half the records
             cfg = dataclasses.replace(cfg, epochs=scaled_epochs(len(y) // 2))
-        dp = DPShadowTrainer.from_card(ctx.card)
+        dp = DPShadowTrainer.from_card(ctx.card) or AdversarialShadowTrainer.from_card(ctx.card)
         shadows = train_shadow_models(x, y, card=ctx.card, n_models=opt.shadows, config=cfg,
                                       generator=ctx.generator("membership/shadows"),
                                       progress=ctx.progress,
                                       stacked=False if dp else opt.stacked, train_one=dp)
         details.update(shadows=opt.shadows, shadow_epochs=cfg.epochs, shadow_records=len(y) // 2,
                        shadow_epochs_scaled=bool(record.epochs_rule))
-        if dp is not None:
+        if isinstance(dp, DPShadowTrainer):
             details["shadow_dp"] = dp.records
+        elif dp is not None:
+            details["shadow_adversarial"] = dp.settings
     results: list[MembershipResult] = []
     for name in opt.attacks:
         if name in ("loss", "confidence", "entropy"):
@@ -209,6 +211,38 @@ def buy_answers(oracle: Oracle, x: Tensor, y: Tensor, is_member: Tensor, *,
     k = done // 2
     keep = torch.cat([torch.arange(k), torch.arange(n, n + k)])
     return x[keep], y[keep], is_member[keep], replay
+
+
+@dataclass
+class AdversarialShadowTrainer:
+    """Trains one shadow model as an adversarially trained target was trained: the card's
+    ``training["adversarial"]`` method (PGD-AT, FGSM-RS, TRADES) at its radius, norm, steps
+    and step size, on the shadow's half (no robustness monitor: the shadows keep their last
+    epoch). The attack's random starts are seeded by the shadow's own seed."""
+
+    settings: dict[str, Any]
+    bounds: tuple[float, float]
+
+    @classmethod
+    def from_card(cls, card: ModelCard) -> AdversarialShadowTrainer | None:
+        adv = (card.training or {}).get("adversarial")
+        if not isinstance(adv, dict) or "method" not in adv:
+            return None
+        return cls(settings=dict(adv), bounds=(float(card.bounds[0]), float(card.bounds[1])))
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig) -> nn.Module:
+        from dlsec.defenses.adversarial import make_adversarial_loss
+        from dlsec.training import fit
+
+        s = self.settings
+        extra: dict[str, Any] = {"alpha": s["alpha"]} if s.get("alpha") is not None else {}
+        if s["method"] == "trades" and "beta" in s:
+            extra["beta"] = s["beta"]
+        loss = make_adversarial_loss(
+            s["method"], eps=float(s["eps"]), bounds=self.bounds, norm=s.get("norm", "linf"),
+            steps=s.get("steps"), generator=torch.Generator().manual_seed(config.seed), **extra)
+        fit(model, x, y, config=config, batch_loss=loss, progress=False)
+        return model
 
 
 @dataclass
