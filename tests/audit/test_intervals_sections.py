@@ -148,6 +148,36 @@ def test_rate_cells_bracket_rates_on_their_points_and_leave_counts() -> None:
     assert rate_cells(table, {"other column": 50}) is table
 
 
+def test_line_chart_bands_shade_the_interval_and_must_fit_the_series() -> None:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from dlsec.audit.report.plots import line_chart
+    from dlsec.audit.sections.evasion_whitebox import bands
+
+    series = {"all attacks": ([0.0, 0.1, 0.3], [0.9, 0.5, 0.1])}
+    plain = line_chart(series, title="t", xlabel="eps", ylabel="acc")
+    shaded = line_chart(series, title="t", xlabel="eps", ylabel="acc",
+                        bands={"all attacks": bands([0.9, 0.5, 0.1], 20)})
+
+    def pixels(fig) -> np.ndarray:
+        img = Image.open(io.BytesIO(base64.b64decode(fig.png_base64))).convert("RGB")
+        return np.asarray(img).astype(int)
+
+    a, b = pixels(plain), pixels(shaded)
+    assert a.shape == b.shape
+    changed = (np.abs(a - b).sum(axis=2) > 0).mean()
+    assert changed > 0.1  # the band covers a visible share of the plot (measured: 0.30)
+    with pytest.raises(ValueError, match="bands 'all attacks'"):
+        line_chart(series, title="t", xlabel="eps", ylabel="acc",
+                   bands={"all attacks": ([0.1], [0.2])})
+    with pytest.raises(ValueError, match="bands 'nope'"):
+        line_chart(series, title="t", xlabel="eps", ylabel="acc", bands={"nope": ([], [])})
+
+
 def test_training_split_sizes_and_the_card_accuracies() -> None:
     from dlsec.audit.sections.model_card import recorded_accuracies
     from dlsec.audit.sections.training_curves import split_sizes

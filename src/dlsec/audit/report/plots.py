@@ -259,21 +259,31 @@ def line_chart(
     logx: bool = False,
     logy: bool = False,
     markers: bool = True,
+    bands: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
 ) -> Figure:
     """One line per series ``{name: (x values, y values)}``, e.g. robust accuracy against
     epsilon for several attacks; ``logx``/``logy`` make an axis logarithmic, ``markers``
-    marks every point. ValueError when the x and y of a series differ in length."""
+    marks every point; ``bands`` (``{series name: (lows, highs)}``) shades a series'
+    interval. ValueError when the x and y of a series (or its band) differ in length."""
     data = {}
     for name, (xs, ys) in series.items():
         xa, ya = _as_float_array(xs).reshape(-1), _as_float_array(ys).reshape(-1)
         if xa.shape != ya.shape:
             raise ValueError(f"series {name!r}: {xa.shape[0]} x values, {ya.shape[0]} y values")
         data[name] = (xa, ya)
+    shade = {}
+    for name, (lows, highs) in (bands or {}).items():
+        lo, hi = _as_float_array(lows).reshape(-1), _as_float_array(highs).reshape(-1)
+        if name not in data or lo.shape != data[name][0].shape or hi.shape != lo.shape:
+            raise ValueError(f"bands {name!r}: one (low, high) per point of a series")
+        shade[name] = (lo, hi)
 
     def draw(fig: MplFigure) -> None:
         ax = fig.add_subplot()
         for j, (name, (xa, ya)) in enumerate(data.items()):
             ax.plot(xa, ya, marker="o" if markers else None, label=name, color=f"C{j}")
+            if name in shade:
+                ax.fill_between(xa, *shade[name], color=f"C{j}", alpha=0.15, linewidth=0)
         if logx:
             ax.set_xscale("log")
         if logy:

@@ -91,9 +91,10 @@ def _settings(opt: DPSweepOptions, large: bool) -> str:
     return text
 
 
-@register_section("dp", title="Differential privacy", order=75, options=DPOptions, version=5)
+@register_section("dp", title="Differential privacy", order=75, options=DPOptions, version=6)
 def run(ctx: AuditContext, options: DPOptions | None) -> SectionResult:
     from dlsec.audit.report.plots import line_chart
+    from dlsec.audit.sections.evasion_whitebox import bands
     from dlsec.scenarios.dp_sweep import dp_sweep
 
     opt = options or DPOptions()
@@ -110,10 +111,13 @@ def run(ctx: AuditContext, options: DPOptions | None) -> SectionResult:
     settings = _settings(sweep_opt, large)
     tables = list(res.tables)
     tables[0] = dataclasses.replace(tables[0], caption=f"{tables[0].caption} Settings: {settings}.")
+    n_test = int(res.details["test_records"])  # every model is scored on the test set
     figures = [line_chart(
         res.figures["accuracy"], title="Test accuracy vs ε", xlabel="ε (PRV accountant)",
         ylabel="test accuracy",
-        caption="DP-SGD models at each target ε; the flat line is the undefended model.")]
+        bands={name: bands(ys, n_test) for name, (_, ys) in res.figures["accuracy"].items()},
+        caption="DP-SGD models at each target ε; the flat line is the undefended model. "
+        f"Shaded: Wilson 95% intervals on the {n_test} test points.")]
     bounds = res.figures["epsilons"]
     if bounds:
         top = max([x for xs, _ in bounds.values() for x in xs] or [1.0])
@@ -123,7 +127,6 @@ def run(ctx: AuditContext, options: DPOptions | None) -> SectionResult:
             ylabel="empirical ε lower bound",
             caption="One training run with canaries (Steinke, Nasr, Jagielski 2023); "
             "points must stay below the line."))
-    n_test = int(res.details["test_records"])  # every model is scored on the test set
     intervals = {k: rate_record(v, n_test) for k, v in res.metrics.items()
                  if k.startswith("accuracy@") and v is not None}
     generator = torch.Generator().manual_seed(ctx.config.seed)

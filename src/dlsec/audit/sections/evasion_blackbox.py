@@ -15,7 +15,7 @@ from dlsec.audit.result import SectionResult
 from dlsec.audit.sections import register_section
 from dlsec.audit.sections._scale import auto, size_note
 from dlsec.audit.sections.privacy import rate_cells
-from dlsec.intervals import rate_record
+from dlsec.intervals import rate_interval, rate_record
 from dlsec.scenarios.blackbox import QueryOptions, evaluate
 from dlsec.scenarios.transfer import TransferOptions, crafting_attack_names
 from dlsec.threat import ThreatModel
@@ -92,7 +92,7 @@ def _eps(options: BlackBoxOptions, bounds: tuple[float, float]) -> float:
 
 
 @register_section("blackbox", title="Evasion (black-box)", order=55, options=BlackBoxOptions,
-                  version=6)
+                  version=7)
 def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
     from dlsec.audit.report.plots import bar_chart, line_chart
 
@@ -125,11 +125,15 @@ def run(ctx: AuditContext, options: BlackBoxOptions) -> SectionResult:
         ))
     if "transfer" in res.figures:
         t = res.figures["transfer"]
+        success = t["success"]
+        bars = success if isinstance(success, dict) else {"": success}
         figures.append(bar_chart(
-            t["strategies"], t["success"],
+            t["strategies"], success,
+            intervals={k: [rate_interval(v, n) for v in vs] for k, vs in bars.items()},
             title=f"Transfer success per surrogate ({norm}, eps {eps:g})",
             ylabel="share of points fooled", ylim=(0.0, 1.0),
-            caption="Adversarials crafted on the attacker's surrogate and sent once to the model.",
+            caption="Adversarials crafted on the attacker's surrogate and sent once to the "
+            f"model; bars: Wilson 95% intervals on the {n} attacked test points.",
         ))
     for table in res.tables:
         if table.title == "Transfer attacks":

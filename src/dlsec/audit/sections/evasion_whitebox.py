@@ -11,7 +11,7 @@ from dlsec.audit.context import AuditContext
 from dlsec.audit.result import Figure, SectionResult
 from dlsec.audit.sections import register_section
 from dlsec.audit.sections.privacy import rate_cells
-from dlsec.intervals import rate_record
+from dlsec.intervals import rate_interval, rate_record
 from dlsec.scenarios.whitebox import WhiteBoxOptions, eps_grid, robustness
 from dlsec.threat import ThreatModel
 
@@ -36,8 +36,19 @@ class EvasionOptions(WhiteBoxOptions):
         self.check_attacks(self.norm)
 
 
+def bands(ys: list[float], n: int) -> tuple[list[float], list[float]]:
+    """The Wilson 95% band ``(lows, highs)`` of rates ``ys`` each measured on ``n`` points.
+
+    Example:
+        >>> [[round(v, 4) for v in side] for side in bands([0.5, 1.0], 10)]
+        [[0.2366, 0.7225], [0.7634, 1.0]]
+    """
+    pairs = [rate_interval(float(y), n) for y in ys]
+    return [lo for lo, _ in pairs], [hi for _, hi in pairs]
+
+
 @register_section("evasion", title="Evasion (white-box)", order=50, options=EvasionOptions,
-                  version=4)
+                  version=5)
 def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
     from dlsec.audit.report.plots import image_grid, line_chart
     from dlsec.audit.runner import train_config
@@ -47,11 +58,16 @@ def run(ctx: AuditContext, options: EvasionOptions) -> SectionResult:
     config = train_config(ctx.config, ctx.dataset) if options.adversarial_training else None
     result = robustness(ctx.scenario(threat), options, train_config=config)
     plots: dict[str, Callable[..., Figure]] = {"line_chart": line_chart, "image_grid": image_grid}
-    figures = [
-        plots[data["kind"]](**{k: v for k, v in data.items() if k != "kind"})
-        for data in result.figures.values()
-    ]
     n = min(options.samples, len(ctx.dataset.y_test))  # the first test points (attacker_split)
+    figures = []
+    for data in result.figures.values():
+        spec = {k: v for k, v in data.items() if k != "kind"}
+        if data["kind"] == "line_chart":  # shade the "all attacks" curves' Wilson intervals
+            spec["bands"] = {name: bands(ys, n) for name, (_, ys) in spec["series"].items()
+                             if name.startswith("all attacks")}
+            spec["caption"] = (spec.get("caption", "") + f" Shaded: Wilson 95% intervals on the "
+                               f"{n} attacked test points.").strip()
+        figures.append(plots[data["kind"]](**spec))
     intervals = {k: rate_record(v, n) for k, v in result.metrics.items()
                  if k.startswith(("clean_accuracy", "robust_accuracy"))}
     summary = result.summary
