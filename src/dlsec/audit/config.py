@@ -88,8 +88,8 @@ class AuditConfig:
     instead of being audited on data it was not trained on. Naming a dataset explicitly
     audits the model on it (the report then warns that the two differ).
     ``defenses`` (``--defenses none,pgd-at,dp:3,...``) adds the defense x attack matrix (the
-    ``defenses`` section) to the sections run; its ``[defenses]`` table holds the same list
-    as ``names`` and the matrix's settings.
+    ``defenses`` section) to the sections run, as a ``[defenses]`` table does (its
+    ``names`` are the same list; the flag wins); the table also holds the matrix's settings.
     ``trust-code`` lets a model directory's card name a ``module:factory`` architecture,
     whose module is imported to build the model (otherwise refused: a model directory
     someone sends you must not run code).
@@ -155,9 +155,9 @@ class AuditConfig:
     @property
     def section_names(self) -> list[str] | None:
         """The sections to run: ``sections`` (None: the default ones), plus the matrix
-        (``defenses``) when defenses are named, by ``--defenses`` or a ``[defenses]``
-        table with ``names``."""
-        if "names" not in self.section_options.get("defenses", {}):
+        (``defenses``) when ``--defenses`` names defenses or audit.toml has a
+        ``[defenses]`` table (its ``names``, else the section's default rows)."""
+        if "defenses" not in self.section_options:
             return self.sections
         from dlsec.audit.sections import registry
 

@@ -23,8 +23,9 @@ columns is one experiment on it:
   the row's API (label-only attack when it answers labels only);
 * ``inversion``: black-box MI-Face through the API, the reconstructions scored by an
   independent model (share recognised as their class; needs scores);
-* ``extraction``: an active-learning thief with ``extraction_budget`` queries, fidelity on
-  held-out test inputs;
+* ``extraction``: a thief (``extraction_strategy``, default ``natural``: Knockoff Nets on
+  natural inputs, which learns from scores when the API gives them) with
+  ``extraction_budget`` queries, fidelity on held-out test inputs;
 * the cost: training time (s) of the row, and its clean accuracy against ``none``'s.
 
 Each row's model and each (row, group) result go through a :class:`MatrixStore`, so a front-end
@@ -102,6 +103,7 @@ class MatrixOptions:
     shadows: int = 8
     inversion_iters: int = 100
     extraction_budget: int = 1000
+    extraction_strategy: str = "natural"
     groups: tuple[str, ...] = tuple(GROUPS)
 
     def __post_init__(self) -> None:
@@ -117,6 +119,11 @@ class MatrixOptions:
             raise ValueError("flip-rate and backdoor-rate: each in (0, 1)")
         if self.backdoor_target < 0:
             raise ValueError("backdoor-target: must be >= 0")
+        from dlsec.scenarios.extraction import STRATEGIES
+
+        if self.extraction_strategy not in STRATEGIES:
+            raise ValueError(f"extraction-strategy: unknown {self.extraction_strategy!r} "
+                             f"(choose from {list(STRATEGIES)})")
         bad = [g for g in self.groups if g not in GROUPS]
         if bad or not self.groups:
             raise ValueError(f"groups: unknown {bad} (choose from {list(GROUPS)})")
@@ -251,7 +258,7 @@ def _poisoning(ctx: ScenarioContext, row: Row, opt: MatrixOptions, shared: _Shar
     n_test = int(ds.y_test.numel())
     after = float(evaluate(model, ds.x_test, ds.y_test)["accuracy"])
     before = float(evaluate(row.model, ds.x_test, ds.y_test)["accuracy"])
-    lo, hi = difference_interval(round(before * n_test), round(after * n_test), n_test)
+    lo, hi = difference_interval(round(before * n_test), n_test, round(after * n_test), n_test)
     out["label_flip_damage"] = cell(before - after, interval_record(lo, hi, n_test, "newcombe"),
                                     f"optimized flips of {opt.flip_rate:.0%} of the labels; "
                                     f"accuracy {before:.1%} -> {after:.1%} on {n_test} test points")
@@ -303,13 +310,14 @@ def _extraction(ctx: ScenarioContext, row: Row, opt: MatrixOptions, shared: _Sha
     from dlsec.scenarios.extraction import ExtractionOptions, run_extraction
 
     output = "label" if _labels_only(row) else "scores"
-    res = run_extraction(ctx, ExtractionOptions(runs=(("active", output),),
+    res = run_extraction(ctx, ExtractionOptions(runs=((opt.extraction_strategy, output),),
                                                 budget=opt.extraction_budget, epochs=10))
     key = "extraction_fidelity_labels" if output == "label" else "extraction_fidelity"
     value = res.metrics[key]
     n = int(res.details["held_out"])
     return {"extraction_fidelity": cell(value, rate_record(value, n),
-                                        f"active thief, {opt.extraction_budget} queries "
+                                        f"{opt.extraction_strategy} thief, "
+                                        f"{opt.extraction_budget} queries "
                                         f"({output}), agreement on {n} held-out test inputs")}
 
 
@@ -320,13 +328,13 @@ EXPERIMENTS: dict[str, Callable[[ScenarioContext, Row, MatrixOptions, _Shared], 
 }
 
 
-def difference_interval(hits_a: int, hits_b: int, n: int) -> tuple[float, float]:
-    """Newcombe's hybrid score interval (1998, method 10) for ``hits_a/n - hits_b/n``, two
-    proportions each out of ``n``, from their Wilson intervals. Example: 90/100 - 80/100
-    gives about ``(-0.0004, 0.199)``."""
-    p, q = hits_a / n, hits_b / n
-    l1, u1 = wilson_interval(hits_a, n)
-    l2, u2 = wilson_interval(hits_b, n)
+def difference_interval(hits_a: int, n_a: int, hits_b: int, n_b: int) -> tuple[float, float]:
+    """Newcombe's hybrid score interval (1998, method 10) for ``hits_a/n_a - hits_b/n_b``
+    from the two Wilson 95% intervals. Newcombe's example: 56/70 - 48/80 gives
+    ``(0.0524, 0.3339)``."""
+    p, q = hits_a / n_a, hits_b / n_b
+    l1, u1 = wilson_interval(hits_a, n_a)
+    l2, u2 = wilson_interval(hits_b, n_b)
     d = p - q
     return (d - math.sqrt((p - l1) ** 2 + (u2 - q) ** 2),
             d + math.sqrt((u1 - p) ** 2 + (q - l2) ** 2))

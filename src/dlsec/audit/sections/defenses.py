@@ -4,7 +4,8 @@ each cell's 95% interval, and a plot per trade-off: clean accuracy against each 
 point per defense, the Pareto front marked.
 
 Not a default section: ``dlsec audit --defenses none,pgd-at,trades,fgsm-rs,dp:3,...`` (or a
-``[defenses]`` table with ``names``) adds it. Each row's model and each row's experiment is
+``[defenses]`` table in audit.toml, whose ``names`` default to :data:`DEFAULT_NAMES`) adds
+it. Each row's model and each row's experiment is
 cached under ``<run>/defenses/<row>/`` (the model as a model directory, the results as
 checked JSON), so an interrupted matrix resumes where it stopped.
 
@@ -39,9 +40,9 @@ from dlsec.scenarios.defended import parse_defenses
 from dlsec.scenarios.matrix import MatrixOptions, run_matrix
 from dlsec.scenarios.matrix_columns import COLUMN
 
-DEFAULT_NAMES = ["none", "pgd-at", "trades", "fgsm-rs", "sanitize:cleanlab", "policy:label-only",
-                 "policy:top1-rounded"]
-"""What the README's digits matrix runs: every defense that exists and needs no extra."""
+DEFAULT_NAMES = ["none", "pgd-at", "trades", "fgsm-rs", "dp:3", "dp:8", "sanitize:cleanlab",
+                 "policy:label-only", "policy:top1-rounded"]
+"""The rows of a ``[defenses]`` table without ``names`` (the README's digits matrix)."""
 
 
 @dataclass
@@ -50,7 +51,7 @@ class DefensesOptions(MatrixOptions):
     and the fields of :class:`dlsec.scenarios.matrix.MatrixOptions` (``eps``, ``norm``,
     ``samples``, ``max-queries``, ``transfer-budget``, ``backdoor-rate``,
     ``backdoor-target``, ``flip-rate``, ``members``, ``shadows``, ``inversion-iters``,
-    ``extraction-budget``, ``groups``)."""
+    ``extraction-budget``, ``extraction-strategy``, ``groups``)."""
 
     names: list[str] = field(default_factory=lambda: list(DEFAULT_NAMES))
 
@@ -184,7 +185,7 @@ def run(ctx: AuditContext, options: DefensesOptions | None) -> SectionResult:
                          c["unit"]) for c in matrix["columns"]]
         change = ""
         if none is not None and r is not none and r["cells"].get("clean_accuracy") is not None:
-            change = f"{r['cells']['clean_accuracy'] - none['cells']['clean_accuracy']:+.1%}"
+            change = f"{100 * (r['cells']['clean_accuracy'] - none['cells']['clean_accuracy']):+.1f} pp"
         rows.append([r["defense"], *cells, change])
     described = "; ".join(f"{r['defense']}: {r['describe']}" for r in matrix["rows"])
     table = Table("Defense x attack matrix", ["defense", *labels, "clean accuracy vs none"], rows,
