@@ -206,14 +206,23 @@ def _poisoning(report: Mapping[str, Any]) -> _Evidence | None:
                      f"of {share}% of the labels{after})")
 
 
-def _backdoor(report: Mapping[str, Any]) -> _Evidence | None:
-    key = "poisoning.backdoor_asr"
-    value = _number(report, key)
-    if value is None:
-        return None
-    iv = _interval(report, key)
-    return _Evidence(key, value, iv, f"attack success {format_figure(value, iv)} (trigger "
-                                     f"backdoor{_points(iv)})")
+def _simple(key: str, describe: Callable[[str, str], str]
+            ) -> Callable[[Mapping[str, Any]], _Evidence | None]:
+    """The evidence of a threat read off one metric: ``describe(figure, points)`` says what
+    the figure (with its interval) is."""
+
+    def evidence(report: Mapping[str, Any]) -> _Evidence | None:
+        value = _number(report, key)
+        if value is None:
+            return None
+        iv = _interval(report, key)
+        return _Evidence(key, value, iv, describe(format_figure(value, iv), _points(iv)))
+
+    return evidence
+
+
+_backdoor = _simple("poisoning.backdoor_asr",
+                    lambda fig, pts: f"attack success {fig} (trigger backdoor{pts})")
 
 
 def _membership(report: Mapping[str, Any]) -> _Evidence | None:
@@ -237,25 +246,12 @@ def _membership(report: Mapping[str, Any]) -> _Evidence | None:
     return _Evidence(key, value, iv, f"membership {text}", extra)
 
 
-def _inversion(report: Mapping[str, Any]) -> _Evidence | None:
-    key = "privacy.inversion_eval_accuracy"
-    value = _number(report, key)
-    if value is None:
-        return None
-    iv = _interval(report, key)
-    return _Evidence(key, value, iv, f"reconstructions recognised as their class "
-                                     f"{format_figure(value, iv)} (white-box, by an "
-                                     f"independent model{_points(iv)})")
-
-
-def _extraction(report: Mapping[str, Any]) -> _Evidence | None:
-    key = "privacy.extraction_fidelity"
-    value = _number(report, key)
-    if value is None:
-        return None
-    iv = _interval(report, key)
-    return _Evidence(key, value, iv, f"substitute fidelity {format_figure(value, iv)} on "
-                                     f"held-out inputs (score queries{_points(iv)})")
+_inversion = _simple("privacy.inversion_eval_accuracy",
+                     lambda fig, pts: f"reconstructions recognised as their class {fig} "
+                     f"(white-box, by an independent model{pts})")
+_extraction = _simple("privacy.extraction_fidelity",
+                      lambda fig, pts: f"substitute fidelity {fig} on held-out inputs (score "
+                      f"queries{pts})")
 
 
 _FROM_SECTIONS: dict[str, Callable[[Mapping[str, Any]], _Evidence | None]] = {
