@@ -52,7 +52,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Datasets: fetch and inspect.")
+data_app = typer.Typer(help="Datasets: fetch, inspect and generate.")
 app.add_typer(data_app, name="data")
 
 
@@ -161,7 +161,7 @@ def data_fetch(
 
 @data_app.command("info")
 def data_info(
-    spec: Annotated[str, typer.Argument(help="digits | fashion-mnist | mnist | idx:DIR | npz:PATH")],
+    spec: Annotated[str, typer.Argument(help="digits | cifar-synthetic | fashion-mnist | mnist | idx:DIR | npz:PATH")],
     seed: SeedOpt = 0,
 ) -> None:
     """Load a dataset, validate it and print its summary."""
@@ -170,6 +170,34 @@ def data_info(
     from dlsec.data import load_dataset
 
     typer.echo(json.dumps(load_dataset(spec, seed=seed).summary(), indent=2))
+
+
+@data_app.command("make-synthetic")
+def data_make_synthetic(
+    out: Annotated[Path, typer.Option("--out", help="The .npz file to write")],
+    shape: Annotated[str, typer.Option(help="C,H,W of each image")] = "3,32,32",
+    classes: Annotated[int, typer.Option(help="Number of classes")] = 10,
+    n: Annotated[int, typer.Option("--n", help="Number of samples (balanced over the classes)")] = 2000,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="Store x as N x H x W x C")] = False,
+    seed: SeedOpt = 0,
+) -> None:
+    """Write a generated, learnable image dataset (coloured, oriented textures + noise) as .npz."""
+    from dlsec.data.synthetic import write_synthetic
+    from dlsec.files import check_output
+
+    target = check_output(out, kind="file", option="--out")
+    summary = write_synthetic(target, n=n, shape=_parse_shape(shape), classes=classes,
+                              seed=seed, channels_last=channels_last)
+    typer.echo(f"{target}: {summary} (load it with --dataset npz:{target})")
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    from dlsec.data import DatasetError
+
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise DatasetError(f"--shape: expected C,H,W integers such as 3,32,32, got {text!r}") from None
 
 
 from dlsec.commands import register_all  # noqa: E402

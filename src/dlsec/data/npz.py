@@ -6,7 +6,9 @@ Arrays in the archive:
 name        required  meaning
 =========== ========= ==========================================================
 ``x``       yes       inputs: ``N x H x W`` (a channel axis is added),
-                      ``N x C x H x W``, or ``N x D`` flat features; uint8
+                      ``N x C x H x W``, ``N x H x W x C`` (channels last, as
+                      CIFAR-10's NumPy and Keras copies store it: moved to
+                      ``N x C x H x W``), or ``N x D`` flat features; uint8
                       (scaled by 1/255 into [0, 1]) or float (used as is)
 ``y``       yes       integer class labels ``0..K-1``, shape ``N``
 ``x_test``  no        a held-out test set; without it the data is split
@@ -15,6 +17,12 @@ name        required  meaning
 ``bounds``  no        ``[lo, hi]``: the valid input range of float ``x``
                       (default ``[0, 1]``)
 =========== ========= ==========================================================
+
+A 4-D ``x`` is read as channels last when its last axis has 1, 3 or 4 entries (grey,
+RGB, RGBA) and its second axis does not; otherwise as channels first. CIFAR-10 as
+``x = N x 32 x 32 x 3`` uint8 with ``y`` (and ``x_test``/``y_test``) therefore loads
+as it is. A flat ``N x 3072`` row (CIFAR-10's pickled batches) is taken as features:
+reshape it to ``N x 3 x 32 x 32`` first.
 """
 
 from __future__ import annotations
@@ -214,6 +222,15 @@ def _classes(arrays: dict[str, np.ndarray], path: Path) -> tuple[str, ...] | Non
     return names
 
 
+CHANNELS = (1, 3, 4)
+"""Channel counts that mark the last axis of a 4-D ``x`` as channels (grey, RGB, RGBA)."""
+
+
+def channels_last(shape: tuple[int, ...]) -> bool:
+    """Whether a 4-D input shape is ``N x H x W x C`` (see the module's note)."""
+    return len(shape) == 4 and shape[3] in CHANNELS and shape[1] not in CHANNELS
+
+
 def _inputs(x: np.ndarray, key: str, path: Path, bounds: tuple[float, float] | None) -> np.ndarray:
     """Check dtype, shape and range of one input array; return float32 in bounds."""
     if x.ndim not in (2, 3, 4):
@@ -279,6 +296,7 @@ def load_npz(path: Path, *, seed: int, test_size: float) -> Dataset:
         class_names = tuple(str(i) for i in range(top + 1))
 
     tensors_x = [torch.from_numpy(x) for x in xs]
+    tensors_x = [t.permute(0, 3, 1, 2) if channels_last(tuple(t.shape)) else t for t in tensors_x]
     tensors_x = [t.unsqueeze(1) if t.ndim == 3 else t for t in tensors_x]
     tensors_y = [torch.from_numpy(y) for y in ys]
     if len(tensors_x) == 2:

@@ -1,4 +1,5 @@
-"""Dataset specs: ``digits``, ``fashion-mnist``, ``mnist``, ``idx:DIR``, ``npz:PATH``."""
+"""Dataset specs: ``digits``, ``cifar-synthetic``, ``fashion-mnist``, ``mnist``, ``idx:DIR``,
+``npz:PATH``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from dlsec.data.core import Dataset, DatasetError
 
-DATASET_NAMES = ("digits", "fashion-mnist", "mnist", "idx:DIR", "npz:PATH")
+DATASET_NAMES = ("digits", "cifar-synthetic", "fashion-mnist", "mnist", "idx:DIR", "npz:PATH")
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
@@ -34,9 +35,12 @@ def load_dataset(spec: str, *, seed: int = 0, test_size: float = 0.2) -> Dataset
     from dlsec.data.digits import load_digits
     from dlsec.data.idx import load_idx_dir
     from dlsec.data.npz import load_npz
+    from dlsec.data.synthetic import SYNTHETIC_NAME, load_synthetic
 
     if spec == "digits":
         return load_digits(seed=seed, test_size=test_size)
+    if spec == SYNTHETIC_NAME:
+        return load_synthetic(seed=seed, test_size=test_size)
     if spec == "fashion-mnist":
         directory = Path(os.environ.get("DLSEC_FASHION_MNIST_DIR", FASHION_MNIST_DIR))
         if not directory.is_dir():

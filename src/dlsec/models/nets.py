@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -129,3 +130,67 @@ class Normalized(nn.Module):
             shape = (1, mean.numel()) + (1,) * (x.dim() - 2)
             mean, std = mean.view(shape), std.view(shape)
         return self.net((x - mean) / std)
+
+
+class BasicBlock(nn.Module):
+    """He et al.'s basic residual block: two 3x3 conv + BatchNorm, identity or 1x1 shortcut."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for CIFAR-size inputs (He, Zhang, Ren and Sun, "Deep Residual Learning for
+    Image Recognition", CVPR 2016), in the CIFAR variant used by most robustness papers
+    (Madry et al.'s and Kuang Liu's ports): a 3x3 conv stem with stride 1 and no max-pool,
+    four stages of two :class:`BasicBlock` (64, 128, 256, 512 channels; stride 2 from the
+    second stage on), global average pooling and one linear layer.
+
+    ``width`` scales every stage's channels (``width=0.125``: 8, 16, 32, 64), so tests
+    build a narrow network fast. 11,173,962 parameters at width 1 for 3 x 32 x 32 inputs
+    and 10 classes. The global pooling takes any input side; inputs below 8 x 8 leave
+    a 1 x 1 map after the strided stages, which still works.
+
+    Notes:
+        The network holds BatchNorm layers: DP-SGD (Opacus) cannot train them
+        (per-sample gradients mix samples); ``dlsec`` converts them to GroupNorm through
+        Opacus's ``ModuleValidator.fix`` where DP training asks it to, or refuses.
+    """
+
+    STAGES = (64, 128, 256, 512)
+
+    def __init__(self, in_channels: int, num_classes: int = 10, *, width: float = 1.0) -> None:
+        super().__init__()
+        if not (width > 0 and math.isfinite(width)):
+            raise ValueError(f"ResNet18 width must be positive, got {width}")
+        planes = [max(1, round(c * width)) for c in self.STAGES]
+        self.conv1 = nn.Conv2d(in_channels, planes[0], 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes[0])
+        stages: list[nn.Module] = []
+        in_planes = planes[0]
+        for i, p in enumerate(planes):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(BasicBlock(in_planes, p, stride), BasicBlock(p, p, 1)))
+            in_planes = p
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)

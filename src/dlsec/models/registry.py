@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from dlsec.errors import DlsecError
-from dlsec.models.nets import SimpleNet, SmallCNN, TanhCNN
+from dlsec.models.nets import ResNet18, SimpleNet, SmallCNN, TanhCNN
 
 ModelFactory = Callable[..., nn.Module]
 
@@ -87,6 +87,28 @@ def _tanhcnn(*, input_shape: Sequence[int], num_classes: int) -> nn.Module:
                          f"{TanhCNN.MIN_SIZE} (two strided convolutions and two poolings), "
                          f"got {h} x {w}; use smallcnn or simplenet for smaller images")
     return TanhCNN(c, h, w, num_classes)
+
+
+RESNET_NARROW_WIDTH = 0.125
+"""``resnet18-narrow``'s width factor: 8, 16, 32, 64 channels (fast enough for tests)."""
+
+
+def _resnet(name: str, input_shape: Sequence[int], num_classes: int, width: float) -> nn.Module:
+    if len(input_shape) != 3:
+        raise ModelError(f"{name} needs C x H x W inputs, got shape {tuple(input_shape)}")
+    return ResNet18(input_shape[0], num_classes, width=width)
+
+
+@register_model("resnet18")
+def _resnet18(*, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """ResNet-18, CIFAR variant (3x3 stem, no max-pool, BatchNorm; see :class:`ResNet18`)."""
+    return _resnet("resnet18", input_shape, num_classes, 1.0)
+
+
+@register_model("resnet18-narrow")
+def _resnet18_narrow(*, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """:class:`ResNet18` at width 1/8 (8 to 64 channels): the same graph, for quick runs."""
+    return _resnet("resnet18-narrow", input_shape, num_classes, RESNET_NARROW_WIDTH)
 
 
 def _first_line(exc: BaseException) -> str:
