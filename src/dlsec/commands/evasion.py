@@ -134,31 +134,55 @@ def register(app: typer.Typer) -> None:
         threads: ThreadsOpt = 0,
         trust_code: TrustCodeOpt = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+        block_size: Annotated[int | None, count("Attack the points in blocks of N, each seeded from its index: a run sharded under torchrun with the same N gives the same result (sharded runs default to one block per process and print the N they used)")] = None,
     ) -> None:
-        """Robust accuracy under the AutoAttack-style ensemble, with the sanity checks."""
+        """Robust accuracy under the AutoAttack-style ensemble, with the sanity checks.
+
+        Under ``torchrun --nproc-per-node N`` the points are shared out between the N
+        processes (gloo on CPU, nccl on CUDA) and gathered into one result, the one of a
+        single process run with the same ``--block-size``; rank 0 prints and writes
+        ``--out``; each rank resumes from its own ``<state>.rank<k>-of-<N>``.
+        """
+        import dataclasses
         import json
 
+        import torch
+
         from dlsec.files import atomic_write_text, check_output
+        from dlsec.scenarios.sharding import current_shard
         from dlsec.scenarios.whitebox import check_state_file, ensemble_evaluation
 
         if out is not None:
             check_output(out, kind="file", option="--out")
-        if state is not None:
-            check_state_file(check_output(state, kind="file", option="--state"))
         eps_list = parse_eps(eps)
         if norm not in ("linf", "l2"):
             raise EvasionCommandError(f"--norm: norm must be linf or l2, got {norm!r}")
         ctx = _context(model_dir, dataset, device, threads, trust_code, seed, quiet,
                        norm=norm, eps=tuple(eps_list))
+        shard = current_shard(ctx.device, block_size)
+        if shard is not None and ctx.device.type == "cuda":
+            rank_device = torch.device("cuda", torch.cuda.current_device())
+            ctx = dataclasses.replace(ctx, model=ctx.model.to(rank_device), device=rank_device)
+        if state is not None:
+            check_output(state, kind="file", option="--state")
+            check_state_file(state if shard is None else shard.state_path(state))
+        main = shard is None or shard.is_main
         stages = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
         try:
-            result = ensemble_evaluation(ctx, samples=samples, stages=stages, state_path=state)
+            result = ensemble_evaluation(ctx, samples=samples, stages=stages, state_path=state,
+                                         shard=shard, block_size=block_size)
         except KeyboardInterrupt:
             typer.echo("interrupted: rerun the same command to resume", err=True)
             raise typer.Exit(130) from None
+        if not main:
+            return
         report = result.artifacts["report"]
         typer.echo(f"{len(result.artifacts['y'])} points, clean accuracy "
                    f"{report.clean_accuracy:.4f} ({norm})")
+        if report.block_size is not None:
+            procs = 1 if shard is None else shard.world_size
+            typer.echo(f"  {procs} process(es), blocks of {report.block_size} points "
+                       f"(one process reproduces it with --block-size {report.block_size})")
         for k, e in enumerate(report.eps):
             stages_txt = ", ".join(f"{n} {acc[k]:.4f}" for n, acc in report.stage_accuracy.items())
             typer.echo(f"  eps {e:g}: robust accuracy {report.robust_accuracy[k]:.4f}  ({stages_txt})")

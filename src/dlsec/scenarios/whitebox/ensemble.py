@@ -20,6 +20,14 @@ the evaluation is resumable: after each (epsilon, stage) the per-point state is 
 atomically (safetensors: tensors only, never a pickle) and a rerun with the same model,
 points and settings continues where it stopped, with the same result.
 
+Sharded (``shard=``, :mod:`dlsec.scenarios.sharding`, under ``torchrun``): each rank takes
+a contiguous run of blocks of points, attacks each block with a generator seeded from the
+stage's seed and the block's global index, joins the others before a stage that picks its
+points among all of them (the boundary restarts' nearest share, Square's query budget)
+and at the end gathers one report, the same on every rank and the same as the one-process
+run with the same ``block_size``. Each rank resumes from its own state file
+(``<state>.rank<k>-of-<n>``).
+
 Example:
     >>> rep = evaluate_robustness(model, x, y, eps=[0.05, 0.1], card=card)   # doctest: +SKIP
     >>> rep.robust_accuracy, rep.stage_accuracy["apgd-ce"], rep.warnings     # doctest: +SKIP
@@ -46,11 +54,12 @@ from dlsec.attacks.evasion import APGD, APGDT, PGD, EvasionAttack
 from dlsec.attacks.evasion.apgd import nearness
 from dlsec.files import atomic_write_bytes
 from dlsec.models import CardLike
+from dlsec.scenarios.sharding import Shard, block_seed
 from dlsec.scenarios.whitebox import checks as sanity
 from dlsec.scenarios.whitebox.restarts import boundary_restarts
 from dlsec.threat import LocalOracle
 
-STATE_VERSION = "2"
+STATE_VERSION = "3"
 # the share of the points still robust that the boundary restarts attack
 RESTART_SHARE = 0.1
 
@@ -64,19 +73,22 @@ StageFn = Callable[..., Tensor]
 @dataclass(frozen=True)
 class Stage:
     """``nearest`` > 0: the stage runs only on that share of the points still robust
-    (rounded up), those the earlier stages brought nearest the decision boundary."""
+    (rounded up), those the earlier stages brought nearest the decision boundary.
+    ``pooled``: the stage spreads a budget over all the points it attacks; ``run`` gets
+    ``points=`` their number (over every block and rank), not just ``len(x)``."""
 
     name: str
     run: StageFn
     white_box: bool = True
     nearest: float = 0.0
+    pooled: bool = False
 
 
 _STAGES: dict[str, Stage] = {}
 
 
 def register_stage(
-    name: str, *, white_box: bool = True, nearest: float = 0.0
+    name: str, *, white_box: bool = True, nearest: float = 0.0, pooled: bool = False
 ) -> Callable[[StageFn], StageFn]:
     """Register an ensemble stage under ``name`` (``nearest``: see :class:`Stage`); a
     black-box stage registers with ``white_box=False`` (see :func:`_square_stage`)."""
@@ -86,7 +98,7 @@ def register_stage(
             raise ValueError(f"ensemble stage {name!r} is already registered")
         if not 0 <= nearest <= 1:
             raise ValueError(f"ensemble stage {name!r}: nearest must be in [0, 1]")
-        _STAGES[name] = Stage(name, fn, white_box, nearest)
+        _STAGES[name] = Stage(name, fn, white_box, nearest, pooled)
         return fn
 
     return deco
@@ -136,19 +148,21 @@ SQUARE_MIN_QUERIES = 100
 SQUARE_MAX_QUERIES = 1_000
 
 
-@register_stage("square", white_box=False)
+@register_stage("square", white_box=False, pooled=True)
 def _square_stage(
     model: nn.Module, x: Tensor, y: Tensor, *, norm: Norm, eps: float,
-    bounds: tuple[float, float], generator: torch.Generator,
+    bounds: tuple[float, float], generator: torch.Generator, points: int | None = None,
 ) -> Tensor:
     """The black-box Square attack (Linf), through a :class:`LocalOracle`, on the points
-    still robust after the white-box stages; for other norms it returns ``x`` unchanged."""
+    still robust after the white-box stages (``points`` of them in all, ``len(x)`` when not
+    given); for other norms it returns ``x`` unchanged."""
     if norm != "linf" or x.shape[0] == 0 or x.dim() != 4:
         return x
     with torch.inference_mode():
         k = int(model(x[:1]).shape[1])
     oracle = LocalOracle(model, num_classes=k, input_shape=tuple(x.shape[1:]), bounds=bounds)
-    q = min(SQUARE_MAX_QUERIES, max(SQUARE_MIN_QUERIES, SQUARE_TOTAL_QUERIES // len(x)))
+    total = len(x) if points is None else max(points, 1)
+    q = min(SQUARE_MAX_QUERIES, max(SQUARE_MIN_QUERIES, SQUARE_TOTAL_QUERIES // total))
     attack = SquareAttack(max_queries=q, p_init=0.05, norm="linf")
     return attack(oracle, x, y, eps=eps, generator=generator).x_adv
 
@@ -180,11 +194,15 @@ class RobustnessReport:
     seconds: float = 0.0
     resumed: bool = False
     check_seconds: float = 0.0
+    block_size: int | None = None
 
     def summary(self) -> dict[str, Any]:
         keys = ("norm", "eps", "attacks", "clean_accuracy", "robust_accuracy", "stage_accuracy",
                 "warnings", "seconds", "check_seconds")
-        return {k: getattr(self, k) for k in keys}
+        out = {k: getattr(self, k) for k in keys}
+        if self.block_size is not None:  # the per-block path (sharded, or --block-size)
+            out["block_size"] = self.block_size
+        return out
 
 
 # -- the evaluation -----------------------------------------------------------------------------
@@ -194,6 +212,7 @@ def evaluate_robustness(
     bounds: tuple[float, float] | None = None, attacks: Sequence[str] | None = None,
     generator: torch.Generator | None = None, state_path: str | Path | None = None,
     checks: bool = True, check_points: int = 32, batch_size: int = 1024, progress: bool = True,
+    shard: Shard | None = None, block_size: int | None = None,
 ) -> RobustnessReport:
     """Robust accuracy of ``model`` on ``(x, y)`` per epsilon under an attack ensemble.
 
@@ -204,11 +223,17 @@ def evaluate_robustness(
         attacks: stage names in order (default :func:`default_attacks`).
         generator: seeds every stage (each (eps, stage) draws its own seed from it once,
             so a resumed run reproduces a fresh one).
-        state_path: a file to save progress to and resume from.
+        state_path: a file to save progress to and resume from (sharded: each rank its
+            own, :meth:`Shard.state_path`).
         checks: run the sanity checks (:mod:`.sanity`) on up to ``check_points`` points
             (the first ones, and per epsilon the first still robust), reusing the
             evaluation's clean pass and its adversarials: a few percent of its cost.
-        progress: show a progress bar.
+        progress: show a progress bar (rank 0 only when sharded).
+        shard: this rank's share (:func:`dlsec.scenarios.sharding.current_shard`); every
+            rank gets the whole report.
+        block_size: attack the points in blocks of this many, each block seeded from its
+            index (the per-block path a sharded run takes; default the shard's block, or
+            one block per rank). The report's ``block_size`` says the one used.
     """
     start = time.perf_counter()
     bnd = card_bounds(bounds, card)
@@ -223,18 +248,28 @@ def evaluate_robustness(
     stages = [get_stage(n) for n in names]
     if x.shape[0] != y.shape[0]:
         raise AttackError(f"got {x.shape[0]} inputs and {y.shape[0]} labels")
+    if block_size is not None:
+        shard = dataclasses.replace(shard or Shard(0, 1), block=block_size)
 
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     n, k_eps, n_st = x.shape[0], len(eps_list), len(stages)
+    if shard is not None:
+        shard = shard.resolve(n)
+    lo, hi = shard.bounds(n) if shard is not None else (0, n)
+    xl, yl = x[lo:hi], y[lo:hi]
     order = sorted(range(k_eps), key=lambda i: eps_list[i])
     seeds = _stage_seeds(generator, k_eps, n_st)
     with module_mode(model, training=False):
+        step = shard.size if shard is not None else batch_size
         with torch.inference_mode():
             clean_logits = torch.cat(
-                [model(x[i : i + batch_size]) for i in range(0, n, batch_size)]
+                [model(xl[i : i + step]) for i in range(0, hi - lo, step)]
+                or [model(x[:1])[:0]]
             )
-        clean_correct = clean_logits.argmax(1) == y
+        clean_correct = clean_logits.argmax(1) == yl
+        if shard is not None:
+            clean_logits = shard.gather(clean_logits)
         warnings: list[str] = []
         check_start = time.perf_counter()
         if checks:
@@ -244,9 +279,12 @@ def evaluate_robustness(
                 warnings.append("[classes] APGD-T needs at least 4 classes; it was skipped.")
         check_seconds = time.perf_counter() - check_start if checks else 0.0
 
-        fingerprint = _fingerprint(model, x, y, norm, eps_list, names, bnd, seeds)
-        state = _State.fresh(x, clean_correct, k_eps, n_st)
+        where = None if shard is None else (shard.rank, shard.world_size, shard.size)
+        fingerprint = _fingerprint(model, xl, yl, norm, eps_list, names, bnd, seeds, where)
+        state = _State.fresh(xl, clean_correct, k_eps, n_st)
         resumed = False
+        if state_path is not None and shard is not None and shard.world_size > 1:
+            state_path = shard.state_path(state_path)
         if state_path is not None:
             loaded = _State.load(Path(state_path), fingerprint)
             if loaded is not None:
@@ -255,7 +293,8 @@ def evaluate_robustness(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         columns = (TextColumn("evaluate {task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, disable=not progress, transient=True) as bar:
+        shown = progress and (shard is None or shard.is_main)
+        with Progress(*columns, disable=not shown, transient=True) as bar:
             task = bar.add_task("", total=k_eps * n_st)
             prev: int | None = None
             for ki in order:
@@ -266,16 +305,28 @@ def evaluate_robustness(
                     state.x_adv[ki][carry] = state.x_adv[prev][carry]
                 for si, stage in enumerate(stages):
                     bar.update(task, description=f"{stage.name} eps={e:g}")
+                    skip = stage.name == "apgd-t" and clean_logits.shape[1] < 4
                     if not bool(state.done[ki, si]):
-                        skip = stage.name == "apgd-t" and clean_logits.shape[1] < 4
-                        if not skip:
-                            _run_stage(model, x, y, state, ki, si, stage, norm, e, bnd, seeds)
+                        state.pre_alive[ki, si] = state.fooled_by[ki] == -1
+                        state.pre_near[ki, si] = state.nearness[ki]
+                    if not skip and e > 0:
+                        idx, total = _select(state, ki, si, stage, shard, lo)
+                        if not bool(state.done[ki, si]):
+                            _run_stage(model, xl, yl, state, ki, si, stage, norm, e, bnd, seeds,
+                                       idx, total, shard, lo)
+                    if not bool(state.done[ki, si]):
                         state.done[ki, si] = True
                         if state_path is not None:
                             state.save(Path(state_path), fingerprint)
                     bar.advance(task)
                 prev = ki
 
+        if shard is not None:
+            state = dataclasses.replace(
+                state, fooled_by=shard.gather(state.fooled_by, dim=1),
+                x_adv=shard.gather(state.x_adv, dim=1), nearness=shard.gather(state.nearness, dim=1),
+            )
+            clean_correct = shard.gather(clean_correct)
         robust = state.fooled_by == -1
         robust_acc = [float(r.double().mean()) for r in robust]
         stage_acc = {
@@ -296,23 +347,62 @@ def evaluate_robustness(
         robust_accuracy=robust_acc, stage_accuracy=stage_acc, robust=robust,
         fooled_by=state.fooled_by, x_adv=state.x_adv, clean_correct=clean_correct,
         warnings=warnings, seconds=time.perf_counter() - start, resumed=resumed,
-        check_seconds=check_seconds,
+        check_seconds=check_seconds, block_size=None if shard is None else shard.size,
     )
+
+
+def _select(
+    state: _State, ki: int, si: int, stage: Stage, shard: Shard | None, lo: int
+) -> tuple[Tensor, int]:
+    """The (local) indices stage ``si`` attacks at epsilon ``ki``, and how many it attacks
+    in all: the points still robust before it (or the ``nearest`` share of them, over all
+    ranks: a stage that picks among all the points joins the other ranks here, from the
+    state saved before it ran, so a rank that resumes after it still takes part)."""
+    alive, near = state.pre_alive[ki, si], state.pre_near[ki, si]
+    joint = shard is not None and shard.world_size > 1 and (stage.nearest > 0 or stage.pooled)
+    if joint:
+        assert shard is not None
+        alive, near = shard.gather(alive), shard.gather(near)
+    idx = torch.nonzero(alive).flatten()
+    if stage.nearest > 0 and idx.numel():
+        k = math.ceil(stage.nearest * idx.numel())
+        idx = idx[near[idx].argsort(descending=True, stable=True)[:k]]
+    total = int(idx.numel())
+    if joint:
+        hi = lo + state.fooled_by.shape[1]
+        idx = idx[(idx >= lo) & (idx < hi)] - lo
+    return idx, total
 
 
 def _run_stage(
     model: nn.Module, x: Tensor, y: Tensor, state: _State, ki: int, si: int, stage: Stage,
-    norm: str, eps: float, bounds: tuple[float, float], seeds: Tensor,
+    norm: str, eps: float, bounds: tuple[float, float], seeds: Tensor, idx: Tensor, total: int,
+    shard: Shard | None, lo: int,
 ) -> None:
-    idx = torch.nonzero(state.fooled_by[ki] == -1).flatten()
-    if idx.numel() == 0 or eps <= 0:
+    if idx.numel() == 0:
         return
-    if stage.nearest > 0:
-        k = math.ceil(stage.nearest * idx.numel())
-        idx = idx[state.nearness[ki][idx].argsort(descending=True, stable=True)[:k]]
-    gen = torch.Generator().manual_seed(int(seeds[ki, si]))
+    seed = int(seeds[ki, si])
+    if shard is None:
+        groups = [(idx, torch.Generator().manual_seed(seed))]
+    else:  # one batch per block of the global indices, seeded from the block's index
+        blocks = (idx.cpu() + lo) // shard.size
+        groups = [
+            (idx[blocks == b], torch.Generator().manual_seed(block_seed(seed, int(b))))
+            for b in torch.unique(blocks)
+        ]
+    for part, gen in groups:
+        _attack_points(model, x, y, state, ki, si, stage, norm, eps, bounds, part, gen, total)
+
+
+def _attack_points(
+    model: nn.Module, x: Tensor, y: Tensor, state: _State, ki: int, si: int, stage: Stage,
+    norm: str, eps: float, bounds: tuple[float, float], idx: Tensor, gen: torch.Generator,
+    total: int,
+) -> None:
     xs, ys = x[idx], y[idx]
-    cand = stage.run(model, xs, ys, norm=cast(Norm, norm), eps=eps, bounds=bounds, generator=gen)
+    extra: dict[str, Any] = {"points": total} if stage.pooled else {}
+    cand = stage.run(model, xs, ys, norm=cast(Norm, norm), eps=eps, bounds=bounds, generator=gen,
+                     **extra)
     cand = (xs + project(cand.to(xs.device, xs.dtype) - xs, norm, eps)).clamp(*bounds)
     with torch.inference_mode():
         logits = model(cand)
@@ -366,10 +456,11 @@ def _stage_seeds(generator: torch.Generator | None, k: int, s: int) -> Tensor:
 
 def _fingerprint(
     model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: list[float], names: list[str],
-    bounds: tuple[float, float], seeds: Tensor,
+    bounds: tuple[float, float], seeds: Tensor, shard: tuple[int, int, int] | None = None,
 ) -> str:
     h = hashlib.sha256()
-    meta = {"norm": norm, "eps": eps, "attacks": names, "bounds": bounds, "v": STATE_VERSION}
+    meta = {"norm": norm, "eps": eps, "attacks": names, "bounds": bounds, "v": STATE_VERSION,
+            "shard": shard}
     h.update(json.dumps(meta, sort_keys=True).encode())
     for t in (x, y, seeds, *(p for _, p in sorted(model.state_dict().items()))):
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
@@ -407,6 +498,8 @@ class _State:
     x_adv: Tensor  # [K, N, ...]
     done: Tensor  # [K, S] bool
     nearness: Tensor  # [K, N] float32: the highest untargeted DLR loss of any candidate
+    pre_alive: Tensor  # [K, S, N] bool: still robust before stage S ran
+    pre_near: Tensor  # [K, S, N] float32: nearness before stage S ran
 
     @classmethod
     def fresh(cls, x: Tensor, clean_correct: Tensor, k: int, s: int) -> _State:
@@ -414,7 +507,9 @@ class _State:
         fooled[:, ~clean_correct] = -2
         x_adv = x.unsqueeze(0).repeat(k, *([1] * x.dim()))
         near = torch.full((k, x.shape[0]), -math.inf, device=x.device)
-        return cls(fooled, x_adv, torch.zeros(k, s, dtype=torch.bool), near)
+        pre_alive = torch.zeros(k, s, x.shape[0], dtype=torch.bool, device=x.device)
+        pre_near = torch.full((k, s, x.shape[0]), -math.inf, device=x.device)
+        return cls(fooled, x_adv, torch.zeros(k, s, dtype=torch.bool), near, pre_alive, pre_near)
 
     def save(self, path: Path, fingerprint: str) -> None:
         from safetensors.torch import save
@@ -424,6 +519,8 @@ class _State:
             "x_adv": self.x_adv.detach().cpu().contiguous(),
             "done": self.done.to(torch.uint8).cpu().contiguous(),
             "nearness": self.nearness.detach().cpu().contiguous(),
+            "pre_alive": self.pre_alive.to(torch.uint8).cpu().contiguous(),
+            "pre_near": self.pre_near.detach().cpu().contiguous(),
         }
         data = save(tensors, metadata={"fingerprint": fingerprint, "version": STATE_VERSION})
         atomic_write_bytes(path, data)
@@ -442,13 +539,15 @@ class _State:
                 meta = fh.metadata() or {}
                 if meta.get("fingerprint") != fingerprint:
                     return None
-                names = ("fooled_by", "x_adv", "done", "nearness")
+                names = ("fooled_by", "x_adv", "done", "nearness", "pre_alive", "pre_near")
                 t = {name: fh.get_tensor(name) for name in names}
         except (SafetensorError, OSError, KeyError):
             return None
-        return cls(t["fooled_by"], t["x_adv"], t["done"].bool(), t["nearness"])
+        return cls(t["fooled_by"], t["x_adv"], t["done"].bool(), t["nearness"],
+                   t["pre_alive"].bool(), t["pre_near"])
 
     def to(self, device: torch.device) -> _State:
         return _State(
-            self.fooled_by.to(device), self.x_adv.to(device), self.done, self.nearness.to(device)
+            self.fooled_by.to(device), self.x_adv.to(device), self.done, self.nearness.to(device),
+            self.pre_alive.to(device), self.pre_near.to(device),
         )

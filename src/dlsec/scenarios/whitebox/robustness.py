@@ -35,6 +35,7 @@ from dlsec.attacks.evasion import EvasionAttack, EvasionResult
 from dlsec.attacks.registry import attack_kind, make_attack
 from dlsec.scenarios.context import ScenarioContext
 from dlsec.scenarios.result import ScenarioResult, Table
+from dlsec.scenarios.sharding import Shard
 from dlsec.scenarios.whitebox.checks import check_curve, large_eps_check, model_checks
 from dlsec.scenarios.whitebox.ensemble import RobustnessReport, evaluate_robustness
 from dlsec.threat import ThreatModel
@@ -331,17 +332,22 @@ def _example_grid(
 # -- the ensemble alone (dlsec evaluate) ------------------------------------------------------
 def ensemble_evaluation(
     ctx: ScenarioContext, *, samples: int | None = None, stages: list[str] | None = None,
-    state_path: str | Path | None = None, checks: bool = True,
+    state_path: str | Path | None = None, checks: bool = True, block_size: int | None = None,
+    shard: Shard | None = None,
 ) -> ScenarioResult:
     """The AutoAttack-style ensemble (``stages``, default its standard ones) at every
     ``ctx.threat.eps`` on the first ``samples`` test points, with its gradient-masking
-    checks; ``state_path`` makes it resumable. ``details`` is the report's summary."""
+    checks; ``state_path`` makes it resumable. ``details`` is the report's summary.
+
+    ``shard`` (under ``torchrun``: :func:`dlsec.scenarios.sharding.current_shard`) shares
+    the points out between the ranks, in blocks of ``block_size`` each seeded from its
+    index; every rank gets the whole result, the one-process run's with ``block_size``."""
     threat, norm = _threat(ctx)
     x, y = _points(ctx, samples)
     report = evaluate_robustness(
         ctx.model, x, y, norm=norm, eps=list(threat.eps), bounds=threat.bounds,
         attacks=stages, generator=ctx.generator("whitebox/ensemble"), state_path=state_path,
-        checks=checks, progress=ctx.progress,
+        checks=checks, progress=ctx.progress, shard=shard, block_size=block_size,
     )
     metrics = _metrics(report.clean_accuracy, report.eps, report.robust_accuracy)
     rows = [
