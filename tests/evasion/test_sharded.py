@@ -1,0 +1,171 @@
+"""The robustness ensemble sharded across torchrun ranks (gloo on CPU): the gathered result
+is the one-process run's with the same block size, point for point, and a killed sharded
+run resumes per rank to the same result."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dlsec.models import save
+from dlsec.scenarios.sharding import Shard, ShardingError, block_ranges, block_seed
+from dlsec.scenarios.whitebox import evaluate_robustness
+
+POINTS, BLOCK, EPS = 120, 32, 0.1
+
+# run under torchrun: the ensemble on the first POINTS digits test points, sharded; every
+# rank writes the sha256 of its gathered masks and adversarials (a test's own check that
+# the ranks agree); KILL_AFTER=k makes rank 1 die after its k-th state save
+DRIVER = """
+import hashlib, json, os, sys
+import torch
+from dlsec.data import load_dataset
+from dlsec.models import load
+from dlsec.scenarios.sharding import current_shard
+from dlsec.scenarios.whitebox import ensemble as ens
+from dlsec.scenarios.whitebox import evaluate_robustness
+
+torch.set_num_threads(1)
+model_dir, out, state, points, block, eps = sys.argv[1:7]
+shard = current_shard(block=int(block))
+kill = int(os.environ.get("KILL_AFTER", "0"))
+if kill and shard.rank == 1:
+    save, saves = ens._State.save, []
+    def dying_save(self, path, fingerprint):
+        save(self, path, fingerprint)
+        saves.append(path)
+        if len(saves) == kill:
+            os._exit(3)
+    ens._State.save = dying_save
+model, card = load(model_dir)
+ds = load_dataset("digits", seed=0)
+n = int(points)
+rep = evaluate_robustness(model, ds.x_test[:n], ds.y_test[:n], eps=[float(eps)], card=card,
+                          generator=torch.Generator().manual_seed(7), state_path=state,
+                          progress=False, shard=shard)
+def sha(t):
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+with open(os.path.join(out, f"rank{shard.rank}.json"), "w") as fh:
+    json.dump({"fooled_by": sha(rep.fooled_by), "x_adv": sha(rep.x_adv),
+               "robust": int(rep.robust.sum()), "robust_accuracy": rep.robust_accuracy,
+               "stage_accuracy": rep.stage_accuracy, "resumed": rep.resumed,
+               "block_size": rep.block_size}, fh)
+"""
+
+
+def _sha(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- fast: the shares, the seeds, the state files ----------------------------------------------
+def test_ranks_take_contiguous_whole_blocks() -> None:
+    # 359 points in blocks of 64: 6 blocks, 3 per rank
+    assert Shard(0, 2, 64).bounds(359) == (0, 192)
+    assert Shard(1, 2, 64).bounds(359) == (192, 359)
+    # no block given: one block per rank, ceil(359 / 2) = 180
+    assert Shard(1, 2).resolve(359).block == 180
+    assert [Shard(r, 2).bounds(359) for r in range(2)] == [(0, 180), (180, 359)]
+    # 3 ranks, 2 blocks: the middle rank gets none (an empty share, not an error)
+    assert [Shard(r, 3, 64).bounds(100) for r in range(3)] == [(0, 0), (0, 64), (64, 100)]
+    assert block_ranges(10, 4) == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_block_seeds_and_state_paths() -> None:
+    seeds = {block_seed(5, b) for b in range(1000)} | {block_seed(6, b) for b in range(1000)}
+    assert len(seeds) == 2000 and all(0 <= s < 2**62 for s in seeds)
+    assert Shard(1, 2).state_path("/tmp/run/ens.st") == Path("/tmp/run/ens.st.rank1-of-2")
+    for bad in (lambda: Shard(0, 2, 0), lambda: Shard(2, 2), lambda: block_ranges(5, 0)):
+        with pytest.raises(ShardingError):
+            bad()
+
+
+def test_block_path_is_resumable_and_seeded_per_block(digits, digits_net, tmp_path) -> None:
+    """One process, blocks of 32: the report names its block size and a rerun from the
+    state file resumes to the same points."""
+    model, card = digits_net
+    x, y = digits.x_test[:POINTS], digits.y_test[:POINTS]
+    kw = {"eps": [EPS], "card": card, "attacks": ["apgd-ce", "apgd-restarts"], "progress": False}
+    state = tmp_path / "ens.st"
+    a = evaluate_robustness(model, x, y, generator=torch.Generator().manual_seed(7),
+                            state_path=state, block_size=BLOCK, **kw)
+    b = evaluate_robustness(model, x, y, generator=torch.Generator().manual_seed(7),
+                            state_path=state, block_size=BLOCK, **kw)
+    assert a.block_size == BLOCK and a.summary()["block_size"] == BLOCK
+    assert not a.resumed and b.resumed
+    assert _sha(a.fooled_by) == _sha(b.fooled_by) and _sha(a.x_adv) == _sha(b.x_adv)
+    # the attack does something on this model at eps 0.1 (robust well below clean)
+    assert a.robust_accuracy[0] < a.clean_accuracy - 0.2
+    plain = evaluate_robustness(model, x, y, generator=torch.Generator().manual_seed(7), **kw)
+    assert plain.block_size is None and "block_size" not in plain.summary()
+
+
+# -- torchrun, 2 processes on gloo ---------------------------------------------------------------
+def _torchrun(tmp_path: Path, model_dir: Path, out: Path, state: Path, **env: str) -> int:
+    out.mkdir(exist_ok=True)
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           str(driver), str(model_dir), str(out), str(state), str(POINTS), str(BLOCK), str(EPS)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
+    if proc.returncode != 0 and not env:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc.returncode
+
+
+@pytest.mark.slow
+def test_two_ranks_gather_the_one_process_result_and_resume_per_rank(
+    digits, digits_net, tmp_path
+) -> None:
+    model, card = digits_net
+    model_dir = tmp_path / "model"
+    save(model, card, model_dir)
+    one = evaluate_robustness(model, digits.x_test[:POINTS], digits.y_test[:POINTS], eps=[EPS],
+                              card=card, generator=torch.Generator().manual_seed(7),
+                              progress=False, block_size=BLOCK)
+    expect = {"fooled_by": _sha(one.fooled_by), "x_adv": _sha(one.x_adv),
+              "robust": int(one.robust.sum()), "robust_accuracy": one.robust_accuracy,
+              "stage_accuracy": one.stage_accuracy, "block_size": BLOCK}
+    assert 0 < expect["robust"] < POINTS - 20  # the ensemble fools a good share
+
+    out = tmp_path / "full"
+    _torchrun(tmp_path, model_dir, out, tmp_path / "full.st")
+    for rank in (0, 1):  # every rank holds the whole, one-process result
+        got = json.loads((out / f"rank{rank}.json").read_text())
+        assert {k: got[k] for k in expect} == expect
+        assert got["resumed"] is False
+    assert sorted(p.name for p in tmp_path.glob("full.st*")) == [
+        "full.st.rank0-of-2", "full.st.rank1-of-2"]
+    # each rank attacked (and saved) only its own blocks: 2 of 32, and 32 + 24
+    from safetensors import safe_open
+
+    for rank, share in ((0, 64), (1, 56)):
+        with safe_open(str(tmp_path / f"full.st.rank{rank}-of-2"), framework="pt") as fh:
+            assert tuple(fh.get_tensor("fooled_by").shape) == (1, share)
+
+    # rank 1 dies after its second saved stage (of 4); torchrun stops rank 0 too
+    killed = tmp_path / "killed"
+    state = tmp_path / "k.st"
+    assert _torchrun(tmp_path, model_dir, killed, state, KILL_AFTER="2") != 0
+    assert not (killed / "rank0.json").exists()
+    assert (tmp_path / "k.st.rank1-of-2").exists()
+    _torchrun(tmp_path, model_dir, killed, state)  # the rerun resumes each rank's own state
+    for rank in (0, 1):
+        got = json.loads((killed / f"rank{rank}.json").read_text())
+        assert {k: got[k] for k in expect} == expect
+        assert got["resumed"] is True
