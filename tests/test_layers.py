@@ -24,7 +24,7 @@ LAYERS = [
     ("scenarios", ("dlsec.scenarios",)),
     ("defenses", ("dlsec.defenses",)),
     ("attacks", ("dlsec.attacks",)),
-    ("core", ("dlsec.training", "dlsec.threat")),
+    ("core", ("dlsec.training", "dlsec.threat", "dlsec.executor")),
     ("models", ("dlsec.models",)),
     ("data", ("dlsec.data",)),
     ("base", ("dlsec.errors", "dlsec.files", "dlsec")),

@@ -80,6 +80,8 @@ def audit(
     optimizer: Annotated[str | None, typer.Option(help="adam | sgd")] = None,
     test_size: Annotated[float | None, typer.Option("--test-size", help="Test fraction for datasets without a test split")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (0: one for small models, else torch's default)")] = None,
+    workers: Annotated[int | None, typer.Option(help="Independent trainings (shadow models, matrix rows) on a local Ray cluster of N CPUs (needs dlsec[ray]); 1: one after another")] = None,
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="HOST:PORT of a running Ray cluster for the independent trainings")] = None,
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Let --model-dir's card name a module:factory architecture (imports and runs that module)")] = False,
     url: Annotated[str | None, typer.Option("--url", help="Audit a model served by dlsec serve, black-box (needs --dataset)")] = None,
     api_key: Annotated[str | None, typer.Option("--api-key", help="The key for --url (default: the DLSEC_API_KEY variable)", show_default=False)] = None,
@@ -104,6 +106,7 @@ def audit(
         "defenses": _split_csv(defenses), "seed": seed,
         "device": device, "epochs": epochs, "batch-size": batch_size, "lr": lr,
         "optimizer": optimizer, "test-size": test_size, "threads": threads,
+        "workers": workers, "ray-address": ray_address,
         "trust-code": True if trust_code else None,
     }
     cfg = load_config(config, overrides)

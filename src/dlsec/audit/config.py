@@ -93,6 +93,9 @@ class AuditConfig:
     ``trust-code`` lets a model directory's card name a ``module:factory`` architecture,
     whose module is imported to build the model (otherwise refused: a model directory
     someone sends you must not run code).
+    ``workers`` (``--workers N``): independent trainings (shadow models, the matrix's rows)
+    on a local Ray cluster of N CPUs when N > 1; ``ray-address`` (``--ray-address``) on an
+    existing cluster instead (:mod:`dlsec.executor`). Results are the same as with 1.
     """
 
     dataset: str | None = None
@@ -109,6 +112,8 @@ class AuditConfig:
     lr: float = 3e-3
     optimizer: str = "adam"
     threads: int = 0
+    workers: int = 1
+    ray_address: str | None = None
     trust_code: bool = False
     defenses: list[str] | None = None
     scorecard: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +135,10 @@ class AuditConfig:
                 f"threads: must be 0 (automatic) or 1..{thread_limit()} (4 per CPU), "
                 f"got {self.threads}"
             )
+        if self.workers < 1:
+            raise ConfigError(f"workers: must be >= 1, got {self.workers}")
+        if self.ray_address is not None and not self.ray_address.strip():
+            raise ConfigError("ray-address: empty address (HOST:PORT of a running Ray cluster)")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer: must be adam or sgd, got {self.optimizer!r}")
         if not 0.0 < self.test_size < 1.0:

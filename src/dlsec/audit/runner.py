@@ -45,6 +45,7 @@ from dlsec.audit.scorecard import build_scorecard
 from dlsec.audit.sections import SectionSpec, selected
 from dlsec.data import Dataset, load_dataset
 from dlsec.errors import DlsecError
+from dlsec.executor import make_executor
 from dlsec.files import atomic_write_text, check_output
 from dlsec.models import ModelCard, ModelError, load, read_card
 from dlsec.scenarios import ScenarioContext
@@ -302,6 +303,7 @@ def run_audit(
     notices = console or Console(stderr=True, highlight=False, soft_wrap=True)
     console = console or Console(stderr=True, quiet=not progress)
     run_dir = config.run_dir
+    executor = make_executor(config.workers, config.ray_address)  # no Ray, a bad address: now
     json_path, html_path = _prepare_outputs(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(config.device)
@@ -324,42 +326,44 @@ def run_audit(
         config=config, dataset=dataset, model=model, card=card, device=device,
         run_dir=run_dir, history=got.history, progress=progress, remote=remote,
     )
-    cache_dir = run_dir / "sections"
-    skipped: list[dict[str, str]] = []
-    for spec in selected(config.section_names):
-        if remote is not None and spec.name not in REMOTE_SECTIONS:
-            reason = remote_skip_reason(spec)
-            skipped.append({"section": spec.name, "title": spec.title, "reason": reason})
-            ctx.results[spec.name] = SectionResult(
-                name=spec.name, title=spec.title, summary=f"skipped: {reason}",
-                details={"skipped": reason})
-            console.print(f"[dim]{spec.title}: skipped ({escape(reason)})[/dim]")
-            continue
-        key = section_key(spec, config, card, dataset)
-        if remote is not None:  # the served model, not a card's weights, is what was audited
-            key = digest({"section": key, "url": url})
-        cache_path = cache_dir / f"{spec.name}.json"
-        try:
-            cached = read_section(cache_path, key, spec.name)
-        except CacheDamaged as exc:
-            notices.print(
-                f"{spec.title}: the cached result {escape(str(cache_path))} is damaged "
-                f"({escape(str(exc))}); recomputing"
-            )
-            cached = None
-        if cached is not None:
-            ctx.results[spec.name] = cached
-            console.print(f"[dim]{spec.title}: cached[/dim]")
-            continue
-        options = None
-        if spec.options is not None:
-            table = config.section_options.get(spec.name, {})
-            options = validate_options(spec.name, spec.options, table)
-        t0 = time.perf_counter()
-        plain = _plain_result(spec.fn(ctx, options), spec)
-        ctx.results[spec.name] = SectionResult.from_dict(plain)
-        write_json(cache_path, section_entry(key, plain))
-        console.print(f"{spec.title}: done in {time.perf_counter() - t0:.1f} s")
+    with executor:  # stops a Ray cluster it started, also on an error
+        ctx.executor = executor
+        cache_dir = run_dir / "sections"
+        skipped: list[dict[str, str]] = []
+        for spec in selected(config.section_names):
+            if remote is not None and spec.name not in REMOTE_SECTIONS:
+                reason = remote_skip_reason(spec)
+                skipped.append({"section": spec.name, "title": spec.title, "reason": reason})
+                ctx.results[spec.name] = SectionResult(
+                    name=spec.name, title=spec.title, summary=f"skipped: {reason}",
+                    details={"skipped": reason})
+                console.print(f"[dim]{spec.title}: skipped ({escape(reason)})[/dim]")
+                continue
+            key = section_key(spec, config, card, dataset)
+            if remote is not None:  # the served model, not a card's weights, is what was audited
+                key = digest({"section": key, "url": url})
+            cache_path = cache_dir / f"{spec.name}.json"
+            try:
+                cached = read_section(cache_path, key, spec.name)
+            except CacheDamaged as exc:
+                notices.print(
+                    f"{spec.title}: the cached result {escape(str(cache_path))} is damaged "
+                    f"({escape(str(exc))}); recomputing"
+                )
+                cached = None
+            if cached is not None:
+                ctx.results[spec.name] = cached
+                console.print(f"[dim]{spec.title}: cached[/dim]")
+                continue
+            options = None
+            if spec.options is not None:
+                table = config.section_options.get(spec.name, {})
+                options = validate_options(spec.name, spec.options, table)
+            t0 = time.perf_counter()
+            plain = _plain_result(spec.fn(ctx, options), spec)
+            ctx.results[spec.name] = SectionResult.from_dict(plain)
+            write_json(cache_path, section_entry(key, plain))
+            console.print(f"{spec.title}: done in {time.perf_counter() - t0:.1f} s")
     report = build_report(config, dataset, card, list(ctx.results.values()), warnings=got.warnings)
     if remote is not None:
         report |= {"title": f"dlsec audit: {url} on {dataset.name}", "skipped": skipped,

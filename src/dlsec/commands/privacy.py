@@ -136,6 +136,15 @@ def register(app: typer.Typer) -> None:
         test_size: TestSizeOpt = 0.2,
         out: JsonOutOpt = None,
         threads: ThreadsOpt = 0,
+        workers: Annotated[int, count(
+            "Shadow models trained one by one run as tasks on a local Ray cluster of N CPUs "
+            "(needs dlsec[ray]); 1: one after another here. Same results either way")] = 1,
+        ray_address: Annotated[str | None, typer.Option(
+            "--ray-address", help="HOST:PORT of a running Ray cluster for the shadow "
+            "models")] = None,
+        separate_shadows: Annotated[bool, typer.Option(
+            "--separate-shadows", help="Train the shadow models one by one (one task each, "
+            "what --workers spreads) instead of stacked in one batched module")] = False,
         trust_code: TrustCodeOpt = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
     ) -> None:
@@ -151,6 +160,7 @@ def register(app: typer.Typer) -> None:
         from contextlib import ExitStack
 
         from dlsec.commands._target import check_target, remote_context, remote_oracles
+        from dlsec.executor import make_executor
         from dlsec.scenarios.membership import MEMBERSHIP_ATTACKS, MembershipOptions, run_membership
 
         check_target(model_dir, url)
@@ -163,7 +173,9 @@ def register(app: typer.Typer) -> None:
             raise DlsecError("--val-fraction and --training-record disagree: give one of them")
         _check_out(out)
         factory = None
+        executor = make_executor(workers, ray_address)
         with ExitStack() as stack:
+            stack.enter_context(executor)
             if url is not None:
                 factory = stack.enter_context(remote_oracles(url, api_key))
                 ctx = remote_context(factory, dataset, seed=seed, progress=not quiet,
@@ -173,8 +185,10 @@ def register(app: typer.Typer) -> None:
                 assert model_dir is not None
                 ctx = _context(model_dir, dataset, seed, test_size, threads=threads,
                                trust_code=trust_code, progress=not quiet)
-            res = run_membership(ctx, MembershipOptions(attacks=(attack,), members=members,
-                                                        shadows=shadows))
+            ctx.executor = executor
+            res = run_membership(ctx, MembershipOptions(
+                attacks=(attack,), members=members, shadows=shadows,
+                stacked=False if separate_shadows else None))
             partial = res.details.get("partial")
             if factory is not None and partial is None:
                 factory.whole = True  # every answer bought: a budget ending at 0 cut nothing

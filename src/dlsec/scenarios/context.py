@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from dlsec.data import Dataset, stratified_split
 from dlsec.errors import DlsecError
+from dlsec.executor import Executor, SequentialExecutor
 from dlsec.models import ModelCard
 from dlsec.output_policies import OutputPolicy
 from dlsec.threat import BaseOracle, LocalOracle, Oracle, OracleWrapper, ThreatModel
@@ -109,7 +110,8 @@ class ScenarioContext:
     as ``dlsec serve`` would answer a key with it): every :meth:`oracle` answers in it,
     and a view it cannot give (scores from a label-only policy) is a one-line
     :class:`RemoteTargetError`, as for a remote target. White-box access (``model``) is
-    unchanged.
+    unchanged. ``executor``: where the scenario's independent trainings run (shadow models,
+    defended rows; :mod:`dlsec.executor`), one after another here by default.
     """
 
     model: nn.Module
@@ -121,6 +123,7 @@ class ScenarioContext:
     progress: bool = False
     remote: OracleFactory | None = None
     served: OutputPolicy | None = None
+    executor: Executor = field(default_factory=SequentialExecutor)
 
     def __post_init__(self) -> None:
         if self.threat is None:

@@ -52,6 +52,7 @@ from torch import nn
 from dlsec.attacks.surrogate import train_config_from_card
 from dlsec.data import Dataset
 from dlsec.errors import DlsecError
+from dlsec.executor import Executor
 from dlsec.intervals import (
     auc_statistic,
     bootstrap_interval,
@@ -374,11 +375,14 @@ class _Shared:
 
 # -- the matrix -------------------------------------------------------------------------------
 def run_matrix(ctx: ScenarioContext, defenses: Sequence[str], options: MatrixOptions | None = None,
-               *, store: MatrixStore | None = None) -> ScenarioResult:
+               *, store: MatrixStore | None = None,
+               executor: Executor | None = None) -> ScenarioResult:
     """Every defense in ``defenses`` (specs, :func:`dlsec.scenarios.defended.parse_defenses`)
     built and attacked; ``details["matrix"]`` is the table as data (columns, and per row its
     cells with value, interval and a note), the metrics are ``<column>@<defense>``.
-    ``store`` keeps rows' models and results (default: in memory)."""
+    ``store`` keeps rows' models and results (default: in memory). The rows that train and
+    are not in ``store`` are built first, as tasks on ``executor`` (default:
+    ``ctx.executor``), then stored; the rest of the matrix runs here."""
     opt = options or MatrixOptions()
     specs = parse_defenses(list(defenses))
     store = store or MemoryStore()
@@ -395,21 +399,24 @@ def run_matrix(ctx: ScenarioContext, defenses: Sequence[str], options: MatrixOpt
     rows: list[Row] = []
     recipes = [(spec, spec.recipe(ctx, settings)) for spec in specs]  # bad parameters first
     steps = len(recipes) * (1 + len(opt.groups))
+    keys = [digest({**base, "row": spec.family.name, "parameter": spec.parameter})
+            for spec, _ in recipes]
+    built = _build_rows(store, [(k, r) for k, (_, r) in zip(keys, recipes, strict=True)], ds,
+                        settings.train.seed, executor or ctx.executor)
     with _progress(ctx.progress, steps) as advance:
-        for spec, recipe in recipes:
-            row_key = digest({**base, "row": spec.family.name, "parameter": spec.parameter})
+        for row_key, (spec, recipe) in zip(keys, recipes, strict=True):
             advance(f"{spec.text}: building")
             if recipe.train is None:
                 model, vcard, seconds = ctx.model, card, 0.0
             else:
-                train_fn = recipe.train
-
-                def build(fn: Any = train_fn) -> tuple[nn.Module, ModelCard, float]:
-                    t0 = time.perf_counter()
-                    m, c = fn(ds, settings.train.seed)
-                    return m, c, time.perf_counter() - t0
+                def build(fn: Any = recipe.train, key: str = row_key
+                          ) -> tuple[nn.Module, ModelCard, float]:
+                    if key in built:
+                        return built.pop(key)
+                    return _build_row(fn, ds, settings.train.seed)
 
                 model, vcard, seconds = store.model(row_key, build)
+                model.to(ctx.device)
             model.eval()
             row = Row(spec, recipe, model, vcard, seconds)
             threat = ThreatModel.from_card(vcard, norm=opt.norm, eps=(eps,))
@@ -426,6 +433,39 @@ def run_matrix(ctx: ScenarioContext, defenses: Sequence[str], options: MatrixOpt
                                               "training the row's model (0: no training)")
             rows.append(row)
     return _result(rows, opt, eps)
+
+
+class _NotStored(Exception):
+    """Raised by the probe build of :func:`_build_rows`: the store does not hold the row."""
+
+
+def _not_stored() -> tuple[nn.Module, ModelCard, float]:
+    raise _NotStored
+
+
+def _build_row(train: Any, dataset: Dataset, seed: int) -> tuple[nn.Module, ModelCard, float]:
+    """One row's build (an executor's task, here or in a Ray worker): the model on the CPU,
+    its card, the seconds it took."""
+    t0 = time.perf_counter()
+    model, card = train(dataset, seed)
+    return model.cpu(), card, time.perf_counter() - t0
+
+
+def _build_rows(store: MatrixStore, rows: list[tuple[str, Recipe]], dataset: Dataset, seed: int,
+                executor: Executor) -> dict[str, tuple[nn.Module, ModelCard, float]]:
+    """The rows that train and that ``store`` does not hold (its ``model`` asked with a
+    build that refuses), built as tasks on ``executor``; by row key."""
+    missing: dict[str, Any] = {}
+    for key, recipe in rows:
+        if recipe.train is None or key in missing:
+            continue
+        try:
+            store.model(key, _not_stored)
+        except _NotStored:
+            missing[key] = recipe.train
+    results = executor.map(_build_row, [(f"matrix/{key}", (train, dataset, seed))
+                                        for key, train in missing.items()])
+    return dict(zip(missing, results, strict=True))
 
 
 def _measure(group: str, ctx: ScenarioContext, row: Row, opt: MatrixOptions,

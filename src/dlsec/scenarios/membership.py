@@ -110,7 +110,8 @@ def run_membership(ctx: ScenarioContext, options: MembershipOptions | None = Non
         shadows = train_shadow_models(x, y, card=ctx.card, n_models=opt.shadows, config=cfg,
                                       generator=ctx.generator("membership/shadows"),
                                       progress=ctx.progress,
-                                      stacked=False if dp else opt.stacked, train_one=dp)
+                                      stacked=False if dp else opt.stacked, train_one=dp,
+                                      executor=ctx.executor)
         details.update(shadows=opt.shadows, shadow_epochs=cfg.epochs, shadow_records=len(y) // 2,
                        shadow_epochs_scaled=bool(record.epochs_rule))
         if isinstance(dp, DPShadowTrainer):

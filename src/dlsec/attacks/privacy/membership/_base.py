@@ -23,6 +23,7 @@ from dlsec.attacks.privacy._common import (
 )
 from dlsec.attacks.privacy.metrics import MembershipMetrics, membership_metrics
 from dlsec.attacks.surrogate import fresh_model
+from dlsec.executor import Executor, SequentialExecutor
 from dlsec.models import ModelCard
 from dlsec.threat import Oracle
 from dlsec.training import TrainConfig, fit, resolve_device
@@ -229,11 +230,19 @@ def _fit_one(model: nn.Module, x: Tensor, y: Tensor, config: TrainConfig) -> nn.
     return model
 
 
+def _train_shadow(train_one: ShadowTrainer | None, model: nn.Module, x: Tensor, y: Tensor,
+                  config: TrainConfig) -> nn.Module:
+    """One shadow model's task (an :class:`dlsec.executor.Executor` runs it, here or in a
+    Ray worker): trained by ``train_one`` (default: ``fit``), handed back on the CPU."""
+    return (train_one or _fit_one)(model, x, y, config).cpu()
+
+
 def train_shadow_models(x: Tensor, y: Tensor, *, card: ModelCard, n_models: int,
                         config: TrainConfig, generator: torch.Generator,
                         keep: Tensor | None = None, stacked: bool | None = None,
                         progress: bool = False,
-                        train_one: ShadowTrainer | None = None) -> ShadowModels:
+                        train_one: ShadowTrainer | None = None,
+                        executor: Executor | None = None) -> ShadowModels:
     """Train ``n_models`` networks of ``card``'s architecture on random halves of ``(x, y)``
     with :func:`dlsec.training.fit` under ``config``, model ``m`` under seed ``config.seed + m``.
 
@@ -243,6 +252,11 @@ def train_shadow_models(x: Tensor, y: Tensor, *, card: ModelCard, n_models: int,
     training each model alone on its half. Otherwise they train one after another.
     ``train_one`` (a :data:`ShadowTrainer`) replaces ``fit`` for each model; such shadows
     train one after another (``stacked=True`` with it is refused).
+
+    One after another means one task per model on ``executor`` (default: a
+    :class:`~dlsec.executor.SequentialExecutor` in this process; a Ray executor trains them
+    in parallel with bit-identical weights). ``train_one`` then travels pickled: a
+    module-level function or an instance of a module-level class.
     """
     import dataclasses
 
@@ -273,13 +287,16 @@ def train_shadow_models(x: Tensor, y: Tensor, *, card: ModelCard, n_models: int,
             progress=progress, description="shadow models")
         ens.unstack(models)
     else:
+        tasks = []
+        for m, model in enumerate(models):
+            cfg = dataclasses.replace(config, seed=config.seed + m, val_fraction=0.0)
+            idx = torch.nonzero(keep[m].to(device)).flatten()
+            tasks.append((f"shadow/{cfg.seed}", (train_one, model.cpu(), x[idx].cpu(),
+                                                  y[idx].cpu(), cfg)))
         with Progress(disable=not progress, transient=True) as bar:
-            task = bar.add_task("shadow models", total=n_models)
-            for m, model in enumerate(models):
-                cfg = dataclasses.replace(config, seed=config.seed + m, val_fraction=0.0)
-                idx = torch.nonzero(keep[m].to(device)).flatten()
-                models[m] = (train_one or _fit_one)(model, x[idx], y[idx], cfg)
-                bar.update(task, advance=1)
+            bar.add_task(f"shadow models ({n_models})", total=None)
+            trained = (executor or SequentialExecutor()).map(_train_shadow, tasks)
+        models = [model.to(device) for model in trained]
     for model in models:
         model.eval()
     return ShadowModels(models=models, keep=keep.cpu(), x=x, y=y,
