@@ -167,7 +167,7 @@ def _attack(ctx: ScenarioContext, run: SweepRun, opt: DPSweepOptions) -> Scenari
     if lira and opt.shadows >= 2:
         attacks += ("lira" if opt.lira_online else "lira-offline",)
     sub = ScenarioContext(model=run.model, card=run.card, dataset=ctx.dataset, seed=ctx.seed,
-                          device=ctx.device, progress=False)
+                          device=ctx.device, progress=False, executor=ctx.executor)
     return run_membership(sub, MembershipOptions(attacks=attacks, members=opt.members,
                                                  shadows=max(opt.shadows, 2)))
 
@@ -188,10 +188,18 @@ def dp_sweep(ctx: ScenarioContext, options: DPSweepOptions | None = None) -> Sce
     if opt.include_undefended:
         todo.append(None)
     runs: list[SweepRun] = []
+    # the trainings are independent: one task each on ctx.executor (the reference without
+    # canaries is the audited model itself, nothing to train)
+    trains = [eps for eps in todo if eps is not None or opt.canaries]
+    sent = dataclasses.replace(ctx, progress=False)
+    trained = dict(zip(trains, ctx.executor.map(
+        _train, [(f"dp-sweep/{ctx.seed}/{label_of(eps)}", (sent, eps, opt)) for eps in trains]),
+        strict=True))
     with Progress(disable=not ctx.progress, transient=True) as bar:
         task = bar.add_task("DP sweep", total=len(todo))
         for eps in todo:
-            run = _train(ctx, eps, opt)
+            run = trained[eps] if eps in trained else _train(ctx, eps, opt)
+            run.model.to(ctx.device)
             t0 = time.perf_counter()
             run.membership = _attack(ctx, run, opt)
             run.seconds += time.perf_counter() - t0
