@@ -1,6 +1,6 @@
-"""The robustness ensemble sharded across torchrun ranks (gloo on CPU): the gathered result
-is the one-process run's with the same block size, point for point, and a killed sharded
-run resumes per rank to the same result."""
+"""The robustness ensemble and the black-box query attacks sharded across torchrun ranks
+(gloo on CPU): the gathered result is the one-process run's with the same block size,
+point for point, and a killed sharded ensemble resumes per rank to the same result."""
 
 from __future__ import annotations
 
@@ -169,3 +169,71 @@ def test_two_ranks_gather_the_one_process_result_and_resume_per_rank(
         got = json.loads((killed / f"rank{rank}.json").read_text())
         assert {k: got[k] for k in expect} == expect
         assert got["resumed"] is True
+
+
+# the black-box query attacks (Square on scores, HopSkipJump on labels) on 40 points in
+# blocks of 10, sharded; each rank writes the sha256 of the gathered per-point results
+BB_DRIVER = """
+import hashlib, json, os, sys
+import torch
+from dlsec.data import load_dataset
+from dlsec.models import load
+from dlsec.scenarios import ScenarioContext
+from dlsec.scenarios.blackbox import QueryOptions, query_attacks
+from dlsec.scenarios.sharding import current_shard
+from dlsec.threat import ThreatModel
+
+torch.set_num_threads(1)
+model_dir, out = sys.argv[1:3]
+shard = current_shard(block=10)
+model, card = load(model_dir)
+ctx = ScenarioContext(model=model, card=card, dataset=load_dataset("digits", seed=0), seed=3,
+                      threat=ThreatModel.from_card(card, eps=(0.1, 0.2)))
+res = query_attacks(ctx, QueryOptions(attacks=("square", "hsja"), samples=40, max_queries=150,
+                                      early_stop=False), shard=shard)
+def sha(t):
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
+got = {name: [[sha(r.success), sha(r.queries), sha(r.x_adv), int(r.success.sum())]
+              + ([sha(r.trace_dist)] if r.trace_dist is not None else [])
+              for r in sweep.results] + [sweep.queries_total]
+       for name, sweep in res.artifacts["sweeps"].items()}
+with open(os.path.join(out, f"rank{shard.rank}.json"), "w") as fh:
+    json.dump({"sweeps": got, "metrics": res.metrics}, fh)
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_gather_the_query_attacks_of_one_process(digits, digits_net, tmp_path) -> None:
+    from dlsec.scenarios import ScenarioContext
+    from dlsec.scenarios.blackbox import QueryOptions, query_attacks
+    from dlsec.threat import ThreatModel
+
+    model, card = digits_net
+    model_dir = tmp_path / "model"
+    save(model, card, model_dir)
+    ctx = ScenarioContext(model=model, card=card, dataset=digits, seed=3,
+                          threat=ThreatModel.from_card(card, eps=(0.1, 0.2)))
+    res = query_attacks(ctx, QueryOptions(attacks=("square", "hsja"), samples=40,
+                                          max_queries=150, early_stop=False, block_size=10))
+    expect = {name: [[_sha(r.success), _sha(r.queries), _sha(r.x_adv), int(r.success.sum())]
+                     + ([_sha(r.trace_dist)] if r.trace_dist is not None else [])
+                     for r in sweep.results] + [sweep.queries_total]
+              for name, sweep in res.artifacts["sweeps"].items()}
+    # both attacks fool some points and not all at eps 0.1, more at 0.2
+    for name in ("square", "hsja"):
+        fooled = [row[3] for row in expect[name][:2]]
+        assert 0 < fooled[0] <= fooled[1] <= 40, (name, fooled)
+    out = tmp_path / "bb"
+    out.mkdir()
+    driver = tmp_path / "bb_driver.py"
+    driver.write_text(BB_DRIVER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           str(driver), str(model_dir), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        got = json.loads((out / f"rank{rank}.json").read_text())
+        assert got["sweeps"] == expect
+        assert got["metrics"] == res.metrics

@@ -107,8 +107,20 @@ def _run(ctx: Any, name: str, eps_list: list[float] | None, *, out: Path | None,
         arrays = _transfer(ctx, n, eps_list or [], budget=budget, surrogate=surrogate,
                            craft=craft, watch=watch)
     else:
+        from dlsec.scenarios.sharding import current_shard
+
+        shard = current_shard(ctx.device)  # under torchrun: this rank's blocks of points
+        if shard is not None and ctx.device.type == "cuda":
+            import dataclasses
+
+            import torch
+
+            dev = torch.device("cuda", torch.cuda.current_device())
+            ctx = dataclasses.replace(ctx, model=ctx.model.to(dev), device=dev)
         arrays = _query(ctx, name, n, eps_list or [], max_queries=max_queries,
-                        basis=basis, watch=watch)
+                        basis=basis, watch=watch, shard=shard)
+        if shard is not None and not shard.is_main:
+            return  # rank 0 prints and writes
     if out is not None:
         save_npz(out, {k: np.asarray(v) for k, v in arrays.items()})
         typer.echo(f"adversarials: {out}")
@@ -119,20 +131,25 @@ def _watch(show: bool) -> Any:
 
 
 def _query(ctx: Any, name: str, n: int, eps_list: list[float], *, max_queries: int,
-           basis: str, watch: Any) -> dict[str, Any]:
-    """A score- or decision-based attack through the scenario; printed, and the arrays."""
+           basis: str, watch: Any, shard: Any = None) -> dict[str, Any]:
+    """A score- or decision-based attack through the scenario; printed (by rank 0 when
+    sharded under torchrun), and the arrays."""
     import numpy as np
+
+    def echo(text: str) -> None:
+        if shard is None or shard.is_main:
+            typer.echo(text)
 
     from dlsec.scenarios.blackbox import QueryOptions, ScenarioError, ladder, query_attacks
 
     decision = name in DECISION_BASED
     norm = ctx.threat.norm
-    typer.echo(f"{name} ({norm}) through a {'labels' if decision else 'scores'} oracle on "
+    echo(f"{name} ({norm}) through a {'labels' if decision else 'scores'} oracle on "
                f"{n} points, at most {max_queries} queries per point")
     options = QueryOptions(attacks=(name,), samples=n, max_queries=max_queries,
                            settings={"simba": {"basis": basis}}, early_stop=False, watch=watch)
     try:
-        res = query_attacks(ctx, options)
+        res = query_attacks(ctx, options, shard=shard)
     except ScenarioError as exc:
         raise EvasionCommandError(str(exc)) from exc
     sweep = res.artifacts["sweeps"][name]
@@ -144,20 +161,20 @@ def _query(ctx: Any, name: str, n: int, eps_list: list[float], *, max_queries: i
         run = sweep.results[0]
         dist = run.linf if norm == "linf" else run.l2
         found = run.trace_dist.amin(0) < float("inf")
-        typer.echo(f"  adversarial found for {float(found.double().mean()):.4f} of the points, "
+        echo(f"  adversarial found for {float(found.double().mean()):.4f} of the points, "
                    f"median {norm} distance {float(np.median(dist[found].cpu().numpy())):.4g}, "
                    f"queries spent {sweep.queries_total}")
         arrays |= {"x_adv": run.x_adv.cpu().numpy(), "success": found.cpu().numpy(),
                    "queries": run.queries.cpu().numpy(), "distance": dist.cpu().numpy()}
     results = sweep.results if eps_list else []
     for e, r in zip(eps_list, results, strict=False):
-        typer.echo(f"  eps {e:g}: robust accuracy {1 - r.success_rate:.4f}, success rate "
+        echo(f"  eps {e:g}: robust accuracy {1 - r.success_rate:.4f}, success rate "
                    f"{r.success_rate:.4f}" + ("" if decision else
                    f", median queries per success {r.median_queries:g}"))
         curve = r.success_at(levels, eps=e) if decision else r.success_at(levels)
-        typer.echo(f"    success by queries per point: {_curve(levels, curve)}")
+        echo(f"    success by queries per point: {_curve(levels, curve)}")
     if not decision:
-        typer.echo(f"  queries spent {sweep.queries_total}")
+        echo(f"  queries spent {sweep.queries_total}")
         arrays |= {"x_adv": np.stack([r.x_adv.cpu().numpy() for r in results]),
                    "success": np.stack([r.success.cpu().numpy() for r in results]),
                    "queries": np.stack([r.queries.cpu().numpy() for r in results])}

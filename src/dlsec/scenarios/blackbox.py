@@ -12,6 +12,13 @@
 The attacked points are the first ``samples`` test points (:meth:`ScenarioContext.
 attacker_split`); each attack draws from the stream ``"blackbox/<attack>"``.
 
+``shard=`` (under ``torchrun``, :func:`dlsec.scenarios.sharding.current_shard`) or
+``QueryOptions.block_size``: the points are attacked in blocks, each with a generator
+seeded from the attack's stream and the block's global index; a sharded run attacks its
+own blocks and gathers the per-point results (success, queries, adversarials, traces) of
+all blocks in order on every rank: the result of the one-process run with the same
+blocks.
+
 Example:
     >>> ctx = ScenarioContext(model, card, dataset, ThreatModel.from_card(card, eps=(0.1,)))
     >>> res = query_attacks(ctx, QueryOptions(attacks=("square",), max_queries=1000))  # doctest: +SKIP
@@ -20,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -34,6 +42,7 @@ from dlsec.attacks.evasion import EvasionAttack
 from dlsec.errors import DlsecError
 from dlsec.scenarios.context import ScenarioContext
 from dlsec.scenarios.result import ScenarioResult, Table
+from dlsec.scenarios.sharding import Shard, block_ranges, block_seed
 from dlsec.scenarios.transfer import TransferOptions, transfer_threat
 
 # watch(oracle, label, most queries): a context the attack runs in (a CLI progress bar)
@@ -62,7 +71,9 @@ class QueryOptions:
     ``curve_queries``: queries per point the curves are read at (default :func:`ladder`);
     ``settings``: extra constructor settings per attack (e.g. ``{"simba": {"basis":
     "dct"}}``); ``early_stop``: decision-based attacks stop a point at the smallest eps
-    (``False``: minimum-norm runs); ``watch``: a context each attack runs in."""
+    (``False``: minimum-norm runs); ``watch``: a context each attack runs in;
+    ``block_size``: attack the points in blocks of this many, each seeded from its index
+    (the path a sharded run takes; see the module)."""
 
     attacks: Sequence[str] = ("square", "hsja")
     samples: int = 50
@@ -71,6 +82,7 @@ class QueryOptions:
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     early_stop: bool = True
     watch: Watch | None = None
+    block_size: int | None = None
 
 
 def _points(ctx: ScenarioContext, samples: int) -> tuple[Tensor, Tensor]:
@@ -92,8 +104,11 @@ def _build(name: str, norm: str, max_queries: int, settings: Mapping[str, Any]) 
     return attack
 
 
-def query_attacks(ctx: ScenarioContext, options: QueryOptions) -> ScenarioResult:
-    """Run each of ``options.attacks`` over ``ctx.threat.eps`` (see the module).
+def query_attacks(
+    ctx: ScenarioContext, options: QueryOptions, *, shard: Shard | None = None
+) -> ScenarioResult:
+    """Run each of ``options.attacks`` over ``ctx.threat.eps`` (see the module; ``shard``:
+    this rank's share of a sharded run, the whole result on every rank).
 
     Metrics per attack (at the last eps): ``<name>_robust_accuracy``, ``<name>_queries``
     (what it cost the oracle). ``figures["curves"][name]`` holds per eps the robust
@@ -106,6 +121,11 @@ def query_attacks(ctx: ScenarioContext, options: QueryOptions) -> ScenarioResult
     levels = sorted(set(options.curve_queries or ladder(options.max_queries)))
     x, y = _points(ctx, options.samples)
     ids = torch.arange(len(y))
+    if options.block_size is not None:
+        shard = Shard(0, 1) if shard is None else shard
+        shard = Shard(shard.rank, shard.world_size, options.block_size)
+    if shard is not None:
+        shard = shard.resolve(len(y))
     with torch.inference_mode():
         correct = ctx.model(x).argmax(1) == y
     metrics: dict[str, float] = {"clean_accuracy": round(float(correct.double().mean()), 6)}
@@ -116,25 +136,30 @@ def query_attacks(ctx: ScenarioContext, options: QueryOptions) -> ScenarioResult
         attack = _build(name, norm, options.max_queries, options.settings.get(name, {}))
         decision = attack.kind == "decision"
         oracle = ctx.oracle(output="label" if decision else "scores")
-        watch = options.watch or (lambda *_: nullcontext())
+        watch = options.watch if shard is None or shard.is_main else None
+        watch = watch or (lambda *_: nullcontext())
+        gen = ctx.generator(f"blackbox/{name}")
+        minimum_norm = decision and not options.early_stop
         with watch(oracle, name, options.max_queries * len(y)):
-            if decision and not options.early_stop:
-                run = attack(oracle, x, y, eps=None, ids=ids, generator=ctx.generator(f"blackbox/{name}"))
+            if shard is not None:
+                sweep = _sharded_sweep(attack, oracle, x, y, ids, eps, gen, shard, minimum_norm)
+            elif minimum_norm:
+                run = attack(oracle, x, y, eps=None, ids=ids, generator=gen)
                 sweep = BlackBoxSweep(eps, [run.at_eps(e) for e in eps], oracle.queries_total)
             else:
-                sweep = attack(oracle, x, y, eps=eps, ids=ids,
-                               generator=ctx.generator(f"blackbox/{name}"))
+                sweep = attack(oracle, x, y, eps=eps, ids=ids, generator=gen)
         sweeps[name] = sweep
         curves[name] = {e: [round(1.0 - s, 6) for s in
                             r.success_at(levels, eps=None if r.trace_dist is None else e)]
                         for e, r in zip(eps, sweep.results, strict=True)}
         metrics[f"{name}_robust_accuracy"] = curves[name][eps[-1]][-1]
-        metrics[f"{name}_queries"] = float(oracle.queries_total)
+        spent = oracle.queries_total if shard is None else sweep.queries_total
+        metrics[f"{name}_queries"] = float(spent)
         for e, r in zip(eps, sweep.results, strict=True):
             dist = r.linf if norm == "linf" else r.l2
             rows.append([name, "labels" if decision else "scores", e, options.max_queries,
                          round(1.0 - r.success_rate, 4), _num(_median_queries(r, e)),
-                         _num(median(dist[r.success])), oracle.queries_total])
+                         _num(median(dist[r.success])), spent])
     tables = [Table(
         "Query attacks",
         ["attack", "oracle", "eps", "max queries per point", "robust accuracy",
@@ -150,6 +175,69 @@ def query_attacks(ctx: ScenarioContext, options: QueryOptions) -> ScenarioResult
                  "curves": {n: c[eps[-1]] for n, c in curves.items()}},
         artifacts={"x": x, "y": y, "correct": correct, "sweeps": sweeps},
     )
+
+
+def _sharded_sweep(
+    attack: BlackBoxAttack, oracle: Any, x: Tensor, y: Tensor, ids: Tensor, eps: list[float],
+    generator: torch.Generator, shard: Shard, minimum_norm: bool,
+) -> BlackBoxSweep:
+    """This rank's blocks attacked one by one (each seeded from the attack's stream and the
+    block's index), the blocks of every rank gathered and joined in order."""
+    base = int(torch.randint(0, 2**62, (1,), generator=generator))
+    lo, hi = shard.bounds(len(y))
+    mine: list[tuple[list[BlackBoxResult], int]] = []
+    for b, (start, stop) in enumerate(block_ranges(len(y), shard.size)):
+        if not lo <= start < hi:
+            continue
+        gen = torch.Generator().manual_seed(block_seed(base, b))
+        sl = slice(start, stop)
+        before = oracle.queries_total
+        if minimum_norm:
+            runs = [attack(oracle, x[sl], y[sl], eps=None, ids=ids[sl], generator=gen)]
+        else:
+            runs = list(attack(oracle, x[sl], y[sl], eps=eps, ids=ids[sl], generator=gen).results)
+        mine.append(([_to_cpu(r) for r in runs], oracle.queries_total - before))
+    blocks = [blk for part in shard.gather_objects(mine) for blk in part]
+    total = sum(q for _, q in blocks)
+    joined = [_join([runs[i] for runs, _ in blocks], x.device) for i in range(len(blocks[0][0]))]
+    if minimum_norm:
+        return BlackBoxSweep(eps, [joined[0].at_eps(e) for e in eps], total)
+    return BlackBoxSweep(eps, joined, total)
+
+
+def _to_cpu(r: BlackBoxResult) -> BlackBoxResult:
+    def cpu(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.detach().cpu()
+
+    return BlackBoxResult(r.x_adv.detach().cpu(), r.success.cpu(), r.queries.cpu(), r.linf.cpu(),
+                          r.l2.cpu(), cpu(r.trace_queries), cpu(r.trace_dist))
+
+
+def _join(parts: list[BlackBoxResult], device: torch.device) -> BlackBoxResult:
+    """Per-point results of consecutive blocks as one; traces (iterations x points) of
+    different lengths are padded with their last row (the queries and best distance stay
+    what they were when the block stopped)."""
+    def cat(name: str) -> Tensor:
+        return torch.cat([getattr(p, name) for p in parts]).to(device)
+
+    traces: list[Tensor | None] = [None, None]
+    if parts[0].trace_queries is not None:
+        for k, name in enumerate(("trace_queries", "trace_dist")):
+            ts = [getattr(p, name) for p in parts]
+            t = max(int(a.shape[0]) for a in ts)
+            traces[k] = torch.cat([_pad(a, t, 0.0 if k == 0 else math.inf) for a in ts],
+                                  dim=1).to(device)
+    return BlackBoxResult(cat("x_adv"), cat("success"), cat("queries"), cat("linf"), cat("l2"),
+                          traces[0], traces[1])
+
+
+def _pad(trace: Tensor, rows: int, empty: float) -> Tensor:
+    """``trace`` (iterations x points) to ``rows`` rows, its last row repeated (``empty``
+    where it has none)."""
+    last = trace[-1:]
+    if trace.shape[0] == 0:
+        last = torch.full((1, trace.shape[1]), empty, dtype=trace.dtype)
+    return torch.cat([trace, last.expand(rows - trace.shape[0], -1)])
 
 
 def _median_queries(res: BlackBoxResult, eps: float) -> float:
