@@ -237,3 +237,31 @@ def test_two_ranks_gather_the_query_attacks_of_one_process(digits, digits_net, t
         got = json.loads((out / f"rank{rank}.json").read_text())
         assert got["sweeps"] == expect
         assert got["metrics"] == res.metrics
+
+
+@pytest.mark.slow
+def test_evaluate_command_under_torchrun(digits_net, tmp_path) -> None:
+    """``dlsec evaluate`` under torchrun: one block per process (40 of 80 points), printed
+    once by rank 0, the same JSON as one process with ``--block-size 40``."""
+    model, card = digits_net
+    save(model, card, tmp_path / "model")
+    args = ["evaluate", "--model-dir", str(tmp_path / "model"), "--eps", "0.1", "--samples",
+            "80", "--attacks", "apgd-ce,apgd-restarts", "--threads", "1", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "dlsec.cli", *args, "--block-size", "40",
+                          "--out", str(tmp_path / "one.json")],
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+                          "-m", "dlsec.cli", *args, "--out", str(tmp_path / "two.json"),
+                          "--state", str(tmp_path / "ens.st")],
+                         capture_output=True, text=True, timeout=240, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.stdout.count("80 points, clean accuracy") == 1
+    assert "2 process(es), blocks of 40 points" in two.stdout
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    keep = ("clean_accuracy", "robust_accuracy", "stage_accuracy", "block_size")
+    assert {k: a[k] for k in keep} == {k: b[k] for k in keep} and b["block_size"] == 40
+    assert sorted(p.name for p in tmp_path.glob("ens.st*")) == [
+        "ens.st.rank0-of-2", "ens.st.rank1-of-2"]
