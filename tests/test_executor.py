@@ -162,7 +162,7 @@ def test_matrix_rows_on_ray_are_bit_identical(digits, digits_net, ray_cluster) -
 
     model, card = digits_net
     opt = MatrixOptions(samples=10, groups=("clean",))
-    rows = ["none", "fgsm-rs", "dp:8"]  # two rows train; dp draws noise from torch's generator
+    rows = ["none", "fgsm-rs", "dp:8"]  # two rows train (random starts; DP-SGD noise)
     shas, metrics = {}, {}
     for kind, ex in (("sequential", SequentialExecutor()), ("ray", ray_cluster)):
         store = MemoryStore()
