@@ -33,6 +33,7 @@ _TRAINING_TYPES: dict[str, tuple[type, ...]] = {
     "lr": (int, float), "momentum": (int, float), "weight_decay": (int, float),
     "step_gamma": (int, float), "val_fraction": (int, float),
     "optimizer": (str,), "schedule": (str,), "device": (str,), "restore_best": (bool,),
+    "amp": (str,),
 }
 
 

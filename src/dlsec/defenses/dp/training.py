@@ -216,6 +216,9 @@ def dp_train(
     if distributed_context(device) is not None:
         raise DPError("DP-SGD does not run under torchrun yet (one process only): Opacus's "
                       "DPDDP and a per-rank Poisson sampler are still to come")
+    if config.amp != "off":
+        raise DPError(f"DP-SGD trains in float32 only (amp={config.amp!r}): per-sample "
+                      "gradients and their clipping are not checked under autocast; use amp=off")
     card = ModelCard(architecture=architecture, input_shape=list(dataset.input_shape),
                      classes=list(dataset.classes), bounds=tuple(dataset.bounds),
                      dataset=dataset.name)
