@@ -179,3 +179,30 @@ def test_matrix_rows_on_ray_are_bit_identical(digits, digits_net, ray_cluster) -
     assert metrics["sequential"] == metrics["ray"]
     assert metrics["ray"]["clean_accuracy@fgsm-rs"] > 0.5  # trained rows (chance: 10%)
     assert metrics["ray"]["clean_accuracy@dp:8"] > 0.5
+
+
+@pytest.mark.slow
+def test_membership_command_with_workers_gives_the_same_json(digits_net, ray_cluster, tmp_path,
+                                                             capsys) -> None:
+    """``dlsec privacy membership --workers 2`` (the module's cluster, already running, is
+    used and left running) prints the same result as ``--workers 1``, bar the seconds."""
+    import json
+
+    from dlsec.models import save
+
+    model, card = digits_net
+    save(model, card, tmp_path / "m")
+    runs = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}.json"
+        assert main(["privacy", "membership", "--model-dir", str(tmp_path / "m"), "--attack",
+                     "lira", "--shadows", "3", "--members", "60", "--separate-shadows",
+                     "--workers", workers, "--out", str(out), "-q"]) == 0
+        capsys.readouterr()
+        summary = json.loads(out.read_text())
+        assert summary.pop("seconds") >= 0
+        runs.append(summary)
+    assert runs[0] == runs[1] and runs[0]["n_members"] == 60
+    import ray
+
+    assert ray.is_initialized()  # the command did not stop a cluster it did not start
