@@ -385,7 +385,7 @@ def _run_stage(
     if shard is None:
         groups = [(idx, torch.Generator().manual_seed(seed))]
     else:  # one batch per block of the global indices, seeded from the block's index
-        blocks = (idx.cpu() + lo) // shard.size
+        blocks = (idx + lo) // shard.size
         groups = [
             (idx[blocks == b], torch.Generator().manual_seed(block_seed(seed, int(b))))
             for b in torch.unique(blocks)
