@@ -265,3 +265,24 @@ def test_evaluate_command_under_torchrun(digits_net, tmp_path) -> None:
     assert {k: a[k] for k in keep} == {k: b[k] for k in keep} and b["block_size"] == 40
     assert sorted(p.name for p in tmp_path.glob("ens.st*")) == [
         "ens.st.rank0-of-2", "ens.st.rank1-of-2"]
+
+
+def test_launched_shard_reads_torchrun_env_and_checks_its_own_state_file(
+    monkeypatch, tmp_path, one_line_error, capsys
+) -> None:
+    from dlsec.cli import main
+    from dlsec.scenarios.sharding import launched_shard
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert launched_shard() is None
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launched_shard() == Shard(1, 2)
+    # rank 1's state file is its own: a foreign file there is refused before any work
+    foreign = tmp_path / "ens.st.rank1-of-2"
+    foreign.write_text("not a state")
+    args = ["evaluate", "--model-dir", str(tmp_path / "missing"), "--eps", "0.1",
+            "--state", str(tmp_path / "ens.st"), "-q"]
+    assert main(args) == 2
+    one_line_error(capsys.readouterr().err, "ens.st.rank1-of-2 is not a dlsec evaluation state")
+    assert foreign.read_text() == "not a state"

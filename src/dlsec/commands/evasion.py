@@ -149,11 +149,15 @@ def register(app: typer.Typer) -> None:
         import torch
 
         from dlsec.files import atomic_write_text, check_output
-        from dlsec.scenarios.sharding import current_shard
+        from dlsec.scenarios.sharding import current_shard, launched_shard
         from dlsec.scenarios.whitebox import check_state_file, ensemble_evaluation
 
         if out is not None:
             check_output(out, kind="file", option="--out")
+        if state is not None:  # this rank's own file under torchrun, before any work
+            launched = launched_shard()
+            check_output(state, kind="file", option="--state")
+            check_state_file(state if launched is None else launched.state_path(state))
         eps_list = parse_eps(eps)
         if norm not in ("linf", "l2"):
             raise EvasionCommandError(f"--norm: norm must be linf or l2, got {norm!r}")
@@ -163,9 +167,6 @@ def register(app: typer.Typer) -> None:
         if shard is not None and ctx.device.type == "cuda":
             rank_device = torch.device("cuda", torch.cuda.current_device())
             ctx = dataclasses.replace(ctx, model=ctx.model.to(rank_device), device=rank_device)
-        if state is not None:
-            check_output(state, kind="file", option="--state")
-            check_state_file(state if shard is None else shard.state_path(state))
         main = shard is None or shard.is_main
         stages = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
         try:

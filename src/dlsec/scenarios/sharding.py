@@ -116,6 +116,18 @@ class Shard:
         return torch.cat([p.to(local.device) for p in parts], dim=dim)
 
 
+def launched_shard(block: int | None = None) -> Shard | None:
+    """The shard ``torchrun`` gave this process (its RANK / WORLD_SIZE environment; no
+    process group is started), or ``None`` outside a multi-process launch: what a command
+    checks before any work (e.g. this rank's state file)."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if "RANK" not in os.environ or world <= 1:
+        return None
+    return Shard(int(os.environ["RANK"]), world, block)
+
+
 def current_shard(device: torch.device | None = None, block: int | None = None) -> Shard | None:
     """The shard of this process under ``torchrun`` (RANK / WORLD_SIZE; the process group
     is initialised: gloo on CPU, nccl on CUDA), or ``None`` in a plain one-process run."""
@@ -126,5 +138,5 @@ def current_shard(device: torch.device | None = None, block: int | None = None) 
 
 
 __all__ = [
-    "Shard", "ShardingError", "block_ranges", "block_seed", "current_shard",
+    "Shard", "ShardingError", "block_ranges", "block_seed", "current_shard", "launched_shard",
 ]
