@@ -141,7 +141,7 @@ def test_two_ranks_gather_the_one_process_result_and_resume_per_rank(
     expect = {"fooled_by": _sha(one.fooled_by), "x_adv": _sha(one.x_adv),
               "robust": int(one.robust.sum()), "robust_accuracy": one.robust_accuracy,
               "stage_accuracy": one.stage_accuracy, "block_size": BLOCK}
-    assert 0 < expect["robust"] < POINTS - 20  # the ensemble fools a good share
+    assert 0 < int(one.robust.sum()) < POINTS - 20  # the ensemble fools a good share
 
     out = tmp_path / "full"
     _torchrun(tmp_path, model_dir, out, tmp_path / "full.st")
