@@ -53,3 +53,28 @@ def test_grey_and_small_inputs_build_and_flat_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="width"):
         ResNet18(3, 10, width=0.0)
 
+
+
+@pytest.mark.slow
+def test_dp_refuses_batchnorm_and_fix_swaps_all_twenty_for_groupnorm(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("opacus")
+    from dlsec.data.npz import load_npz
+    from dlsec.data.synthetic import write_synthetic
+    from dlsec.defenses.dp.training import DPError, dp_train
+    from dlsec.models import load, save
+    from dlsec.training import TrainConfig
+
+    write_synthetic(tmp_path / "s.npz", n=40, shape=(3, 8, 8), seed=0)
+    ds = load_npz(tmp_path / "s.npz", seed=0, test_size=0.25)
+    cfg = TrainConfig(epochs=1, batch_size=16, device="cpu", val_fraction=0.0)
+    with pytest.raises(DPError, match=r"layer4\.1\.bn2 \(BatchNorm2d\).*--dp-fix"):
+        dp_train(ds, "resnet18-narrow", cfg, epsilon=8.0, progress=False)
+    r = dp_train(ds, "resnet18-narrow", cfg, epsilon=8.0, fix=True, progress=False)
+    fixed = r.card.training["dp"]["fixed_layers"]
+    # 1 stem + 8 blocks x 2 + 3 projection shortcuts
+    assert len(fixed) == 20 and "layer2.0.shortcut.1: BatchNorm2d -> GroupNorm" in fixed
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in r.model.modules())
+    save(r.model, r.card, tmp_path / "m")
+    again, _ = load(tmp_path / "m")  # the card's record makes loading swap the layers too
+    x = ds.x_test[:4]
+    assert torch.equal(r.model.eval()(x), again.eval()(x))
