@@ -38,7 +38,8 @@ flip-attacks = ["random-flip"]
 max-train = 160
 max-test = 40
 collision-targets = 1
-epochs = 1
+epochs = 3
+batch-size = 16
 
 [privacy]
 members = 40
@@ -67,3 +68,13 @@ def test_every_default_section_runs_on_cifar_size_inputs(tmp_path: Path) -> None
     assert by_name["dataset"]["summary"].endswith("input 3x32x32")
     # the BatchNorm network learned the textures (chance is 10%)
     assert by_name["accuracy"]["metrics"]["clean_accuracy"] > 0.6
+    # the retrained victims learned too (batch 16: enough BatchNorm steps), so the
+    # poisoning numbers measure something; every attack ran on the colour images
+    poisoning = by_name["poisoning"]["metrics"]
+    assert poisoning["random_flip_20_accuracy"] > 0.4
+    assert {"backdoor_asr", "collision_success_rate"} <= set(poisoning)
+    privacy = by_name["privacy"]["metrics"]
+    assert {"lira_online_auc", "inversion_eval_accuracy", "extraction_fidelity"} <= set(privacy)
+    figures = [f["title"] for s in report["sections"] for f in s["figures"]]
+    assert "Model inversion (MI-Face)" in figures
+    assert "Feature collision: targets, bases, poisons" in figures
