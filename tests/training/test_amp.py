@@ -58,3 +58,19 @@ def test_dp_training_refuses_amp() -> None:
     with pytest.raises(DPError, match="float32 only"):
         dp_train(ds, "simplenet", TrainConfig(epochs=1, device="cpu", amp="bf16"), epsilon=3.0,
                  progress=False)
+
+
+def test_train_command_amp_flag(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from dlsec.cli import main
+
+    out = tmp_path / "m"
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--device", "cpu",
+                 "--amp", "fp16", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: amp=fp16 needs a CUDA device"), err
+    assert not out.exists()
+    assert main(["train", "--dataset", "digits", "--epochs", "1", "--device", "cpu",
+                 "--amp", "bf16", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "card.json").read_text())["training"]["amp"] == "bf16"

@@ -257,6 +257,7 @@ def register(app: typer.Typer) -> None:
         dp_fix: DpFixOpt = False,
         accountant: AccountantOpt = None,
         grad_sample_mode: GradModeOpt = None,
+        amp: Annotated[str, typer.Option(help="Mixed precision: off | bf16 | fp16 (CUDA only)")] = "off",
     ) -> None:
         """Train a model and save it (weights, card, curves); --adversarial trains it
         adversarially, --dp with DP-SGD."""
@@ -273,6 +274,7 @@ def register(app: typer.Typer) -> None:
             epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
             optimizer=optimizer, schedule=schedule,  # type: ignore[arg-type]
             weight_decay=weight_decay, val_fraction=val_fraction, patience=patience,
+            amp=amp,  # type: ignore[arg-type]
         )
         _train(out=out, dataset=dataset, model=model, config=config, test_size=test_size,
                threads=threads, quiet=quiet, adversarial=settings, dp=dp_settings)
