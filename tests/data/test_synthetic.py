@@ -124,3 +124,21 @@ def test_a_small_cnn_learns_it_in_three_epochs() -> None:
                               progress=False)
     # measured 0.897 on 400 test points (chance: 0.1)
     assert evaluate(model, ds.x_test, ds.y_test)["accuracy"] > 0.8
+
+
+def test_cifar10_as_keras_saves_it_loads(tmp_path: Path) -> None:
+    """CIFAR-10 as ``keras.datasets.cifar10.load_data()`` returns it: uint8 channels-last
+    images and ``N x 1`` labels, saved with ``np.savez``."""
+    x, y = make_synthetic(30, seed=5)
+    x_last = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    path = tmp_path / "cifar10.npz"
+    np.savez(path, x=x_last[:20], y=y[:20, None].astype(np.uint8), x_test=x_last[20:],
+             y_test=y[20:, None].astype(np.uint8))
+    ds = load_npz(path, seed=0, test_size=0.2)
+    assert tuple(ds.x_train.shape) == (20, 3, 32, 32) and ds.y_test.dtype == torch.int64
+    assert torch.equal(ds.x_test, torch.from_numpy(x[20:]).float() / 255)
+    assert torch.equal(ds.y_train, torch.from_numpy(y[:20]))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=x_last, y=np.stack([y, y], 1))
+    with pytest.raises(DatasetError, match="1-D"):
+        load_npz(bad, seed=0, test_size=0.2)

@@ -10,7 +10,7 @@ name        required  meaning
                       CIFAR-10's NumPy and Keras copies store it: moved to
                       ``N x C x H x W``), or ``N x D`` flat features; uint8
                       (scaled by 1/255 into [0, 1]) or float (used as is)
-``y``       yes       integer class labels ``0..K-1``, shape ``N``
+``y``       yes       integer class labels ``0..K-1``, shape ``N`` (or ``N x 1``)
 ``x_test``  no        a held-out test set; without it the data is split
 ``y_test``  no        stratified by ``seed`` and ``test_size``
 ``classes`` no        class names, strings, length ``K``
@@ -283,6 +283,8 @@ def load_npz(path: Path, *, seed: int, test_size: float) -> Dataset:
         x, y = arrays[xk], arrays[yk]
         if x.ndim == 0 or y.ndim == 0:
             raise DatasetError(f"{path}: {xk!r} and {yk!r} must be arrays, not scalars")
+        if y.ndim == 2 and y.shape[1] == 1:  # N x 1 labels (Keras's CIFAR-10 copy)
+            y = y[:, 0]
         source = f"{path}: {xk!r}/{yk!r}" if xk != "x" else str(path)
         validate_arrays(x, y, source=source, num_classes=len(class_names) if class_names else None)
         xs.append(_inputs(x, xk, path, bounds))
