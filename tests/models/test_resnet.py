@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -47,7 +49,7 @@ def test_residual_block_adds_its_input() -> None:
 
 def test_grey_and_small_inputs_build_and_flat_inputs_are_refused() -> None:
     net = build_network("resnet18-narrow", input_shape=(1, 8, 8), num_classes=10)
-    assert net.conv1.in_channels == 1
+    assert isinstance(net, ResNet18) and net.conv1.in_channels == 1
     with pytest.raises(ModelError, match="C x H x W"):
         build_network("resnet18", input_shape=(64,), num_classes=10)
     with pytest.raises(ValueError, match="width"):
@@ -56,7 +58,7 @@ def test_grey_and_small_inputs_build_and_flat_inputs_are_refused() -> None:
 
 
 @pytest.mark.slow
-def test_dp_refuses_batchnorm_and_fix_swaps_all_twenty_for_groupnorm(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_dp_refuses_batchnorm_and_fix_swaps_all_twenty_for_groupnorm(tmp_path: Path) -> None:
     pytest.importorskip("opacus")
     from dlsec.data.npz import load_npz
     from dlsec.data.synthetic import write_synthetic

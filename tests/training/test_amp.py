@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +20,7 @@ def _net() -> nn.Module:
 
 
 @pytest.mark.parametrize(("amp", "dtype"), [("off", torch.float32), ("bf16", torch.bfloat16)])
-def test_bf16_autocast_runs_the_forward_in_bf16_and_learns(amp: str, dtype: torch.dtype) -> None:
+def test_bf16_autocast_runs_the_forward_in_bf16_and_learns(amp: Any, dtype: torch.dtype) -> None:
     ds = load_dataset("digits", seed=0)
     seen: set[torch.dtype] = set()
 
@@ -60,7 +63,7 @@ def test_dp_training_refuses_amp() -> None:
                  progress=False)
 
 
-def test_train_command_amp_flag(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_train_command_amp_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
     from dlsec.cli import main
