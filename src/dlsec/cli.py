@@ -64,7 +64,7 @@ def _split_csv(text: str | None) -> list[str] | None:
 
 @app.command()
 def audit(
-    dataset: Annotated[str | None, typer.Option(help="digits | fashion-mnist | mnist | idx:DIR | npz:PATH")] = None,
+    dataset: Annotated[str | None, typer.Option(help="digits | cifar-synthetic | fashion-mnist | mnist | idx:DIR | npz:PATH")] = None,
     model: Annotated[str | None, typer.Option(help="Architecture to train: a registered name or module:factory")] = None,
     model_dir: Annotated[str | None, typer.Option("--model-dir", help="Audit a saved model (card.json + weights) instead of training one")] = None,
     out: Annotated[str | None, typer.Option(help="Run directory (default runs/<dataset>-<model>)")] = None,

@@ -18,7 +18,7 @@ from dlsec.commands.options import DeviceOpt, SeedOpt, TestSizeOpt, ThreadsOpt, 
 from dlsec.training import TrainConfig, TrainingError, TrainResult
 
 OutOpt = Annotated[Path, typer.Option(help="Directory for weights, card.json and history.json")]
-DatasetOpt = Annotated[str, typer.Option(help="digits | fashion-mnist | mnist | idx:DIR | npz:PATH")]
+DatasetOpt = Annotated[str, typer.Option(help="digits | cifar-synthetic | fashion-mnist | mnist | idx:DIR | npz:PATH")]
 ModelOpt = Annotated[str, typer.Option(help="A registered name or module:factory")]
 EpochsOpt = Annotated[int, count("Training epochs")]
 BatchOpt = Annotated[int, count("Batch size", "--batch-size")]
