@@ -78,3 +78,11 @@ def test_every_default_section_runs_on_cifar_size_inputs(tmp_path: Path) -> None
     figures = [f["title"] for s in report["sections"] for f in s["figures"]]
     assert "Model inversion (MI-Face)" in figures
     assert "Feature collision: targets, bases, poisons" in figures
+
+
+def test_cifar_size_inputs_get_the_large_input_defaults() -> None:
+    from dlsec.audit.sections._scale import input_values, is_large
+    from dlsec.models import ModelCard
+
+    card = ModelCard("resnet18", input_shape=[3, 32, 32], classes=[str(i) for i in range(10)])
+    assert input_values(card) == 3072 and is_large(card)
