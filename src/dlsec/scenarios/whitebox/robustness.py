@@ -196,8 +196,9 @@ def robustness(
     mid = eps[len(eps) // 2]
     return ScenarioResult(
         name="evasion",
-        summary=f"{norm} robust accuracy {ev.robust_all[len(eps) // 2]:.1%} at eps {mid:g}; "
-        f"{ev.robust_all[-1]:.1%} at eps {eps[-1]:g}{summary_after}; clean accuracy on the "
+        summary=f"{norm} robust accuracy {ev.robust_all[len(eps) // 2]:.1%} at eps {mid:g}"
+        + (f"; {ev.robust_all[-1]:.1%} at eps {eps[-1]:g}" if len(eps) > 1 else "")
+        + f"{summary_after}; clean accuracy on the "
         f"{len(y)} attacked test points (subset): {ev.clean:.1%}",
         metrics=metrics,
         tables=[
