@@ -127,6 +127,7 @@ def main() -> int:
         results = [measure(a, e, repeats, Path(d), args.two) for a, e in models.items()]
     total = time.perf_counter() - t0
     lines = ["# The robustness ensemble sharded across torchrun processes", "",
+             "<!-- readme: sharded -->",
              f"Command: `{cmd}`: {machine}. The whole script took {total:.0f} s; load "
              f"average at its end {load_average()} (a load above the cores means other jobs "
              "shared the machine: absolute seconds are not comparable across runs).", "",
@@ -139,7 +140,7 @@ def main() -> int:
         one2 = rows.get("one process, 2 threads")
         shard = rows["torchrun, 2 processes x 1 thread"]
         ref = rows[f"one process, 1 thread, --block-size {BLOCK}"]
-        lines += [f"## {res['arch']} ({res['epochs']} epochs), {res['points']} points", "",
+        lines += [f"**{res['arch']} ({res['epochs']} epochs), {res['points']} points**", "",
                   "| run | wall s | evaluation s | robust accuracy (eps " + EPS + ") |",
                   "|---|---|---|---|"]
         for name, r in rows.items():
@@ -165,7 +166,7 @@ def main() -> int:
                   f"{'yes' if res['identical_to_same_blocks'] else 'NO'}; to the plain "
                   f"one-process run: {'yes' if res['same_as_plain'] else 'no'} (the plain run "
                   "draws its randomness per batch, not per block).", ""]
-    text = "\n".join(lines).rstrip() + "\n"
+    text = "\n".join([*lines, "<!-- end readme: sharded -->"]).rstrip() + "\n"
     out = OUT_QUICK if args.quick else OUT
     write_results(out, text)
     raw = {"command": cmd, "machine": machine, "seconds": round(total, 1), "eps": EPS,
