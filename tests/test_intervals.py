@@ -14,6 +14,7 @@ from dlsec.intervals import (
     bootstrap_interval,
     fpr_resolved,
     interval_record,
+    membership_intervals,
     rate_record,
     tpr_at_fpr_statistic,
     wilson_interval,
@@ -99,3 +100,34 @@ def test_bootstrap_refuses_bad_input() -> None:
 def test_fpr_resolution_rule() -> None:
     assert fpr_resolved(1000, 0.01) and not fpr_resolved(999, 0.01)
     assert not fpr_resolved(200, 0.01) and not fpr_resolved(9999, 0.001)
+
+
+def test_membership_intervals_split_by_membership_and_draw_in_a_fixed_order() -> None:
+    """One attack's records: the AUC's, then each TPR's in the order given, every one the
+    plain bootstrap of the members and non-members taken apart, drawn from one generator."""
+    g = torch.Generator().manual_seed(3)
+    m, o = torch.randn(150, generator=g) + 1.0, torch.randn(1200, generator=g)
+    order = torch.randperm(1350, generator=g)  # members and non-members interleaved
+    scores = torch.cat([m, o])[order]
+    is_member = (torch.arange(1350) < 150)[order]
+    fprs = {"tpr_at_0_1_fpr": 0.001, "tpr_at_1_fpr": 0.01}
+    got = membership_intervals(scores, is_member, fprs,
+                               generator=torch.Generator().manual_seed(7), n=500)
+    assert list(got) == ["auc", "tpr_at_0_1_fpr", "tpr_at_1_fpr"]
+    ref = torch.Generator().manual_seed(7)
+    members, others = scores[is_member].double(), scores[~is_member].double()
+    expected = [bootstrap_interval(stat, members, others, n=500, generator=ref)
+                for stat in (auc_statistic, tpr_at_fpr_statistic(0.001),
+                             tpr_at_fpr_statistic(0.01))]
+    assert [(r["lower"], r["upper"]) for r in got.values()] == expected
+    assert all(r["n"] == 1350 and r["method"] == "bootstrap" for r in got.values())
+    assert 0.7 < got["auc"]["lower"] < got["auc"]["upper"] < 0.85  # the AUC of a 1-sd shift: 0.76
+    # 1200 non-members: 12 expected false positives at 1% (resolved), 1.2 at 0.1% (not)
+    assert got["tpr_at_0_1_fpr"]["unresolved"] is True and "unresolved" not in got["tpr_at_1_fpr"]
+    # the TPRs' draws follow the AUC's: reordering the FPRs changes which draws each gets
+    swapped = membership_intervals(scores, is_member, dict(reversed(fprs.items())),
+                                   generator=torch.Generator().manual_seed(7), n=500)
+    assert swapped["auc"] == got["auc"] and swapped["tpr_at_1_fpr"] != got["tpr_at_1_fpr"]
+    none = torch.zeros(10, dtype=torch.bool)
+    assert membership_intervals(torch.randn(10), none, fprs, generator=g) == {}
+    assert membership_intervals(torch.randn(10), ~none, fprs, generator=g) == {}

@@ -147,3 +147,45 @@ def tpr_at_fpr_statistic(fpr: float) -> Callable[[torch.Tensor, torch.Tensor], t
         return (members.double() > bar).double().mean(1)
 
     return statistic
+
+
+# -- membership inference: AUC and TPRs together --------------------------------------------
+BOOTSTRAP_RESAMPLES = 1000
+"""Resamples of the bootstrap intervals dlsec reports (membership AUC and TPRs)."""
+
+
+def membership_intervals(scores: torch.Tensor, is_member: torch.Tensor, fprs: dict[str, float],
+                         *, generator: torch.Generator, n: int = BOOTSTRAP_RESAMPLES
+                         ) -> dict[str, dict[str, Any]]:
+    """Bootstrap 95% interval records of one membership attack's ROC AUC (key ``auc``) and
+    its TPR at each false-positive rate of ``fprs`` (keyed as there), members and
+    non-members (``scores`` split by the boolean ``is_member``) resampled apart.
+
+    The draws come from ``generator`` in a fixed order (the AUC, then ``fprs`` in their
+    order), so the same generator state gives the same records. A TPR at an FPR the
+    non-members cannot resolve (:func:`fpr_resolved`) is flagged ``unresolved``. Every
+    record's ``n`` is the number of scored records; without members or without
+    non-members nothing can be resampled and the answer is ``{}``.
+
+    Example:
+        >>> scores = torch.tensor([3.0, 2.0, 1.0, 0.0])
+        >>> got = membership_intervals(scores, torch.tensor([True, True, False, False]),
+        ...                            {"tpr_at_1_fpr": 0.01},
+        ...                            generator=torch.Generator().manual_seed(0))
+        >>> got["auc"]["lower"], got["auc"]["upper"], got["tpr_at_1_fpr"]["unresolved"]
+        (1.0, 1.0, True)
+    """
+    member = is_member.bool().to(scores.device)
+    members = scores[member].double().cpu()
+    others = scores[~member].double().cpu()
+    if not members.numel() or not others.numel():
+        return {}
+    total = int(members.numel() + others.numel())
+    lo, hi = bootstrap_interval(auc_statistic, members, others, n=n, generator=generator)
+    out = {"auc": interval_record(lo, hi, total, "bootstrap")}
+    for key, fpr in fprs.items():
+        lo, hi = bootstrap_interval(tpr_at_fpr_statistic(fpr), members, others, n=n,
+                                    generator=generator)
+        flags = {} if fpr_resolved(int(others.numel()), fpr) else {"unresolved": True}
+        out[key] = interval_record(lo, hi, total, "bootstrap", **flags)
+    return out

@@ -20,21 +20,14 @@ from dlsec.audit.context import AuditContext
 from dlsec.audit.result import SectionResult, Table
 from dlsec.audit.sections import register_section
 from dlsec.audit.sections._scale import is_large
-from dlsec.intervals import (
-    auc_statistic,
-    bootstrap_interval,
-    fpr_resolved,
-    interval_record,
-    rate_record,
-    tpr_at_fpr_statistic,
-)
+from dlsec.intervals import membership_intervals as attack_intervals
+from dlsec.intervals import rate_record
 
 MEMBERSHIP_FPRS = {"tpr_at_0_1_fpr": 0.001, "tpr_at_1_fpr": 0.01}
-BOOTSTRAP_RESAMPLES = 1000
 
 
 def membership_intervals(results: list[Any], generator: torch.Generator) -> dict[str, Any]:
-    """Seeded bootstrap 95% intervals (members and non-members resampled apart) of each
+    """Seeded bootstrap 95% intervals (:func:`dlsec.intervals.membership_intervals`) of each
     attack's AUC and TPRs at :data:`MEMBERSHIP_FPRS`, keyed as the membership metrics,
     plus ``membership_auc`` (the best attack's). A TPR at an FPR the non-members cannot
     resolve (:func:`dlsec.intervals.fpr_resolved`) is flagged ``unresolved``."""
@@ -43,22 +36,14 @@ def membership_intervals(results: list[Any], generator: torch.Generator) -> dict
     for r in results:
         if r.is_member is None or r.metrics is None:
             continue
-        members = r.scores[r.is_member.bool()].double().cpu()
-        others = r.scores[~r.is_member.bool()].double().cpu()
-        if not members.numel() or not others.numel():
+        records = attack_intervals(r.scores, r.is_member, MEMBERSHIP_FPRS, generator=generator)
+        if not records:
             continue
-        n = members.numel() + others.numel()
         name = r.attack.replace("-", "_")
-        lo, hi = bootstrap_interval(auc_statistic, members, others,
-                                    n=BOOTSTRAP_RESAMPLES, generator=generator)
-        out[f"{name}_auc"] = interval_record(lo, hi, n, "bootstrap")
+        out[f"{name}_auc"] = records.pop("auc")
         if r.metrics.auc > best_auc:
             best_auc, out["membership_auc"] = r.metrics.auc, out[f"{name}_auc"]
-        for key, fpr in MEMBERSHIP_FPRS.items():
-            lo, hi = bootstrap_interval(tpr_at_fpr_statistic(fpr), members, others,
-                                        n=BOOTSTRAP_RESAMPLES, generator=generator)
-            flags = {} if fpr_resolved(others.numel(), fpr) else {"unresolved": True}
-            out[f"{name}_{key}"] = interval_record(lo, hi, n, "bootstrap", **flags)
+        out |= {f"{name}_{key}": record for key, record in records.items()}
     return out
 
 
