@@ -36,9 +36,8 @@ BELOW_SCENARIOS = ("dlsec.attacks", "dlsec.defenses")
 
 # the only modules that may import a module by a name computed at run time
 IMPORT_BY_NAME = {
-    "dlsec.audit.sections": "discovers the section modules of its own package",
-    "dlsec.commands": "discovers the command modules of its own package",
-    "dlsec.scenarios.defended": "discovers the defense modules of its own package",
+    "dlsec.plugins": "imports the modules of the package a registry belongs to (audit "
+                     "sections, defenses, commands)",
     "dlsec.models.registry": "a user's `module:factory` architecture, only with trust_code",
 }
 
@@ -232,3 +231,26 @@ def test_no_importlib_hides_a_dependency() -> None:
     assert set(found) - set(IMPORT_BY_NAME) == set(), found
     # the allowed ones still exist and still need the exception (no stale allowance)
     assert set(found) == set(IMPORT_BY_NAME)
+
+
+def _plugin_calls(path: Path) -> list[tuple[int, list[str]]]:
+    """Calls of ``Registry(...)`` / ``import_submodules(...)``: line and the source of the
+    first two arguments."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    calls = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and \
+                node.func.id in ("Registry", "import_submodules"):
+            calls.append((node.lineno, [ast.unparse(a) for a in node.args[:2]]))
+    return calls
+
+
+def test_registries_import_only_their_own_package() -> None:
+    """``dlsec.plugins`` imports by computed name, so every caller hands it its own package
+    (``__name__, __path__``): no module reaches another package's modules through it."""
+    calls = {mod: _plugin_calls(path) for mod, path in _modules().items()
+             if mod != "dlsec.plugins"}
+    bad = {mod: c for mod, cs in calls.items() for c in cs if c[1] != ["__name__", "__path__"]}
+    assert bad == {}
+    users = sorted(mod for mod, cs in calls.items() if cs)
+    assert users == ["dlsec.audit.sections", "dlsec.commands", "dlsec.scenarios.defended"]

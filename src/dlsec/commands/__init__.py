@@ -10,15 +10,13 @@ line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 import typer
+
+from dlsec.plugins import import_submodules
 
 SHARED = ("options",)  # modules of shared pieces, not commands
 
 
 def register_all(app: typer.Typer) -> None:
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if not info.name.startswith("_") and info.name not in SHARED:
-            importlib.import_module(f"{__name__}.{info.name}").register(app)
+    for module in import_submodules(__name__, __path__, skip=SHARED):
+        module.register(app)

@@ -12,13 +12,12 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dlsec.audit.result import SectionResult
+from dlsec.plugins import Registry
 
 if TYPE_CHECKING:
     from dlsec.audit.context import AuditContext
@@ -44,8 +43,8 @@ class SectionSpec:
     version: int = 1
 
 
-_SECTIONS: dict[str, SectionSpec] = {}
-_discovered = False
+_REGISTRY: Registry[SectionSpec] = Registry(__name__, __path__, "audit section")
+_SECTIONS = _REGISTRY.items
 
 
 def register_section(
@@ -58,9 +57,8 @@ def register_section(
     version: int = 1,
 ) -> Callable[[SectionFn], SectionFn]:
     def deco(fn: SectionFn) -> SectionFn:
-        if name in _SECTIONS and _SECTIONS[name].fn is not fn:
-            raise ValueError(f"audit section {name!r} is already registered")
-        _SECTIONS[name] = SectionSpec(name, title, order, fn, options, default, version)
+        _REGISTRY.add(name, SectionSpec(name, title, order, fn, options, default, version),
+                      same=lambda old, new: old.fn is new.fn)
         return fn
 
     return deco
@@ -68,13 +66,7 @@ def register_section(
 
 def registry() -> dict[str, SectionSpec]:
     """All sections, importing every module of this package once."""
-    global _discovered
-    if not _discovered:
-        for info in pkgutil.iter_modules(__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
-        _discovered = True
-    return dict(sorted(_SECTIONS.items(), key=lambda kv: (kv[1].order, kv[0])))
+    return dict(sorted(_REGISTRY.entries().items(), key=lambda kv: (kv[1].order, kv[0])))
 
 
 def selected(names: list[str] | None) -> list[SectionSpec]:

@@ -19,8 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +29,7 @@ from dlsec.data import Dataset
 from dlsec.errors import DlsecError
 from dlsec.models import ModelCard
 from dlsec.output_policies import OutputPolicy
+from dlsec.plugins import Registry
 from dlsec.scenarios.context import ScenarioContext
 from dlsec.training import TrainConfig
 
@@ -112,8 +111,7 @@ class DefenseSpec:
         return self.family.recipe(ctx, self.parameter, settings)
 
 
-_DEFENSES: dict[str, DefenseFamily] = {}
-_discovered = False
+_REGISTRY: Registry[DefenseFamily] = Registry(__name__, __path__, "defense")
 
 
 def register_defense(name: str, *, kind: str, parameter: str = "", default: str = "",
@@ -123,9 +121,8 @@ def register_defense(name: str, *, kind: str, parameter: str = "", default: str 
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
 
     def deco(fn: RecipeFn) -> RecipeFn:
-        if name in _DEFENSES and _DEFENSES[name].recipe is not fn:
-            raise ValueError(f"defense {name!r} is already registered")
-        _DEFENSES[name] = DefenseFamily(name, kind, fn, parameter, default, summary)
+        _REGISTRY.add(name, DefenseFamily(name, kind, fn, parameter, default, summary),
+                      same=lambda old, new: old.recipe is new.recipe)
         return fn
 
     return deco
@@ -133,13 +130,7 @@ def register_defense(name: str, *, kind: str, parameter: str = "", default: str 
 
 def registry() -> dict[str, DefenseFamily]:
     """Every registered defense, importing each module of this package once."""
-    global _discovered
-    if not _discovered:
-        for info in pkgutil.iter_modules(__path__):
-            if not info.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{info.name}")
-        _discovered = True
-    return dict(_DEFENSES)
+    return _REGISTRY.entries()
 
 
 def known() -> str:
