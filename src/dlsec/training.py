@@ -210,6 +210,47 @@ def autocast(amp: str, device: torch.device) -> Any:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class AutocastModel(nn.Module):
+    """``model`` run under :func:`autocast` (``amp``: bf16 or fp16), returning float32 logits.
+
+    For the forward and backward passes that only *search* (e.g. an attack's steps): the
+    matmuls and convolutions run in half precision, and the logits come back as float32 so
+    that the loss, its gradient and any rule on loss values (APGD's step size, the DLR loss)
+    work in full precision. It holds ``model`` as its only submodule (same parameters, same
+    device, ``eval()`` reaches it); ``amp="off"`` is a plain float32 pass-through.
+
+    Notes:
+        Half-precision logits can put a point on the wrong side of the decision boundary.
+        Whatever decides that an input is misclassified must ask ``model`` itself, outside
+        autocast (``self.model``), never this wrapper. ``fp16`` needs CUDA; its gradients
+        are not loss-scaled here (an underflowing gradient makes a step weaker, not wrong).
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+        >>> AutocastModel(net, "bf16")(torch.zeros(2, 1, 8, 8)).dtype
+        torch.float32
+    """
+
+    def __init__(self, model: nn.Module, amp: str) -> None:
+        super().__init__()
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        if amp not in AMP_MODES:
+            raise TrainingError(f"bad amp setting {amp!r} (choose from {', '.join(AMP_MODES)})")
+        if amp == "fp16" and device.type != "cuda":
+            raise TrainingError(f"amp=fp16 needs a CUDA device (the model is on {device}); "
+                                "use amp=bf16")
+        if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise TrainingError(f"amp=bf16: {device} has no bfloat16 support; use amp=fp16")
+        self.model = model
+        self.amp = amp
+
+    def forward(self, x: Tensor) -> Tensor:
+        with autocast(self.amp, x.device):
+            out = self.model(x)
+        return out.float()
+
+
 @dataclass
 class TrainResult:
     """What happened: one record per epoch, and which epoch's weights were kept."""

@@ -22,7 +22,8 @@ class EvasionOptions(WhiteBoxOptions):
     empty: a default grid scaled to the card's bounds) and the scenario's options
     (:class:`dlsec.scenarios.whitebox.WhiteBoxOptions`: ``attacks``, ``ensemble``,
     ``ensemble-eps``, ``samples``, ``steps``, ``adversarial-training``, ``at-eps``,
-    ``at-epochs``)."""
+    ``at-epochs``, ``amp``: off, bf16 or fp16 on CUDA, the precision the attacks search in;
+    verdicts are float32)."""
 
     norm: str = "linf"
     eps: list[float] = field(default_factory=list)

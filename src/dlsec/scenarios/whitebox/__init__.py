@@ -19,7 +19,9 @@ from dlsec.scenarios.whitebox.robustness import (
     eps_grid,
     make_white_box,
     robustness,
+    search_model,
     single_attack,
+    verify_float32,
 )
 
 __all__ = [
@@ -32,5 +34,7 @@ __all__ = [
     "evaluate_robustness",
     "make_white_box",
     "robustness",
+    "search_model",
     "single_attack",
+    "verify_float32",
 ]

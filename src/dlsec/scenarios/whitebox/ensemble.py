@@ -28,6 +28,15 @@ and at the end gathers one report, the same on every rank and the same as the on
 run with the same ``block_size``. Each rank resumes from its own state file
 (``<state>.rank<k>-of-<n>``).
 
+Mixed precision (``amp="bf16"``, or ``"fp16"`` on CUDA) applies to the *search* only: the
+white-box stages attack the model through :class:`dlsec.training.AutocastModel` (half
+precision matmuls, float32 logits and losses). The *verdict* never uses it: the clean pass,
+the check of every stage's candidates and the sanity checks run the model in float32 with
+autocast off, so a candidate counts as adversarial only if the float32 model misclassifies
+it; half precision can make the evaluation weaker, never report a false break. The
+black-box Square stage also queries the float32 model: its acceptance rule compares small
+differences of scores that bfloat16 rounds away.
+
 Example:
     >>> rep = evaluate_robustness(model, x, y, eps=[0.05, 0.1], card=card)   # doctest: +SKIP
     >>> rep.robust_accuracy, rep.stage_accuracy["apgd-ce"], rep.warnings     # doctest: +SKIP
@@ -58,6 +67,7 @@ from dlsec.scenarios.sharding import Shard, block_seed
 from dlsec.scenarios.whitebox import checks as sanity
 from dlsec.scenarios.whitebox.restarts import boundary_restarts
 from dlsec.threat import LocalOracle
+from dlsec.training import AutocastModel
 
 STATE_VERSION = "3"
 # the share of the points still robust that the boundary restarts attack
@@ -177,7 +187,9 @@ class RobustnessReport:
     (-1 still robust, -2 misclassified without perturbation). ``x_adv[k]`` holds the
     adversarials (the clean input where none was found). ``stage_accuracy[name][k]`` is
     the robust accuracy after that stage and those before it. ``seconds`` is the whole
-    evaluation's wall time, ``check_seconds`` the part spent in the sanity checks.
+    evaluation's wall time, ``check_seconds`` the part spent in the sanity checks. ``amp``:
+    the precision the white-box stages searched in (``"off"``: float32); the verdicts are
+    float32 whatever it is.
     """
 
     norm: str
@@ -195,10 +207,11 @@ class RobustnessReport:
     resumed: bool = False
     check_seconds: float = 0.0
     block_size: int | None = None
+    amp: str = "off"
 
     def summary(self) -> dict[str, Any]:
         keys = ("norm", "eps", "attacks", "clean_accuracy", "robust_accuracy", "stage_accuracy",
-                "warnings", "seconds", "check_seconds")
+                "warnings", "seconds", "check_seconds", "amp")
         out = {k: getattr(self, k) for k in keys}
         if self.block_size is not None:  # the per-block path (sharded, or --block-size)
             out["block_size"] = self.block_size
@@ -212,7 +225,7 @@ def evaluate_robustness(
     bounds: tuple[float, float] | None = None, attacks: Sequence[str] | None = None,
     generator: torch.Generator | None = None, state_path: str | Path | None = None,
     checks: bool = True, check_points: int = 32, batch_size: int = 1024, progress: bool = True,
-    shard: Shard | None = None, block_size: int | None = None,
+    shard: Shard | None = None, block_size: int | None = None, amp: str = "off",
 ) -> RobustnessReport:
     """Robust accuracy of ``model`` on ``(x, y)`` per epsilon under an attack ensemble.
 
@@ -234,6 +247,10 @@ def evaluate_robustness(
         block_size: attack the points in blocks of this many, each block seeded from its
             index (the per-block path a sharded run takes; default the shard's block, or
             one block per rank). The report's ``block_size`` says the one used.
+        amp: ``"off"``, ``"bf16"`` or ``"fp16"`` (CUDA only): the white-box stages' forward
+            and backward passes under autocast; every candidate is then checked by the
+            float32 model (see the module's notes). A bad or unsupported setting is a
+            :class:`dlsec.training.TrainingError`. It is part of the resume fingerprint.
     """
     start = time.perf_counter()
     bnd = card_bounds(bounds, card)
@@ -251,6 +268,7 @@ def evaluate_robustness(
     if block_size is not None:
         shard = dataclasses.replace(shard or Shard(0, 1), block=block_size)
 
+    search = model if amp == "off" else AutocastModel(model, amp)
     device = next(model.parameters()).device
     x, y = x.to(device), y.to(device)
     n, k_eps, n_st = x.shape[0], len(eps_list), len(stages)
@@ -260,7 +278,10 @@ def evaluate_robustness(
     xl, yl = x[lo:hi], y[lo:hi]
     order = sorted(range(k_eps), key=lambda i: eps_list[i])
     seeds = _stage_seeds(generator, k_eps, n_st)
-    with module_mode(model, training=False):
+    # the verdicts run in float32 even when the caller is inside an autocast region (the
+    # search model turns autocast back on for itself)
+    full_precision = torch.autocast(device_type=device.type, enabled=False)
+    with module_mode(model, training=False), full_precision:
         step = shard.size if shard is not None else batch_size
         with torch.inference_mode():
             clean_logits = torch.cat(
@@ -280,7 +301,7 @@ def evaluate_robustness(
         check_seconds = time.perf_counter() - check_start if checks else 0.0
 
         where = None if shard is None else (shard.rank, shard.world_size, shard.size)
-        fingerprint = _fingerprint(model, xl, yl, norm, eps_list, names, bnd, seeds, where)
+        fingerprint = _fingerprint(model, xl, yl, norm, eps_list, names, bnd, seeds, where, amp)
         state = _State.fresh(xl, clean_correct, k_eps, n_st)
         resumed = False
         if state_path is not None and shard is not None and shard.world_size > 1:
@@ -312,8 +333,9 @@ def evaluate_robustness(
                     if not skip and e > 0:
                         idx, total = _select(state, ki, si, stage, shard, lo)
                         if not bool(state.done[ki, si]):
-                            _run_stage(model, xl, yl, state, ki, si, stage, norm, e, bnd, seeds,
-                                       idx, total, shard, lo)
+                            attacker = search if stage.white_box else model
+                            _run_stage(model, attacker, xl, yl, state, ki, si, stage, norm, e,
+                                       bnd, seeds, idx, total, shard, lo)
                     if not bool(state.done[ki, si]):
                         state.done[ki, si] = True
                         if state_path is not None:
@@ -347,7 +369,7 @@ def evaluate_robustness(
         robust_accuracy=robust_acc, stage_accuracy=stage_acc, robust=robust,
         fooled_by=state.fooled_by, x_adv=state.x_adv, clean_correct=clean_correct,
         warnings=warnings, seconds=time.perf_counter() - start, resumed=resumed,
-        check_seconds=check_seconds, block_size=None if shard is None else shard.size,
+        check_seconds=check_seconds, block_size=None if shard is None else shard.size, amp=amp,
     )
 
 
@@ -375,10 +397,12 @@ def _select(
 
 
 def _run_stage(
-    model: nn.Module, x: Tensor, y: Tensor, state: _State, ki: int, si: int, stage: Stage,
-    norm: str, eps: float, bounds: tuple[float, float], seeds: Tensor, idx: Tensor, total: int,
-    shard: Shard | None, lo: int,
+    model: nn.Module, attacker: nn.Module, x: Tensor, y: Tensor, state: _State, ki: int, si: int,
+    stage: Stage, norm: str, eps: float, bounds: tuple[float, float], seeds: Tensor, idx: Tensor,
+    total: int, shard: Shard | None, lo: int,
 ) -> None:
+    """Stage ``si`` at epsilon ``ki`` on the points ``idx``: ``attacker`` searches (the
+    model, or it under autocast), ``model`` (float32) decides what fooled it."""
     if idx.numel() == 0:
         return
     seed = int(seeds[ki, si])
@@ -391,20 +415,21 @@ def _run_stage(
             for b in torch.unique(blocks)
         ]
     for part, gen in groups:
-        _attack_points(model, x, y, state, ki, si, stage, norm, eps, bounds, part, gen, total)
+        _attack_points(model, attacker, x, y, state, ki, si, stage, norm, eps, bounds, part, gen,
+                       total)
 
 
 def _attack_points(
-    model: nn.Module, x: Tensor, y: Tensor, state: _State, ki: int, si: int, stage: Stage,
-    norm: str, eps: float, bounds: tuple[float, float], idx: Tensor, gen: torch.Generator,
-    total: int,
+    model: nn.Module, attacker: nn.Module, x: Tensor, y: Tensor, state: _State, ki: int, si: int,
+    stage: Stage, norm: str, eps: float, bounds: tuple[float, float], idx: Tensor,
+    gen: torch.Generator, total: int,
 ) -> None:
     xs, ys = x[idx], y[idx]
     extra: dict[str, Any] = {"points": total} if stage.pooled else {}
-    cand = stage.run(model, xs, ys, norm=cast(Norm, norm), eps=eps, bounds=bounds, generator=gen,
+    cand = stage.run(attacker, xs, ys, norm=cast(Norm, norm), eps=eps, bounds=bounds, generator=gen,
                      **extra)
     cand = (xs + project(cand.to(xs.device, xs.dtype) - xs, norm, eps)).clamp(*bounds)
-    with torch.inference_mode():
+    with torch.inference_mode():  # the verdict: the float32 model, whatever searched
         logits = model(cand)
     fooled = logits.argmax(1) != ys
     near = nearness(logits, ys).to(state.nearness.dtype)
@@ -457,10 +482,11 @@ def _stage_seeds(generator: torch.Generator | None, k: int, s: int) -> Tensor:
 def _fingerprint(
     model: nn.Module, x: Tensor, y: Tensor, norm: str, eps: list[float], names: list[str],
     bounds: tuple[float, float], seeds: Tensor, shard: tuple[int, int, int] | None = None,
+    amp: str = "off",
 ) -> str:
     h = hashlib.sha256()
     meta = {"norm": norm, "eps": eps, "attacks": names, "bounds": bounds, "v": STATE_VERSION,
-            "shard": shard}
+            "shard": shard, "amp": amp}
     h.update(json.dumps(meta, sort_keys=True).encode())
     for t in (x, y, seeds, *(p for _, p in sorted(model.state_dict().items()))):
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())

@@ -13,6 +13,12 @@ attacked):
 
 Seeds are named streams of the run seed: ``whitebox/<attack>``, ``whitebox/ensemble``.
 
+``amp`` (``"bf16"``, or ``"fp16"`` on CUDA) runs the attacks' search under autocast
+(:class:`dlsec.training.AutocastModel`); clean accuracy and every verdict are float32: a
+single attack's adversarials are re-checked by the float32 model (:func:`verify_float32`)
+and the ensemble checks its own (:mod:`.ensemble`), so half precision may miss an
+adversarial but never reports one that the float32 model does not confirm.
+
 Example:
     >>> ctx = ScenarioContext(model, card, dataset, ThreatModel.from_card(card, eps=(0.1, 0.2)))
     >>> result = robustness(ctx, WhiteBoxOptions(attacks=["fgsm", "pgd"]))   # doctest: +SKIP
@@ -30,7 +36,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from dlsec.attacks.core import AttackError, TargetSpec
+from dlsec.attacks.core import AttackError, TargetSpec, is_adversarial, module_mode
 from dlsec.attacks.evasion import EvasionAttack, EvasionResult
 from dlsec.attacks.registry import attack_kind, make_attack
 from dlsec.scenarios.context import ScenarioContext
@@ -39,7 +45,7 @@ from dlsec.scenarios.sharding import Shard
 from dlsec.scenarios.whitebox.checks import check_curve, large_eps_check, model_checks
 from dlsec.scenarios.whitebox.ensemble import RobustnessReport, evaluate_robustness
 from dlsec.threat import ThreatModel
-from dlsec.training import TrainConfig
+from dlsec.training import AMP_MODES, AutocastModel, TrainConfig
 
 LINF_EPS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3)
 L2_EPS = (0.25, 0.5, 1.0, 2.0, 3.0)
@@ -60,7 +66,8 @@ class WhiteBoxOptions:
     of the grid, as it is the costly part); ``samples``: the first test points attacked;
     ``steps``: iterations of pgd, bim and mifgsm. ``adversarial_training`` (pgd, fgsm-rs or
     trades) also trains a hardened copy of the model at ``at_eps`` (default: the middle of
-    the grid) for ``at_epochs`` and evaluates it the same way."""
+    the grid) for ``at_epochs`` and evaluates it the same way. ``amp``: the precision the
+    attacks search in (off, bf16, or fp16 on CUDA; the verdicts are float32 in any case)."""
 
     attacks: list[str] = field(default_factory=lambda: ["fgsm", "pgd"])
     ensemble: bool = True
@@ -70,8 +77,11 @@ class WhiteBoxOptions:
     adversarial_training: str = ""
     at_eps: float = 0.0
     at_epochs: int = 20
+    amp: str = "off"
 
     def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp: must be one of {', '.join(AMP_MODES)}, got {self.amp!r}")
         if self.adversarial_training not in ("", *AT_METHODS):
             raise ValueError(
                 "adversarial-training: must be pgd, fgsm-rs or trades, got "
@@ -110,6 +120,46 @@ def make_white_box(name: str, norm: str, *, steps: int | None = None) -> Evasion
     attack = make_attack(name, **settings)
     assert isinstance(attack, EvasionAttack)
     return attack
+
+
+def search_model(model: nn.Module, amp: str) -> nn.Module:
+    """The module the attacks search with: ``model`` itself, or it under autocast
+    (:class:`AutocastModel`; a bad or unsupported ``amp`` is a ``TrainingError``)."""
+    return model if amp == "off" else AutocastModel(model, amp)
+
+
+def verify_float32(
+    model: nn.Module, res: EvasionResult, x: Tensor, y: Tensor, *, batch_size: int = 1024
+) -> EvasionResult:
+    """``res`` with its verdicts taken again by ``model`` in float32 (autocast off), for a
+    result found through :func:`search_model`: ``clean_correct`` from the float32 clean pass,
+    ``success[k, n]`` whether the float32 model is fooled by ``x_adv[k, n]`` (a point it
+    misclassifies unperturbed counts as fooled with the clean input, as in
+    :class:`EvasionResult`). An adversarial that only fooled the half-precision model
+    stops counting; one the search gave up on but that fools the float32 model counts.
+    """
+    if x.shape[0] == 0:
+        return res
+    device = x.device
+    targets = res.targets
+
+    def predict(inputs: Tensor) -> Tensor:
+        with torch.autocast(device_type=device.type, enabled=False), torch.inference_mode():
+            return torch.cat([model(inputs[i : i + batch_size])
+                              for i in range(0, inputs.shape[0], batch_size)])
+
+    with module_mode(model, training=False):
+        clean_logits = predict(x)
+        already = is_adversarial(clean_logits, y, targets)
+        x_adv = res.x_adv.clone()
+        x_adv[:, already] = x[already]
+        success = torch.stack([is_adversarial(predict(a), y, targets) for a in x_adv])
+    norms = res.norms.clone()
+    norms[:, already] = 0.0
+    return dataclasses.replace(
+        res, x_adv=x_adv, success=success, norms=norms,
+        clean_correct=clean_logits.argmax(1) == y,
+    )
 
 
 def _points(ctx: ScenarioContext, samples: int | None) -> tuple[Tensor, Tensor]:
@@ -151,6 +201,7 @@ def robustness(
     :class:`TrainConfig`; its epochs are ``options.at_epochs``)."""
     threat, norm = _threat(ctx)
     options.check_attacks(norm)
+    search_model(ctx.model, options.amp)  # an amp mode this device lacks: refused before any work
     x, y = _points(ctx, options.samples)
     eps = sorted(threat.eps)
     ev = _evaluate(ctx, ctx.model, x, y, eps, options)
@@ -166,6 +217,7 @@ def robustness(
         details["ensemble"] = {
             "attack": "ensemble", "stages": " -> ".join(rep.attacks), "eps": rep.eps,
             "robust_accuracy": rep.robust_accuracy, "stage_accuracy": rep.stage_accuracy,
+            "amp": rep.amp,
         }
     summary_after = ""
     if options.adversarial_training:
@@ -198,8 +250,10 @@ def robustness(
         name="evasion",
         summary=f"{norm} robust accuracy {ev.robust_all[len(eps) // 2]:.1%} at eps {mid:g}"
         + (f"; {ev.robust_all[-1]:.1%} at eps {eps[-1]:g}" if len(eps) > 1 else "")
-        + f"{summary_after}; clean accuracy on the "
-        f"{len(y)} attacked test points (subset): {ev.clean:.1%}",
+        + f"{summary_after}"
+        + (f"; attacks searched in {options.amp}, verdicts in float32"
+           if options.amp != "off" else "")
+        + f"; clean accuracy on the {len(y)} attacked test points (subset): {ev.clean:.1%}",
         metrics=metrics,
         tables=[
             Table(
@@ -212,7 +266,7 @@ def robustness(
         ],
         figures=figures,
         warnings=_warnings(ctx, ev.results, x, y, eps, norm),
-        details=details | {"eps": eps},
+        details=details | {"eps": eps, "amp": options.amp},
         artifacts={"results": ev.results, "report": ev.report},
     )
 
@@ -224,11 +278,13 @@ def _evaluate(
     """Run every configured attack (and the ensemble); a point is robust at eps only if no
     attack fooled it."""
     threat, norm = _threat(ctx)
+    search = search_model(model, options.amp)
     results = {}
     for name in options.attacks:
         attack = options.attack(name, norm)
-        results[name] = attack(model, x, y, eps=eps, bounds=threat.bounds,
-                               generator=ctx.generator(f"whitebox/{name}"))
+        res = attack(search, x, y, eps=eps, bounds=threat.bounds,
+                     generator=ctx.generator(f"whitebox/{name}"))
+        results[name] = res if search is model else verify_float32(model, res, x, y)
     fooled_any = torch.stack([r.success for r in results.values()]).any(0)
     clean = float(next(iter(results.values())).clean_correct.double().mean())
     report = None
@@ -237,6 +293,7 @@ def _evaluate(
         report = evaluate_robustness(
             model, x, y, norm=norm, eps=ens_eps, bounds=threat.bounds,
             generator=ctx.generator("whitebox/ensemble"), checks=False, progress=False,
+            amp=options.amp,
         )
         for j, e in enumerate(ens_eps):
             for k, ek in enumerate(eps):
@@ -334,7 +391,7 @@ def _example_grid(
 def ensemble_evaluation(
     ctx: ScenarioContext, *, samples: int | None = None, stages: list[str] | None = None,
     state_path: str | Path | None = None, checks: bool = True, block_size: int | None = None,
-    shard: Shard | None = None,
+    shard: Shard | None = None, amp: str = "off",
 ) -> ScenarioResult:
     """The AutoAttack-style ensemble (``stages``, default its standard ones) at every
     ``ctx.threat.eps`` on the first ``samples`` test points, with its gradient-masking
@@ -342,13 +399,14 @@ def ensemble_evaluation(
 
     ``shard`` (under ``torchrun``: :func:`dlsec.scenarios.sharding.current_shard`) shares
     the points out between the ranks, in blocks of ``block_size`` each seeded from its
-    index; every rank gets the whole result, the one-process run's with ``block_size``."""
+    index; every rank gets the whole result, the one-process run's with ``block_size``.
+    ``amp``: the precision the white-box stages search in (the verdicts are float32)."""
     threat, norm = _threat(ctx)
     x, y = _points(ctx, samples)
     report = evaluate_robustness(
         ctx.model, x, y, norm=norm, eps=list(threat.eps), bounds=threat.bounds,
         attacks=stages, generator=ctx.generator("whitebox/ensemble"), state_path=state_path,
-        checks=checks, progress=ctx.progress, shard=shard, block_size=block_size,
+        checks=checks, progress=ctx.progress, shard=shard, block_size=block_size, amp=amp,
     )
     metrics = _metrics(report.clean_accuracy, report.eps, report.robust_accuracy)
     rows = [
@@ -362,7 +420,8 @@ def ensemble_evaluation(
     return ScenarioResult(
         name="ensemble",
         summary=f"{norm} robust accuracy down to {worst:.1%} under the ensemble "
-        f"(clean {report.clean_accuracy:.1%})",
+        f"(clean {report.clean_accuracy:.1%})"
+        + (f"; search in {amp}, verdicts in float32" if amp != "off" else ""),
         metrics=metrics, tables=[table], warnings=list(report.warnings),
         details=report.summary(), artifacts={"report": report, "x": x, "y": y},
     )
@@ -371,28 +430,34 @@ def ensemble_evaluation(
 # -- one attack by name (dlsec attack NAME) ---------------------------------------------------
 def single_attack(
     ctx: ScenarioContext, name: str, *, samples: int | None = None, steps: int | None = None,
-    target: str | int = "random",
+    target: str | int = "random", amp: str = "off",
 ) -> ScenarioResult:
     """The white-box attack ``name`` over ``ctx.threat.eps`` (targeted at ``target``, a
     rule or a class index, when ``ctx.threat.targeted``) on the first ``samples`` test
-    points. ``artifacts``: the :class:`EvasionResult` (``"result"``) and the points."""
+    points. ``amp``: the precision the attack searches in; its verdicts are then taken
+    again in float32 (:func:`verify_float32`). ``artifacts``: the :class:`EvasionResult`
+    (``"result"``) and the points."""
     threat, norm = _threat(ctx)
     attack = make_white_box(name, norm, steps=steps)
+    search = search_model(ctx.model, amp)
     if isinstance(target, int) and not 0 <= target < ctx.card.num_classes:
         raise AttackError(f"target: a class index must be in 0..{ctx.card.num_classes - 1}")
     x, y = _points(ctx, samples)
-    res = attack(ctx.model, x, y, eps=list(threat.eps), targeted=threat.targeted,
+    res = attack(search, x, y, eps=list(threat.eps), targeted=threat.targeted,
                  target=cast(TargetSpec, target), bounds=threat.bounds,
                  generator=ctx.generator(f"whitebox/{name}"))
+    if search is not ctx.model:
+        res = verify_float32(ctx.model, res, x, y)
     clean = float(res.clean_correct.double().mean())
     metrics = _metrics(clean, res.eps, res.robust_accuracy)
     rows = [list(r) for r in zip(res.eps, res.robust_accuracy, res.success_rate, strict=True)]
     return ScenarioResult(
         name=name,
-        summary=f"{name} ({attack.norm}) on {len(y)} points, clean accuracy {clean:.4f}",
+        summary=f"{name} ({attack.norm}) on {len(y)} points, clean accuracy {clean:.4f}"
+        + (f"; search in {amp}, verdicts in float32" if amp != "off" else ""),
         metrics=metrics,
         tables=[Table(name, ["epsilon", "robust accuracy", "success rate"], rows)],
-        details=res.summary(), artifacts={"result": res, "x": x, "y": y},
+        details=res.summary() | {"amp": amp}, artifacts={"result": res, "x": x, "y": y},
     )
 
 
@@ -402,5 +467,7 @@ __all__ = [
     "eps_grid",
     "make_white_box",
     "robustness",
+    "search_model",
     "single_attack",
+    "verify_float32",
 ]
