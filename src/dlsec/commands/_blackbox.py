@@ -59,11 +59,16 @@ def run_black_box(name: str, model_dir: Path | None, eps_list: list[float] | Non
                   dataset: str | None, samples: int | None, seed: int, device: str,
                   max_queries: int, budget: int, norm: str, basis: str, surrogate: str, craft: str,
                   threads: int = 0, trust_code: bool = False, progress: bool = True,
-                  url: str | None = None, api_key: str | None = None) -> None:
+                  url: str | None = None, api_key: str | None = None,
+                  block_size: int | None = None, state: Path | None = None) -> None:
     """Run one black-box attack (see the module docstring) and print what it cost.
 
     ``max_queries``: per point (score- and decision-based attacks); ``budget``: the oracle
-    answers a transfer surrogate may buy (an oracle total)."""
+    answers a transfer surrogate may buy (an oracle total); ``block_size``: score- and
+    decision-based attacks take the points in blocks of this many, each seeded from its
+    index (what a run sharded under torchrun does); ``state``: a resume file, each
+    finished block saved to it (under torchrun each rank its own
+    ``<state>.rank<k>-of-<N>``); a rerun of the same command skips the saved blocks."""
     from dlsec.scenarios import ScenarioContext
     from dlsec.threat import ThreatModel
 
@@ -78,6 +83,11 @@ def run_black_box(name: str, model_dir: Path | None, eps_list: list[float] | Non
     if name == "boundary" and norm != "l2":
         raise EvasionCommandError("--norm: the boundary attack is an L2 attack; pass --norm l2")
     check_samples(samples)
+    if name == "transfer" and (block_size is not None or state is not None):
+        raise EvasionCommandError("--block-size/--state: the transfer attack runs whole; "
+                                  "blocks and resume are for the query attacks")
+    if state is not None:
+        _check_state(state, block_size)
     with ExitStack() as stack:
         if url is not None:
             factory = stack.enter_context(remote_oracles(url, api_key))
@@ -92,12 +102,29 @@ def run_black_box(name: str, model_dir: Path | None, eps_list: list[float] | Non
             ctx = ScenarioContext(model=model, card=card, dataset=ds, threat=threat, seed=seed,
                                   device=ds.x_test.device, progress=progress)
         _run(ctx, name, eps_list, out=out, samples=samples, max_queries=max_queries,
-             budget=budget, basis=basis, surrogate=surrogate, craft=craft, progress=progress)
+             budget=budget, basis=basis, surrogate=surrogate, craft=craft, progress=progress,
+             block_size=block_size, state=state)
+
+
+def _check_state(state: Path, block_size: int | None) -> None:
+    """Before any work: ``state`` (this rank's own file under torchrun) may be written,
+    and a one-process run resumes only by blocks."""
+    from dlsec.files import check_output
+    from dlsec.scenarios.sharding import launched_shard
+    from dlsec.scenarios.whitebox import check_state_file
+
+    launched = launched_shard()
+    if launched is None and block_size is None:
+        raise EvasionCommandError("--state: a run resumes block by block; pass --block-size "
+                                  "N too (or run sharded under torchrun)")
+    check_output(state, kind="file", option="--state")
+    check_state_file(state if launched is None else launched.state_path(state))
 
 
 def _run(ctx: Any, name: str, eps_list: list[float] | None, *, out: Path | None,
          samples: int | None, max_queries: int, budget: int, basis: str, surrogate: str,
-         craft: str, progress: bool) -> None:
+         craft: str, progress: bool, block_size: int | None = None,
+         state: Path | None = None) -> None:
     import numpy as np
 
     ds = ctx.dataset
@@ -118,7 +145,8 @@ def _run(ctx: Any, name: str, eps_list: list[float] | None, *, out: Path | None,
             dev = torch.device("cuda", torch.cuda.current_device())
             ctx = dataclasses.replace(ctx, model=ctx.model.to(dev), device=dev)
         arrays = _query(ctx, name, n, eps_list or [], max_queries=max_queries,
-                        basis=basis, watch=watch, shard=shard)
+                        basis=basis, watch=watch, shard=shard, block_size=block_size,
+                        state=state)
         if shard is not None and not shard.is_main:
             return  # rank 0 prints and writes
     if out is not None:
@@ -131,7 +159,8 @@ def _watch(show: bool) -> Any:
 
 
 def _query(ctx: Any, name: str, n: int, eps_list: list[float], *, max_queries: int,
-           basis: str, watch: Any, shard: Any = None) -> dict[str, Any]:
+           basis: str, watch: Any, shard: Any = None, block_size: int | None = None,
+           state: Path | None = None) -> dict[str, Any]:
     """A score- or decision-based attack through the scenario; printed (by rank 0 when
     sharded under torchrun), and the arrays."""
     import numpy as np
@@ -147,11 +176,23 @@ def _query(ctx: Any, name: str, n: int, eps_list: list[float], *, max_queries: i
     echo(f"{name} ({norm}) through a {'labels' if decision else 'scores'} oracle on "
                f"{n} points, at most {max_queries} queries per point")
     options = QueryOptions(attacks=(name,), samples=n, max_queries=max_queries,
-                           settings={"simba": {"basis": basis}}, early_stop=False, watch=watch)
+                           settings={"simba": {"basis": basis}}, early_stop=False, watch=watch,
+                           block_size=block_size, state_path=state)
     try:
         res = query_attacks(ctx, options, shard=shard)
     except ScenarioError as exc:
         raise EvasionCommandError(str(exc)) from exc
+    if "block_size" in res.details:
+        procs = 1 if shard is None else shard.world_size
+        bs = res.details["block_size"]
+        echo(f"  {procs} process(es), blocks of {bs} points "
+             f"(one process reproduces it with --block-size {bs})")
+    if "state" in res.details:
+        st = res.details["state"]
+        if st["replaced"] and (shard is None or shard.is_main):
+            typer.echo(f"warning: --state {state} was saved for other settings; "
+                       "started over (the file is replaced)", err=True)
+        echo(f"  state {state}: {st['resumed_blocks']} finished block(s) resumed")
     sweep = res.artifacts["sweeps"][name]
     levels = ladder(max_queries)
     x, y = res.artifacts["x"], res.artifacts["y"]

@@ -48,6 +48,8 @@ def register(app: typer.Typer) -> None:
         surrogate: Annotated[str, typer.Option(help="transfer: jacobian | knockoff | graybox")] = "jacobian",
         craft: Annotated[str, typer.Option(help="transfer: white-box attacks run on the surrogate")] = "pgd,mifgsm,difgsm",
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Black-box attacks: no progress bar")] = False,
+        block_size: Annotated[int | None, count("square, simba, nes, hsja, boundary: attack the points in blocks of N, each seeded from its index: a run sharded under torchrun with the same N gives the same result (sharded runs default to one block per process and print the N they used)")] = None,
+        state: Annotated[Path | None, typer.Option(help="square, simba, nes, hsja, boundary: resume file, each finished block saved to it (needs --block-size in one process; under torchrun each rank its own <state>.rank<k>-of-<N>)")] = None,
     ) -> None:
         """Run an evasion attack over a list of epsilons; print robust accuracy.
 
@@ -58,7 +60,9 @@ def register(app: typer.Typer) -> None:
         found; ``transfer`` trains a ``--surrogate`` on at most ``--budget`` oracle labels,
         crafts adversarials on it with ``--craft`` and sends each once to the model.
         ``--url`` (with ``--api-key`` or ``DLSEC_API_KEY``, and ``--dataset``) runs a
-        black-box attack against a model served by ``dlsec serve``.
+        black-box attack against a model served by ``dlsec serve``. The query attacks
+        shard their points under ``torchrun --nproc-per-node N`` (the result of one
+        process with the same ``--block-size``) and resume block by block from ``--state``.
         """
         import numpy as np
 
@@ -76,6 +80,9 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             check_output(out, kind="file", option="--out")
         eps_list = parse_eps(eps) if eps is not None else None
+        if name not in BLACK_BOX and (block_size is not None or state is not None):
+            raise EvasionCommandError(f"--block-size/--state: blocks and resume are for the "
+                                      f"black-box query attacks, not {name}")
         if name in BLACK_BOX:
             if budget is not None and name != "transfer":
                 typer.echo(f"warning: --budget for {name} is deprecated: use --max-queries "
@@ -87,7 +94,8 @@ def register(app: typer.Typer) -> None:
                           budget=1000 if budget is None else budget, basis=basis,
                           norm=norm or ("l2" if name == "boundary" else "linf"),
                           surrogate=surrogate, craft=craft, threads=threads,
-                          trust_code=trust_code, progress=not quiet, url=url, api_key=api_key)
+                          trust_code=trust_code, progress=not quiet, url=url, api_key=api_key,
+                          block_size=block_size, state=state)
             return
         assert model_dir is not None
         if eps_list is None:

@@ -27,10 +27,13 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,10 +43,12 @@ from dlsec.attacks import attack_kind, attack_names, make_attack
 from dlsec.attacks.blackbox import BlackBoxAttack, BlackBoxResult, BlackBoxSweep, median
 from dlsec.attacks.evasion import EvasionAttack
 from dlsec.errors import DlsecError
+from dlsec.files import atomic_write_bytes
 from dlsec.scenarios.context import ScenarioContext
 from dlsec.scenarios.result import ScenarioResult, Table
 from dlsec.scenarios.sharding import Shard, block_ranges, block_seed
 from dlsec.scenarios.transfer import TransferOptions, transfer_threat
+from dlsec.scenarios.whitebox import check_state_file
 
 # watch(oracle, label, most queries): a context the attack runs in (a CLI progress bar)
 Watch = Callable[[Any, str, int], AbstractContextManager[Any]]
@@ -73,7 +78,9 @@ class QueryOptions:
     "dct"}}``); ``early_stop``: decision-based attacks stop a point at the smallest eps
     (``False``: minimum-norm runs); ``watch``: a context each attack runs in;
     ``block_size``: attack the points in blocks of this many, each seeded from its index
-    (the path a sharded run takes; see the module)."""
+    (the path a sharded run takes; see the module); ``state_path``: with blocks (or a
+    shard), a file each finished block is saved to and a rerun resumes from (a sharded
+    rank: its own ``<state>.rank<k>-of-<n>``; a file for other settings is replaced)."""
 
     attacks: Sequence[str] = ("square", "hsja")
     samples: int = 50
@@ -83,6 +90,7 @@ class QueryOptions:
     early_stop: bool = True
     watch: Watch | None = None
     block_size: int | None = None
+    state_path: str | Path | None = None
 
 
 def _points(ctx: ScenarioContext, samples: int) -> tuple[Tensor, Tensor]:
@@ -126,6 +134,14 @@ def query_attacks(
         shard = Shard(shard.rank, shard.world_size, options.block_size)
     if shard is not None:
         shard = shard.resolve(len(y))
+    store: _BlockStore | None = None
+    if options.state_path is not None:
+        if shard is None:
+            raise ScenarioError("state_path: a run resumes block by block; give block_size "
+                                "(or run sharded) with it")
+        path = Path(options.state_path)
+        store = _BlockStore.open(shard.state_path(path) if shard.world_size > 1 else path,
+                                 _fingerprint(ctx, options, x, y, shard.size))
     with torch.inference_mode():
         correct = ctx.model(x).argmax(1) == y
     metrics: dict[str, float] = {"clean_accuracy": round(float(correct.double().mean()), 6)}
@@ -142,7 +158,8 @@ def query_attacks(
         minimum_norm = decision and not options.early_stop
         with watch(oracle, name, options.max_queries * len(y)):
             if shard is not None:
-                sweep = _sharded_sweep(attack, oracle, x, y, ids, eps, gen, shard, minimum_norm)
+                sweep = _sharded_sweep(attack, oracle, x, y, ids, eps, gen, shard, minimum_norm,
+                                       store=store, name=name)
             elif minimum_norm:
                 run = attack(oracle, x, y, eps=None, ids=ids, generator=gen)
                 sweep = BlackBoxSweep(eps, [run.at_eps(e) for e in eps], oracle.queries_total)
@@ -168,26 +185,39 @@ def query_attacks(
     )] if rows else []
     summary = f"{norm} eps {eps[-1]:g}: " + ", ".join(
         f"{n} {metrics[f'{n}_robust_accuracy']:.1%}" for n in options.attacks)
+    details: dict[str, Any] = {"curve_queries": levels, "eps": eps, "norm": norm,
+                               "curves": {n: c[eps[-1]] for n, c in curves.items()}}
+    if shard is not None:
+        details["block_size"] = shard.size
+    if store is not None and shard is not None:
+        details["state"] = {
+            "resumed_blocks": sum(shard.gather_objects(store.resumed)),
+            "replaced": any(shard.gather_objects(store.replaced)),
+        }
     return ScenarioResult(
         name="blackbox", summary=summary, metrics=metrics, tables=tables,
         figures={"curves": curves, "curve_queries": levels, "norm": norm, "eps": eps},
-        details={"curve_queries": levels, "eps": eps, "norm": norm,
-                 "curves": {n: c[eps[-1]] for n, c in curves.items()}},
-        artifacts={"x": x, "y": y, "correct": correct, "sweeps": sweeps},
+        details=details, artifacts={"x": x, "y": y, "correct": correct, "sweeps": sweeps},
     )
 
 
 def _sharded_sweep(
     attack: BlackBoxAttack, oracle: Any, x: Tensor, y: Tensor, ids: Tensor, eps: list[float],
-    generator: torch.Generator, shard: Shard, minimum_norm: bool,
+    generator: torch.Generator, shard: Shard, minimum_norm: bool, *,
+    store: _BlockStore | None = None, name: str = "",
 ) -> BlackBoxSweep:
     """This rank's blocks attacked one by one (each seeded from the attack's stream and the
-    block's index), the blocks of every rank gathered and joined in order."""
+    block's index; a block ``store`` holds is taken from it, a new one is saved to it), the
+    blocks of every rank gathered and joined in order."""
     base = int(torch.randint(0, 2**62, (1,), generator=generator))
     lo, hi = shard.bounds(len(y))
     mine: list[tuple[list[BlackBoxResult], int]] = []
     for b, (start, stop) in enumerate(block_ranges(len(y), shard.size)):
         if not lo <= start < hi:
+            continue
+        saved = None if store is None else store.get(name, b)
+        if saved is not None:
+            mine.append(saved)
             continue
         gen = torch.Generator().manual_seed(block_seed(base, b))
         sl = slice(start, stop)
@@ -196,21 +226,137 @@ def _sharded_sweep(
             runs = [attack(oracle, x[sl], y[sl], eps=None, ids=ids[sl], generator=gen)]
         else:
             runs = list(attack(oracle, x[sl], y[sl], eps=eps, ids=ids[sl], generator=gen).results)
-        mine.append(([_to_cpu(r) for r in runs], oracle.queries_total - before))
-    blocks = [blk for part in shard.gather_objects(mine) for blk in part]
-    total = sum(q for _, q in blocks)
-    joined = [_join([runs[i] for runs, _ in blocks], x.device) for i in range(len(blocks[0][0]))]
+        mine.append(([_moved(r, torch.device("cpu")) for r in runs], oracle.queries_total - before))
+        if store is not None:
+            store.put(name, b, *mine[-1])
+    total = sum(shard.gather_objects(sum(q for _, q in mine)))
+    local = [_join([runs[i] for runs, _ in mine], torch.device("cpu")) if mine else None
+             for i in range(1 if minimum_norm else len(eps))]
+    joined = [_moved(_gather_result(shard, r), x.device) for r in local]
     if minimum_norm:
         return BlackBoxSweep(eps, [joined[0].at_eps(e) for e in eps], total)
     return BlackBoxSweep(eps, joined, total)
 
 
-def _to_cpu(r: BlackBoxResult) -> BlackBoxResult:
-    def cpu(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.detach().cpu()
+_FIELDS = ("x_adv", "success", "queries", "linf", "l2")
+_TRACES = (("trace_queries", 0.0), ("trace_dist", math.inf))  # and what an empty one holds
 
-    return BlackBoxResult(r.x_adv.detach().cpu(), r.success.cpu(), r.queries.cpu(), r.linf.cpu(),
-                          r.l2.cpu(), cpu(r.trace_queries), cpu(r.trace_dist))
+
+def _gather_result(shard: Shard, local: BlackBoxResult | None) -> BlackBoxResult:
+    """The per-point results of every rank's blocks (``None``: this rank had none) in
+    order: the tensors move with :meth:`Shard.gather`; only their dtypes and shapes (and
+    the trace lengths, padded to the longest as :func:`_join` pads) as objects."""
+    spec: dict[str, tuple[torch.dtype, tuple[int, ...]]] | None = None
+    if local is not None:  # per field: dtype and the shape past the points (traces: rows)
+        spec = {f: (getattr(local, f).dtype, tuple(getattr(local, f).shape[1:]))
+                for f in _FIELDS}
+        if local.trace_queries is not None:
+            spec |= {f: (getattr(local, f).dtype, (int(getattr(local, f).shape[0]),))
+                     for f, _ in _TRACES}
+    specs = [s for s in shard.gather_objects(spec) if s is not None]
+    if shard.world_size == 1:
+        assert local is not None
+        return local
+    first = specs[0]
+    if local is None:
+        local = BlackBoxResult(*(torch.empty((0, *first[f][1]), dtype=first[f][0])
+                                 for f in _FIELDS))
+        if "trace_dist" in first:
+            local.trace_queries, local.trace_dist = (
+                torch.empty((0, 0), dtype=first[f][0]) for f, _ in _TRACES)
+    parts = {f: shard.gather(getattr(local, f)) for f in _FIELDS}
+    if "trace_dist" in first:
+        rows = max(s["trace_dist"][1][0] for s in specs)
+        for f, empty in _TRACES:
+            parts[f] = shard.gather(_pad(getattr(local, f), rows, empty), dim=1)
+    return BlackBoxResult(**parts)
+
+
+class _BlockStore:
+    """The finished blocks of one (rank's share of a) blocked query-attack run, per attack
+    and global block index, written to ``path`` after each block (safetensors, plain
+    tensors, atomically replaced) with the run's fingerprint: a rerun with the same
+    settings takes them as they were (the same bytes), a file for other settings is
+    replaced, and a file that is no saved state at all is refused (never overwritten)."""
+
+    def __init__(self, path: Path, fingerprint: str) -> None:
+        self.path, self.fingerprint = path, fingerprint
+        self.tensors: dict[str, Tensor] = {}
+        self.resumed = 0  # blocks taken from the file
+        self.replaced = False  # the file was for other settings
+
+    @classmethod
+    def open(cls, path: Path, fingerprint: str) -> _BlockStore:
+        from safetensors import SafetensorError, safe_open
+
+        store = cls(path, fingerprint)
+        if not check_state_file(path):  # AttackError for a file that is no state
+            return store
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                if (fh.metadata() or {}).get("fingerprint") == fingerprint:
+                    store.tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+                    return store
+        except (SafetensorError, OSError):
+            pass
+        store.replaced = True
+        return store
+
+    def get(self, name: str, block: int) -> tuple[list[BlackBoxResult], int] | None:
+        """The runs (one per eps, or one minimum-norm run) and queries of ``block``."""
+        key = f"{name}/{block}"
+        if f"{key}/spent" not in self.tensors:
+            return None
+        runs: list[BlackBoxResult] = []
+        while f"{key}/{len(runs)}/x_adv" in self.tensors:
+            t = {f: self.tensors[f"{key}/{len(runs)}/{f}"] for f in _FIELDS}
+            traces = [self.tensors.get(f"{key}/{len(runs)}/{f}") for f, _ in _TRACES]
+            runs.append(BlackBoxResult(**t, trace_queries=traces[0], trace_dist=traces[1]))
+        self.resumed += 1
+        return runs, int(self.tensors[f"{key}/spent"])
+
+    def put(self, name: str, block: int, runs: list[BlackBoxResult], spent: int) -> None:
+        """Add ``block`` and rewrite the file."""
+        from safetensors.torch import save
+
+        key = f"{name}/{block}"
+        for i, r in enumerate(runs):
+            for f in (*_FIELDS, *(f for f, _ in _TRACES)):
+                t = getattr(r, f)
+                if t is not None:
+                    self.tensors[f"{key}/{i}/{f}"] = t.detach().cpu().contiguous()
+        self.tensors[f"{key}/spent"] = torch.tensor([spent], dtype=torch.int64)
+        meta = {"fingerprint": self.fingerprint, "version": _STATE_VERSION,
+                "kind": "dlsec black-box blocks"}
+        atomic_write_bytes(self.path, save(self.tensors, metadata=meta))
+
+
+_STATE_VERSION = "1"
+
+
+def _fingerprint(ctx: ScenarioContext, options: QueryOptions, x: Tensor, y: Tensor,
+                 block: int) -> str:
+    """What a saved block depends on: the attacks and their settings, the threat's eps
+    and norm, the seed, the block size, the points and the model's weights."""
+    assert ctx.threat is not None
+    meta = {"attacks": list(options.attacks), "max_queries": options.max_queries,
+            "settings": {k: dict(v) for k, v in options.settings.items()},
+            "early_stop": options.early_stop, "eps": [float(e) for e in ctx.threat.eps],
+            "norm": ctx.threat.norm, "seed": ctx.seed, "block": block, "v": _STATE_VERSION}
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True, default=repr).encode())
+    weights = ctx.model.state_dict().items() if isinstance(ctx.model, torch.nn.Module) else []
+    for t in (x, y, *(p for _, p in sorted(weights))):
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _moved(r: BlackBoxResult, device: torch.device) -> BlackBoxResult:
+    def to(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.detach().to(device)
+
+    return BlackBoxResult(r.x_adv.detach().to(device), r.success.to(device),
+                          r.queries.to(device), r.linf.to(device), r.l2.to(device),
+                          to(r.trace_queries), to(r.trace_dist))
 
 
 def _join(parts: list[BlackBoxResult], device: torch.device) -> BlackBoxResult:

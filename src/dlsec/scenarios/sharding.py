@@ -111,9 +111,50 @@ class Shard:
     def gather(self, local: Tensor, dim: int = 0) -> Tensor:
         """The per-point tensors of every rank (points along ``dim``) concatenated in rank
         order, i.e. back in the points' original order, on every rank (on ``local``'s
-        device)."""
-        parts = self.gather_objects(local.detach().cpu())
-        return torch.cat([p.to(local.device) for p in parts], dim=dim)
+        device). The ranks may hold different numbers of points (none, too) but the same
+        dtype and other dimensions: the counts travel first, then one tensor per rank
+        padded to the largest count (``dist.all_gather``: no pickling; gloo on CPU, nccl on
+        the rank's GPU)."""
+        if self.world_size == 1:
+            return local
+        import torch.distributed as dist
+
+        rows = local.movedim(dim, 0)
+        wire = torch.device("cuda", torch.cuda.current_device()) \
+            if dist.get_backend() == "nccl" else torch.device("cpu")
+        count = torch.tensor([rows.shape[0]], dtype=torch.int64, device=wire)
+        counts = [torch.zeros_like(count) for _ in range(self.world_size)]
+        dist.all_gather(counts, count)
+        sizes = [int(c) for c in counts]
+        flat = _as_wire(rows.detach().to(wire))
+        padded = pad_rows(flat, max(sizes))
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded.contiguous())
+        joined = unpad_rows(parts, sizes)
+        return _from_wire(joined, local.dtype).to(local.device).movedim(0, dim)
+
+
+def pad_rows(t: Tensor, rows: int) -> Tensor:
+    """``t`` with zero rows appended along dim 0 up to ``rows`` rows (what one rank sends
+    in a padded gather)."""
+    if t.shape[0] > rows:
+        raise ShardingError(f"cannot pad {t.shape[0]} rows down to {rows}")
+    return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
+
+
+def unpad_rows(parts: list[Tensor], sizes: list[int]) -> Tensor:
+    """The first ``sizes[r]`` rows of each padded ``parts[r]``, concatenated in rank
+    order (the inverse of :func:`pad_rows` over all ranks)."""
+    return torch.cat([p[:s] for p, s in zip(parts, sizes, strict=True)])
+
+
+def _as_wire(t: Tensor) -> Tensor:
+    # gloo moves no bool tensors: as bytes
+    return t.to(torch.uint8) if t.dtype == torch.bool else t
+
+
+def _from_wire(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t.to(torch.bool) if dtype == torch.bool else t
 
 
 def launched_shard(block: int | None = None) -> Shard | None:
@@ -139,4 +180,5 @@ def current_shard(device: torch.device | None = None, block: int | None = None) 
 
 __all__ = [
     "Shard", "ShardingError", "block_ranges", "block_seed", "current_shard", "launched_shard",
+    "pad_rows", "unpad_rows",
 ]
