@@ -172,25 +172,39 @@ def test_two_ranks_gather_the_one_process_result_and_resume_per_rank(
 
 
 # the black-box query attacks (Square on scores, HopSkipJump on labels) on 40 points in
-# blocks of 10, sharded; each rank writes the sha256 of the gathered per-point results
+# blocks of 10, sharded; each rank writes the sha256 of the gathered per-point results.
+# Optional: the attacks (comma-separated) and a state file; KILL_AFTER=k makes rank 1 die
+# after its k-th saved block
 BB_DRIVER = """
 import hashlib, json, os, sys
 import torch
 from dlsec.data import load_dataset
 from dlsec.models import load
 from dlsec.scenarios import ScenarioContext
+from dlsec.scenarios import blackbox as bb
 from dlsec.scenarios.blackbox import QueryOptions, query_attacks
 from dlsec.scenarios.sharding import current_shard
 from dlsec.threat import ThreatModel
 
 torch.set_num_threads(1)
 model_dir, out = sys.argv[1:3]
+attacks = tuple(sys.argv[3].split(",")) if len(sys.argv) > 3 else ("square", "hsja")
+state = sys.argv[4] if len(sys.argv) > 4 else None
 shard = current_shard(block=10)
+kill = int(os.environ.get("KILL_AFTER", "0"))
+if kill and shard.rank == 1:
+    put, puts = bb._BlockStore.put, []
+    def dying_put(self, *args):
+        put(self, *args)
+        puts.append(args[1])
+        if len(puts) == kill:
+            os._exit(3)
+    bb._BlockStore.put = dying_put
 model, card = load(model_dir)
 ctx = ScenarioContext(model=model, card=card, dataset=load_dataset("digits", seed=0), seed=3,
                       threat=ThreatModel.from_card(card, eps=(0.1, 0.2)))
-res = query_attacks(ctx, QueryOptions(attacks=("square", "hsja"), samples=40, max_queries=150,
-                                      early_stop=False), shard=shard)
+res = query_attacks(ctx, QueryOptions(attacks=attacks, samples=40, max_queries=150,
+                                      early_stop=False, state_path=state), shard=shard)
 def sha(t):
     return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
 got = {name: [[sha(r.success), sha(r.queries), sha(r.x_adv), int(r.success.sum())]
@@ -198,8 +212,21 @@ got = {name: [[sha(r.success), sha(r.queries), sha(r.x_adv), int(r.success.sum()
               for r in sweep.results] + [sweep.queries_total]
        for name, sweep in res.artifacts["sweeps"].items()}
 with open(os.path.join(out, f"rank{shard.rank}.json"), "w") as fh:
-    json.dump({"sweeps": got, "metrics": res.metrics}, fh)
+    json.dump({"sweeps": got, "metrics": res.metrics,
+               "state": res.details.get("state")}, fh)
 """
+
+
+def _bb_torchrun(tmp_path: Path, model_dir: Path, out: Path, *args: str,
+                 **env: str) -> subprocess.CompletedProcess[str]:
+    out.mkdir(exist_ok=True)
+    driver = tmp_path / "bb_driver.py"
+    driver.write_text(BB_DRIVER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+           str(driver), str(model_dir), str(out), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
 
 
 @pytest.mark.slow
@@ -224,19 +251,57 @@ def test_two_ranks_gather_the_query_attacks_of_one_process(digits, digits_net, t
         fooled = [row[3] for row in expect[name][:2]]
         assert 0 < fooled[0] <= fooled[1] <= 40, (name, fooled)
     out = tmp_path / "bb"
-    out.mkdir()
-    driver = tmp_path / "bb_driver.py"
-    driver.write_text(BB_DRIVER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-           str(driver), str(model_dir), str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = _bb_torchrun(tmp_path, model_dir, out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for rank in (0, 1):
         got = json.loads((out / f"rank{rank}.json").read_text())
         assert got["sweeps"] == expect
         assert got["metrics"] == res.metrics
+
+
+@pytest.mark.slow
+def test_killed_rank_of_a_query_attack_resumes_to_the_one_process_result(
+    digits, digits_net, tmp_path
+) -> None:
+    """Square sharded in blocks of 10 over 40 points (2 blocks per rank) with a state
+    file: rank 1 dies after saving its first block; the rerun takes the 3 saved blocks
+    (rank 0's two, rank 1's one) and gathers the one-process result."""
+    from dlsec.scenarios import ScenarioContext
+    from dlsec.scenarios.blackbox import QueryOptions, query_attacks
+    from dlsec.threat import ThreatModel
+
+    model, card = digits_net
+    model_dir = tmp_path / "model"
+    save(model, card, model_dir)
+    ctx = ScenarioContext(model=model, card=card, dataset=digits, seed=3,
+                          threat=ThreatModel.from_card(card, eps=(0.1, 0.2)))
+    res = query_attacks(ctx, QueryOptions(attacks=("square",), samples=40, max_queries=150,
+                                          early_stop=False, block_size=10))
+    sweep = res.artifacts["sweeps"]["square"]
+    expect = {"square": [[_sha(r.success), _sha(r.queries), _sha(r.x_adv), int(r.success.sum())]
+                         for r in sweep.results] + [sweep.queries_total]}
+    assert 0 < expect["square"][0][3] < 40  # Square fools some points at eps 0.1, not all
+    out, state = tmp_path / "bbk", tmp_path / "sq.st"
+    killed = _bb_torchrun(tmp_path, model_dir, out, "square", str(state), KILL_AFTER="1")
+    assert killed.returncode != 0
+    assert not (out / "rank0.json").exists()
+    from safetensors import safe_open
+
+    def saved_blocks(rank: int) -> list[str]:
+        with safe_open(str(tmp_path / f"sq.st.rank{rank}-of-2"), framework="pt") as fh:
+            return sorted(k for k in fh.keys() if k.endswith("/spent"))
+
+    assert saved_blocks(1) == ["square/2/spent"]  # rank 1 owns blocks 2 and 3
+    proc = _bb_torchrun(tmp_path, model_dir, out, "square", str(state))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for rank in (0, 1):
+        got = json.loads((out / f"rank{rank}.json").read_text())
+        assert got["sweeps"] == expect
+        assert got["metrics"] == res.metrics
+        # rank 1's saved block, and whatever rank 0 saved before torchrun stopped it
+        assert 1 <= got["state"]["resumed_blocks"] <= 3 and not got["state"]["replaced"]
+    assert saved_blocks(1) == ["square/2/spent", "square/3/spent"]
+    assert saved_blocks(0) == ["square/0/spent", "square/1/spent"]
 
 
 @pytest.mark.slow
