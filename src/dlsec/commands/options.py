@@ -76,6 +76,19 @@ def fraction(help: str, *decls: str) -> Any:
     return number(help, *decls, low=0.0, high=1.0, low_open=True, high_open=True)
 
 
+def workers_option(trainings: str) -> Any:
+    """``--workers N``: ``trainings`` (e.g. "Shadow models trained one by one") run as tasks
+    on a local Ray cluster of N CPUs; the command builds its executor with
+    :func:`dlsec.executor.make_executor`, which checks the value and Ray."""
+    return count(f"{trainings} run as tasks on a local Ray cluster of N CPUs (needs "
+                 "dlsec[ray]); 1: one after another here. Same results either way")
+
+
+def ray_address_option(trainings: str) -> Any:
+    """``--ray-address ADDR``: a running Ray cluster for ``trainings`` instead."""
+    return typer.Option("--ray-address", help=f"HOST:PORT of a running Ray cluster for {trainings}")
+
+
 SeedOpt = Annotated[int, typer.Option(min=0, max=SEED_MAX, help=f"Seed (0..{SEED_MAX})")]
 ThreadsOpt = Annotated[
     int,

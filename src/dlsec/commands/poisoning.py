@@ -17,7 +17,14 @@ import numpy as np
 import torch
 import typer
 
-from dlsec.commands.options import ThreadsOpt, TrustCodeOpt, count, share
+from dlsec.commands.options import (
+    ThreadsOpt,
+    TrustCodeOpt,
+    count,
+    ray_address_option,
+    share,
+    workers_option,
+)
 from dlsec.errors import DlsecError
 from dlsec.training import SEED_MAX
 
@@ -192,12 +199,17 @@ def sanitize_cmd(
     model: ModelOpt = "simplenet", epochs: EpochsOpt = 30,
     folds: Annotated[int, count("Cross-validation folds (cleanlab, loss): 2 .. training samples", low=2)] = 5,
     scores_out: Annotated[Path | None, typer.Option("--scores-out", help="Also write the per-sample scores and flags as JSON")] = None,
-    seed: SeedOpt = 0, threads: ThreadsOpt = 0, quiet: QuietOpt = False,
+    seed: SeedOpt = 0, threads: ThreadsOpt = 0,
+    workers: Annotated[int, workers_option(
+        "The sanitizer's trainings (cleanlab, loss: one per fold)")] = 1,
+    ray_address: Annotated[str | None, ray_address_option("the sanitizer's trainings")] = None,
+    quiet: QuietOpt = False,
 ) -> None:
     """Flag suspicious training samples, write the rest; score detection when the data
     carries a ``poison_mask`` (as ``dlsec poison`` writes)."""
     from dlsec.commands.options import set_threads
     from dlsec.data import load_dataset
+    from dlsec.executor import make_executor
     from dlsec.files import atomic_write_text
     from dlsec.scenarios.poisoning import SANITIZERS, sanitize_dataset
 
@@ -209,6 +221,7 @@ def sanitize_cmd(
     if method not in SANITIZERS:
         raise DlsecError(f"--method: unknown sanitizer {method!r} (choose from "
                          f"{', '.join(SANITIZERS)})")
+    executor = make_executor(workers, ray_address)  # no Ray, a bad address: now
     ds = load_dataset(dataset, seed=seed)
     if folds > ds.y_train.numel():
         raise DlsecError(
@@ -220,8 +233,9 @@ def sanitize_cmd(
             if "poison_mask" in arch.files and arch["poison_mask"].shape == (ds.y_train.numel(),):
                 truth = torch.from_numpy(arch["poison_mask"].astype(bool))
     set_threads(threads, device="auto", architecture=model, dataset=ds)
-    res, d = sanitize_dataset(ds, method, architecture=model, epochs=epochs, folds=folds,
-                              seed=seed, truth=truth, progress=not quiet)
+    with executor:
+        res, d = sanitize_dataset(ds, method, architecture=model, epochs=epochs, folds=folds,
+                                  seed=seed, truth=truth, progress=not quiet, executor=executor)
     keep = res.keep()
     line = f"{method}: flagged {res.n_flagged} of {ds.y_train.numel()} training samples"
     if d is not None:

@@ -23,6 +23,8 @@ from dlsec.commands.options import (
     TrustCodeOpt,
     count,
     number,
+    ray_address_option,
+    workers_option,
 )
 from dlsec.errors import DlsecError
 
@@ -136,12 +138,8 @@ def register(app: typer.Typer) -> None:
         test_size: TestSizeOpt = 0.2,
         out: JsonOutOpt = None,
         threads: ThreadsOpt = 0,
-        workers: Annotated[int, count(
-            "Shadow models trained one by one run as tasks on a local Ray cluster of N CPUs "
-            "(needs dlsec[ray]); 1: one after another here. Same results either way")] = 1,
-        ray_address: Annotated[str | None, typer.Option(
-            "--ray-address", help="HOST:PORT of a running Ray cluster for the shadow "
-            "models")] = None,
+        workers: Annotated[int, workers_option("Shadow models trained one by one")] = 1,
+        ray_address: Annotated[str | None, ray_address_option("the shadow models")] = None,
         separate_shadows: Annotated[bool, typer.Option(
             "--separate-shadows", help="Train the shadow models one by one (one task each, "
             "what --workers spreads) instead of stacked in one batched module")] = False,

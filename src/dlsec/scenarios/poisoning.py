@@ -1,7 +1,9 @@
 """Poisoning, wired once (the audit's Poisoning section, ``dlsec poison``/``dlsec sanitize``
 and benchmarks/poisoning.py run through here): poison, train, measure; sanitize, retrain,
 measure again. Seeds are named streams of the run seed (``poisoning/random-flip``,
-``poisoning/victim``).
+``poisoning/victim``). Every training (victims, cross-validation folds, retrains) is a
+named task on an executor (:mod:`dlsec.executor`; ``ScenarioContext.executor`` in
+:func:`run_poisoning`), batched so that a Ray executor trains them in parallel.
 
 Example:
     >>> ds = load_dataset("digits")
@@ -42,16 +44,17 @@ from dlsec.defenses.sanitization import (
     Detection,
     SanitizationResult,
     SanitizerSettings,
-    cross_val_probs,
     detection_metrics,
     model_factory,
     sanitize,
+    stratified_folds,
     train_on,
 )
+from dlsec.executor import Executor, SequentialExecutor, Task
 from dlsec.models import last_linear, penultimate_features
 from dlsec.scenarios.context import ScenarioContext, stream_seed
 from dlsec.scenarios.result import ScenarioResult, Table
-from dlsec.training import TrainConfig, evaluate, fit
+from dlsec.training import TrainConfig, evaluate, fit, predict_logits, resolve_device
 
 POISON_ATTACKS = ("random-flip", "targeted-flip", "optimized-flip", "inject", "backdoor",
                   "feature-collision")
@@ -102,14 +105,200 @@ def _success(poison: PoisonResult, model: nn.Module, ds: Dataset) -> float | Non
     return None if poison.success is None else poison.success(model, ds.x_test, ds.y_test)
 
 
+@dataclass(frozen=True)
+class _Builder:
+    """Fresh, untrained networks of one architecture (what ``model_factory`` builds), as a
+    picklable object so that a training can run as an executor's task."""
+
+    architecture: str
+    input_shape: tuple[int, ...]
+    classes: tuple[str, ...]
+    bounds: tuple[float, float]
+    normalization: dict[str, list[float]] | None = None
+
+    def __call__(self) -> nn.Module:
+        return model_factory(self.architecture, input_shape=self.input_shape,
+                             classes=self.classes, bounds=self.bounds,
+                             normalization=self.normalization)()
+
+
+def _builder(architecture: str, ds: Dataset,
+             normalization: dict[str, list[float]] | None = None) -> _Builder:
+    return _Builder(architecture, tuple(ds.input_shape), tuple(ds.classes),
+                    (float(ds.bounds[0]), float(ds.bounds[1])), normalization)
+
+
+def _train(make: _Builder, x: Tensor, y: Tensor, config: TrainConfig,
+           seed: int) -> tuple[nn.Module, float]:
+    """One training (an executor's task, here or in a Ray worker): :func:`train_on` under
+    ``seed``; the model handed back on the CPU with the seconds it took."""
+    t0 = time.perf_counter()
+    model = train_on(x, y, make_model=make, config=config, seed=seed)
+    return model.cpu(), time.perf_counter() - t0
+
+
+def _task(name: str, make: _Builder, x: Tensor, y: Tensor, config: TrainConfig,
+          seed: int) -> Task:
+    return name, (make, x.detach().cpu(), y.cpu(), config, seed)
+
+
+def _fold_tasks(name: str, make: _Builder, x: Tensor, y: Tensor, config: TrainConfig,
+                folds: int) -> tuple[list[Task], Tensor]:
+    """The trainings of :func:`cross_val_probs` as tasks ``<name>/fold<f>`` (fold ``f``'s
+    model on the other folds under seed ``config.seed + f``), and the fold of each sample."""
+    fold = stratified_folds(y, folds, seed=config.seed)
+    tasks = []
+    for f in range(folds):
+        idx = torch.nonzero(fold != f).flatten()
+        tasks.append(_task(f"{name}/fold{f}", make, x[idx.to(x.device)], y[idx.to(y.device)],
+                           config, config.seed + f))
+    return tasks, fold
+
+
+def _fold_probs(models: Sequence[nn.Module], fold: Tensor, x: Tensor,
+                num_classes: int) -> Tensor:
+    """What :func:`cross_val_probs` returns, from the models of :func:`_fold_tasks`."""
+    probs = torch.zeros(fold.numel(), num_classes)
+    for f, model in enumerate(models):
+        idx = torch.nonzero(fold == f).flatten()
+        probs[idx] = predict_logits(model, x[idx.to(x.device)]).softmax(1).float().cpu()
+    return probs
+
+
+def _trained(executor: Executor, tasks: list[Task], device: torch.device, what: str,
+             progress: bool) -> list[tuple[nn.Module, float]]:
+    """``tasks`` (of :func:`_train`) run on ``executor``; the models moved to ``device``."""
+    if not tasks:
+        return []
+    from rich.progress import Progress
+
+    with Progress(disable=not progress, transient=True) as bar:
+        bar.add_task(f"{what} ({len(tasks)} trainings, {executor.describe()})", total=None)
+        done = executor.map(_train, tasks)
+    return [(model.to(device), seconds) for model, seconds in done]
+
+
+class _Experiment:
+    """One poisoned set's trainings and measurements (:func:`run_poisoning_experiment`), in
+    the two phases :func:`_run_experiments` batches over many sets: the poisoned victim and
+    the cross-validation folds, then one retrain per sanitizer. Task names start with
+    ``name``: ``<name>/victim``, ``<name>/fold<f>``, ``<name>/<sanitizer>/retrain``."""
+
+    def __init__(self, name: str, dataset: Dataset, poison: PoisonResult, *, make: _Builder,
+                 config: TrainConfig, sanitizers: Sequence[str],
+                 settings: SanitizerSettings | None, seed: int) -> None:
+        self.name, self.ds, self.poison = name, dataset, poison
+        self.make, self.config = make, config
+        self.sanitizers, self.settings, self.seed = list(sanitizers), settings, seed
+        self.folds = (settings or SanitizerSettings()).folds if any(
+            m in ("cleanlab", "loss") for m in self.sanitizers) else 0
+        self.fold: Tensor | None = None
+        self.exp: PoisoningExperiment | None = None
+        self.results: dict[str, tuple[SanitizationResult, float]] = {}
+
+    def trainings(self) -> list[Task]:
+        """Phase 1: the poisoned victim, then the folds."""
+        p = self.poison
+        tasks = [_task(f"{self.name}/victim", self.make, p.x, p.y, self.config, self.config.seed)]
+        if self.folds:
+            folds, self.fold = _fold_tasks(self.name, self.make, p.x, p.y, self.config,
+                                           self.folds)
+            tasks += folds
+        return tasks
+
+    def retrains(self, clean: nn.Module, trained: list[tuple[nn.Module, float]]) -> list[Task]:
+        """Phase 2, given ``clean`` and what :meth:`trainings` trained: measure the victim,
+        run each sanitizer here, and return the retrains on what each keeps."""
+        p, ds = self.poison, self.ds
+        victim = trained[0][0]
+        self.exp = PoisoningExperiment(
+            attack=p.attack, rate=p.rate, n_poisoned=p.n_poisoned,
+            clean_accuracy=evaluate(clean, ds.x_test, ds.y_test)["accuracy"],
+            poisoned_accuracy=evaluate(victim, ds.x_test, ds.y_test)["accuracy"],
+            clean_success=_success(p, clean, ds), poisoned_success=_success(p, victim, ds),
+            poison=p, poisoned_model=victim,
+        )
+        probs = None
+        if self.fold is not None:
+            probs = _fold_probs([m for m, _ in trained[1:]], self.fold, p.x, ds.num_classes)
+        tasks = []
+        for method in dict.fromkeys(self.sanitizers):
+            t0 = time.perf_counter()
+            res = sanitize(method, p.x, p.y, num_classes=ds.num_classes, make_model=self.make,
+                           config=self.config, model=victim, pred_probs=probs,
+                           settings=self.settings, seed=self.seed)
+            keep = res.keep().to(p.x.device)
+            if keep.numel() == 0:
+                raise PoisonError(f"sanitizer {method!r} removed every sample")
+            self.results[method] = res, time.perf_counter() - t0
+            tasks.append(_task(f"{self.name}/{method}/retrain", self.make, p.x[keep],
+                               p.y[keep.to(p.y.device)], self.config, self.config.seed))
+        return tasks
+
+    def finish(self, retrained: list[tuple[nn.Module, float]]) -> PoisoningExperiment:
+        """The experiment, given the models :meth:`retrains` asked for."""
+        exp, p, ds = self.exp, self.poison, self.ds
+        assert exp is not None
+        models = dict(zip(self.results, retrained, strict=True))
+        drop = exp.clean_accuracy - exp.poisoned_accuracy
+        for method in self.sanitizers:
+            (model, train_seconds), (res, seconds) = models[method], self.results[method]
+            acc = evaluate(model, ds.x_test, ds.y_test)["accuracy"]
+            exp.sanitized.append(SanitizedRun(
+                method=method, detection=detection_metrics(res.mask, p.mask.cpu()),
+                accuracy=acc, success=_success(p, model, ds),
+                recovered=(acc - exp.poisoned_accuracy) / drop if drop > 0 else None,
+                seconds=seconds + train_seconds, result=res,
+            ))
+        return exp
+
+
+def _run_experiments(experiments: Sequence[_Experiment], *, clean: nn.Module | None,
+                     executor: Executor, progress: bool) -> list[PoisoningExperiment]:
+    """Every training of ``experiments`` (all sharing one dataset, architecture and
+    recipe) in two :meth:`Executor.map` calls: the clean model (task ``poisoning/clean``,
+    unless given), the victims and the folds; then every sanitizer's retrain."""
+    if not experiments:
+        return []
+    first = experiments[0]
+    device = resolve_device(first.config.device)
+    tasks = [] if clean is not None else [
+        _task("poisoning/clean", first.make, first.ds.x_train, first.ds.y_train, first.config,
+              first.config.seed)]
+    per = [e.trainings() for e in experiments]
+    done = _trained(executor, tasks + [t for ts in per for t in ts], device,
+                    "poisoned victims", progress)
+    if clean is None:
+        clean = done.pop(0)[0]
+    retrains, at = [], 0
+    for e, ts in zip(experiments, per, strict=True):
+        retrains.append(e.retrains(clean, done[at : at + len(ts)]))
+        at += len(ts)
+    done = _trained(executor, [t for ts in retrains for t in ts], device,
+                    "retraining on what the sanitizers kept", progress)
+    out, at = [], 0
+    for e, ts in zip(experiments, retrains, strict=True):
+        out.append(e.finish(done[at : at + len(ts)]))
+        at += len(ts)
+    return out
+
+
 def run_poisoning_experiment(dataset: Dataset, poison: PoisonResult, *,
                              architecture: str = "simplenet", config: TrainConfig | None = None,
                              sanitizers: Sequence[str] = (),
                              settings: SanitizerSettings | None = None,
                              clean_model: nn.Module | None = None,
                              normalization: dict[str, list[float]] | None = None, seed: int = 0,
-                             progress: bool = False) -> PoisoningExperiment:
+                             progress: bool = False,
+                             executor: Executor | None = None) -> PoisoningExperiment:
     """Measure ``poison``'s damage and what each sanitizer in ``sanitizers`` repairs.
+
+    Every model is a task on ``executor`` (default: a
+    :class:`~dlsec.executor.SequentialExecutor` here; a Ray executor trains them in
+    parallel, with bit-identical weights): first the clean model (``poisoning/clean``), the
+    poisoned one (``poisoning/<attack>/<rate>/victim``) and the cross-validation folds of
+    cleanlab and loss (``.../fold<f>``), then one retrain per sanitizer
+    (``.../<sanitizer>/retrain``). The sanitizers themselves run here.
 
     Args:
         dataset: the clean dataset (its test set measures accuracy and attack success).
@@ -123,50 +312,14 @@ def run_poisoning_experiment(dataset: Dataset, poison: PoisonResult, *,
         normalization: the victim's input normalization (as in its model card).
         seed: seeds the sanitizers' own randomness (k-means).
         progress: show progress bars.
+        executor: where the trainings run.
     """
     config = config or TrainConfig(epochs=30, lr=3e-3)
-    make = model_factory(architecture, input_shape=dataset.input_shape, classes=dataset.classes,
-                         bounds=dataset.bounds, normalization=normalization)
-    if clean_model is None:
-        clean_model = train_on(dataset.x_train, dataset.y_train, make_model=make, config=config,
-                               progress=progress)
-    xt, yt = dataset.x_test, dataset.y_test
-    clean_acc = evaluate(clean_model, xt, yt)["accuracy"]
-    poisoned_model = train_on(poison.x, poison.y, make_model=make, config=config,
-                              progress=progress)
-    pois_acc = evaluate(poisoned_model, xt, yt)["accuracy"]
-    exp = PoisoningExperiment(
-        attack=poison.attack, rate=poison.rate, n_poisoned=poison.n_poisoned,
-        clean_accuracy=clean_acc, poisoned_accuracy=pois_acc,
-        clean_success=_success(poison, clean_model, dataset),
-        poisoned_success=_success(poison, poisoned_model, dataset),
-        poison=poison, poisoned_model=poisoned_model,
-    )
-    probs = None
-    if any(m in ("cleanlab", "loss") for m in sanitizers):
-        folds = (settings or SanitizerSettings()).folds
-        probs = cross_val_probs(poison.x, poison.y, make_model=make, config=config,
-                                num_classes=dataset.num_classes, folds=folds,
-                                progress=progress)
-    for method in sanitizers:
-        t0 = time.perf_counter()
-        res = sanitize(method, poison.x, poison.y, num_classes=dataset.num_classes,
-                       make_model=make, config=config, model=poisoned_model, pred_probs=probs,
-                       settings=settings, seed=seed, progress=progress)
-        keep = res.keep().to(poison.x.device)
-        if keep.numel() == 0:
-            raise PoisonError(f"sanitizer {method!r} removed every sample")
-        retrained = train_on(poison.x[keep], poison.y[keep.to(poison.y.device)],
-                             make_model=make, config=config, progress=progress)
-        acc = evaluate(retrained, xt, yt)["accuracy"]
-        drop = clean_acc - pois_acc
-        exp.sanitized.append(SanitizedRun(
-            method=method, detection=detection_metrics(res.mask, poison.mask.cpu()),
-            accuracy=acc, success=_success(poison, retrained, dataset),
-            recovered=(acc - pois_acc) / drop if drop > 0 else None,
-            seconds=time.perf_counter() - t0, result=res,
-        ))
-    return exp
+    exp = _Experiment(f"poisoning/{poison.attack}/{poison.rate:g}", dataset, poison,
+                      make=_builder(architecture, dataset, normalization), config=config,
+                      sanitizers=sanitizers, settings=settings, seed=seed)
+    return _run_experiments([exp], clean=clean_model, executor=executor or SequentialExecutor(),
+                            progress=progress)[0]
 
 
 @dataclass
@@ -310,19 +463,34 @@ def poison_dataset(attack: str, dataset: Dataset, *, seed: int = 0,
 
 def sanitize_dataset(dataset: Dataset, method: str, *, architecture: str = "simplenet",
                      epochs: int = 30, folds: int = 5, seed: int = 0, truth: Tensor | None = None,
-                     progress: bool = False) -> tuple[SanitizationResult, Detection | None]:
+                     progress: bool = False, executor: Executor | None = None,
+                     ) -> tuple[SanitizationResult, Detection | None]:
     """Run sanitizer ``method`` on ``dataset``'s training split; score it against ``truth``
     (the attack's poison mask) when given. The sanitizer's models are ``architecture``
-    networks trained for ``epochs`` (lr 3e-3); their seeds are the streams
+    networks trained for ``epochs`` (lr 3e-3), as tasks on ``executor`` (default: one after
+    another here): the cross-validation folds of cleanlab and loss
+    (``sanitize/<method>/fold<f>``) or the model whose features spectral and activation
+    read (``sanitize/<method>/model``). Their seeds are the streams
     ``poisoning/sanitizer-models`` and ``poisoning/sanitizer`` of ``seed``."""
     if method not in SANITIZERS:
         raise PoisonError(f"unknown sanitizer {method!r} (choose from {', '.join(SANITIZERS)})")
     ds = dataset
-    make = model_factory(architecture, input_shape=ds.input_shape, classes=ds.classes,
-                         bounds=ds.bounds)
+    make = _builder(architecture, ds)
     config = TrainConfig(epochs=epochs, lr=3e-3, seed=_seed31(seed, "poisoning/sanitizer-models"))
-    res = sanitize(method, ds.x_train, ds.y_train, num_classes=ds.num_classes, make_model=make,
-                   config=config, settings=SanitizerSettings(folds=folds),
+    x, y, name = ds.x_train, ds.y_train, f"sanitize/{method}"
+    tasks: list[Task] = []
+    fold = None
+    if method in ("cleanlab", "loss"):
+        tasks, fold = _fold_tasks(name, make, x, y, config, folds)
+    elif method in ("spectral", "activation"):
+        tasks = [_task(f"{name}/model", make, x, y, config, config.seed)]
+    models = [m for m, _ in _trained(executor or SequentialExecutor(), tasks,
+                                     resolve_device(config.device), f"sanitizer {method}",
+                                     progress)]
+    probs = None if fold is None else _fold_probs(models, fold, x, ds.num_classes)
+    res = sanitize(method, x, y, num_classes=ds.num_classes, make_model=make, config=config,
+                   model=models[0] if fold is None and models else None, pred_probs=probs,
+                   settings=SanitizerSettings(folds=folds),
                    seed=_seed31(seed, "poisoning/sanitizer"), progress=progress)
     return res, None if truth is None else detection_metrics(res.mask, truth)
 
@@ -437,29 +605,24 @@ class _Run:
         self.cfg = train_config_from_card(  # the audited model's own training recipe
             ctx.card, epochs=sizes.epochs, batch_size=o.batch_size, measure_train_accuracy=False,
             seed=_seed31(ctx.seed, "poisoning/victim"), device=str(ctx.device))
-        self.arch, self.norm = ctx.card.architecture, ctx.card.normalization
-        make = model_factory(self.arch, input_shape=self.ds.input_shape, classes=self.ds.classes,
-                             bounds=self.ds.bounds, normalization=self.norm)
-        self.clean = train_on(self.ds.x_train, self.ds.y_train, make_model=make, config=self.cfg)
+        self.make = _builder(ctx.card.architecture, self.ds, ctx.card.normalization)
         self.res = ScenarioResult(name="poisoning")
         self.detections: list[list[Any]] = []
         self.stated = ""
         self.points: dict[str, int] = {}  # rate metric -> the points it was measured on
 
-    def experiment(self, poison: PoisonResult, sanitizers: Sequence[str]) -> PoisoningExperiment:
-        return run_poisoning_experiment(
-            self.ds, poison, architecture=self.arch, config=self.cfg, sanitizers=sanitizers,
-            settings=SanitizerSettings(folds=self.o.folds), clean_model=self.clean,
-            normalization=self.norm, seed=_seed31(self.ctx.seed, "poisoning/sanitizer"),
-            progress=self.ctx.progress)
+    def experiment(self, name: str, poison: PoisonResult,
+                   sanitizers: Sequence[str]) -> _Experiment:
+        """The experiment on ``poison`` (its tasks named ``poisoning/<name>/...``)."""
+        return _Experiment(f"poisoning/{name}", self.ds, poison, make=self.make, config=self.cfg,
+                           sanitizers=sanitizers, settings=SanitizerSettings(folds=self.o.folds),
+                           seed=_seed31(self.ctx.seed, "poisoning/sanitizer"))
 
-    def flips(self) -> None:
-        o, ds, ctx, metrics = self.o, self.ds, self.ctx, self.res.metrics
-        rows: list[list[Any]] = []
-        curves: dict[str, tuple[list[float], list[float]]] = {}
+    def flip_experiments(self) -> list[_Experiment]:
+        """One experiment per flip attack and rate, in the order :meth:`flips` reports them."""
+        o, ds, ctx = self.o, self.ds, self.ctx
+        out = []
         for attack in o.flip_attacks:
-            for san in [None, *o.flip_sanitizers]:
-                curves[attack + ("" if san is None else f" + {san}")] = ([], [])
             for rate in o.rates:
                 if attack == "random-flip":
                     poison = random_flip(ds.x_train, ds.y_train, rate=rate,
@@ -468,7 +631,22 @@ class _Run:
                 else:
                     poison = optimized_flip(ds.x_train, ds.y_train, rate=rate,
                                             surrogate=ctx.model, num_classes=ds.num_classes)
-                exp = self.experiment(poison, self.sizes.label_sanitizers(o, rate))
+                out.append(self.experiment(f"{attack}/{rate:g}", poison,
+                                           self.sizes.label_sanitizers(o, rate)))
+        return out
+
+    def flips(self, experiments: Sequence[PoisoningExperiment]) -> None:
+        o, metrics = self.o, self.res.metrics
+        rows: list[list[Any]] = []
+        curves: dict[str, tuple[list[float], list[float]]] = {}
+        done = iter(experiments)
+        for attack in o.flip_attacks:
+            for san in [None, *o.flip_sanitizers]:
+                curves[attack + ("" if san is None else f" + {san}")] = ([], [])
+            for rate in o.rates:
+                exp = next(done)
+                poison = exp.poison
+                assert poison is not None
                 key = f"{attack.replace('-', '_')}_{round(rate * 100)}"
                 metrics[f"{key}_accuracy"] = exp.poisoned_accuracy
                 metrics[f"{key}_accuracy_drop"] = exp.accuracy_drop
@@ -512,12 +690,17 @@ class _Run:
                 caption="Given (poisoned) label above each image; * marks samples the attack "
                 "really flipped.")
 
-    def backdoor(self) -> None:
-        o, ds, metrics = self.o, self.ds, self.res.metrics
+    def backdoor_experiment(self) -> _Experiment:
+        o, ds = self.o, self.ds
         poison = backdoor(ds.x_train, ds.y_train, target=o.backdoor_target, rate=o.backdoor_rate,
                           bounds=ds.bounds, num_classes=ds.num_classes,
                           generator=self.ctx.generator("poisoning/backdoor"))
-        exp = self.experiment(poison, o.backdoor_sanitizers)
+        return self.experiment(f"backdoor/{o.backdoor_rate:g}", poison, o.backdoor_sanitizers)
+
+    def backdoor(self, exp: PoisoningExperiment) -> None:
+        o, ds, metrics = self.o, self.ds, self.res.metrics
+        poison = exp.poison
+        assert poison is not None
         metrics["backdoor_asr"] = float(exp.poisoned_success or 0.0)
         metrics["backdoor_clean_accuracy_drop"] = exp.accuracy_drop
         triggered = int((ds.y_test != o.backdoor_target).sum())  # what the success rate uses
@@ -585,9 +768,15 @@ def run_poisoning(ctx: ScenarioContext, options: PoisoningOptions, sizes: Sizes,
                           f"(0..{ctx.dataset.num_classes - 1})")
     run = _Run(ctx, o, sizes)
     run.stated = sizes.text(run.ds, note)
-    run.flips()
-    if len(run.ds.input_shape) == 3 and o.backdoor_rate > 0:
-        run.backdoor()
+    experiments = run.flip_experiments()
+    with_backdoor = len(run.ds.input_shape) == 3 and o.backdoor_rate > 0
+    if with_backdoor:
+        experiments.append(run.backdoor_experiment())
+    done = _run_experiments(experiments, clean=None, executor=ctx.executor,
+                            progress=ctx.progress)
+    run.flips(done[: len(done) - with_backdoor])
+    if with_backdoor:
+        run.backdoor(done[-1])
     if o.collision_targets > 0:
         run.collisions()
     res, metrics = run.res, run.res.metrics
