@@ -81,7 +81,7 @@ def workers_option(trainings: str) -> Any:
     on a local Ray cluster of N CPUs; the command builds its executor with
     :func:`dlsec.executor.make_executor`, which checks the value and Ray."""
     return count(f"{trainings} run as tasks on a local Ray cluster of N CPUs (needs "
-                 "dlsec[ray]); 1: one after another here. Same results either way")
+                 "dlsec\\[ray]); 1: one after another here. Same results either way")
 
 
 def ray_address_option(trainings: str) -> Any:
