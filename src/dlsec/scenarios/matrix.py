@@ -52,19 +52,17 @@ from torch import nn
 from dlsec.attacks.surrogate import train_config_from_card
 from dlsec.data import Dataset
 from dlsec.errors import DlsecError
-from dlsec.executor import Executor
-from dlsec.intervals import (
-    auc_statistic,
-    bootstrap_interval,
-    fpr_resolved,
-    interval_record,
-    rate_record,
-    tpr_at_fpr_statistic,
-    wilson_interval,
-)
+from dlsec.executor import Executor, SequentialExecutor, Task
+from dlsec.intervals import interval_record, membership_intervals, rate_record, wilson_interval
 from dlsec.models import ModelCard
 from dlsec.scenarios.context import RemoteTargetError, ScenarioContext
-from dlsec.scenarios.defended import BuildSettings, DefenseSpec, Recipe, parse_defenses
+from dlsec.scenarios.defended import (
+    BuildSettings,
+    DefenseSpec,
+    Recipe,
+    Trainer,
+    parse_defenses,
+)
 from dlsec.scenarios.matrix_columns import COLUMNS
 from dlsec.scenarios.result import ScenarioResult, Table
 from dlsec.threat import ThreatModel
@@ -80,7 +78,6 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "extraction": ("extraction_fidelity",),
 }
 """Experiments and the columns each fills (``train_seconds`` comes from building the row)."""
-BOOTSTRAP_RESAMPLES = 1000
 STATE_VERSION = 1
 
 
@@ -243,17 +240,15 @@ def _poisoning(ctx: ScenarioContext, row: Row, opt: MatrixOptions, shared: _Shar
         why = "not applicable: a serving policy does not change training (see none)"
         return {"backdoor_success": cell(None, note=why), "label_flip_damage": cell(None, note=why)}
     ds = ctx.dataset
-    seed = shared.settings.train.seed
     out: dict[str, Any] = {}
     backdoor = shared.poison("backdoor")
-    model, _ = row.recipe.retrain(backdoor.dataset, seed)
+    model = shared.retrained(row, "backdoor").to(ctx.device)
     asr = backdoor.result.success(model, ds.x_test, ds.y_test)
     n = int((ds.y_test != opt.backdoor_target).sum())
     out["backdoor_success"] = cell(asr, rate_record(asr, n),
                                    f"BadNets trigger on {opt.backdoor_rate:.0%} of the training "
                                    f"set; {n} triggered test inputs")
-    flips = shared.poison("optimized-flip")
-    model, _ = row.recipe.retrain(flips.dataset, seed)
+    model = shared.retrained(row, "optimized-flip").to(ctx.device)
     from dlsec.training import evaluate
 
     n_test = int(ds.y_test.numel())
@@ -273,23 +268,16 @@ def _membership(ctx: ScenarioContext, row: Row, opt: MatrixOptions, shared: _Sha
     res = run_membership(ctx, MembershipOptions(attacks=(attack,), members=opt.members,
                                                 shadows=opt.shadows))
     result = res.artifacts["results"][0]
-    member = result.is_member.bool()
-    members, others = result.scores[member].double().cpu(), result.scores[~member].double().cpu()
-    n = int(member.numel())
-    g = ctx.generator(f"matrix/{row.name}/bootstrap")
-    auc_lo, auc_hi = bootstrap_interval(auc_statistic, members, others,
-                                        n=BOOTSTRAP_RESAMPLES, generator=g)
-    tpr_lo, tpr_hi = bootstrap_interval(tpr_at_fpr_statistic(0.01), members, others,
-                                        n=BOOTSTRAP_RESAMPLES, generator=g)
-    flags = {} if fpr_resolved(int(others.numel()), 0.01) else {"unresolved": True}
+    records = membership_intervals(result.scores, result.is_member, {"tpr_at_1_fpr": 0.01},
+                                   generator=ctx.generator(f"matrix/{row.name}/bootstrap"))
+    members = int(result.is_member.bool().sum())
+    others = int(result.is_member.numel()) - members
     how = (f"{attack}" + (f", {opt.shadows} shadows with the row's recipe" if attack != "label-only"
-                          else "") + f", {int(members.numel())} members + {int(others.numel())} "
+                          else "") + f", {members} members + {others} "
            "non-members")
-    return {"membership_auc": cell(result.metrics.auc, interval_record(auc_lo, auc_hi, n,
-                                                                       "bootstrap"), how),
+    return {"membership_auc": cell(result.metrics.auc, records.get("auc"), how),
             "membership_tpr_at_1_fpr": cell(result.metrics.tpr_at_1_fpr,
-                                            interval_record(tpr_lo, tpr_hi, n, "bootstrap",
-                                                            **flags), how)}
+                                            records.get("tpr_at_1_fpr"), how)}
 
 
 def _inversion(ctx: ScenarioContext, row: Row, opt: MatrixOptions, shared: _Shared) -> dict[str, Any]:
@@ -347,15 +335,21 @@ class _Poisoned:
     dataset: Dataset
 
 
+RETRAINS = ("backdoor", "optimized-flip")
+"""The poisoned training sets every training row is retrained on (the poisoning columns)."""
+
+
 @dataclass
 class _Shared:
-    """What every row shares: the settings, the radius, the poisoned training sets."""
+    """What every row shares: the settings, the radius, the poisoned training sets and the
+    rows' retrains on them (built ahead as executor tasks by :meth:`retrain_all`)."""
 
     ctx: ScenarioContext
     settings: BuildSettings
     opt: MatrixOptions
     eps: float
     _poisons: dict[str, _Poisoned] = field(default_factory=dict)
+    _retrained: dict[str, nn.Module] = field(default_factory=dict)
 
     def poison(self, attack: str) -> _Poisoned:
         from dlsec.scenarios.poisoning import poison_dataset
@@ -372,6 +366,31 @@ class _Shared:
                                                                        y_train=res.y))
         return self._poisons[attack]
 
+    def retrain_task(self, row: Row, attack: str) -> Task:
+        """The executor task that retrains ``row``'s defense on the ``attack`` set."""
+        return (f"matrix/{row.name}/retrain/{attack}",
+                (row.recipe.retrain, self.poison(attack).dataset, self.settings.train.seed))
+
+    def retrain_all(self, rows: Sequence[Row], executor: Executor) -> None:
+        """Every retrain of ``rows`` (on each of :data:`RETRAINS`) in one map on ``executor``."""
+        tasks = [self.retrain_task(row, attack) for row in rows for attack in RETRAINS]
+        models = executor.map(_retrain, tasks)
+        self._retrained |= {name: model for (name, _), model in zip(tasks, models, strict=True)}
+
+    def retrained(self, row: Row, attack: str) -> nn.Module:
+        """``row``'s defense retrained on the ``attack`` set: built ahead by
+        :meth:`retrain_all`, else here as the same task (the same model either way)."""
+        name, args = self.retrain_task(row, attack)
+        if name not in self._retrained:
+            return SequentialExecutor().map(_retrain, [(name, args)])[0]
+        return self._retrained.pop(name)
+
+
+def _retrain(retrain: Trainer, dataset: Dataset, seed: int) -> nn.Module:
+    """One retrain (an executor's task, here or in a Ray worker): the model on the CPU."""
+    model, _ = retrain(dataset, seed)
+    return model.cpu()
+
 
 # -- the matrix -------------------------------------------------------------------------------
 def run_matrix(ctx: ScenarioContext, defenses: Sequence[str], options: MatrixOptions | None = None,
@@ -380,9 +399,12 @@ def run_matrix(ctx: ScenarioContext, defenses: Sequence[str], options: MatrixOpt
     """Every defense in ``defenses`` (specs, :func:`dlsec.scenarios.defended.parse_defenses`)
     built and attacked; ``details["matrix"]`` is the table as data (columns, and per row its
     cells with value, interval and a note), the metrics are ``<column>@<defense>``.
-    ``store`` keeps rows' models and results (default: in memory). The rows that train and
-    are not in ``store`` are built first, as tasks on ``executor`` (default:
-    ``ctx.executor``), then stored; the rest of the matrix runs here."""
+    ``store`` keeps rows' models and results (default: in memory). The independent
+    trainings are tasks on ``executor`` (default: ``ctx.executor``): first the rows that
+    train and are not in ``store`` (one map), then every retrain on the poisoned sets whose
+    poisoning cell ``store`` lacks (tasks ``matrix/<row>/retrain/<attack>``, one map); each
+    row's experiments run here with that executor in their context (the membership
+    shadows of DP and adversarially trained rows are its tasks too)."""
     opt = options or MatrixOptions()
     specs = parse_defenses(list(defenses))
     store = store or MemoryStore()
@@ -396,14 +418,15 @@ def run_matrix(ctx: ScenarioContext, defenses: Sequence[str], options: MatrixOpt
     shared = _Shared(ctx, settings, opt, eps)
     base = {"v": STATE_VERSION, "weights": card.weights_sha256, "data": ds.digest,
             "seed": ctx.seed, "options": dataclasses.asdict(opt), "train": train.to_dict()}
-    rows: list[Row] = []
     recipes = [(spec, spec.recipe(ctx, settings)) for spec in specs]  # bad parameters first
     steps = len(recipes) * (1 + len(opt.groups))
     keys = [digest({**base, "row": spec.family.name, "parameter": spec.parameter})
             for spec, _ in recipes]
+    executor = executor or ctx.executor
     built = _build_rows(store, [(k, r) for k, (_, r) in zip(keys, recipes, strict=True)], ds,
-                        settings.train.seed, executor or ctx.executor)
+                        settings.train.seed, executor)
     with _progress(ctx.progress, steps) as advance:
+        rows: list[Row] = []
         for row_key, (spec, recipe) in zip(keys, recipes, strict=True):
             advance(f"{spec.text}: building")
             if recipe.train is None:
@@ -418,20 +441,26 @@ def run_matrix(ctx: ScenarioContext, defenses: Sequence[str], options: MatrixOpt
                 model, vcard, seconds = store.model(row_key, build)
                 model.to(ctx.device)
             model.eval()
-            row = Row(spec, recipe, model, vcard, seconds)
-            threat = ThreatModel.from_card(vcard, norm=opt.norm, eps=(eps,))
-            vctx = ScenarioContext(model=model, card=vcard, dataset=ds, threat=threat,
+            rows.append(Row(spec, recipe, model, vcard, seconds))
+        cells = [{group: digest({"row": row_key, "group": group,
+                                 "model": row.card.weights_sha256}) for group in opt.groups}
+                 for row_key, row in zip(keys, rows, strict=True)]
+        if "poisoning" in opt.groups:
+            shared.retrain_all([row for row, keyed in zip(rows, cells, strict=True)
+                                if row.recipe.retrain is not None
+                                and not _stored(store, keyed["poisoning"])], executor)
+        for row, keyed in zip(rows, cells, strict=True):
+            threat = ThreatModel.from_card(row.card, norm=opt.norm, eps=(eps,))
+            vctx = ScenarioContext(model=row.model, card=row.card, dataset=ds, threat=threat,
                                    seed=ctx.seed, device=ctx.device, progress=False,
-                                   served=recipe.policy if recipe.kind == "serving" else None)
+                                   served=row.recipe.policy if row.recipe.kind == "serving"
+                                   else None, executor=executor)
             for group in opt.groups:
-                advance(f"{spec.text}: {group}")
+                advance(f"{row.name}: {group}")
                 measure = partial(_measure, group, vctx, row, opt, shared)
-                row.cells.update(store.cell(
-                    digest({"row": row_key, "group": group, "model": vcard.weights_sha256}),
-                    measure))
-            row.cells["train_seconds"] = cell(round(seconds, 3), None,
+                row.cells.update(store.cell(keyed[group], measure))
+            row.cells["train_seconds"] = cell(round(row.seconds, 3), None,
                                               "training the row's model (0: no training)")
-            rows.append(row)
     return _result(rows, opt, eps)
 
 
@@ -441,6 +470,19 @@ class _NotStored(Exception):
 
 def _not_stored() -> tuple[nn.Module, ModelCard, float]:
     raise _NotStored
+
+
+def _not_computed() -> dict[str, Any]:
+    raise _NotStored
+
+
+def _stored(store: MatrixStore, key: str) -> bool:
+    """Whether ``store`` holds cell ``key`` (its ``cell`` asked with a compute that refuses)."""
+    try:
+        store.cell(key, _not_computed)
+    except _NotStored:
+        return False
+    return True
 
 
 def _build_row(train: Any, dataset: Dataset, seed: int) -> tuple[nn.Module, ModelCard, float]:
