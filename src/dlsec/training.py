@@ -245,6 +245,19 @@ class AutocastModel(nn.Module):
         self.model = model
         self.amp = amp
 
+    # The wrapper has no mode of its own: ``training`` is the wrapped model's, so code that
+    # saves a module's mode and restores it later (``module_mode``) restores the model's.
+    @property
+    def training(self) -> bool:
+        inner = self.__dict__.get("_modules", {}).get("model")
+        return True if inner is None else bool(inner.training)
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        inner = self.__dict__.get("_modules", {}).get("model")
+        if inner is not None:
+            inner.training = mode
+
     def forward(self, x: Tensor) -> Tensor:
         with autocast(self.amp, x.device):
             out = self.model(x)

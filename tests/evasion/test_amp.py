@@ -217,3 +217,30 @@ def test_state_is_not_resumed_across_precisions(digits, digits_net, tmp_path) ->
     other = evaluate_robustness(model, x, y, generator=_gen(), amp="off", **kw)
     assert not first.resumed and again.resumed and not other.resumed
     assert _sha(again.fooled_by) == _sha(first.fooled_by)
+
+
+def test_search_leaves_a_batchnorm_model_in_eval_mode_and_untouched(digits) -> None:
+    # the attacks save and restore their model's mode: through the wrapper, they must
+    # restore the wrapped model's (a BatchNorm put back in training mode would judge the
+    # candidates on batch statistics and overwrite its running ones)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 6 * 6, 10))
+    bn = net[1]
+    assert isinstance(bn, nn.BatchNorm2d)
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    stats = _sha(torch.cat([bn.running_mean, bn.running_var, bn.num_batches_tracked.float().view(1)]))
+    x, y = digits.x_test[:16], digits.y_test[:16]
+    wrapper = AutocastModel(net, "bf16")
+    assert not wrapper.training
+    rep = evaluate_robustness(net, x, y, eps=0.1, bounds=(0.0, 1.0), generator=_gen(),
+                              attacks=["apgd-ce"], progress=False, checks=False, amp="bf16")
+    assert not any(m.training for m in net.modules())
+    after = _sha(torch.cat([bn.running_mean, bn.running_var, bn.num_batches_tracked.float().view(1)]))
+    assert after == stats
+    broken = rep.fooled_by[0] >= 0
+    assert bool(_fp32_fooled(net, rep.x_adv[0][broken], y[broken]).all())
+    net.train()
+    assert wrapper.training  # the wrapper has no mode of its own
