@@ -82,8 +82,10 @@ def test_poisoning_cells_on_ray_equal_the_sequential_ones(digits, trained_simple
     opt = MatrixOptions(samples=10, groups=("poisoning",))
     rows = ["fgsm-rs", "dp:8"]  # random starts; DP-SGD noise
     cells = {}
+    store = MemoryStore()  # the rows built once (test_executor compares builds on Ray)
     for kind, ex in (("sequential", SequentialExecutor()), ("ray", ray_cluster)):
-        res = run_matrix(ctx, rows, opt, store=MemoryStore(), executor=ex)
+        store.cells.clear()  # every retrain again, here on the cluster
+        res = run_matrix(ctx, rows, opt, store=store, executor=ex)
         cells[kind] = {r["defense"]: (r["cells"]["backdoor_success"],
                                       r["cells"]["label_flip_damage"])
                        for r in res.details["matrix"]["rows"]}
