@@ -103,3 +103,38 @@ def test_budget_for_a_query_attack_is_a_deprecated_max_queries(
     for key in ("x_adv", "success", "queries"):  # the same attack, the same seed
         assert np.array_equal(new[0][key], old[0][key]), key
     assert new[0]["success"].mean() >= 0.2  # it fooled points (14 of 30 when written)
+
+
+def test_amp_flag_reaches_the_search_and_verdicts_stay_float32(model_dir: Path, tmp_path: Path,
+                                                               capsys) -> None:
+    import json
+
+    out = tmp_path / "robust.json"
+    assert main(["evaluate", "--model-dir", str(model_dir), "--eps", "0.2", "--samples", "40",
+                 "--attacks", "apgd-ce", "--amp", "bf16", "--out", str(out), "-q"]) == 0
+    summary = json.loads(out.read_text())
+    assert summary["amp"] == "bf16"
+    assert summary["robust_accuracy"][0] < 0.05 < summary["clean_accuracy"]  # it still attacks
+    adv = tmp_path / "adv.npz"
+    assert main(["attack", "pgd", "--model-dir", str(model_dir), "--eps", "0.2", "--samples",
+                 "40", "--amp", "bf16", "--out", str(adv)]) == 0
+    assert "bf16" in capsys.readouterr().out
+    assert np.load(adv, allow_pickle=False)["success"].mean() > 0.9
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["evaluate", "--eps", "0.1", "--amp", "fp16"], "amp=fp16 needs a CUDA device"),
+        (["attack", "pgd", "--eps", "0.1", "--amp", "fp16"], "amp=fp16 needs a CUDA device"),
+        (["attack", "pgd", "--eps", "0.1", "--amp", "half"], "amp"),
+        (["attack", "square", "--eps", "0.1", "--amp", "bf16"], "--amp: half precision is for"),
+    ],
+)
+def test_amp_errors_are_one_line(model_dir: Path, tmp_path: Path, args: list[str], words: str,
+                                 capsys) -> None:
+    out = tmp_path / "never.npz"
+    assert main([*args, "--model-dir", str(model_dir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()

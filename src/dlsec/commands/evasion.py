@@ -22,6 +22,8 @@ from dlsec.commands.options import DeviceOpt, SeedOpt, ThreadsOpt, TrustCodeOpt,
 from dlsec.scenarios import ScenarioContext
 from dlsec.threat import ThreatModel
 
+AmpOpt = Annotated[str, typer.Option(help="Precision of the white-box search: off | bf16 | fp16 (CUDA only); every adversarial is checked in float32 before it counts")]
+
 
 def register(app: typer.Typer) -> None:
     @app.command("attack")
@@ -50,6 +52,7 @@ def register(app: typer.Typer) -> None:
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Black-box attacks: no progress bar")] = False,
         block_size: Annotated[int | None, count("square, simba, nes, hsja, boundary: attack the points in blocks of N, each seeded from its index: a run sharded under torchrun with the same N gives the same result (sharded runs default to one block per process and print the N they used)")] = None,
         state: Annotated[Path | None, typer.Option(help="square, simba, nes, hsja, boundary: resume file, each finished block saved to it (needs --block-size in one process; under torchrun each rank its own <state>.rank<k>-of-<N>)")] = None,
+        amp: AmpOpt = "off",
     ) -> None:
         """Run an evasion attack over a list of epsilons; print robust accuracy.
 
@@ -80,6 +83,9 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             check_output(out, kind="file", option="--out")
         eps_list = parse_eps(eps) if eps is not None else None
+        if name in BLACK_BOX and amp != "off":
+            raise EvasionCommandError(f"--amp: half precision is for the white-box gradient "
+                                      f"attacks; {name} queries the model in float32")
         if name not in BLACK_BOX and (block_size is not None or state is not None):
             raise EvasionCommandError(f"--block-size/--state: blocks and resume are for the "
                                       f"black-box query attacks, not {name}")
@@ -113,7 +119,8 @@ def register(app: typer.Typer) -> None:
             raise EvasionCommandError(
                 f"--target: a class index must be in 0..{ctx.card.num_classes - 1}, got {target}"
             )
-        result = single_attack(ctx, name, samples=samples, steps=steps, target=tgt)
+        result = single_attack(ctx, name, samples=samples, steps=steps, target=tgt,
+                               amp=amp)
         res = result.artifacts["result"]
         typer.echo(result.summary)
         for e, ra, sr in zip(res.eps, res.robust_accuracy, res.success_rate, strict=True):
@@ -143,6 +150,7 @@ def register(app: typer.Typer) -> None:
         trust_code: TrustCodeOpt = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
         block_size: Annotated[int | None, count("Attack the points in blocks of N, each seeded from its index: a run sharded under torchrun with the same N gives the same result (sharded runs default to one block per process and print the N they used)")] = None,
+        amp: AmpOpt = "off",
     ) -> None:
         """Robust accuracy under the AutoAttack-style ensemble, with the sanity checks.
 
@@ -179,7 +187,7 @@ def register(app: typer.Typer) -> None:
         stages = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else None
         try:
             result = ensemble_evaluation(ctx, samples=samples, stages=stages, state_path=state,
-                                         shard=shard, block_size=block_size)
+                                         shard=shard, block_size=block_size, amp=amp)
         except KeyboardInterrupt:
             typer.echo("interrupted: rerun the same command to resume", err=True)
             raise typer.Exit(130) from None
