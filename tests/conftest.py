@@ -56,3 +56,15 @@ def one_line_error():
     """``one_line_error(err, *words)``: ``err`` is exactly one line ``error: ...`` holding
     every word (and no traceback); returns that line."""
     return _one_line_error
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A 2-worker local Ray cluster (loopback, no dashboard) for one test module, shut down
+    when the module ends; the module's tests are skipped where Ray is not installed."""
+    pytest.importorskip("ray")
+    from dlsec.executor import RayExecutor
+
+    with RayExecutor(2) as ex:
+        ex.start()
+        yield ex

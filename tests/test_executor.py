@@ -114,16 +114,6 @@ class Recording(Executor):
         return out
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    pytest.importorskip("ray")
-    from dlsec.executor import RayExecutor
-
-    with RayExecutor(2) as ex:  # loopback, no dashboard; shut down when the module ends
-        ex.start()
-        yield ex
-
-
 @pytest.mark.slow
 def test_lira_shadows_on_ray_are_bit_identical(digits, digits_net, ray_cluster) -> None:
     from dlsec.scenarios import ScenarioContext

@@ -64,16 +64,6 @@ def test_retrains_and_row_shadows_are_executor_tasks(digits, trained_simplenet) 
         ["matrix/fgsm-rs/retrain/backdoor", "matrix/fgsm-rs/retrain/optimized-flip"]]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    pytest.importorskip("ray")
-    from dlsec.executor import RayExecutor
-
-    with RayExecutor(2) as ex:  # loopback, no dashboard; shut down when the module ends
-        ex.start()
-        yield ex
-
-
 @pytest.mark.slow
 def test_poisoning_cells_on_ray_equal_the_sequential_ones(digits, trained_simplenet,
                                                           ray_cluster) -> None:

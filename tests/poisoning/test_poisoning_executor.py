@@ -156,16 +156,6 @@ def test_sanitize_command_rejects_bad_executor_settings(tmp_path, capsys, one_li
 
 
 # -- sequential vs a 2-worker local Ray cluster (slow: Ray and its workers start in 5-70 s) ---
-@pytest.fixture(scope="module")
-def ray_cluster():
-    pytest.importorskip("ray")
-    from dlsec.executor import RayExecutor
-
-    with RayExecutor(2) as ex:  # loopback, no dashboard; shut down when the module ends
-        ex.start()
-        yield ex
-
-
 @pytest.mark.slow
 def test_poisoning_on_ray_is_bit_identical(digits, digits_net, small, flip,
                                            ray_cluster) -> None:
