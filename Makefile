@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: audit test test-slow test-all bench lint setup clean
+.PHONY: audit test test-slow test-all bench lint setup clean system-packages
 
 setup: $(STAMP)
 
@@ -20,13 +20,17 @@ $(STAMP): pyproject.toml constraints.txt
 audit: $(STAMP)
 	$(VENV)/bin/dlsec audit
 
-test: $(STAMP)
+# the suite's Debian packages (Chromium for the report's browser tests, Fashion-MNIST)
+system-packages:
+	bash .ci/system-packages
+
+test: $(STAMP) system-packages
 	$(PY) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) system-packages
 	$(PY) -m pytest -q -m slow
 
-test-all: $(STAMP)
+test-all: $(STAMP) system-packages
 	$(PY) -m pytest -q -m ''
 
 bench: $(STAMP)
