@@ -63,7 +63,12 @@ def test_rerun_uses_cache_and_gives_identical_report(audited, tmp_path: Path) ->
     assert {p: p.stat().st_mtime_ns for p in (out / "sections").iterdir()} == before
     assert (out / "model" / "model.safetensors").stat().st_mtime_ns == model_mtime
     assert again.report == outcome.report
-    # an independent fresh run yields the very same report (deterministic end to end)
+
+
+@pytest.mark.slow
+def test_a_fresh_run_gives_the_same_report_byte_for_byte(audited, tmp_path: Path) -> None:
+    """An independent fresh run yields the very same report (deterministic end to end)."""
+    outcome, out = audited
     fresh = _audit(tmp_path / "fresh")
     assert fresh.report == outcome.report
     assert (tmp_path / "fresh" / "report.html").read_bytes() == (out / "report.html").read_bytes()
@@ -119,7 +124,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL,
+                                 pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
 def test_killed_audit_resumes(tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "run"
     args = ["audit", "--out", str(out), "--epochs", "40", "--quiet",
