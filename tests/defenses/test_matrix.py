@@ -159,6 +159,7 @@ def test_audit_defenses_resumes_from_its_cells(tmp_path: Path) -> None:
     second = _audit(tmp_path, *args)
     assert second.returncode == 0, second.stderr
     assert "damaged" in second.stderr and "recomputing" in second.stderr
+    assert second.stderr.count("is damaged") == 1  # told once
     again = json.loads((tmp_path / "run" / "report.json").read_text())
     assert again["metrics"] == report["metrics"]
     assert again["intervals"] == report["intervals"]

@@ -69,10 +69,17 @@ class DefensesOptions(MatrixOptions):
 
 class DiskStore:
     """Rows' models as model directories and experiments as checked JSON under ``root``
-    (``<run>/defenses``); a damaged file is recomputed and reported through ``notice``."""
+    (``<run>/defenses``); a damaged file is recomputed and reported through ``notice``, once
+    (the matrix asks the store what it holds before it asks for the entries)."""
 
     def __init__(self, root: Path, ctx: AuditContext, notice: Callable[[str], None]) -> None:
-        self.root, self.ctx, self.notice = root, ctx, notice
+        self.root, self.ctx, self._notice = root, ctx, notice
+        self._told: set[str] = set()
+
+    def notice(self, text: str) -> None:
+        if text not in self._told:
+            self._told.add(text)
+            self._notice(text)
 
     def _dir(self, key: str) -> Path:
         return self.root / key
