@@ -67,7 +67,7 @@ DIGITS = {
 }
 CIFAR = {
     "resnet18-narrow": {"dataset": "cifar-synthetic", "arch": "resnet18-narrow", "epochs": 3,
-                        "samples": 80, "attacks": "apgd-ce,apgd-t", "eps": "0.031373"},
+                        "samples": 160, "attacks": "apgd-ce,apgd-t", "eps": "0.031373"},
 }
 GROUPS = {"digits": DIGITS, "resnet18-narrow": CIFAR, "all": DIGITS | CIFAR}
 
