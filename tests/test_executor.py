@@ -4,14 +4,13 @@ bit-identical shadow models, LiRA scores and matrix rows to the sequential run."
 
 from __future__ import annotations
 
-import hashlib
 import socket
 import sys
 from typing import Any
 
 import pytest
 import torch
-from torch import nn
+from hand_models import weights_sha256
 
 from dlsec.cli import main
 from dlsec.executor import (
@@ -91,14 +90,6 @@ def test_bad_settings_are_one_line_errors(monkeypatch, capsys, one_line_error, t
 
 
 # -- sequential vs a 2-worker local Ray cluster (slow: Ray starts in 5-70 s here) -------------
-def weights_sha256(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 class Recording(Executor):
     """Delegates to ``inner`` and keeps every result (the trained models) for the test."""
 

@@ -6,14 +6,13 @@ models and the same metrics and command output as the sequential run."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import socket
 from typing import Any
 
 import pytest
 import torch
-from torch import nn
+from hand_models import weights_sha256
 
 from dlsec.attacks.poisoning import random_flip
 from dlsec.cli import main
@@ -46,14 +45,6 @@ class Recording(SequentialExecutor):
         out = self.inner.map(fn, tasks) if self.inner is not None else super().map(fn, tasks)
         self.results.extend(out)
         return out
-
-
-def weights_sha256(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 @pytest.fixture(scope="module")
