@@ -80,7 +80,7 @@ def audit(
     optimizer: Annotated[str | None, typer.Option(help="adam | sgd")] = None,
     test_size: Annotated[float | None, typer.Option("--test-size", help="Test fraction for datasets without a test split")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads (0: one for small models, else torch's default)")] = None,
-    workers: Annotated[int | None, typer.Option(help="Independent trainings (shadow models, matrix rows) on a local Ray cluster of N CPUs (needs dlsec[ray]); 1: one after another")] = None,
+    workers: Annotated[int | None, typer.Option(help="Independent trainings (shadow models, matrix rows and retrains, poisoning victims, folds and retrains, DP sweep) on a local Ray cluster of N CPUs (needs dlsec\\[ray]); 1: one after another")] = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="HOST:PORT of a running Ray cluster for the independent trainings")] = None,
     trust_code: Annotated[bool, typer.Option("--trust-code", help="Let --model-dir's card name a module:factory architecture (imports and runs that module)")] = False,
     url: Annotated[str | None, typer.Option("--url", help="Audit a model served by dlsec serve, black-box (needs --dataset)")] = None,

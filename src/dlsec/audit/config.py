@@ -93,7 +93,8 @@ class AuditConfig:
     ``trust-code`` lets a model directory's card name a ``module:factory`` architecture,
     whose module is imported to build the model (otherwise refused: a model directory
     someone sends you must not run code).
-    ``workers`` (``--workers N``): independent trainings (shadow models, the matrix's rows)
+    ``workers`` (``--workers N``): independent trainings (shadow models, the matrix's rows
+    and their retrains, the poisoning section's victims, folds and retrains, the DP sweep)
     on a local Ray cluster of N CPUs when N > 1; ``ray-address`` (``--ray-address``) on an
     existing cluster instead (:mod:`dlsec.executor`). Results are the same as with 1.
     """
