@@ -222,6 +222,7 @@ def test_class_names_with_math_characters_render_as_text(tmp_path: Path) -> None
 # -- a real process --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_bad_evasion_config_is_one_line_in_a_real_process(tmp_path: Path) -> None:
     p = tmp_path / "a.toml"
     p.write_text('[evasion]\nattacks = ["cw"]\n')

@@ -40,6 +40,7 @@ def test_section_is_registered_with_its_title() -> None:
     assert spec.title == "Differential privacy" and spec.options is not None
 
 
+@pytest.mark.slow
 def test_dp_section_through_the_runner(audited) -> None:
     outcome, _ = audited
     m = outcome.report["metrics"]

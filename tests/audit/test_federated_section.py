@@ -120,6 +120,7 @@ def _fed(cells: list[FederationCell], acc: dict[str, float], asr: dict[str, floa
                           figures={"accuracy_per_round": curves, "backdoor_asr_per_round": base})
 
 
+@pytest.mark.slow
 def test_summary_tables_warnings_and_figures_from_a_hand_built_result() -> None:
     cells = [FederationCell("fedavg"), FederationCell("fedmedian"),
              FederationCell("fedavg", 0.3, "alie"), FederationCell("fedmedian", 0.3, "alie"),

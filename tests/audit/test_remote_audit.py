@@ -42,6 +42,7 @@ def served(trained_simplenet, tmp_path_factory) -> Iterator[tuple[str, KeyStore,
         store.close()
 
 
+@pytest.mark.slow
 def test_remote_audit_runs_the_query_sections_and_lists_the_skipped(served, tmp_path,
                                                                      capsys) -> None:
     url, store, model_dir = served

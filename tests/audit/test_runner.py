@@ -55,6 +55,7 @@ def test_report_files_and_schema(audited) -> None:
     assert outcome.exit_code == 0
 
 
+@pytest.mark.slow
 def test_rerun_uses_cache_and_gives_identical_report(audited, tmp_path: Path) -> None:
     outcome, out = audited
     before = {p: p.stat().st_mtime_ns for p in (out / "sections").iterdir()}
@@ -124,8 +125,8 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL,
-                                 pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.slow
 def test_killed_audit_resumes(tmp_path: Path, sig: signal.Signals) -> None:
     out = tmp_path / "run"
     args = ["audit", "--out", str(out), "--epochs", "40", "--quiet",

@@ -59,6 +59,7 @@ def test_black_box_beating_white_box_is_flagged_as_gradient_masking(tmp_path, bb
     assert any(w.startswith("[gradient-masking]") for w in masked.warnings)
 
 
+@pytest.mark.slow
 def test_black_box_section_in_an_audit(tmp_path) -> None:
     options = {"samples": 40, "max-queries": [10, 100, 1000], "transfer-budget": 1600}
     cfg = AuditConfig(out=str(tmp_path / "r"), sections=["blackbox"], epochs=30,

@@ -80,6 +80,7 @@ def test_reaches_the_exact_minimum_on_a_linear_model() -> None:
         assert float((res.trace_dist[0] / dist[norm]).median()) > 1.5
 
 
+@pytest.mark.slow
 def test_l2_median_within_2x_of_white_box_cw_at_5000_queries(bb_net, points, counting) -> None:
     model, card = bb_net
     x, y = points

@@ -63,6 +63,7 @@ def test_usage_error_exit_2(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_train_then_audit_with_gate(tmp_path: Path) -> None:
     proc = run("train", "--out", "m", "--epochs", "3", "-q", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

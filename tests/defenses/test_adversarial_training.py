@@ -320,6 +320,7 @@ def _torchrun(*args: str, timeout: int = 240) -> subprocess.CompletedProcess[str
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_on_cpu(tmp_path) -> None:
     out = tmp_path / "ddp"
     proc = _torchrun(str(HERE / "ddp_worker.py"), str(out))

@@ -135,6 +135,7 @@ def _audit(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, cwd=tmp, timeout=600)
 
 
+@pytest.mark.slow
 def test_audit_defenses_resumes_from_its_cells(tmp_path: Path) -> None:
     """``--defenses`` adds the section; a rerun reads every row and cell from the run
     directory (same report, nothing trained); a damaged cell is recomputed with a notice."""

@@ -13,6 +13,8 @@ import pytest
 from dlsec.data import Dataset
 from dlsec.scenarios.federated import FederationCell, run_federations, weights_digest
 
+pytestmark = pytest.mark.slow  # Flower's simulation engine starts Ray: tens of seconds
+
 CELLS = [FederationCell("fedavg"), FederationCell("fedavg"),
          FederationCell("fedavg", 0.3, "sign-flip"), FederationCell("krum", 0.3, "sign-flip"),
          FederationCell("fedmedian", 0.3, "sign-flip")]

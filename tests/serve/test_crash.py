@@ -22,6 +22,7 @@ CLIENTS, BUDGET, KILL_AFTER = 8, 5000, 150
 PROTECTED = ("--detect", "prada,ood", "--on-flag", "log", "--watermark", "0.05")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_kill_9_mid_load_loses_no_logged_answer_and_keeps_the_budget(
     served_model_dir, tmp_path, dlsec_server

@@ -25,6 +25,7 @@ def _log_by_hash(db, key_id) -> tuple[Counter[str], int, list[dict]]:
     return Counter(r["input_sha256"] for r in rows), sum(r["rows"] for r in rows), rows
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_load_no_5xx_and_one_log_row_per_answer(served_model_dir, tmp_path,
                                                 dlsec_server) -> None:

@@ -145,6 +145,7 @@ def _save(tmp_path, name, model, card):
     return out
 
 
+@pytest.mark.slow
 def test_a_thief_is_identified_and_independent_models_are_not(
     served, digits, trained_simplenet, tmp_path, capsys, fit_thief
 ) -> None:

@@ -26,6 +26,7 @@ def _npy(x: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 def test_dlsec_serve_answers_over_http_like_the_local_model(
     served_model_dir, digits, tmp_path, keys, dlsec_server
 ) -> None:
