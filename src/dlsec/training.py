@@ -189,23 +189,28 @@ AMP_MODES = ("off", "bf16", "fp16")
 """``TrainConfig.amp``: off, bfloat16 autocast, or float16 autocast with a gradient scaler."""
 
 
-def autocast(amp: str, device: torch.device) -> Any:
-    """The autocast context for ``amp`` on ``device`` (a no-op context for ``"off"``).
-
-    ``fp16`` needs CUDA (float16 matmuls on a CPU are slow and its gradients need the
-    scaler CUDA provides); ``bf16`` needs a device with bfloat16 autocast (CUDA from
-    Ampere on, CPUs through oneDNN). Refused in one line otherwise.
-    """
-    import contextlib
-
-    if amp == "off":
-        return contextlib.nullcontext()
+def check_amp(amp: str, device: torch.device) -> None:
+    """Refuse, in one line, an ``amp`` mode that is not one of :data:`AMP_MODES` or that
+    ``device`` lacks: ``fp16`` needs CUDA (float16 matmuls on a CPU are slow and its
+    gradients need the scaler CUDA provides); ``bf16`` needs a device with bfloat16
+    autocast (CUDA from Ampere on, CPUs through oneDNN)."""
     if amp not in AMP_MODES:
-        raise TrainingError(f"bad training setting amp={amp!r} (choose from {', '.join(AMP_MODES)})")
+        raise TrainingError(f"bad amp setting amp={amp!r} (choose from {', '.join(AMP_MODES)})")
     if amp == "fp16" and device.type != "cuda":
-        raise TrainingError(f"amp=fp16 needs a CUDA device (training on {device}); use amp=bf16")
+        raise TrainingError(f"amp=fp16 needs a CUDA device (the model is on {device}); "
+                            "use amp=bf16")
     if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise TrainingError(f"amp=bf16: {device} has no bfloat16 support; use amp=fp16")
+
+
+def autocast(amp: str, device: torch.device) -> Any:
+    """The autocast context for ``amp`` on ``device`` (a no-op context for ``"off"``); a
+    mode the device lacks is refused in one line (:func:`check_amp`)."""
+    import contextlib
+
+    check_amp(amp, device)
+    if amp == "off":
+        return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
@@ -235,13 +240,7 @@ class AutocastModel(nn.Module):
         super().__init__()
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
-        if amp not in AMP_MODES:
-            raise TrainingError(f"bad amp setting {amp!r} (choose from {', '.join(AMP_MODES)})")
-        if amp == "fp16" and device.type != "cuda":
-            raise TrainingError(f"amp=fp16 needs a CUDA device (the model is on {device}); "
-                                "use amp=bf16")
-        if amp == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise TrainingError(f"amp=bf16: {device} has no bfloat16 support; use amp=fp16")
+        check_amp(amp, device)
         self.model = model
         self.amp = amp
 
